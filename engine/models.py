@@ -1,0 +1,315 @@
+"""The model registry over `models/`: what can be drawn with, and loading it offline."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+from engine.errors import InvalidRequest, ModelNotFound
+from engine.request import RequestDefaults
+from engine.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+SD15_CONFIG = Path(__file__).parent / "sd_configs" / "sd15"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_HASH_CACHE = ".aidraw-hashes.json"
+Vram = Literal["normal", "medvram", "lowvram"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceOptions:
+    """Where and how pipelines run.
+
+    Args:
+        device: "auto" (CUDA, then Apple mps, then CPU), "cpu", "cuda", "cuda:N" or "mps".
+        dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16" or "bfloat16".
+        vram: "normal"; "medvram" (model CPU offload + sliced attention/VAE);
+            "lowvram" (sequential CPU offload + sliced attention + tiled VAE).
+    """
+
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    vram: Vram = "normal"
+
+    def resolve_device(self) -> torch.device:
+        """The concrete torch device for "auto"."""
+        if self.device != "auto":
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        """The weights' dtype: fp16 on CUDA unless set."""
+        if self.dtype == "auto":
+            return torch.float16 if device.type == "cuda" else torch.float32
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry:
+    """A model found under models/ (not loaded)."""
+
+    name: str
+    path: Path
+    kind: Literal["diffusers", "single_file"]
+    defaults: RequestDefaults
+    config: Path = SD15_CONFIG
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedModel:
+    """A pipeline ready to draw, with what the infotext needs to name it."""
+
+    entry: ModelEntry
+    pipe: StableDiffusionPipeline
+    hash: str
+    device: torch.device
+    dtype: torch.dtype
+    scheduler_config: Any
+    memory: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def defaults(self) -> RequestDefaults:
+        return self.entry.defaults
+
+
+@dataclass
+class ModelRegistry:
+    """Scans `models_dir`: diffusers folders, single-file checkpoints, and VAEs in `VAE/`.
+
+    A model's name is its folder name or file stem. A file `models/<name>.toml` beside a model
+    holds its own defaults (`[defaults]` with RequestDefaults' keys) and, for single files of
+    another architecture than SD-1.x, `config = "<diffusers folder>"` relative to models/.
+    """
+
+    models_dir: Path
+    base_defaults: RequestDefaults = field(default_factory=RequestDefaults)
+    models: dict[str, ModelEntry] = field(default_factory=dict, init=False)
+    vaes: dict[str, Path] = field(default_factory=dict, init=False)
+    problems: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.scan()
+
+    def scan(self) -> None:
+        """Re-read models/ (new files appear, removed ones disappear)."""
+        self.models, self.vaes, self.problems = {}, {}, []
+        if not self.models_dir.is_dir():
+            return
+        for path in sorted(self.models_dir.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if path.is_dir() and (path / "model_index.json").is_file():
+                self._add(path.name, path, "diffusers")
+            elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
+                self._add(path.stem, path, "single_file")
+        vae_dir = self.models_dir / "VAE"
+        if vae_dir.is_dir():
+            for path in sorted(vae_dir.iterdir()):
+                if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES or (
+                    path.is_dir() and (path / "config.json").is_file()
+                ):
+                    self.vaes[path.stem] = path
+
+    def _add(self, name: str, path: Path, kind: Literal["diffusers", "single_file"]) -> None:
+        if name in self.models:
+            self.problems.append(f"{path.name}: a model named {name!r} already exists; skipped")
+            return
+        try:
+            defaults, config = self._read_sidecar(name)
+        except (InvalidRequest, tomllib.TOMLDecodeError) as e:
+            self.problems.append(f"{name}.toml: {e}")
+            log.error("skipping model %s: %s", name, e)
+            return
+        self.models[name] = ModelEntry(
+            name=name, path=path, kind=kind, defaults=defaults, config=config
+        )
+
+    def _read_sidecar(self, name: str) -> tuple[RequestDefaults, Path]:
+        sidecar = self.models_dir / f"{name}.toml"
+        if not sidecar.is_file():
+            return self.base_defaults, SD15_CONFIG
+        data = tomllib.loads(sidecar.read_text(encoding="utf-8"))
+        unknown = set(data) - {"defaults", "config"}
+        if unknown:
+            raise InvalidRequest(f"unknown key {sorted(unknown)[0]!r}; allowed: defaults, config")
+        table: dict[str, Any] = data.get("defaults", {})
+        allowed = {f.name: f.type for f in fields(RequestDefaults)}
+        for key, value in table.items():
+            if key not in allowed:
+                raise InvalidRequest(
+                    f"unknown key defaults.{key}; allowed: {', '.join(sorted(allowed))}"
+                )
+            want = {"int": int, "float": (int, float), "str": str}[str(allowed[key])]
+            if isinstance(value, bool) or not isinstance(value, want):
+                raise InvalidRequest(f"defaults.{key} must be {allowed[key]}, not {value!r}")
+        if "guidance_scale" in table:
+            table["guidance_scale"] = float(table["guidance_scale"])
+        config = SD15_CONFIG
+        if "config" in data:
+            config = (self.models_dir / str(data["config"])).resolve()
+            if not (config / "model_index.json").is_file():
+                raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
+        return self.base_defaults.updated(table), config
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry for a user-given name, or ModelNotFound with close matches."""
+        if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+            raise InvalidRequest(
+                f"Invalid model name {name!r}: use a name from the model list, not a path.",
+                field="model",
+            )
+        entry = self.models.get(name)
+        if entry is None:
+            lowered = {n.lower(): n for n in self.models}
+            if name.lower() in lowered:
+                return self.models[lowered[name.lower()]]
+            close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.4)
+            raise ModelNotFound(name, suggestions=[lowered[c] for c in close])
+        return entry
+
+    def model_hash(self, entry: ModelEntry) -> str:
+        """A1111's model hash: sha256 of the file, first 10 hex (a folder: its UNet weights)."""
+        target = entry.path
+        if entry.kind == "diffusers":
+            weights = sorted((entry.path / "unet").glob("diffusion_pytorch_model*.safetensors"))
+            weights = weights or sorted((entry.path / "unet").glob("diffusion_pytorch_model*"))
+            if not weights:
+                return "0000000000"
+            target = weights[0]
+        return self._sha256(target)[:10]
+
+    def _sha256(self, path: Path) -> str:
+        """Whole-file sha256, cached in models/.aidraw-hashes.json by size and mtime."""
+        cache_file = self.models_dir / _HASH_CACHE
+        try:
+            cache: dict[str, Any] = json.loads(cache_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cache = {}
+        stat = path.stat()
+        key = str(path.resolve())
+        hit = cache.get(key)
+        if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+            return str(hit["sha256"])
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+        tmp = cache_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+            os.replace(tmp, cache_file)  # atomic: a crash never leaves a torn cache
+        except OSError as e:
+            log.warning("cannot write the hash cache %s: %s", cache_file, e)
+        return digest.hexdigest()
+
+    def load(
+        self, name: str, options: DeviceOptions | None = None, *, vae: str | None = None
+    ) -> LoadedModel:
+        """Load a model offline onto the configured device (call from the torch worker thread)."""
+        options = options or DeviceOptions()
+        entry = self.get(name)
+        device = options.resolve_device()
+        dtype = options.resolve_dtype(device)
+        if entry.path.suffix == ".ckpt":
+            check_ckpt(entry.path)
+        common: dict[str, Any] = {
+            "dtype": dtype,
+            "local_files_only": True,
+            "safety_checker": None,
+            "requires_safety_checker": False,
+        }
+        if entry.kind == "diffusers":
+            pipe = StableDiffusionPipeline.from_pretrained(str(entry.path), **common)
+        else:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(entry.path), config=str(entry.config), tokenizer=build_tokenizer(), **common
+            )
+        if vae is not None:
+            pipe.vae = self.load_vae(vae, dtype)
+        pipe.set_progress_bar_config(disable=True)
+        memory = apply_memory_profile(pipe, options.vram, device)
+        log.info("loaded model %s (%s, %s, %s) %s", name, entry.kind, device, dtype, memory)
+        return LoadedModel(
+            entry=entry,
+            pipe=pipe,
+            hash=self.model_hash(entry),
+            device=device,
+            dtype=dtype,
+            scheduler_config=pipe.scheduler.config,
+            memory=memory,
+        )
+
+    def load_vae(self, name: str, dtype: torch.dtype) -> AutoencoderKL:
+        """A VAE from models/VAE/ (single file or diffusers folder)."""
+        path = self.vaes.get(name)
+        if path is None:
+            close = difflib.get_close_matches(name, list(self.vaes), n=3)
+            raise ModelNotFound(name, kind="VAE", suggestions=close)
+        if path.is_dir():
+            vae: AutoencoderKL = AutoencoderKL.from_pretrained(
+                str(path), dtype=dtype, local_files_only=True
+            )
+            return vae
+        if path.suffix == ".ckpt":
+            check_ckpt(path)
+        vae = AutoencoderKL.from_single_file(
+            str(path), config=str(SD15_CONFIG / "vae"), dtype=dtype, local_files_only=True
+        )
+        return vae
+
+
+def check_ckpt(path: Path) -> None:
+    """Refuse a pickled .ckpt that holds anything but tensors (never unpickle code)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError or ValueError here
+        log.warning("refused %s: %s", path, e)
+        raise InvalidRequest(
+            f"Refusing {path.name}: it is a pickle with more than plain weights, which could run "
+            "code. Convert it to .safetensors with a tool you trust."
+        ) from e
+
+
+def apply_memory_profile(
+    pipe: StableDiffusionPipeline, vram: Vram, device: torch.device
+) -> tuple[str, ...]:
+    """Move the pipeline to `device` with the A1111 `--medvram`/`--lowvram` equivalents."""
+    applied: list[str] = []
+    if vram != "normal":
+        pipe.enable_attention_slicing()
+        pipe.vae.enable_slicing()
+        applied += ["attention_slicing", "vae_slicing"]
+    if vram == "lowvram":
+        pipe.vae.enable_tiling()
+        applied.append("vae_tiling")
+    # Offload only means something where the device has memory of its own apart from the CPU's.
+    if vram == "medvram" and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+        applied.append("model_cpu_offload")
+    elif vram == "lowvram" and device.type == "cuda":
+        pipe.enable_sequential_cpu_offload(device=device)
+        applied.append("sequential_cpu_offload")
+    else:
+        pipe.to(device)
+    return tuple(applied)

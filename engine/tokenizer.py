@@ -1,0 +1,77 @@
+"""The CLIP ViT-L/14 BPE tokenizer, built offline from the vocabulary open-clip-torch ships."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+from pathlib import Path
+
+from transformers import CLIPTokenizer
+
+VOCAB_SIZE = 49408
+MODEL_MAX_LENGTH = 77
+_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def find_bpe_file() -> Path:
+    """Locate open_clip's BPE merges file without importing open_clip (it would pull torchvision)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the CLIP vocabulary is missing: install it with `pip install --no-deps open-clip-torch`"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / _VOCAB_FILE
+        if path.is_file():
+            return path
+    raise RuntimeError(f"open-clip-torch is installed but has no {_VOCAB_FILE}")
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP byte→unicode table, in CLIP's order (openai/CLIP simple_tokenizer.py)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table = dict.fromkeys(printable, 0)
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = 256 + extra
+            extra += 1
+    for b in printable:
+        table[b] = b
+    ordered = printable + [b for b in range(256) if b not in printable]
+    return [chr(table[b]) for b in ordered]
+
+
+def read_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary and merges, in CLIP's id order (openai/CLIP simple_tokenizer.py)."""
+    lines = gzip.decompress(find_bpe_file().read_bytes()).decode("utf-8").split("\n")
+    # The first line is a version header; CLIP uses exactly 49152 - 256 - 2 merges.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    pairs = [(a, b) for a, b in merges]
+    byte_chars = _bytes_to_unicode()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    tokens += ["".join(pair) for pair in pairs]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(tokens) == VOCAB_SIZE, len(tokens)
+    return {tok: i for i, tok in enumerate(tokens)}, pairs
+
+
+@functools.cache
+def _cached_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    return read_vocab()
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    """A fresh CLIPTokenizer with CLIP's 49,408 tokens and a 77-token context (BOS + 75 + EOS)."""
+    vocab, merges = _cached_vocab()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MODEL_MAX_LENGTH)
+
+
+def save_tokenizer(folder: Path) -> None:
+    """Write the tokenizer in diffusers' `tokenizer/` layout."""
+    build_tokenizer().save_pretrained(str(folder))
