@@ -12,9 +12,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import diffusers
 import torch
+import transformers
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
+from engine.device import DeviceOptions, apply_memory_profile
 from engine.errors import InvalidRequest, ModelNotFound
 from engine.request import RequestDefaults
 from engine.tokenizer import build_tokenizer
@@ -24,40 +27,10 @@ log = logging.getLogger(__name__)
 SD15_CONFIG = Path(__file__).parent / "sd_configs" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HASH_CACHE = ".aidraw-hashes.json"
-Vram = Literal["normal", "medvram", "lowvram"]
 
-
-@dataclass(frozen=True, kw_only=True)
-class DeviceOptions:
-    """Where and how pipelines run.
-
-    Args:
-        device: "auto" (CUDA, then Apple mps, then CPU), "cpu", "cuda", "cuda:N" or "mps".
-        dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16" or "bfloat16".
-        vram: "normal"; "medvram" (model CPU offload + sliced attention/VAE);
-            "lowvram" (sequential CPU offload + sliced attention + tiled VAE).
-    """
-
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    vram: Vram = "normal"
-
-    def resolve_device(self) -> torch.device:
-        """The concrete torch device for "auto"."""
-        if self.device != "auto":
-            return torch.device(self.device)
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-
-    def resolve_dtype(self, device: torch.device) -> torch.dtype:
-        """The weights' dtype: fp16 on CUDA unless set."""
-        if self.dtype == "auto":
-            return torch.float16 if device.type == "cuda" else torch.float32
-        dtype: torch.dtype = getattr(torch, self.dtype)
-        return dtype
+# Loading bars from the libraries would interleave with the bots' logs and the CLI's own bar.
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,27 +262,3 @@ def check_ckpt(path: Path) -> None:
             f"Refusing {path.name}: it is a pickle with more than plain weights, which could run "
             "code. Convert it to .safetensors with a tool you trust."
         ) from e
-
-
-def apply_memory_profile(
-    pipe: StableDiffusionPipeline, vram: Vram, device: torch.device
-) -> tuple[str, ...]:
-    """Move the pipeline to `device` with the A1111 `--medvram`/`--lowvram` equivalents."""
-    applied: list[str] = []
-    if vram != "normal":
-        pipe.enable_attention_slicing()
-        pipe.vae.enable_slicing()
-        applied += ["attention_slicing", "vae_slicing"]
-    if vram == "lowvram":
-        pipe.vae.enable_tiling()
-        applied.append("vae_tiling")
-    # Offload only means something where the device has memory of its own apart from the CPU's.
-    if vram == "medvram" and device.type == "cuda":
-        pipe.enable_model_cpu_offload(device=device)
-        applied.append("model_cpu_offload")
-    elif vram == "lowvram" and device.type == "cuda":
-        pipe.enable_sequential_cpu_offload(device=device)
-        applied.append("sequential_cpu_offload")
-    else:
-        pipe.to(device)
-    return tuple(applied)

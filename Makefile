@@ -1,0 +1,49 @@
+# aidraw: `make demo` (set up + draw) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+AIDRAW := $(VENV)/bin/aidraw
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# on a CPU-only host whose pip would otherwise fetch the multi-GB CUDA build.
+TORCH_PIP_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# torch goes in first: a bare torch requirement would pull a multi-GB CUDA build on a CPU host.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	if nvidia-smi >/dev/null 2>&1; then \
+		echo "CUDA GPU found: installing the CUDA build of $(TORCH)"; \
+		PIP_FIND_LINKS= $(PIP) install $(TORCH_PIP_ARGS) $(TORCH); \
+	else \
+		echo "no CUDA GPU: installing the CPU build of $(TORCH)"; \
+		$(PIP) install $(TORCH_PIP_ARGS) $(TORCH); \
+	fi
+	$(PIP) install -e '.[dev]'
+	# Only for CLIP's BPE vocabulary file; its dependencies would replace the CPU torch.
+	$(PIP) install --no-deps 'open-clip-torch>=2.20,<4'
+	touch $(STAMP)
+
+demo: install
+	$(AIDRAW) build-demo --if-missing
+	$(AIDRAW) draw "1girl, silver hair, long hair, smile, hat --seed 42"
+
+test: install
+	$(PY) -m pytest
+	$(MAKE) --no-print-directory lint
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict engine
+
+bench: install
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

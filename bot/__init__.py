@@ -1,0 +1,1 @@
+"""aidraw's chat frontends, parser and launcher."""

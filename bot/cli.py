@@ -1,0 +1,183 @@
+"""`aidraw draw | models | run | build-demo`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.parse import parse_request
+from bot.settings import Settings, SettingsError, env_token, load
+from engine.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+TOKEN_VARS = ("AIDRAW_DISCORD_TOKEN", "AIDRAW_TELEGRAM_TOKEN")
+
+
+class UsageError(Exception):
+    """A command-line problem worth one line and exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        # Library chatter ("torchvision not installed") is noise on a terminal. The libraries
+        # read these when first imported, which happens below.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    try:
+        settings = load(args.settings)
+        result: int = args.func(args, settings)
+        return result
+    except (SettingsError, EngineError, UsageError) as e:
+        print(f"aidraw: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aidraw", description=__doc__)
+    parser.add_argument("--settings", type=Path, help="settings file (default: ./settings.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    draw = sub.add_parser("draw", help="draw one prompt, exactly as the chat bots read it")
+    draw.add_argument("text", help='chat text, e.g. "1girl, smile --seed 42 --steps 20"')
+    draw.add_argument("--out", type=Path, help="PNG path (default: <output_dir>/<time>-<seed>.png)")
+    draw.add_argument("--json", action="store_true", help="print JSON lines instead of paths")
+    draw.set_defaults(func=cmd_draw)
+
+    models = sub.add_parser("models", help="list models and VAEs found under models/")
+    models.set_defaults(func=cmd_models)
+
+    run = sub.add_parser("run", help="start the chat bots that have a token in the environment")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("build-demo", help="build the offline demo model into models/")
+    demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    demo.add_argument(
+        "--if-missing", action="store_true", help="only if no model is configured or found"
+    )
+    demo.set_defaults(func=cmd_build_demo)
+    return parser
+
+
+def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
+    request = parse_request(args.text, requester="cli")
+    # Heavy imports only for commands that draw.
+    from tqdm import tqdm
+
+    from engine.generate import check_request, generate
+    from engine.models import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir, settings.defaults)
+    name = request.model or settings.engine.default_model or _first_model(registry, settings)
+    entry = registry.get(name)
+    # Check at the door, before the seconds-long model load.
+    check_request(request, settings.limits, entry.defaults)
+    model = registry.load(entry.name, settings.device)
+    resolved = entry.defaults.apply(request)
+    with tqdm(total=resolved.num_inference_steps, unit="step", file=sys.stderr, leave=False) as bar:
+
+        def on_step(step: int, total: int, latents: Any) -> None:
+            bar.update(step - bar.n)
+
+        results = generate(model, [request], limits=settings.limits, on_step=on_step)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i, result in enumerate(results):
+        path = _output_path(args.out, settings, stamp, result.seed, i, len(results))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(result.png)
+        if args.json:
+            line = {
+                "path": str(path),
+                "seed": result.seed,
+                "request": dataclasses.asdict(result.request),
+                "timings": dataclasses.asdict(result.timings),
+            }
+            print(json.dumps(line, ensure_ascii=False))
+        else:
+            print(path)
+    return 0
+
+
+def _first_model(registry: Any, settings: Settings) -> str:
+    if not registry.models:
+        raise UsageError(
+            f"no model in {settings.models_dir}: run `make demo` (or `aidraw build-demo`), "
+            "or put a .safetensors checkpoint there"
+        )
+    return str(next(iter(registry.models)))
+
+
+def _output_path(
+    out: Path | None, settings: Settings, stamp: str, seed: int, index: int, count: int
+) -> Path:
+    if out is None:
+        return Path(settings.engine.output_dir) / f"{stamp}-{seed}.png"
+    if count == 1:
+        return out
+    return out.with_name(f"{out.stem}-{index + 1}{out.suffix or '.png'}")
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.models import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir, settings.defaults)
+    print(f"models in {settings.models_dir}:")
+    for entry in registry.models.values():
+        d = entry.defaults
+        marker = " (default)" if entry.name == settings.engine.default_model else ""
+        print(
+            f"  {entry.name}{marker}  [{entry.kind}]  {d.width}x{d.height}, {d.sampler}, "
+            f"{d.num_inference_steps} steps, clip skip {d.clip_skip}"
+        )
+    if not registry.models:
+        print("  (none: run `make demo` or `aidraw build-demo`)")
+    print("VAEs: " + (", ".join(registry.vaes) or "(none)"))
+    for problem in registry.problems:
+        print(f"  problem: {problem}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    configured = [var for var in TOKEN_VARS if env_token(var)]
+    raise UsageError(
+        "no chat frontend is available in this version yet "
+        f"(tokens found: {', '.join(configured) or 'none'}); "
+        'try `aidraw draw "1girl, smile"` instead'
+    )
+
+
+def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.demo_model import DEMO_NAME, save_demo_model
+
+    from engine.models import ModelRegistry
+
+    target = settings.models_dir / DEMO_NAME
+    if args.if_missing and (
+        settings.engine.default_model or ModelRegistry(settings.models_dir).models
+    ):
+        print(f"a model is configured or present in {settings.models_dir}; no demo build needed")
+        return 0
+    if target.exists() and not args.force:
+        print(f"demo model already built: {target}")
+        return 0
+    print(save_demo_model(settings.models_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""settings.toml → frozen dataclasses. An unknown key, wrong type or bad value stops start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.device import DeviceOptions
+from engine.errors import InvalidRequest
+from engine.request import Limits, RequestDefaults
+
+SETTINGS_ENV = "AIDRAW_SETTINGS"
+
+
+class SettingsError(Exception):
+    """settings.toml is wrong; the message names the file, the key and what is allowed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    """Where models live and which one serves by default.
+
+    Args:
+        models_dir: folder of models, relative to settings.toml.
+        default_model: model for requests that name none; "" = the first one found.
+        output_dir: where `aidraw draw` writes images, relative to the working directory.
+    """
+
+    models_dir: str = "models"
+    default_model: str = ""
+    output_dir: str = "out"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything in settings.toml; each table is a dataclass passed to a constructor."""
+
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    device: DeviceOptions = field(default_factory=DeviceOptions)
+    limits: Limits = field(default_factory=Limits)
+    defaults: RequestDefaults = field(default_factory=RequestDefaults)
+    # The folder settings.toml was read from; relative paths in it are relative to this.
+    root: Path = field(default_factory=Path.cwd)
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.root / self.engine.models_dir).resolve()
+
+
+# Inclusive numeric ranges; keys not listed only need the right type.
+RANGES: dict[str, tuple[float, float]] = {
+    "limits.max_pixels": (64 * 64, 4096 * 4096),
+    "limits.max_side": (64, 8192),
+    "limits.max_steps": (1, 1000),
+    "limits.max_batch_size": (1, 64),
+    "limits.max_prompt_chars": (1, 100_000),
+    "defaults.width": (64, 8192),
+    "defaults.height": (64, 8192),
+    "defaults.num_inference_steps": (1, 1000),
+    "defaults.guidance_scale": (1.0, 30.0),
+    "defaults.clip_skip": (1, 12),
+}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def load(path: Path | None = None) -> Settings:
+    """Read settings: `path`, else $AIDRAW_SETTINGS, else ./settings.toml, else all defaults."""
+    if path is None:
+        env = os.environ.get(SETTINGS_ENV)
+        path = Path(env) if env else Path("settings.toml")
+        if not env and not path.is_file():
+            return Settings()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SettingsError(f"{path}: cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{path}: not valid TOML: {e}") from e
+    return from_dict(data, source=str(path), root=path.resolve().parent)
+
+
+def from_dict(data: dict[str, Any], *, source: str = "settings", root: Path | None = None) -> Settings:
+    """Build Settings from parsed TOML, checking every key, type and range."""
+    tables: dict[str, Any] = {}
+    hints = typing.get_type_hints(Settings)
+    allowed = [f.name for f in dataclasses.fields(Settings) if f.name != "root"]
+    for name, value in data.items():
+        if name not in allowed:
+            raise SettingsError(f"{source}: unknown table [{name}]; allowed: {', '.join(allowed)}")
+        if not isinstance(value, dict):
+            raise SettingsError(f"{source}: {name} must be a table ([{name}])")
+        tables[name] = _build(hints[name], value, f"{source}: {name}")
+    settings = Settings(**tables, root=root or Path.cwd())
+    _check_meaning(settings, source)
+    return settings
+
+
+def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in names:
+            raise SettingsError(f"{where}.{key}: unknown key; allowed: {', '.join(names)}")
+        values[key] = _check_type(value, hints[key], f"{where}.{key}")
+        table_key = f"{where.rsplit(': ', 1)[-1]}.{key}"
+        if table_key in RANGES:
+            low, high = RANGES[table_key]
+            if not low <= values[key] <= high:
+                raise SettingsError(f"{where}.{key}: {value!r} is out of range; allowed: {low:g} to {high:g}")
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise SettingsError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(repr, choices))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, where)
+            except SettingsError:
+                continue
+        raise SettingsError(f"{where}: {value!r} has the wrong type; expected {hint}")
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is type(None):
+        if value is not None:
+            raise SettingsError(f"{where}: expected nothing, got {value!r}")
+        return value
+    if isinstance(value, bool) and hint is not bool or not isinstance(value, hint):
+        name = getattr(hint, "__name__", str(hint))
+        raise SettingsError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_meaning(settings: Settings, source: str) -> None:
+    """Checks no type can express: device names, samplers, defaults within the limits."""
+    if not _DEVICE.fullmatch(settings.device.device):
+        raise SettingsError(
+            f"{source}: device.device: {settings.device.device!r} is not allowed; "
+            "allowed: auto, cpu, cuda, cuda:N, mps"
+        )
+    # Imported here: it pulls in torch and diffusers, which a bare settings read does not need.
+    from engine.generate import check_request
+    from engine.request import GenerationRequest
+
+    try:
+        check_request(GenerationRequest(prompt=""), settings.limits, settings.defaults)
+    except InvalidRequest as e:
+        raise SettingsError(f"{source}: defaults.{e.field}: {e}") from e
+
+
+def env_token(name: str) -> str | None:
+    """A bot token from the environment (never from settings.toml)."""
+    value = os.environ.get(name, "").strip()
+    return value or None

@@ -1,0 +1,74 @@
+"""Where pipelines run: device, dtype and the A1111 --medvram/--lowvram memory profiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+Vram = Literal["normal", "medvram", "lowvram"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceOptions:
+    """Where and how pipelines run.
+
+    Args:
+        device: "auto" (CUDA, then Apple mps, then CPU), "cpu", "cuda", "cuda:N" or "mps".
+        dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16" or "bfloat16".
+        vram: "normal"; "medvram" (model CPU offload + sliced attention and VAE);
+            "lowvram" (sequential CPU offload + sliced attention + tiled VAE).
+    """
+
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    vram: Vram = "normal"
+
+    def resolve_device(self) -> torch.device:
+        """The concrete torch device for "auto"."""
+        import torch
+
+        if self.device != "auto":
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        """The weights' dtype: fp16 on CUDA unless set."""
+        import torch
+
+        if self.dtype == "auto":
+            return torch.float16 if device.type == "cuda" else torch.float32
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype
+
+
+def apply_memory_profile(
+    pipe: StableDiffusionPipeline, vram: Vram, device: torch.device
+) -> tuple[str, ...]:
+    """Put the pipeline on `device` with diffusers' equivalents of A1111's --medvram/--lowvram."""
+    applied: list[str] = []
+    if vram != "normal":
+        pipe.enable_attention_slicing()
+        pipe.vae.enable_slicing()
+        applied += ["attention_slicing", "vae_slicing"]
+    if vram == "lowvram":
+        pipe.vae.enable_tiling()
+        applied.append("vae_tiling")
+    # Offload only helps where the device has memory of its own apart from the CPU's.
+    if vram == "medvram" and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+        applied.append("model_cpu_offload")
+    elif vram == "lowvram" and device.type == "cuda":
+        pipe.enable_sequential_cpu_offload(device=device)
+        applied.append("sequential_cpu_offload")
+    else:
+        pipe.to(device)
+    return tuple(applied)
