@@ -163,7 +163,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
     from engine.demo_model import DEMO_NAME, save_demo_model
-
     from engine.models import ModelRegistry
 
     target = settings.models_dir / DEMO_NAME

@@ -92,7 +92,9 @@ def parse_request(
     if "size" in values:
         values["width"], values["height"] = values.pop("size")
     if not prompt:
-        raise ParseError("The prompt is empty: write what to draw before the flags.", field="prompt")
+        raise ParseError(
+            "The prompt is empty: write what to draw before the flags.", field="prompt"
+        )
     return dataclasses.replace(base, prompt=prompt, requester=requester, **values)
 
 

@@ -6,12 +6,12 @@ import dataclasses
 import os
 import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from engine.config import ConfigError, build
 from engine.device import DeviceOptions
 from engine.errors import InvalidRequest
 from engine.request import Limits, RequestDefaults
@@ -19,7 +19,7 @@ from engine.request import Limits, RequestDefaults
 SETTINGS_ENV = "AIDRAW_SETTINGS"
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigError):
     """settings.toml is wrong; the message names the file, the key and what is allowed."""
 
 
@@ -86,7 +86,9 @@ def load(path: Path | None = None) -> Settings:
     return from_dict(data, source=str(path), root=path.resolve().parent)
 
 
-def from_dict(data: dict[str, Any], *, source: str = "settings", root: Path | None = None) -> Settings:
+def from_dict(
+    data: dict[str, Any], *, source: str = "settings", root: Path | None = None
+) -> Settings:
     """Build Settings from parsed TOML, checking every key, type and range."""
     tables: dict[str, Any] = {}
     hints = typing.get_type_hints(Settings)
@@ -96,57 +98,14 @@ def from_dict(data: dict[str, Any], *, source: str = "settings", root: Path | No
             raise SettingsError(f"{source}: unknown table [{name}]; allowed: {', '.join(allowed)}")
         if not isinstance(value, dict):
             raise SettingsError(f"{source}: {name} must be a table ([{name}])")
-        tables[name] = _build(hints[name], value, f"{source}: {name}")
+        ranges = {k.partition(".")[2]: v for k, v in RANGES.items() if k.startswith(f"{name}.")}
+        try:
+            tables[name] = build(hints[name], value, f"{source}: {name}", ranges=ranges)
+        except ConfigError as e:
+            raise SettingsError(str(e)) from None
     settings = Settings(**tables, root=root or Path.cwd())
     _check_meaning(settings, source)
     return settings
-
-
-def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise SettingsError(f"{where}.{key}: unknown key; allowed: {', '.join(names)}")
-        values[key] = _check_type(value, hints[key], f"{where}.{key}")
-        table_key = f"{where.rsplit(': ', 1)[-1]}.{key}"
-        if table_key in RANGES:
-            low, high = RANGES[table_key]
-            if not low <= values[key] <= high:
-                raise SettingsError(f"{where}.{key}: {value!r} is out of range; allowed: {low:g} to {high:g}")
-    return cls(**values)
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise SettingsError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(repr, choices))}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(value, option, where)
-            except SettingsError:
-                continue
-        raise SettingsError(f"{where}: {value!r} has the wrong type; expected {hint}")
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, list):
-            raise SettingsError(f"{where}: expected a list, got {value!r}")
-        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is type(None):
-        if value is not None:
-            raise SettingsError(f"{where}: expected nothing, got {value!r}")
-        return value
-    if isinstance(value, bool) and hint is not bool or not isinstance(value, hint):
-        name = getattr(hint, "__name__", str(hint))
-        raise SettingsError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _check_meaning(settings: Settings, source: str) -> None:

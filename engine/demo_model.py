@@ -43,7 +43,12 @@ UNET_CONFIG: dict[str, Any] = {
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     ),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
     "cross_attention_dim": 32,
     "attention_head_dim": 8,
     "norm_num_groups": 32,
@@ -108,13 +113,17 @@ def save_demo_model(models_dir: Path, *, name: str = DEMO_NAME, seed: int = 0) -
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / name
     pipe = build_demo_pipeline(seed)
-    # Write to a temporary folder first so a half-written model never appears in the registry.
-    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".building-") as tmp:
+    # Write to a temporary folder first so a half-written model never appears in the registry
+    # (the registry skips dot-folders).
+    tmp = Path(tempfile.mkdtemp(dir=models_dir, prefix=".building-"))
+    try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         if target.exists():
             shutil.rmtree(target)
-        Path(tmp).rename(target)
-        Path(tmp).mkdir()  # TemporaryDirectory expects to remove something
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (models_dir / f"{name}.toml").write_text(DEMO_DEFAULTS, encoding="utf-8")
     log.info("built demo model %s", target)
     return target

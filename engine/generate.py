@@ -202,12 +202,12 @@ def generate(
             decoded = pipe.vae.decode(
                 out.images / pipe.vae.config.scaling_factor, return_dict=False
             )[0]
-            images: list[Image.Image] = pipe.image_processor.postprocess(
-                decoded, output_type="pil"
-            )
+            images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
             t3 = time.perf_counter()
     except torch.cuda.OutOfMemoryError as e:
-        log.warning("out of memory drawing %d images at %dx%d", len(items), first.width, first.height)
+        log.warning(
+            "out of memory drawing %d images at %dx%d", len(items), first.width, first.height
+        )
         raise GenerationFailed(
             "Out of GPU memory: try a smaller size or fewer images at once."
         ) from e

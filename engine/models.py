@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ import torch
 import transformers
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
+from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile
 from engine.errors import InvalidRequest, ModelNotFound
 from engine.request import RequestDefaults
@@ -98,8 +99,10 @@ class ModelRegistry:
         vae_dir = self.models_dir / "VAE"
         if vae_dir.is_dir():
             for path in sorted(vae_dir.iterdir()):
-                if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES or (
-                    path.is_dir() and (path / "config.json").is_file()
+                if (
+                    path.is_file()
+                    and path.suffix in SINGLE_FILE_SUFFIXES
+                    or (path.is_dir() and (path / "config.json").is_file())
                 ):
                     self.vaes[path.stem] = path
 
@@ -125,24 +128,19 @@ class ModelRegistry:
         unknown = set(data) - {"defaults", "config"}
         if unknown:
             raise InvalidRequest(f"unknown key {sorted(unknown)[0]!r}; allowed: defaults, config")
-        table: dict[str, Any] = data.get("defaults", {})
-        allowed = {f.name: f.type for f in fields(RequestDefaults)}
-        for key, value in table.items():
-            if key not in allowed:
-                raise InvalidRequest(
-                    f"unknown key defaults.{key}; allowed: {', '.join(sorted(allowed))}"
-                )
-            want = {"int": int, "float": (int, float), "str": str}[str(allowed[key])]
-            if isinstance(value, bool) or not isinstance(value, want):
-                raise InvalidRequest(f"defaults.{key} must be {allowed[key]}, not {value!r}")
-        if "guidance_scale" in table:
-            table["guidance_scale"] = float(table["guidance_scale"])
+        table = data.get("defaults", {})
+        if not isinstance(table, dict):
+            raise InvalidRequest("defaults must be a table ([defaults])")
+        try:
+            defaults = build(RequestDefaults, table, "defaults", base=self.base_defaults)
+        except ConfigError as e:
+            raise InvalidRequest(str(e)) from None
         config = SD15_CONFIG
         if "config" in data:
             config = (self.models_dir / str(data["config"])).resolve()
             if not (config / "model_index.json").is_file():
                 raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
-        return self.base_defaults.updated(table), config
+        return defaults, config
 
     def get(self, name: str) -> ModelEntry:
         """The entry for a user-given name, or ModelNotFound with close matches."""
@@ -187,7 +185,11 @@ class ModelRegistry:
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
-        cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+        cache[key] = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "sha256": digest.hexdigest(),
+        }
         tmp = cache_file.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")

@@ -71,10 +71,6 @@ class RequestDefaults:
         }
         return dataclasses.replace(request, **missing) if missing else request
 
-    def updated(self, overrides: dict[str, object]) -> RequestDefaults:
-        """A copy with some fields replaced (a model's own defaults over the settings')."""
-        return dataclasses.replace(self, **overrides)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:

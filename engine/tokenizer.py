@@ -15,11 +15,12 @@ _VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
 def find_bpe_file() -> Path:
-    """Locate open_clip's BPE merges file without importing open_clip (it would pull torchvision)."""
+    """Locate open_clip's BPE file without importing open_clip (that would pull torchvision)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "the CLIP vocabulary is missing: install it with `pip install --no-deps open-clip-torch`"
+            "the CLIP vocabulary is missing: "
+            "install it with `pip install --no-deps open-clip-torch`"
         )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / _VOCAB_FILE

@@ -162,7 +162,9 @@ def test_cancel_stops_at_the_next_step(demo_model) -> None:  # type: ignore[no-u
 
 @pytest.mark.parametrize("vram", ["medvram", "lowvram"])
 def test_memory_profiles_draw_the_same_image_on_cpu(demo_models_dir, demo_model, vram) -> None:  # type: ignore[no-untyped-def]
-    model = ModelRegistry(demo_models_dir).load("aidraw-demo", DeviceOptions(device="cpu", vram=vram))
+    model = ModelRegistry(demo_models_dir).load(
+        "aidraw-demo", DeviceOptions(device="cpu", vram=vram)
+    )
     assert "attention_slicing" in model.memory
     assert not any("offload" in m for m in model.memory)  # offload needs a separate device memory
     sliced = generate(model, [BASE], limits=LIMITS)[0]

@@ -13,7 +13,7 @@ from engine.tokenizer import VOCAB_SIZE, build_tokenizer, find_bpe_file
 
 @pytest.fixture(scope="module")
 def clip_reference():  # type: ignore[no-untyped-def]
-    """open_clip's own SimpleTokenizer (CLIP's reference code), loaded without open_clip/__init__."""
+    """open_clip's SimpleTokenizer (CLIP's reference code), loaded without open_clip/__init__."""
     path = Path(find_bpe_file()).parent / "tokenizer.py"
     spec = importlib.util.spec_from_file_location("_open_clip_tokenizer", path)
     assert spec and spec.loader

@@ -1,0 +1,109 @@
+"""`aidraw draw | models | build-demo` as a user runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path, demo_models_dir: Path) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(f'[engine]\nmodels_dir = "{demo_models_dir}"\n', encoding="utf-8")
+    return path
+
+
+def _offline_env() -> dict[str, str]:
+    # Any attempt to reach a hub fails fast: nothing may be downloaded.
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def test_draw_writes_a_png_with_infotext_offline(settings_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cat.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "--settings", str(settings_file), "draw",
+         "1girl, smile --seed 7 --steps 3 --size 64x64", "--out", str(out)],
+        capture_output=True, text=True, env=_offline_env(), timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    with Image.open(out) as image:
+        info = image.info["parameters"]
+    assert info.startswith("1girl, smile\nSteps: 3, Sampler: Euler a, CFG scale: 11, Seed: 7,")
+    assert "Size: 64x64, Model hash: " in info
+
+
+def test_draw_json_reports_path_seed_request_timings(
+    settings_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.png"
+    text = "cat --steps 2 --size 64x64 --n 2"
+    assert main(["--settings", str(settings_file), "draw", text, "--out", str(out), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(d["path"]).name for d in lines] == ["x-1.png", "x-2.png"]
+    assert lines[1]["seed"] == lines[0]["seed"] + 1
+    assert lines[0]["request"]["num_inference_steps"] == 2
+    assert lines[0]["request"]["model"] == "aidraw-demo"
+    assert lines[0]["timings"]["total_s"] > 0
+    for d in lines:
+        image = Image.open(io.BytesIO(Path(d["path"]).read_bytes()))
+        assert f"Seed: {d['seed']}," in image.info["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cat --sede 3", "Unknown flag --sede. Did you mean --seed?"),
+        ("cat --size 4096x4096", "width 4096 is not allowed"),
+        ("cat --steps 0", "steps 0 is not allowed: use 1 to 150"),
+        ("cat --model aidraw-dem", "Unknown model 'aidraw-dem'. Did you mean: aidraw-demo?"),
+        ("cat --model ../etc", "Invalid model name '../etc'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    settings_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    out = tmp_path / "never.png"
+    assert main(["--settings", str(settings_file), "draw", text, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aidraw: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_no_model_tells_how_to_get_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text('[engine]\nmodels_dir = "empty"\n', encoding="utf-8")
+    assert main(["--settings", str(settings), "draw", "cat"]) == 2
+    assert "run `make demo`" in capsys.readouterr().err
+
+
+def test_bad_settings_stop_with_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[limits]\nmax_steps = -1\n", encoding="utf-8")
+    assert main(["--settings", str(settings), "models"]) == 2
+    assert "limits.max_steps: -1 is out of range" in capsys.readouterr().err
+
+
+def test_models_lists_the_registry(settings_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--settings", str(settings_file), "models"]) == 0
+    out = capsys.readouterr().out
+    assert "aidraw-demo  [diffusers]  128x128, Euler a, 28 steps, clip skip 2" in out
+
+
+def test_build_demo_if_missing_skips_when_a_model_exists(
+    settings_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--settings", str(settings_file), "build-demo", "--if-missing"]) == 0
+    assert "no demo build needed" in capsys.readouterr().out
