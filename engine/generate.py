@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import logging
 import secrets
@@ -19,7 +18,7 @@ from engine import __version__
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.infotext import format_infotext, format_number
 from engine.models import LoadedModel
-from engine.prompts import encode_texts
+from engine.prompts import encode_conditioning
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults, Timings
 from engine.samplers import canonical_sampler, make_scheduler
 
@@ -161,17 +160,18 @@ def generate(
 
     try:
         with torch.inference_mode():
-            # 5. Encode prompts with A1111's clip skip.
+            # 5. Encode prompts (A1111 clip skip; per-step conditioning for prompt editing).
             t0 = time.perf_counter()
-            encode = functools.partial(
-                encode_texts,
+            conditioning = encode_conditioning(
                 pipe.tokenizer,
                 pipe.text_encoder,
+                [r.prompt for r, _ in items],
+                [r.negative_prompt for r, _ in items],
                 clip_skip=first.clip_skip,
+                steps=first.num_inference_steps,
                 device=model.device,
             )
-            prompt_embeds = encode([r.prompt for r, _ in items])
-            negative_embeds = encode([r.negative_prompt for r, _ in items])
+            prompt_embeds, negative_embeds = conditioning.at(0)
             t1 = time.perf_counter()
 
             # 6. Denoise, checking for cancellation after every step.
