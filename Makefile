@@ -44,6 +44,8 @@ lint: install
 
 bench: install
 	$(PY) bench/overhead.py
+	$(PY) bench/samplers.py
+	$(PY) bench/engine.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.parse import parse_request
+from bot.parse import ParsedRequest, read_request
 from bot.settings import Settings, SettingsError, env_token, load
 from engine.errors import EngineError
+from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("text", help='chat text, e.g. "1girl, smile --seed 42 --steps 20"')
     draw.add_argument("--out", type=Path, help="PNG path (default: <output_dir>/<time>-<seed>.png)")
     draw.add_argument("--json", action="store_true", help="print JSON lines instead of paths")
+    draw.add_argument(
+        "--explain",
+        action="store_true",
+        help="draw nothing: print the parsed request, its weighted segments and token chunks",
+    )
     draw.set_defaults(func=cmd_draw)
 
     models = sub.add_parser("models", help="list models and VAEs found under models/")
@@ -75,7 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
-    request = parse_request(args.text, requester="cli")
+    parsed = read_request(args.text, requester="cli", settings=settings.prompt)
+    if args.explain:
+        print(explain(parsed, settings))
+        return 0
+    for note in parsed.notes:
+        print(f"aidraw: note: {note}", file=sys.stderr)
+    request = parsed.request
     # Heavy imports only for commands that draw.
     from tqdm import tqdm
 
@@ -111,6 +123,64 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(path)
     return 0
+
+
+def explain(parsed: ParsedRequest, settings: Settings) -> str:
+    """How chat text is read: the request, each prompt's schedule, weights and token chunks."""
+    from engine.prompts import format_weight, parse_attention, prompt_chunks, prompt_schedule
+    from engine.tokenizer import build_tokenizer
+
+    request = parsed.request
+    tokenizer = build_tokenizer()
+    steps = request.num_inference_steps or settings.defaults.num_inference_steps
+    emphasis = request.emphasis or settings.defaults.emphasis
+    unset = GenerationRequest(prompt="")
+    lines = ["request (unset fields take the model's and settings' defaults):"]
+    for field in dataclasses.fields(request):
+        value = getattr(request, field.name)
+        if field.name in ("prompt", "negative_prompt") or value != getattr(unset, field.name):
+            lines.append(f"  {field.name}: {value!r}")
+    lines += [f"note: {note}" for note in parsed.notes]
+    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+        schedule = prompt_schedule(text, steps)
+        used_from = 1  # sampling step k (1-based) uses the first entry whose end is >= k - 1
+        for end, variant in schedule:
+            used_to = min(end + 1, steps)
+            if len(schedule) > 1:
+                span = f"steps {used_from}-{used_to}" if used_from <= used_to else "never used"
+                lines.append(f"{label} ({span} of {steps}): {variant!r}")
+            else:
+                lines.append(f"{label}: {variant!r}")
+            used_from = max(used_from, used_to + 1)
+            segments = parse_attention(variant) if emphasis != "None" else [(variant, 1.0)]
+            lines.append("  weighted segments:")
+            lines += [f"    {format_weight(w):<7} {segment!r}" for segment, w in segments]
+            chunks = prompt_chunks(tokenizer, variant, emphasis=emphasis)
+            lines.append(f"  token chunks ({len(chunks)} x 75, emphasis {emphasis}):")
+            for i, chunk in enumerate(chunks, 1):
+                lines.append(f"    {i}: {chunk.used:>2}/75  {_chunk_text(tokenizer, chunk)}")
+    return "\n".join(lines)
+
+
+def _chunk_text(tokenizer: Any, chunk: Any) -> str:
+    """A chunk's tokens as text, with runs of one weight shown A1111-style: (word:1.1)."""
+    from engine.prompts import format_weight
+
+    body = chunk.tokens[1 : 1 + chunk.used]
+    weights = chunk.multipliers[1 : 1 + chunk.used]
+    pieces = tokenizer.convert_ids_to_tokens(list(body))
+    out: list[str] = []
+    run: list[str] = []
+    run_weight = 1.0
+    for piece, weight in [*zip(pieces, weights, strict=True), (None, None)]:
+        if weight != run_weight and run:
+            text = "".join(run).replace("</w>", " ").strip()
+            out.append(text if run_weight == 1.0 else f"({text}:{format_weight(run_weight)})")
+            run = []
+        if piece is not None:
+            run.append(piece)
+            run_weight = weight
+    return " ".join(out) if out else "(padding only)"
 
 
 def _first_model(registry: Any, settings: Settings) -> str:
@@ -158,6 +228,30 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         "no chat frontend is available in this version yet "
         f"(tokens found: {', '.join(configured) or 'none'}); "
         'try `aidraw draw "1girl, smile"` instead'
+    )
+
+
+def build_engine(settings: Settings) -> Any:
+    """The engine `aidraw run` serves the frontends with (an `engine.engine.Engine`): models
+    from settings, journal and results paths relative to settings.toml. Start it with
+    `asyncio.create_task(engine.run())`; stop it with `await engine.close()`."""
+    from engine.engine import Engine
+    from engine.generate import generate
+    from engine.models import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir, settings.defaults)
+    queue = settings.queue
+    journal = queue.journal if queue.journal == ":memory:" else str(settings.root / queue.journal)
+    config = dataclasses.replace(
+        queue, journal=journal, results_dir=str(settings.root / queue.results_dir)
+    )
+    return Engine(
+        config,
+        registry=registry,
+        load=lambda name: registry.load(name, settings.device),
+        generate=generate,
+        limits=settings.limits,
+        default_model=settings.engine.default_model,
     )
 
 

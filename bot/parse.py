@@ -1,34 +1,78 @@
 """Chat text → GenerationRequest: one grammar for every frontend and the CLI.
 
-`<prompt> --flag value ...`: the prompt comes first, then flags with shell quoting. The prompt
-language issue extends this (NAI braces, presets, pasted infotext, `Negative prompt:` lines).
+`<prompt> --flag value ...`: the prompt comes first, then flags with shell quoting (on any line).
+A line `Negative prompt: ...` gives the negative prompt, and a whole pasted A1111 infotext (its
+last line holding at least three `key: value` pairs) is read like A1111's PNG Info reads it.
+NAI emphasis (`{x}`, and `[x]` in "nai" syntax) is written as A1111 weights, NAI's quality tags
+and undesired-content preset are added (both settings), and full-width punctuation is made
+ASCII; `read_request` says which of these it did, for the reply.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 from engine.errors import InvalidRequest
+from engine.infotext import parse_infotext, request_from_infotext
+from engine.presets import (
+    NAI_SIZES,
+    nai_size,
+    uc_preset_name,
+    with_quality_tags,
+    with_uc_preset,
+)
+from engine.prompt_syntax import EMPHASIS_MODES, SYNTAXES, parse_attention, to_a1111
 from engine.request import GenerationRequest
+
+# The NAI "Normal" portrait area; `--ar` keeps it unless the user's defaults give a size.
+_AR_AREA = 512 * 768
 
 
 class ParseError(InvalidRequest):
     """The chat text cannot be read; the message names the flag and what is allowed."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class PromptSettings:
+    """How chat text becomes a prompt (settings.toml [prompt]; a user's saved choices override).
+
+    Args:
+        syntax: "a1111" (`[x]` ÷1.1) or "nai" (`[x]` ÷1.05); `{x}` is ×1.05 in both.
+        quality_tags: prepend NovelAI's quality tags "masterpiece, best quality, ".
+        uc_preset: NovelAI undesired-content preset put before the negative prompt.
+    """
+
+    syntax: Literal["a1111", "nai"] = "a1111"
+    quality_tags: bool = True
+    uc_preset: Literal["Low Quality + Bad Anatomy", "Low Quality", "None"] = (
+        "Low Quality + Bad Anatomy"
+    )
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request and what the parser changed or left out to build it (for the reply)."""
+
+    request: GenerationRequest
+    notes: tuple[str, ...] = ()
+    infotext: bool = False  # the text was a pasted A1111 infotext
+
+
 @dataclass(frozen=True)
 class Flag:
-    """One inline flag: the request field it sets and how its value is read."""
+    """One inline flag: what it sets, how its value is read, and how many words it takes."""
 
     field: str
     read: Callable[[str, str], Any]
     help: str
+    words: Literal["one", "many", "none"] = "one"
 
 
 def _int(flag: str, value: str) -> int:
@@ -43,7 +87,7 @@ def _float(flag: str, value: str) -> float:
         number = float(value)
     except ValueError:
         raise ParseError(f"{flag} needs a number, not {value!r}.", field=flag) from None
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise ParseError(f"{flag} needs a finite number, not {value!r}.", field=flag)
     return number
 
@@ -55,13 +99,48 @@ def _seed(flag: str, value: str) -> int | None:
 
 def _size(flag: str, value: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)\s*[xX×*]\s*(\d+)", value.strip())
-    if not match:
-        raise ParseError(f"{flag} needs WIDTHxHEIGHT, e.g. 512x768, not {value!r}.", field=flag)
-    return int(match[1]), int(match[2])
+    if match:
+        return int(match[1]), int(match[2])
+    try:
+        return nai_size(value)
+    except InvalidRequest:
+        raise ParseError(
+            f"{flag} needs WIDTHxHEIGHT, e.g. 512x768, or a NAI size: "
+            f"{', '.join(NAI_SIZES)}; not {value!r}.",
+            field=flag,
+        ) from None
+
+
+def _ratio(flag: str, value: str) -> tuple[float, float]:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)", value.strip())
+    if not match or not float(match[1]) or not float(match[2]):
+        raise ParseError(f"{flag} needs WIDTH:HEIGHT, e.g. 2:3, not {value!r}.", field=flag)
+    return float(match[1]), float(match[2])
 
 
 def _text(flag: str, value: str) -> str:
     return value
+
+
+def _uc(flag: str, value: str) -> str:
+    try:
+        return uc_preset_name(value)
+    except InvalidRequest as e:
+        raise ParseError(f"{flag}: {e}", field=flag) from None
+
+
+def _syntax(flag: str, value: str) -> str:
+    if value.lower() not in SYNTAXES:
+        raise ParseError(f"{flag} needs {' or '.join(SYNTAXES)}, not {value!r}.", field=flag)
+    return value.lower()
+
+
+def _switch(flag: str, value: str) -> bool:
+    return True
+
+
+def _unsupported(flag: str, value: str) -> NoReturn:
+    raise ParseError(f"{flag} is not available in this version yet.", field=flag)
 
 
 FLAGS: dict[str, Flag] = {
@@ -69,59 +148,216 @@ FLAGS: dict[str, Flag] = {
     "--steps": Flag("num_inference_steps", _int, "denoising steps"),
     "--scale": Flag("guidance_scale", _float, "CFG scale"),
     "--cfg": Flag("guidance_scale", _float, "CFG scale"),
-    "--size": Flag("size", _size, "WIDTHxHEIGHT"),
-    "--sampler": Flag("sampler", _text, "sampler name, e.g. 'Euler a'"),
-    "--neg": Flag("negative_prompt", _text, "negative prompt"),
-    "--no": Flag("negative_prompt", _text, "negative prompt"),
+    "--size": Flag("size", _size, "WIDTHxHEIGHT or portrait, landscape, square…", "many"),
+    "--ar": Flag("ratio", _ratio, "aspect ratio WIDTH:HEIGHT, e.g. 2:3"),
+    "--sampler": Flag("sampler", _text, "sampler name, e.g. 'Euler a'", "many"),
+    "--neg": Flag("negative_prompt", _text, "negative prompt", "many"),
+    "--no": Flag("negative_prompt", _text, "negative prompt", "many"),
+    "--uc": Flag("uc_preset", _uc, "undesired-content preset: lqba, lq or none", "many"),
+    "--no-quality": Flag("no_quality", _switch, "leave out the quality tags", "none"),
+    "--syntax": Flag("syntax", _syntax, "a1111 or nai"),
+    "--clip-skip": Flag("clip_skip", _int, "A1111 clip skip, e.g. 2"),
+    "--ensd": Flag("ensd", _int, "eta noise seed delta, e.g. 31337"),
     "--model": Flag("model", _text, "model name"),
+    "--hn": Flag("hypernetwork", _unsupported, "hypernetwork NAME[:strength]", "many"),
     "--n": Flag("batch_size", _int, "number of images"),
+    "--strength": Flag("strength", _unsupported, "img2img strength", "many"),
+    "--hires": Flag("hires", _unsupported, "hires fix scale", "many"),
 }
-# Flags whose value may be several unquoted words (up to the next flag).
-_MULTI_WORD = {"--neg", "--no", "--sampler"}
 _FLAG_START = re.compile(r"(?:^|(?<=\s))--[A-Za-z]")
+# Set by flags but not request fields: they shape the prompt and size.
+_PROMPT_KEYS = ("size", "ratio", "uc_preset", "no_quality", "syntax", "negative_prompt")
+
+# Full-width punctuation that CJK keyboards type; CLIP and the parser only know the ASCII.
+_FULL_WIDTH = str.maketrans(
+    {"，": ",", "（": "(", "）": ")", "：": ":", "［": "[", "］": "]", "｛": "{", "｝": "}"}
+    | {"｜": "|", "\u3000": " "}
+)
+_CJK_DASHES = re.compile(r"(?:^|(?<=\s))(?:——|－－)(?=[A-Za-z])")  # an IME's "--"
+_CURLY_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+# Infotext keys that do not change the image (or are read elsewhere): never reported.
+_QUIET_KEYS = {
+    "Prompt",
+    "Negative prompt",
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Seed",
+    "Size-1",
+    "Size-2",
+    "Model hash",
+    "Model",
+    "Clip skip",
+    "ENSD",
+    "RNG",
+    "Variation seed",
+    "Variation seed strength",
+    "Seed resize from-1",
+    "Seed resize from-2",
+    "Downcast alphas_cumprod",
+    "Emphasis",
+    "Version",
+    "User",
+    "VAE hash",
+    "TI hashes",
+    "Lora hashes",
+    "Batch size",
+    "Batch pos",
+    "Hypernet",
+    "Hypernet strength",
+    "Hypernet hash",
+}
 
 
 def parse_request(
-    text: str, defaults: GenerationRequest | None = None, requester: str = ""
+    text: str,
+    defaults: GenerationRequest | None = None,
+    requester: str = "",
+    *,
+    settings: PromptSettings | None = None,
 ) -> GenerationRequest:
     """Parse chat text; fields it does not set come from `defaults` (a user's saved defaults)."""
+    return read_request(text, defaults, requester, settings=settings).request
+
+
+def read_request(
+    text: str,
+    defaults: GenerationRequest | None = None,
+    requester: str = "",
+    *,
+    settings: PromptSettings | None = None,
+) -> ParsedRequest:
+    """`parse_request`, plus notes on what was normalised or ignored, for the reply.
+
+    Raises ParseError naming the flag, key or weight that cannot be read.
+    """
+    settings = settings or PromptSettings()
     base = defaults or GenerationRequest(prompt="")
-    start = _FLAG_START.search(text)
-    prompt = (text[: start.start()] if start else text).strip()
-    values = _read_flags(text[start.start() :]) if start else {}
-    if "size" in values:
-        values["width"], values["height"] = values.pop("size")
-    if not prompt:
+    notes: list[str] = []
+    raw, normalized, flag_words = _split_flags(text)
+    values = _read_flags(flag_words)
+    # A pasted infotext keeps its prompts exactly (A1111 encodes full-width characters too).
+    info = parse_infotext(normalized)
+    pasted = bool(set(info.params) - {"Clip skip", "RNG"})
+    if pasted:
+        info = parse_infotext(raw)
+    replaced = _full_width(_flag_parts(text) if pasted else text)
+    if replaced:
+        notes.append(f"Replaced full-width {' '.join(replaced)} with ASCII.")
+    prompt = info.prompt
+    if not prompt.strip():
         raise ParseError(
             "The prompt is empty: write what to draw before the flags.", field="prompt"
         )
-    return dataclasses.replace(base, prompt=prompt, requester=requester, **values)
+    negative = ", ".join(n for n in (info.negative_prompt, values.get("negative_prompt")) if n)
+    fields: dict[str, Any] = {}
+    if pasted:
+        fields.update(_infotext_fields(info, notes))
+        notes.append("Read a pasted A1111 infotext: its prompts and settings are used as written.")
+    elif not negative:
+        negative = base.negative_prompt
+
+    # NAI emphasis → A1111 weights. A pasted infotext is A1111 text already (braces are text).
+    syntax = values.get("syntax", None if pasted else settings.syntax)
+    if syntax is not None:
+        prompt, negative = _convert(prompt, syntax, notes), _convert(negative, syntax, notes)
+    if values.get("no_quality") is None and settings.quality_tags and not pasted:
+        prompt = with_quality_tags(prompt)
+    preset = values.get("uc_preset", None if pasted else settings.uc_preset)
+    if preset is not None:
+        negative = with_uc_preset(negative, preset)
+    _check_weights(prompt, negative)
+
+    for key, value in values.items():
+        if key not in _PROMPT_KEYS:
+            fields[key] = value
+    if "size" in values and "ratio" in values:
+        raise ParseError("Use either --size or --ar, not both.", field="--ar")
+    if "size" in values:
+        fields["width"], fields["height"] = values["size"]
+    if "ratio" in values:
+        fields["width"], fields["height"] = _size_for_ratio(values["ratio"], base)
+    request = dataclasses.replace(
+        base, prompt=prompt, negative_prompt=negative, requester=requester, **fields
+    )
+    return ParsedRequest(request, tuple(notes), infotext=pasted)
 
 
-def _read_flags(text: str) -> dict[str, Any]:
-    try:
-        words = shlex.split(text)
-    except ValueError as e:
-        raise ParseError(f"Cannot read the flags: {e} (check your quotes).") from None
+def normalize_punctuation(text: str) -> str:
+    """Full-width `，（）：［］｛｝｜`, the ideographic space and a CJK keyboard's `——` before a
+    flag → ASCII (one character for one, so positions stay the same)."""
+    return _CJK_DASHES.sub("--", text.translate(_FULL_WIDTH))
+
+
+def _full_width(text: str) -> list[str]:
+    """The characters normalize_punctuation replaces in `text`, as a user would name them."""
+    found = sorted({c for c in text if ord(c) in _FULL_WIDTH})
+    names = ["ideographic space" if c == "\u3000" else c for c in found]
+    return names + (["——"] if _CJK_DASHES.search(text) else [])
+
+
+def _split_flags(text: str) -> tuple[str, str, list[str]]:
+    """The text before each line's first flag (as written, and normalised), and the flag words.
+
+    Flags may end any line; shell quoting applies within a line.
+    """
+    raw: list[str] = []
+    normalized: list[str] = []
+    words: list[str] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        norm = normalize_punctuation(line)
+        start = _FLAG_START.search(norm)
+        cut = len(line) if start is None else start.start()
+        if start is None or norm[:cut].strip():  # a line of flags only adds no prompt line
+            raw.append(line[:cut])
+            normalized.append(norm[:cut])
+        if start is not None:
+            try:
+                words += shlex.split(norm[cut:].translate(_CURLY_QUOTES))
+            except ValueError as e:
+                raise ParseError(f"Cannot read the flags: {e} (check your quotes).") from None
+    return "\n".join(raw), "\n".join(normalized), words
+
+
+def _flag_parts(text: str) -> str:
+    """The flags of every line, as written."""
+    parts = []
+    for line in text.splitlines():
+        start = _FLAG_START.search(normalize_punctuation(line))
+        if start is not None:
+            parts.append(line[start.start() :])
+    return " ".join(parts)
+
+
+def _read_flags(words: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     i = 0
     while i < len(words):
-        name, _, inline = words[i].partition("=")
+        name, equals, inline = words[i].partition("=")
         flag = FLAGS.get(name.lower())
         if flag is None:
             raise ParseError(_unknown(words[i]), field=name)
-        taken = [inline] if inline else []
+        if flag.read is _unsupported:
+            _unsupported(name, "")
+        taken = [inline] if equals else []
         i += 1
         while i < len(words) and not words[i].startswith("--"):
-            if taken and name.lower() not in _MULTI_WORD:
+            if flag.words == "none" or (taken and flag.words == "one"):
+                after = f"{name} {taken[0]}" if taken else name
                 raise ParseError(
-                    f"Unexpected {words[i]!r} after {name} {taken[0]}: put the prompt before "
-                    "the flags, and quote values that have spaces.",
+                    f"Unexpected {words[i]!r} after {after}: put the prompt before the flags, "
+                    "and quote values that have spaces.",
                     field=name,
                 )
             taken.append(words[i])
             i += 1
-        if not taken:
+        if flag.words == "none":
+            if equals:
+                raise ParseError(f"{name} takes no value ({flag.help}).", field=name)
+            values[flag.field] = flag.read(name, "")
+            continue
+        if not taken or not " ".join(taken).strip():
             raise ParseError(f"{name} needs a value ({flag.help}).", field=name)
         values[flag.field] = flag.read(name, " ".join(taken))
     return values
@@ -132,3 +368,60 @@ def _unknown(word: str) -> str:
     close = difflib.get_close_matches(name.lower(), list(FLAGS), n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]}?" if close else ""
     return f"Unknown flag {name}.{hint} Known flags: {', '.join(FLAGS)}."
+
+
+def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
+    """Request fields from a pasted infotext's settings; notes what this bot leaves out."""
+    try:
+        request = request_from_infotext(info)
+    except InvalidRequest as e:
+        raise ParseError(str(e), field=e.field) from None
+    skip = {"prompt", "negative_prompt", "requester", "batch_size"}
+    fields = {
+        f.name: getattr(request, f.name)
+        for f in dataclasses.fields(request)
+        if f.name not in skip and getattr(request, f.name) is not None
+    }
+    emphasis = info.params.get("Emphasis", "Original")
+    if emphasis not in EMPHASIS_MODES:
+        raise ParseError(
+            f"The infotext's Emphasis {emphasis!r} is unknown: use {', '.join(EMPHASIS_MODES)}.",
+            field="infotext",
+        )
+    fields["emphasis"] = emphasis
+    if "Model" in info.params:
+        notes.append(
+            f"The infotext's model {info.params['Model']!r} is not picked automatically: "
+            "add --model NAME to choose one."
+        )
+    ignored = [key for key in info.params if key not in _QUIET_KEYS]
+    if ignored:
+        notes.append(f"Ignored infotext settings this bot does not use: {', '.join(ignored)}.")
+    return fields
+
+
+def _convert(text: str, syntax: str, notes: list[str]) -> str:
+    try:
+        converted = to_a1111(text, syntax)
+    except InvalidRequest as e:
+        raise ParseError(str(e), field="prompt") from None
+    if converted != text:
+        note = f"Wrote NAI emphasis as A1111 weights: {converted}"
+        notes.append(note if len(note) <= 300 else note[:299] + "…")
+    return converted
+
+
+def _check_weights(prompt: str, negative: str) -> None:
+    for text in (prompt, negative):
+        try:
+            parse_attention(text)
+        except InvalidRequest as e:
+            raise ParseError(str(e), field="prompt") from None
+
+
+def _size_for_ratio(ratio: tuple[float, float], base: GenerationRequest) -> tuple[int, int]:
+    """A size of that aspect ratio with about the pixels of the default size, multiples of 8."""
+    area = base.width * base.height if base.width and base.height else _AR_AREA
+    width = math.sqrt(area * ratio[0] / ratio[1])
+    height = width * ratio[1] / ratio[0]
+    return max(8, round(width / 8) * 8), max(8, round(height / 8) * 8)

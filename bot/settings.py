@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.parse import PromptSettings
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions
 from engine.errors import InvalidRequest
+from engine.queue import QueueConfig
 from engine.request import Limits, RequestDefaults
 
 SETTINGS_ENV = "AIDRAW_SETTINGS"
@@ -46,6 +48,8 @@ class Settings:
     device: DeviceOptions = field(default_factory=DeviceOptions)
     limits: Limits = field(default_factory=Limits)
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     # The folder settings.toml was read from; relative paths in it are relative to this.
     root: Path = field(default_factory=Path.cwd)
 
@@ -66,6 +70,16 @@ RANGES: dict[str, tuple[float, float]] = {
     "defaults.num_inference_steps": (1, 1000),
     "defaults.guidance_scale": (1.0, 30.0),
     "defaults.clip_skip": (1, 12),
+    "defaults.ensd": (0, 2**32 - 1),
+    "queue.max_queued": (1, 100_000),
+    "queue.max_queued_per_user": (1, 10_000),
+    "queue.max_batch": (1, 64),
+    "queue.max_batch_pixels": (0, 2**31),
+    "queue.max_model_wait_s": (0, 86_400),
+    "queue.preview_every_steps": (0, 1000),
+    "queue.shutdown_grace_s": (0, 3600),
+    "queue.history_size": (0, 1_000_000),
+    "queue.max_attempts": (1, 100),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 

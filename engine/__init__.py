@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from engine.errors import (  # noqa: E402
@@ -13,24 +15,43 @@ from engine.errors import (  # noqa: E402
     ModelNotFound,
     QueueFull,
 )
+from engine.queue import QueueConfig  # noqa: E402
 from engine.request import (  # noqa: E402
     GenerationRequest,
     GenerationResult,
     Limits,
+    Progress,
     RequestDefaults,
     Timings,
 )
 
+if TYPE_CHECKING:
+    from engine.engine import Engine, Job
+
+
+def __getattr__(name: str) -> Any:
+    # Engine and Job import torch (through generate); `import engine` stays light for settings.
+    if name in ("Engine", "Job"):
+        from engine import engine as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
 __all__ = [
+    "Engine",
     "EngineClosed",
     "EngineError",
     "GenerationFailed",
     "GenerationRequest",
     "GenerationResult",
     "InvalidRequest",
+    "Job",
     "JobCancelled",
     "Limits",
     "ModelNotFound",
+    "Progress",
+    "QueueConfig",
     "QueueFull",
     "RequestDefaults",
     "Timings",

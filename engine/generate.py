@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,19 +15,27 @@ from PIL.PngImagePlugin import PngInfo
 
 from engine import __version__
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
-from engine.infotext import format_infotext, format_number
+from engine.infotext import create_infotext, format_number
 from engine.models import LoadedModel
 from engine.prompts import encode_conditioning
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults, Timings
-from engine.samplers import canonical_sampler, make_scheduler
+from engine.samplers import (
+    SAMPLERS,
+    CFGDenoiser,
+    NoiseSchedule,
+    canonical_sampler,
+    sample,
+    total_steps,
+)
+from engine.seeds import RNG_SOURCES, ImageRNG, NoiseSpec, RngSource, random_seed
+from engine.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
 
 log = logging.getLogger(__name__)
 
-# A1111 draws random seeds with `random.randrange(4294967294)`.
-SEED_LIMIT = 4294967294
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
-# Everything that must agree for requests to share one pipeline call.
+# Everything that must agree for requests to share one sampling loop. Seeds, ENSD, RNG source
+# and variations may differ: every image draws its noise from generators of its own.
 BATCH_KEYS = (
     "width",
     "height",
@@ -37,6 +44,7 @@ BATCH_KEYS = (
     "sampler",
     "clip_skip",
     "model",
+    "downcast_alphas_cumprod",
 )
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -96,7 +104,35 @@ def check_request(
                 f"{limits.max_prompt_chars} are allowed.",
                 field="prompt",
             )
+    _check_noise(req, limits)
     return dataclasses.replace(req, sampler=canonical_sampler(req.sampler))
+
+
+def _check_noise(req: GenerationRequest, limits: Limits) -> None:
+    """Validate the seed-related fields (ENSD, RNG source, variation, seed resize)."""
+    if req.ensd is not None and not 0 <= req.ensd < 2**32:
+        raise InvalidRequest(f"ENSD {req.ensd} is not allowed: use 0 to {2**32 - 1}.", field="ensd")
+    if req.rng is not None and req.rng not in ("auto", *RNG_SOURCES):
+        raise InvalidRequest(
+            f"RNG source {req.rng!r} is not allowed: use GPU, CPU or NV.", field="rng"
+        )
+    if req.subseed is not None and not 0 <= req.subseed < 2**32:
+        raise InvalidRequest(
+            f"variation seed {req.subseed} is not allowed: use 0 to {2**32 - 1}, or -1 for random.",
+            field="subseed",
+        )
+    if not 0.0 <= req.subseed_strength <= 1.0:
+        raise InvalidRequest(
+            f"variation strength {format_number(req.subseed_strength)} is not allowed: use 0 to 1.",
+            field="subseed_strength",
+        )
+    resize = (req.seed_resize_from_w, req.seed_resize_from_h)
+    if resize != (0, 0) and not all(MIN_SIDE <= side <= limits.max_side for side in resize):
+        raise InvalidRequest(
+            f"seed resize from {resize[0]}x{resize[1]} is not allowed: use sides from "
+            f"{MIN_SIDE} to {limits.max_side}, or 0x0 for off.",
+            field="seed_resize_from",
+        )
 
 
 def _largest_square(max_pixels: int) -> str:
@@ -143,24 +179,31 @@ def generate(
             field="clip_skip",
         )
 
-    # 2. Seeds: a random one where none was given; image i of a request uses seed + i (A1111).
-    reqs = [r if r.seed is not None else dataclasses.replace(r, seed=_random_seed()) for r in reqs]
-    items = [(r, r.seed + i) for r in reqs for i in range(r.batch_size) if r.seed is not None]
+    # 2. Seeds (A1111): a random seed (and variation seed) where none was given; image i of a
+    #    request uses seed + i, or the plain seed and subseed + i with a variation strength.
+    #    RNG "auto" is CUDA's generator on CUDA and its NV emulation elsewhere.
+    auto_rng: RngSource = "GPU" if model.device.type == "cuda" else "NV"
+    reqs = [_resolve_seeds(r, auto_rng) for r in reqs]
+    items = [(r, spec) for r in reqs for spec in noise_specs(r)]
 
-    # 3. Sampler: a fresh scheduler from the model's own config for each call.
-    pipe.scheduler = make_scheduler(first.sampler, model.scheduler_config)
+    # 3. Sampler: our own loop for the table's row, over the model's noise schedule.
+    row = SAMPLERS[first.sampler]
+    schedule = NoiseSchedule.from_config(
+        model.scheduler_config, downcast=first.downcast_alphas_cumprod
+    ).to(model.device)
+    steps = first.num_inference_steps
+    total = total_steps(row, steps)
 
-    # 4. Initial noise: one fp32 draw per image from its own CPU generator, which then also
-    #    feeds that image's ancestral noise, so a batch-mate never shifts another's noise.
-    generators = [torch.Generator("cpu").manual_seed(seed) for _, seed in items]
-    latent_shape = (pipe.unet.config.in_channels, first.height // 8, first.width // 8)
-    latents = torch.stack(
-        [torch.randn(latent_shape, generator=g, dtype=torch.float32) for g in generators]
-    ).to(model.device, model.dtype)
+    # 4. Initial noise: one fp32 draw per image from its own generator; ancestral noise later
+    #    comes from that image's generators only, so a batch-mate never shifts another's noise.
+    latent_shape = (int(pipe.unet.config.in_channels), first.height // 8, first.width // 8)
+    rng = ImageRNG(latent_shape, [spec for _, spec in items], model.device)
+    noise = rng.first()
 
     try:
         with torch.inference_mode():
-            # 5. Encode prompts (A1111 clip skip; per-step conditioning for prompt editing).
+            # 5. Encode prompts: 75-token chunks, A1111 clip skip, emphasis after the encoder,
+            #    one schedule per distinct prompt for prompt editing ([from:to:when], [a|b]).
             t0 = time.perf_counter()
             conditioning = encode_conditioning(
                 pipe.tokenizer,
@@ -170,37 +213,46 @@ def generate(
                 clip_skip=first.clip_skip,
                 steps=first.num_inference_steps,
                 device=model.device,
+                emphasis=[r.emphasis or "Original" for r, _ in items],
             )
-            prompt_embeds, negative_embeds = conditioning.at(0)
             t1 = time.perf_counter()
 
-            # 6. Denoise, checking for cancellation after every step.
-            def step_end(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> Any:
-                if on_step is not None:
-                    on_step(step + 1, first.num_inference_steps or 0, kwargs["latents"])
-                if cancelled is not None and cancelled():
-                    p._interrupt = True
-                return kwargs
+            # 6. Denoise with our sampler; CFG on the denoised prediction, conditioning asked
+            #    for at every model call; progress and cancellation after every step.
+            def unet(x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+                out: torch.Tensor = pipe.unet(
+                    x_in, t, encoder_hidden_states=context, return_dict=False
+                )[0]
+                return out
 
-            out = pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
-                width=first.width,
-                height=first.height,
-                num_inference_steps=first.num_inference_steps,
-                guidance_scale=first.guidance_scale,
-                latents=latents,
-                generator=generators,
-                output_type="latent",
-                callback_on_step_end=step_end,
+            denoiser = CFGDenoiser(
+                unet,
+                schedule,
+                conditioning.at,
+                first.guidance_scale,
+                dtype=model.dtype,
             )
-            if cancelled is not None and cancelled():
-                raise JobCancelled("cancelled")
+
+            def step_end(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+                if on_step is not None:
+                    on_step(step + 1, total, x)
+                if cancelled is not None and cancelled():
+                    raise JobCancelled("cancelled")
+
+            latents = sample(
+                row,
+                denoiser,
+                noise,
+                steps,
+                lambda sigma, sigma_next: rng.next(),
+                step_end,
+                seeds=[spec.seed for _, spec in items],
+            )
             t2 = time.perf_counter()
 
             # 7. Decode with the VAE.
             decoded = pipe.vae.decode(
-                out.images / pipe.vae.config.scaling_factor, return_dict=False
+                latents.to(model.dtype) / pipe.vae.config.scaling_factor, return_dict=False
             )[0]
             images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
             t3 = time.perf_counter()
@@ -214,16 +266,16 @@ def generate(
 
     # 8. Encode PNGs with their infotext.
     results = []
-    for (req, seed), image in zip(items, images, strict=True):
-        text = infotext_for(req, seed, model)
-        info = PngInfo()
+    for (req, spec), image in zip(items, images, strict=True):
+        text = infotext_for(req, spec, model)
+        info = PngInfo()  # PIL writes an iTXt chunk for text Latin-1 cannot hold (CJK)
         info.add_text("parameters", text)
         buf = io.BytesIO()
         image.save(buf, format="PNG", pnginfo=info)
         results.append(
             GenerationResult(
                 png=buf.getvalue(),
-                seed=seed,
+                seed=spec.seed,
                 request=req,
                 infotext=text,
                 timings=Timings(
@@ -237,22 +289,45 @@ def generate(
     return results
 
 
-def _random_seed() -> int:
-    return secrets.randbelow(SEED_LIMIT)
+def _resolve_seeds(req: GenerationRequest, auto_rng: RngSource) -> GenerationRequest:
+    """Fill the random seed, the random variation seed (if used) and the "auto" RNG source."""
+    changes: dict[str, Any] = {}
+    if req.seed is None:
+        changes["seed"] = random_seed()
+    if req.subseed is None and req.subseed_strength:
+        changes["subseed"] = random_seed()
+    if req.rng in (None, "auto"):
+        changes["rng"] = auto_rng
+    return dataclasses.replace(req, **changes) if changes else req
 
 
-def infotext_for(req: GenerationRequest, seed: int, model: LoadedModel) -> str:
+def noise_specs(req: GenerationRequest) -> list[NoiseSpec]:
+    """Each image's noise source of a resolved request (A1111 `all_seeds`, `all_subseeds`)."""
+    assert req.seed is not None and req.rng in RNG_SOURCES
+    strength = req.subseed_strength
+    return [
+        NoiseSpec(
+            seed=req.seed + (0 if strength else i),
+            source=req.rng,
+            ensd=req.ensd or 0,
+            subseed=(req.subseed or 0) + i,
+            subseed_strength=strength,
+            resize_from=(req.seed_resize_from_w, req.seed_resize_from_h),
+        )
+        for i in range(req.batch_size)
+    ]
+
+
+def infotext_for(req: GenerationRequest, spec: NoiseSpec, model: LoadedModel) -> str:
     """The A1111 infotext of one image (A1111's key order)."""
-    assert req.guidance_scale is not None and req.clip_skip is not None
-    params: dict[str, object] = {
-        "Steps": req.num_inference_steps,
-        "Sampler": req.sampler,
-        "CFG scale": format_number(req.guidance_scale),
-        "Seed": seed,
-        "Size": f"{req.width}x{req.height}",
-        "Model hash": model.hash,
-        "Model": model.name,
-        "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
-        "Version": f"aidraw {__version__}",
-    }
-    return format_infotext(req.prompt, req.negative_prompt, params)
+    row = SAMPLERS[canonical_sampler(req.sampler or "")]
+    return create_infotext(
+        req,
+        seed=spec.seed,
+        subseed=spec.subseed if spec.subseed_strength else None,
+        model_hash=model.hash,
+        model_name=model.name,
+        uses_ensd=row.uses_ensd,
+        schedule_type=row.schedule_type,
+        version=f"aidraw {__version__}",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +27,16 @@ class GenerationRequest:
         clip_skip: A1111 clip skip (1 = last CLIP layer, 2 = penultimate, as NAI).
         batch_size: number of images (seeds seed, seed+1, …).
         requester: opaque id of who asked, e.g. "telegram:1234".
+        ensd: A1111 "Eta noise seed delta": ancestral noise comes from seed + ensd (NAI: 31337).
+        rng: noise source, "GPU" (CUDA's generator; emulated off CUDA), "CPU" or "NV"
+            (A1111's CPU emulation of CUDA's randn); "auto" = GPU on CUDA, else NV.
+        subseed: variation seed (A1111 "Variation seed"); None draws a random one if needed.
+        subseed_strength: how far toward the variation seed's noise, 0 (off) to 1.
+        seed_resize_from_w: width whose noise to reuse (A1111 "Seed resize from"); 0 = off.
+        seed_resize_from_h: height whose noise to reuse; 0 = off.
+        downcast_alphas_cumprod: fp16-rounded noise schedule, as A1111 before v1.7 drew.
+        emphasis: A1111 emphasis mode: how (word:1.2) weighs the text encoder's output,
+            "Original" (then restore the mean), "No norm", "Ignore" or "None" (no parsing).
     """
 
     prompt: str
@@ -40,6 +51,14 @@ class GenerationRequest:
     clip_skip: int | None = None
     batch_size: int = 1
     requester: str = ""
+    ensd: int | None = None
+    rng: str | None = None
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    downcast_alphas_cumprod: bool = False
+    emphasis: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +72,9 @@ class RequestDefaults:
         guidance_scale: default CFG scale.
         sampler: default sampler name.
         clip_skip: default A1111 clip skip.
+        ensd: default A1111 eta noise seed delta (NAI: 31337).
+        rng: default noise source: "auto" (GPU on CUDA, else NV), "GPU", "CPU" or "NV".
+        emphasis: default A1111 emphasis mode ("Original", as A1111).
     """
 
     width: int = 512
@@ -61,6 +83,9 @@ class RequestDefaults:
     guidance_scale: float = 11.0
     sampler: str = "Euler a"
     clip_skip: int = 2
+    ensd: int = 31337
+    rng: Literal["auto", "GPU", "CPU", "NV"] = "auto"
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
 
     def apply(self, request: GenerationRequest) -> GenerationRequest:
         """Fill the request's None fields from these defaults."""
@@ -110,3 +135,25 @@ class GenerationResult:
     request: GenerationRequest
     infotext: str
     timings: Timings = field(default_factory=Timings)
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """A snapshot of one job, for a frontend's status message (read `job.progress` again).
+
+    `position` is 1-based while queued (None otherwise); `step`/`total` count denoising steps
+    (0/0 before it starts); `eta_s` estimates seconds until the result (None until the engine
+    has measured a step); `preview` is a small PNG made from the latents without the VAE
+    (None until the first one); `error` is the user-safe reason when failed or cancelled.
+    """
+
+    state: JobState
+    position: int | None = None
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    preview: bytes | None = None
+    error: str | None = None

@@ -59,7 +59,8 @@ def test_png_carries_a1111_infotext(demo_model) -> None:  # type: ignore[no-unty
         "1girl, silver hair, smile\n"
         "Negative prompt: lowres, bad anatomy\n"
         "Steps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 64x64, "
-        f"Model hash: {demo_model.hash}, Model: aidraw-demo, Clip skip: 2, Version: aidraw 0.1.0"
+        f"Model hash: {demo_model.hash}, Model: aidraw-demo, Clip skip: 2, ENSD: 31337, "
+        "RNG: NV, Version: aidraw 0.1.0"
     )
     assert len(demo_model.hash) == 10
 

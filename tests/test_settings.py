@@ -28,7 +28,7 @@ def test_every_key_in_the_committed_file_has_a_comment() -> None:
             assert "#" in line, f"no comment on: {line}"
     # Every settings field is written out, so the file documents them all.
     defaults = Settings()
-    for table in ("engine", "device", "limits", "defaults"):
+    for table in ("engine", "device", "limits", "defaults", "queue"):
         for key in vars(getattr(defaults, table)):
             assert f"{table}.{key}" in keys
 

@@ -1,0 +1,166 @@
+"""Fakes for the engine tests: registry, models, loader and a generate() without torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import GenerationFailed, JobCancelled, ModelNotFound
+from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
+
+FAKE_DEFAULTS = RequestDefaults(width=64, height=64, num_inference_steps=4)
+HOLD_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class FakeDevice:
+    type: str = "cpu"
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    name: str
+    device: FakeDevice = field(default_factory=FakeDevice)
+
+
+@dataclass(frozen=True)
+class FakeEntry:
+    name: str
+    defaults: RequestDefaults = FAKE_DEFAULTS
+
+
+class FakeRegistry:
+    """Models by name, like ModelRegistry (case-insensitive lookup, ModelNotFound)."""
+
+    def __init__(self, names: Iterable[str] = ("alpha", "beta", "gamma")) -> None:
+        self.models = {name: FakeEntry(name) for name in names}
+
+    def get(self, name: str) -> FakeEntry:
+        for key, entry in self.models.items():
+            if key.lower() == name.lower():
+                return entry
+        raise ModelNotFound(name, suggestions=[n for n in self.models if n[0] == name[:1]])
+
+
+class FakeLoader:
+    """Loads FakeModels, recording names and threads; names in `broken` fail."""
+
+    def __init__(self, broken: Iterable[str] = ()) -> None:
+        self.loads: list[str] = []
+        self.threads: set[int] = set()
+        self.broken = set(broken)
+
+    def __call__(self, name: str) -> FakeModel:
+        self.threads.add(threading.get_ident())
+        if name in self.broken:
+            raise OSError(f"{name}: not a model file")
+        self.loads.append(name)
+        return FakeModel(name)
+
+
+class FakeGenerate:
+    """generate()'s contract without torch: steps, on_step, cancelled, one result per image.
+
+    `hold()` makes every step wait for a permit from `allow(n)`; while waiting it still
+    notices cancellation, as the real loop does at the end of the step in progress.
+    PNG bytes are "prompt|seed". Prompts in `failing` raise RuntimeError; with
+    `oom_above = n`, calls with more than n images fail as out-of-memory does. With `log`,
+    each finished call appends "done <prompt>" lines there; `announce` prints each call.
+    """
+
+    def __init__(self, *, log: Path | None = None, announce: bool = False) -> None:
+        self.log = log
+        self.announce = announce
+        self.calls: list[list[GenerationRequest]] = []
+        self.steps_run: list[list[int]] = []
+        self.threads: set[int] = set()
+        self.failing: set[str] = set()
+        self.oom_above: int | None = None
+        self._held = False
+        self._permits = threading.Semaphore(0)
+
+    @property
+    def prompts(self) -> list[list[str]]:
+        return [[r.prompt for r in call] for call in self.calls]
+
+    def hold(self) -> None:
+        self._held = True
+
+    def allow(self, steps: int = 1) -> None:
+        for _ in range(steps):
+            self._permits.release()
+
+    def release(self) -> None:
+        """Stop holding, and let any waiting step go."""
+        self._held = False
+        self.allow(1000)
+
+    def __call__(
+        self,
+        model: FakeModel,
+        requests: Sequence[GenerationRequest],
+        *,
+        limits: Limits,
+        on_step: Callable[[int, int, Any], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[GenerationResult]:
+        self.threads.add(threading.get_ident())
+        if requests and requests[0].prompt == "warm-up":
+            return []
+        self.calls.append(list(requests))
+        if self.announce:  # one write: lines from two threads must not interleave
+            sys.stdout.write(" ".join(["drawing", *[r.prompt for r in requests]]) + "\n")
+            sys.stdout.flush()
+        steps: list[int] = []
+        self.steps_run.append(steps)
+        images = sum(r.batch_size for r in requests)
+        if self.oom_above is not None and images > self.oom_above:
+            raise GenerationFailed(
+                "Out of GPU memory: try a smaller size or fewer images at once."
+            ) from MemoryError("CUDA out of memory")
+        if any(r.prompt in self.failing for r in requests):
+            raise RuntimeError("kaput: /secret/path/model.safetensors")
+        total = requests[0].num_inference_steps or 0
+        for step in range(1, total + 1):
+            while self._held and not self._permits.acquire(timeout=0.01):
+                if cancelled is not None and cancelled():
+                    raise JobCancelled("cancelled")
+            steps.append(step)
+            if on_step is not None:
+                on_step(step, total, None)
+            if cancelled is not None and cancelled():
+                raise JobCancelled("cancelled")
+        results = []
+        for request in requests:
+            seed = request.seed if request.seed is not None else 1000
+            for i in range(request.batch_size):
+                results.append(
+                    GenerationResult(
+                        png=f"{request.prompt}|{seed + i}".encode(),
+                        seed=seed + i,
+                        request=dataclasses.replace(request, seed=seed),
+                        infotext=f"{request.prompt}\nSeed: {seed + i}",
+                    )
+                )
+        if self.log is not None:
+            with self.log.open("a", encoding="utf-8") as f:
+                f.writelines(f"done {r.prompt}\n" for r in requests)
+        return results
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock the test moves."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,597 @@
+"""The engine with a fake generate() (no torch): order, fairness, limits, models, batching,
+cancel, progress, failures, shutdown and the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.engine import Engine, Job
+from engine.errors import (
+    EngineClosed,
+    GenerationFailed,
+    InvalidRequest,
+    JobCancelled,
+    ModelNotFound,
+    QueueFull,
+)
+from engine.journal import Journal, JournalError
+from engine.queue import QueueConfig
+from engine.request import GenerationRequest, Limits, Progress
+from tests.engine_fakes import FakeClock, FakeGenerate, FakeLoader, FakeRegistry
+
+TIMEOUT_S = 60  # generous: the machine may be busy with other test runs
+
+
+def req(prompt: str, user: str = "u1", **changes: Any) -> GenerationRequest:
+    return GenerationRequest(**{"prompt": prompt, "requester": user, "seed": 7, **changes})
+
+
+@dataclass
+class Harness:
+    tmp_path: Path
+    fake: FakeGenerate = field(default_factory=FakeGenerate)
+    loader: FakeLoader = field(default_factory=FakeLoader)
+    registry: FakeRegistry = field(default_factory=FakeRegistry)
+    clock: FakeClock = field(default_factory=FakeClock)
+    engines: list[Engine[Any]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def engine(self, *, run: bool = True, paused: bool = False, **config: Any) -> Engine[Any]:
+        settings: dict[str, Any] = {
+            "journal": str(self.tmp_path / "journal.sqlite3"),
+            "results_dir": str(self.tmp_path / "results"),
+            "warm_up": False,
+            "max_batch": 1,
+            **config,
+        }
+        engine: Engine[Any] = Engine(
+            QueueConfig(**settings),
+            registry=self.registry,
+            load=self.loader,
+            generate=self.fake,
+            limits=Limits(max_steps=50),
+            clock=self.clock,
+        )
+        if paused:
+            engine.pause()
+        self.engines.append(engine)
+        if run:
+            self.tasks.append(asyncio.create_task(engine.run()))
+        return engine
+
+    @property
+    def results(self) -> list[str]:
+        folder = self.tmp_path / "results"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.fake.release()
+    for engine in harness.engines:
+        await engine.close(grace_s=TIMEOUT_S)
+    for task in harness.tasks:
+        await asyncio.wait_for(task, TIMEOUT_S)
+
+
+async def until(job: Job, predicate: Callable[[Progress], bool]) -> Progress:
+    """Wait (by the job's own updates) until its progress satisfies `predicate`."""
+    async with asyncio.timeout(TIMEOUT_S):
+        async for progress in job.updates():
+            if predicate(progress):
+                return progress
+    raise AssertionError(f"job {job.id} ended as {job.progress}")
+
+
+async def outcome(job: Job) -> Any:
+    """The job's result, or the exception it raises."""
+    async with asyncio.timeout(TIMEOUT_S):
+        try:
+            return await job.result()
+        except Exception as e:
+            return e
+
+
+async def draw_all(*jobs: Job) -> list[Any]:
+    return [await outcome(job) for job in jobs]
+
+
+def running(p: Progress) -> bool:
+    return p.state == "running"
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+async def test_submit_returns_a_queued_job_and_the_result_follows(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    job = engine.submit(req("1girl", num_inference_steps=3))
+    assert job.progress.state == "queued" and job.progress.position == 1
+    assert job.request.model == "alpha" and job.request.width == 64  # the model's defaults
+    engine.resume()
+    [image] = await job.result()
+    assert image.png == b"1girl|7" and image.seed == 7
+    assert job.progress.state == "done" and job.progress.step == 3 == job.progress.total
+    assert h.results == [f"{job.id:06d}-1.png"]
+    assert (h.tmp_path / "results" / h.results[0]).read_bytes() == b"1girl|7"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"num_inference_steps": 51}, InvalidRequest, r"steps 51 is not allowed: use 1 to 50"),
+        ({"width": 100}, InvalidRequest, r"width 100 is not allowed: use a multiple of 8"),
+        ({"model": "bta"}, ModelNotFound, r"Unknown model 'bta'. Did you mean: beta\?"),
+    ],
+)
+async def test_bad_requests_are_refused_at_the_door(
+    h: Harness, changes: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    engine = h.engine()
+    with pytest.raises(error, match=message):
+        engine.submit(req("x", **changes))
+    assert engine.jobs() == [] and engine.record(1) is None
+
+
+async def test_model_names_are_resolved_at_the_door(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    assert engine.submit(req("x", model="BETA")).request.model == "beta"
+
+
+# --- fair share --------------------------------------------------------------------------------
+
+
+async def test_many_jobs_of_one_user_delay_another_users_first_job_by_one_batch(
+    h: Harness,
+) -> None:
+    engine = h.engine()
+    h.fake.hold()
+    mine = [engine.submit(req(f"a{i}", "alice")) for i in range(5)]
+    await until(mine[0], running)
+    bobs = engine.submit(req("b0", "bob"))
+    assert bobs.progress.position == 1
+    assert [j.progress.position for j in mine[1:]] == [2, 3, 4, 5]
+    h.fake.release()
+    await draw_all(*mine, bobs)
+    assert h.fake.prompts == [["a0"], ["b0"], ["a1"], ["a2"], ["a3"], ["a4"]]
+
+
+async def test_round_robin_across_users_and_fifo_within_each(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    jobs = [
+        engine.submit(req(prompt, user))
+        for prompt, user in [("a1", "A"), ("a2", "A"), ("a3", "A"), ("b1", "B"), ("b2", "B")]
+    ] + [engine.submit(req("c1", "C"))]
+    assert [j.id for j in engine.jobs()] == [jobs[i].id for i in (0, 3, 5, 1, 4, 2)]
+    engine.resume()
+    await draw_all(*jobs)
+    assert [p[0] for p in h.fake.prompts] == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+async def test_priority_users_go_first(h: Harness) -> None:
+    engine = h.engine(paused=True, priority_users=("vip",))
+    jobs = [engine.submit(req("a", "A")), engine.submit(req("v", "vip"))]
+    engine.resume()
+    await draw_all(*jobs)
+    assert h.fake.prompts == [["v"], ["a"]]
+
+
+async def test_queue_limits_per_user_and_overall(h: Harness) -> None:
+    engine = h.engine(paused=True, max_queued_per_user=2, max_queued=3, admins=("root",))
+    engine.submit(req("a", "A"))
+    engine.submit(req("a", "A"))
+    with pytest.raises(QueueFull, match=r"The queue is full \(2 of 2\)") as full:
+        engine.submit(req("a", "A"))
+    assert (full.value.position, full.value.limit) == (2, 2)
+    engine.submit(req("b", "B"))
+    with pytest.raises(QueueFull, match=r"\(3 of 3\)"):
+        engine.submit(req("c", "C"))
+    assert len(engine.jobs()) == 3
+    engine.cancel(engine.jobs()[0].id, by="A")
+    engine.submit(req("c", "C"))  # room again
+
+
+async def test_admins_are_exempt_from_the_per_user_limit(h: Harness) -> None:
+    engine = h.engine(paused=True, max_queued_per_user=1, admins=("root",))
+    for _ in range(3):
+        engine.submit(req("x", "root"))
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+async def test_interleaved_models_cost_one_load_each_not_one_per_job(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    models = ["alpha", "beta", "gamma"] * 4
+    jobs = [engine.submit(req(f"{m}{i}", f"user{i % 4}", model=m)) for i, m in enumerate(models)]
+    engine.resume()
+    await draw_all(*jobs)
+    assert sorted(h.loader.loads) == ["alpha", "beta", "gamma"]
+    assert engine.status().swaps == 2  # FIFO would swap 11 times
+    drawn = [call[0].model for call in h.fake.calls]
+    assert drawn == sorted(drawn, key=h.loader.loads.index)  # grouped by model
+
+
+@pytest.mark.parametrize(("waited_s", "order"), [(0, "a0 a1 a2 b0"), (61, "a0 b0 a1 a2")])
+async def test_another_models_job_waits_at_most_max_model_wait_s(
+    h: Harness, waited_s: float, order: str
+) -> None:
+    engine = h.engine(max_model_wait_s=60)
+    h.fake.hold()
+    first = engine.submit(req("a0", "A", model="alpha"))
+    await until(first, running)
+    later = [engine.submit(req("b0", "B", model="beta"))]
+    later += [engine.submit(req(f"a{i}", "A", model="alpha")) for i in (1, 2)]
+    h.clock.advance(waited_s)
+    h.fake.release()
+    await draw_all(first, *later)
+    assert " ".join(p[0] for p in h.fake.prompts) == order
+
+
+async def test_a_model_that_cannot_load_fails_only_its_jobs(h: Harness) -> None:
+    h.loader.broken.add("gamma")
+    engine = h.engine(paused=True)
+    broken = [engine.submit(req("g", user, model="gamma")) for user in ("A", "B")]
+    fine = engine.submit(req("a", "C", model="alpha"))
+    engine.resume()
+    errors = await draw_all(*broken)
+    assert all(isinstance(e, GenerationFailed) for e in errors)
+    assert "gamma could not be loaded" in str(errors[0]) and "/" not in str(errors[0])
+    assert (await fine.result())[0].png == b"a|7"
+
+
+async def test_admin_swap_loads_first_changes_the_default_and_keeps_queued_jobs(h: Harness) -> None:
+    engine = h.engine(paused=True, admins=("root",))
+    old = engine.submit(req("old"))
+    assert old.request.model == "alpha"
+    with pytest.raises(InvalidRequest, match="Only an admin"):
+        await engine.swap_model("beta", by="u1")
+    assert await engine.swap_model("Beta", by="root") == "beta"
+    assert engine.status().model == "beta" and engine.default_model == "beta"
+    new = engine.submit(req("new"))
+    assert new.request.model == "beta"
+    engine.resume()
+    await draw_all(old, new)
+    assert {c[0].prompt: c[0].model for c in h.fake.calls} == {"old": "alpha", "new": "beta"}
+
+
+async def test_a_failed_swap_keeps_the_old_model_serving(h: Harness) -> None:
+    h.loader.broken.add("gamma")
+    engine = h.engine(admins=("root",))
+    first = engine.submit(req("x"))
+    await first.result()
+    with pytest.raises(GenerationFailed, match=r"Could not load gamma: .*Still serving alpha"):
+        await engine.swap_model("gamma", by="root")
+    assert engine.status().model == "alpha" and engine.default_model == "alpha"
+    assert (await engine.submit(req("y")).result())[0].png == b"y|7"
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+async def test_compatible_jobs_of_different_users_share_one_call(h: Harness) -> None:
+    engine = h.engine(paused=True, max_batch=4)
+    same = [engine.submit(req(f"p{i}", f"user{i}", seed=i)) for i in range(5)]
+    other = engine.submit(req("slow", "user9", num_inference_steps=8))
+    engine.resume()
+    results = await draw_all(*same, other)
+    assert [len(call) for call in h.fake.calls] == [4, 1, 1]
+    assert [r[0].png for r in results] == [f"p{i}|{i}".encode() for i in range(5)] + [b"slow|7"]
+
+
+async def test_a_multi_image_job_counts_all_its_images_in_a_batch(h: Harness) -> None:
+    engine = h.engine(paused=True, max_batch=4)
+    jobs = [engine.submit(req("three", "A", batch_size=3))]
+    jobs.append(engine.submit(req("two", "B", batch_size=2)))
+    engine.resume()
+    three, two = await draw_all(*jobs)
+    assert [len(call) for call in h.fake.calls] == [1, 1]
+    assert [r.seed for r in three] == [7, 8, 9] and [r.seed for r in two] == [7, 8]
+    assert h.results == [f"{jobs[0].id:06d}-{i}.png" for i in (1, 2, 3)] + [
+        f"{jobs[1].id:06d}-{i}.png" for i in (1, 2)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("max_batch_pixels", "size", "calls"),
+    [
+        (2 * 64 * 64, 64, [2, 2]),
+        (2 * 64 * 64, 128, [1, 1, 1, 1]),
+        (0, 64, [4]),  # auto on a CPU: 4 x 128x128
+        (0, 256, [1, 1, 1, 1]),  # large images are compute-bound on a CPU: no batching
+    ],
+)
+async def test_batch_size_is_chosen_by_image_size(
+    h: Harness, max_batch_pixels: int, size: int, calls: list[int]
+) -> None:
+    engine = h.engine(paused=True, max_batch=4, max_batch_pixels=max_batch_pixels)
+    jobs = [engine.submit(req(f"p{i}", f"u{i}", width=size, height=size)) for i in range(4)]
+    engine.resume()
+    await draw_all(*jobs)
+    assert [len(call) for call in h.fake.calls] == calls
+
+
+# --- cancel --------------------------------------------------------------------------------------
+
+
+async def test_cancel_a_queued_job_removes_it_at_once(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    keep, drop = engine.submit(req("keep")), engine.submit(req("drop"))
+    assert engine.cancel(drop.id, by="u1") is True
+    assert drop.progress.state == "cancelled" and drop.progress.error == "Cancelled."
+    with pytest.raises(JobCancelled):
+        await drop.result()
+    assert keep.progress.position == 1 and engine.jobs() == [keep]
+    engine.resume()
+    await keep.result()
+    assert h.fake.prompts == [["keep"]]
+    record = engine.record(drop.id)
+    assert record is not None and record.state == "cancelled"
+
+
+async def test_cancel_a_running_job_stops_it_at_the_next_step(h: Harness) -> None:
+    engine = h.engine()
+    h.fake.hold()
+    job = engine.submit(req("long", num_inference_steps=20))
+    nxt = engine.submit(req("next", "u2"))
+    h.fake.allow(1)
+    await until(job, lambda p: p.step == 1)
+    assert engine.cancel(job.id, by="u1")
+    with pytest.raises(JobCancelled):
+        await job.result()  # at once, not after the step
+    h.fake.release()
+    await nxt.result()
+    assert h.fake.steps_run[0] == [1, 2]
+    assert h.fake.prompts == [["long"], ["next"]]
+
+
+async def test_cancelling_one_job_of_a_batch_keeps_the_others(h: Harness) -> None:
+    engine = h.engine(paused=True, max_batch=4)
+    stay = engine.submit(req("stay", "A"))
+    go = engine.submit(req("go", "B"))
+    h.fake.hold()
+    engine.resume()
+    h.fake.allow(1)
+    await until(stay, lambda p: p.step == 1)
+    assert engine.cancel(go.id, by="B")
+    h.fake.release()
+    assert (await stay.result())[0].png == b"stay|7"
+    assert isinstance(await outcome(go), JobCancelled)
+    assert h.fake.steps_run == [[1, 2, 3, 4]]  # one call, not interrupted
+    assert h.results == [f"{stay.id:06d}-1.png"]
+
+
+async def test_only_the_owner_or_an_admin_can_cancel(h: Harness) -> None:
+    engine = h.engine(paused=True, admins=("root",))
+    job = engine.submit(req("x", "owner"))
+    with pytest.raises(InvalidRequest, match=rf"Only whoever asked for job #{job.id}"):
+        engine.cancel(job.id, by="stranger")
+    with pytest.raises(InvalidRequest, match="There is no job #999"):
+        engine.cancel(999, by="root")
+    assert engine.cancel(job.id, by="root") is True
+    assert job.progress.error == "Cancelled by an admin."
+    assert engine.cancel(job.id, by="owner") is False  # already finished
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+async def test_progress_goes_queued_running_done_with_steps_and_positions(h: Harness) -> None:
+    engine = h.engine()
+    h.fake.hold()
+    jobs = [engine.submit(req(f"p{i}", num_inference_steps=3)) for i in range(3)]
+    first = await until(jobs[0], running)
+    assert first.position is None and first.eta_s is None  # nothing measured yet
+    assert [j.progress.position for j in jobs[1:]] == [1, 2]
+    seen: list[Progress] = []
+
+    async def watch() -> None:
+        async for progress in jobs[1].updates():
+            seen.append(progress)
+
+    watcher = asyncio.create_task(watch())
+    h.fake.release()
+    await draw_all(*jobs)
+    await asyncio.wait_for(watcher, TIMEOUT_S)
+    states = [p.state for p in seen]
+    assert states[0] == "queued" and states[-1] == "done"
+    assert states == sorted(states, key=["queued", "running", "done"].index)
+    steps = [p.step for p in seen if p.state == "running"]
+    assert steps == sorted(steps) and seen[-1].step == 3 == seen[-1].total
+
+
+async def test_eta_comes_from_measured_steps(h: Harness) -> None:
+    engine = h.engine()
+    await engine.submit(req("warm")).result()  # one measured job
+    h.fake.hold()
+    running_job = engine.submit(req("now"))
+    h.fake.allow(2)
+    progress = await until(running_job, lambda p: p.step == 2)
+    queued = engine.submit(req("later"))
+    assert progress.eta_s is not None and progress.eta_s >= 0
+    later = queued.progress
+    assert later.position == 1 and later.eta_s is not None and later.eta_s >= progress.eta_s
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+async def test_a_failing_job_fails_alone_with_a_safe_message(h: Harness) -> None:
+    h.fake.failing.add("boom")
+    engine = h.engine(paused=True, max_batch=4)
+    bad, good = engine.submit(req("boom", "A")), engine.submit(req("fine", "B"))
+    after = engine.submit(req("after", "C", num_inference_steps=2))
+    engine.resume()
+    error, ok, later = await draw_all(bad, good, after)
+    assert isinstance(error, GenerationFailed)
+    assert "kaput" not in str(error) and "/secret" not in str(error)
+    assert bad.progress.error == str(error)
+    assert ok[0].png == b"fine|7" and later[0].png == b"after|7"
+    assert [len(c) for c in h.fake.calls] == [2, 1, 1, 1]  # the batch, then each alone
+
+
+async def test_out_of_memory_in_a_batch_retries_the_jobs_one_by_one(h: Harness) -> None:
+    h.fake.oom_above = 1
+    engine = h.engine(paused=True, max_batch=4)
+    jobs = [engine.submit(req(f"p{i}", f"u{i}")) for i in range(3)]
+    alone_too_big = engine.submit(req("big", "u9", batch_size=2, num_inference_steps=2))
+    engine.resume()
+    *done, error = await draw_all(*jobs, alone_too_big)
+    assert [r[0].png for r in done] == [b"p0|7", b"p1|7", b"p2|7"]
+    assert isinstance(error, GenerationFailed) and "Out of GPU memory" in str(error)
+    assert [len(c) for c in h.fake.calls] == [3, 1, 1, 1, 1]
+
+
+# --- threads and the event loop ----------------------------------------------------------------
+
+
+async def test_all_torch_work_runs_on_one_dedicated_thread(h: Harness) -> None:
+    engine = h.engine(warm_up=True, admins=("root",))
+    await engine.submit(req("a", model="alpha")).result()
+    await engine.submit(req("b", model="beta")).result()
+    await engine.swap_model("gamma", by="root")
+    threads = h.fake.threads | h.loader.threads
+    assert len(threads) == 1
+    assert threads != {threading.get_ident()}  # not the event loop's thread
+
+
+async def test_the_loop_stays_free_while_a_job_draws(h: Harness) -> None:
+    engine = h.engine()
+    h.fake.hold()
+    job = engine.submit(req("slow", num_inference_steps=50))
+    await until(job, running)
+    # The loop answers other users while the torch thread is busy.
+    other = engine.submit(req("other", "u2"))
+    assert other.progress.position == 1
+    assert engine.cancel(other.id, by="u2")
+    h.fake.release()
+    await job.result()
+
+
+async def test_pause_holds_new_batches_until_resume(h: Harness) -> None:
+    engine = h.engine()
+    engine.pause()
+    job = engine.submit(req("x"))
+    assert engine.status().paused and job.progress.state == "queued"
+    engine.resume()
+    await job.result()
+
+
+# --- shutdown and the journal --------------------------------------------------------------------
+
+
+async def test_shutdown_finishes_the_running_batch_and_keeps_the_queue(h: Harness) -> None:
+    engine = h.engine()
+    h.fake.hold()
+    jobs = [engine.submit(req("p0"))]
+    jobs += [engine.submit(req(f"q{i}"), reply_to=f"chat:{i}") for i in range(2)]
+    await until(jobs[0], running)
+    closing = asyncio.create_task(engine.close(grace_s=TIMEOUT_S))
+    await asyncio.sleep(0)  # yield once: close() starts and refuses new jobs at once
+    with pytest.raises(EngineClosed):
+        engine.submit(req("late"))
+    h.fake.release()
+    await closing
+    first, *rest = await draw_all(*jobs)
+    assert first[0].png == b"p0|7"
+    assert all(isinstance(e, EngineClosed) and "restarting" in str(e) for e in rest)
+
+    again = h.engine()
+    recovered = again.recovered()
+    assert [(j.request.prompt, j.reply_to) for j in recovered] == [
+        ("q0", "chat:0"),
+        ("q1", "chat:1"),
+    ]
+    await draw_all(*recovered)
+    assert h.fake.prompts == [["p0"], ["q0"], ["q1"]]
+
+
+async def test_shutdown_interrupts_a_batch_that_overruns_the_grace(h: Harness) -> None:
+    engine = h.engine()
+    h.fake.hold()
+    job = engine.submit(req("endless", num_inference_steps=50), reply_to="chat:1")
+    await until(job, running)
+    await engine.close(grace_s=0.05)
+    assert isinstance(await outcome(job), EngineClosed)
+    h.fake.release()
+    again = h.engine()
+    [back] = again.recovered()
+    assert back.id == job.id
+    assert (await back.result())[0].png == b"endless|7"
+    record = again.record(job.id)
+    assert record is not None and record.attempts == 1  # the interrupted try is not counted
+
+
+async def test_finished_replies_are_handed_out_again_until_delivered(h: Harness) -> None:
+    engine = h.engine()
+    job = engine.submit(req("x"), reply_to="chat:9")
+    [image] = await job.result()
+    await engine.close()
+    again = h.engine()
+    [back] = again.recovered()
+    assert back.reply_to == "chat:9" and back.progress.state == "done"
+    assert (await back.result())[0].png == image.png
+    again.mark_delivered(back.id)
+    await again.close()
+    assert h.engine().recovered() == []
+
+
+async def test_history_survives_a_restart_and_feeds_rerolls(h: Harness) -> None:
+    engine = h.engine()
+    for prompt in ("one", "two"):
+        await engine.submit(req(prompt, "alice")).result()
+    await engine.submit(req("other", "bob")).result()
+    await engine.close()
+    again = h.engine()
+    history = again.history("alice")
+    assert [r.request.prompt for r in history] == ["two", "one"]
+    assert [image.path for image in history[0].images] == [
+        str(h.tmp_path / "results" / f"{history[0].id:06d}-1.png")
+    ]
+    assert h.results[history[0].id - 1] == f"{history[0].id:06d}-1.png"
+    assert history[0].images[0].seed == 7
+    reroll = again.submit(history[0].request)  # same request, as a reroll button would
+    assert (await reroll.result())[0].png == b"two|7"
+
+
+async def test_a_job_that_crashed_the_bot_twice_is_not_retried(h: Harness) -> None:
+    journal = Journal(h.tmp_path / "journal.sqlite3")
+    job_id = journal.add(req("poison", model="alpha"), reply_to="chat:1", submitted_at=0.0)
+    journal.mark_running(job_id)  # crash one…
+    journal.mark_running(job_id)  # …and two
+    journal.close()
+    engine = h.engine()
+    [job] = engine.recovered()
+    error = await outcome(job)
+    assert isinstance(error, GenerationFailed) and "stopped the bot" in str(error)
+    assert h.fake.calls == []
+
+
+async def test_the_journal_has_the_job_before_submit_returns(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    job = engine.submit(req("x"), reply_to="chat:1")
+    record = engine.record(job.id)
+    assert record is not None and (record.state, record.reply_to) == ("queued", "chat:1")
+    path = h.tmp_path / "journal.sqlite3"
+    with (
+        contextlib.closing(sqlite3.connect(path, timeout=0)) as other,
+        pytest.raises(sqlite3.OperationalError, match="locked"),
+    ):
+        other.execute("SELECT count(*) FROM jobs").fetchone()
+
+
+async def test_a_second_engine_on_the_same_journal_is_refused(h: Harness) -> None:
+    h.engine()
+    with pytest.raises(JournalError, match="another aidraw process"):
+        h.engine(run=False)
