@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bot.parse import ParsedRequest, read_request
-from bot.settings import Settings, SettingsError, env_token, load
+from bot.settings import Settings, SettingsError, load
 from engine.errors import EngineError
 from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
-
-TOKEN_VARS = ("AIDRAW_DISCORD_TOKEN", "AIDRAW_TELEGRAM_TOKEN")
 
 
 class UsageError(Exception):
@@ -223,36 +221,12 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    configured = [var for var in TOKEN_VARS if env_token(var)]
-    raise UsageError(
-        "no chat frontend is available in this version yet "
-        f"(tokens found: {', '.join(configured) or 'none'}); "
-        'try `aidraw draw "1girl, smile"` instead'
-    )
+    import asyncio
 
+    from bot.launcher import serve
 
-def build_engine(settings: Settings) -> Any:
-    """The engine `aidraw run` serves the frontends with (an `engine.engine.Engine`): models
-    from settings, journal and results paths relative to settings.toml. Start it with
-    `asyncio.create_task(engine.run())`; stop it with `await engine.close()`."""
-    from engine.engine import Engine
-    from engine.generate import generate
-    from engine.models import ModelRegistry
-
-    registry = ModelRegistry(settings.models_dir, settings.defaults)
-    queue = settings.queue
-    journal = queue.journal if queue.journal == ":memory:" else str(settings.root / queue.journal)
-    config = dataclasses.replace(
-        queue, journal=journal, results_dir=str(settings.root / queue.results_dir)
-    )
-    return Engine(
-        config,
-        registry=registry,
-        load=lambda name: registry.load(name, settings.device),
-        generate=generate,
-        limits=settings.limits,
-        default_model=settings.engine.default_model,
-    )
+    asyncio.run(serve(settings))
+    return 0
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:

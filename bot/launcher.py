@@ -1,0 +1,109 @@
+"""`aidraw run`: build the engine, start every frontend that has a token, own the signals.
+
+Frontends plug in as coroutines that run until cancelled and clean up on the way out:
+`bot.discord_cog.run_discord(engine, settings, store, token)`,
+`bot.telegram_handlers.run_telegram(engine, settings, store, token)` and, when no token is
+set, `bot.web.run_web(engine, settings, store)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from bot.settings import Settings, env_token
+from bot.user_settings import UserSettingsStore
+from engine.engine import Engine
+from engine.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+DISCORD_TOKEN = "AIDRAW_DISCORD_TOKEN"
+TELEGRAM_TOKEN = "AIDRAW_TELEGRAM_TOKEN"
+
+
+def build_engine(settings: Settings) -> tuple[Engine[Any], UserSettingsStore]:
+    """The engine over models/ with the journal and results relative to settings.toml."""
+    from engine.generate import generate
+    from engine.models import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir, settings.defaults)
+    if not registry.models:
+        raise InvalidRequest(
+            f"no model in {settings.models_dir}: run `make demo` (or `aidraw build-demo`), "
+            "or put a .safetensors checkpoint there"
+        )
+    queue = settings.queue
+    if queue.journal != ":memory:":
+        queue = dataclasses.replace(
+            queue,
+            journal=str(settings.root / queue.journal),
+            results_dir=str(settings.root / queue.results_dir),
+        )
+    users = (
+        ":memory:"
+        if queue.journal == ":memory:"
+        else Path(queue.journal).with_name("users.sqlite3")
+    )
+    engine: Engine[Any] = Engine(
+        queue,
+        registry=registry,
+        load=lambda name: registry.load(name, settings.device),
+        generate=generate,
+        limits=settings.limits,
+        default_model=settings.engine.default_model,
+    )
+    return engine, UserSettingsStore(users)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the engine and the frontends until SIGINT/SIGTERM, then shut down in order."""
+    engine, store = build_engine(settings)
+    frontends: dict[str, Coroutine[Any, Any, None]] = {}
+    if token := env_token(DISCORD_TOKEN):
+        from bot.discord_cog import run_discord
+
+        frontends["discord"] = run_discord(engine, settings, store, token)
+    if token := env_token(TELEGRAM_TOKEN):
+        from bot.telegram_handlers import run_telegram
+
+        frontends["telegram"] = run_telegram(engine, settings, store, token)
+    if not frontends:
+        from bot.web import run_web
+
+        frontends["web"] = run_web(engine, settings, store)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    engine_task = asyncio.create_task(engine.run(), name="engine")
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in frontends.items()]
+    log.info("aidraw running: %s", ", ".join(frontends))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            [stopper, engine_task, *tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                log.error("%s stopped: %r", task.get_name(), task.exception())
+    finally:
+        # Stop taking new work first (frontends), then let the running batch finish.
+        stopper.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await engine.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await engine_task
+        store.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("aidraw stopped")
