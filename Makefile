@@ -44,7 +44,7 @@ lint: install
 
 bench: install
 	$(PY) bench/overhead.py
-	$(PY) bench/samplers.py
+	$(PY) -m bench.samplers
 	$(PY) bench/engine.py
 
 clean:

@@ -73,7 +73,9 @@ async def draw(engine: Engine[Any], requests: Sequence[GenerationRequest]) -> No
         await job.result()
 
 
-async def batching(engine: Engine[Any], size: int, steps: int, rounds: int) -> str:
+async def batching(
+    engine: Engine[Any], size: int, steps: int, rounds: int, *, warm_up: bool = True
+) -> str:
     """4 jobs one by one, batched, and as max_batch_pixels=auto decides; the configurations
     alternate over `rounds` and the best time of each counts (the machine may be shared)."""
     requests = [request(i, size, steps) for i in range(4)]
@@ -83,7 +85,8 @@ async def batching(engine: Engine[Any], size: int, steps: int, rounds: int) -> s
     if per_call not in (1, 4):
         configs["engine auto"] = (4, 0)
     best: dict[str, float] = {}
-    for round_ in range(rounds + 1):  # round 0 warms up both batch shapes
+    first = 0 if warm_up else 1  # round 0 warms up both batch shapes
+    for round_ in range(first, rounds + 1):
         for label, (max_batch, pixels) in configs.items():
             engine.config = dataclasses.replace(base, max_batch=max_batch, max_batch_pixels=pixels)
             seconds = await timed(functools.partial(draw, engine, requests))
@@ -182,7 +185,7 @@ def make_engine(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=28, help="steps at the native size")
-    parser.add_argument("--big-steps", type=int, default=4, help="steps at 512x512")
+    parser.add_argument("--big-steps", type=int, default=28, help="steps at 512x512 (slow)")
     parser.add_argument("--jobs", type=int, default=6, help="jobs per side for (d)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (a) at each size")
     parser.add_argument("--skip-big", action="store_true", help="no 512x512 measurement")
@@ -210,7 +213,7 @@ async def main() -> None:
             functools.partial(draw, engine, [request(i, NATIVE, args.steps) for i in range(4)]),
         )
         if not args.skip_big:
-            print("    " + await batching(engine, 512, args.big_steps, 1))
+            print("    " + await batching(engine, 512, args.big_steps, 1, warm_up=False))
 
         direct, through = await overhead(engine, model, args.jobs, args.steps)
 

@@ -4,13 +4,15 @@ For each row of engine.samplers.SAMPLERS: our loop (CFGDenoiser + the row's samp
 generate() runs it) against the diffusers pipeline with the closest stock scheduler
 (`make_scheduler`), both from the same prompt embeddings and noise, latents out (no VAE).
 Seconds per step = loop time / sampler steps (A1111's DDIM runs one step fewer). Goal: ratio
-≤ 1.02. Machines are noisy: interleaved runs, median of --runs (default 1, after a warm-up).
-Usage: python bench/samplers.py [--runs N] [--steps N] [--size N] [--sampler NAME ...]
+≤ 1.02. Machines are noisy: interleaved runs, median of --runs (after a warm-up); the load
+average is printed, and a ratio only means something on an otherwise idle machine.
+Usage: python -m bench.samplers [--runs N] [--steps N] [--size N] [--sampler NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -93,9 +95,9 @@ def runners(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--sampler", nargs="*", default=list(SAMPLERS))
     args = parser.parse_args()
 
@@ -104,7 +106,8 @@ def main() -> None:
         model = ModelRegistry(Path(tmp)).load(DEMO_NAME, DeviceOptions())
     print(
         f"device {model.device}, {args.size}x{args.size}, {args.steps} steps, CFG {SCALE:g}, "
-        f"{args.runs} run(s) each after a warm-up (median), threads {torch.get_num_threads()}"
+        f"{args.runs} run(s) each after a warm-up (median), threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     print(f"  {'sampler':18s} {'ours s/step':>12s} {'diffusers':>10s} {'ratio':>6s}")
     ratios = []

@@ -43,8 +43,447 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "种子 {seed} · {model} · {steps} 步",
     },
     # --- discord ----------------------------------------------------------------------------
+    "discord_cmd_draw": {
+        "en": "Draw a picture (inline flags and a pasted A1111 infotext work too)",
+        "zh": "画一张图（支持行内参数和粘贴的 A1111 图片信息）",
+    },
+    "discord_cmd_queue": {"en": "Your jobs and the queue", "zh": "你的任务和队列"},
+    "discord_cmd_cancel": {
+        "en": "Cancel a job of yours (default: the newest)",
+        "zh": "取消你的任务（默认最新的一个）",
+    },
+    "discord_cmd_settings": {
+        "en": "Your defaults for /draw (no options: show them)",
+        "zh": "你的 /draw 默认设置（不填选项则显示）",
+    },
+    "discord_cmd_history": {
+        "en": "Your latest drawings, or one of them again with its buttons",
+        "zh": "你最近的图，或带按钮重新发送其中一张",
+    },
+    "discord_cmd_help": {
+        "en": "How to write prompts, flags and commands",
+        "zh": "提示词、参数和命令的用法",
+    },
+    "discord_cmd_model": {"en": "Admin: models", "zh": "管理员：模型"},
+    "discord_cmd_model_list": {"en": "Admin: list the models", "zh": "管理员：列出模型"},
+    "discord_cmd_model_swap": {
+        "en": "Admin: load a model and make it the default",
+        "zh": "管理员：加载模型并设为默认",
+    },
+    "discord_cmd_queue_admin": {"en": "Admin: the queue", "zh": "管理员：队列"},
+    "discord_cmd_pause": {
+        "en": "Admin: start no new drawing (jobs still queue)",
+        "zh": "管理员：暂停开始新的绘制（仍可排队）",
+    },
+    "discord_cmd_resume": {"en": "Admin: start drawing again", "zh": "管理员：恢复绘制"},
+    "discord_cmd_clear": {
+        "en": "Admin: cancel every waiting job",
+        "zh": "管理员：取消所有排队任务",
+    },
+    "discord_cmd_quota": {"en": "Admin: daily quotas", "zh": "管理员：每日配额"},
+    "discord_cmd_quota_set": {
+        "en": "Admin: set a user's image quota per 24 hours (0 = no limit)",
+        "zh": "管理员：设置用户每 24 小时的图片配额（0 = 不限）",
+    },
+    "discord_cmd_quota_reset": {
+        "en": "Admin: give a user the default quota again",
+        "zh": "管理员：恢复用户的默认配额",
+    },
+    "discord_cmd_quota_show": {
+        "en": "Admin: a user's quota and use",
+        "zh": "管理员：查看用户的配额和用量",
+    },
+    "discord_opt_prompt": {
+        "en": "What to draw; flags such as --seed 42 --steps 20 work here too",
+        "zh": "要画的内容；也可以写 --seed 42 --steps 20 等参数",
+    },
+    "discord_opt_negative": {
+        "en": "What not to draw (negative prompt)",
+        "zh": "不想画的内容（反向提示词）",
+    },
+    "discord_opt_size": {
+        "en": "WIDTHxHEIGHT, or portrait, landscape, square…",
+        "zh": "宽x高，或 portrait、landscape、square…",
+    },
+    "discord_opt_seed": {"en": "Seed (-1 = random)", "zh": "种子（-1 = 随机）"},
+    "discord_opt_steps": {"en": "Denoising steps", "zh": "采样步数"},
+    "discord_opt_scale": {"en": "CFG scale", "zh": "CFG 提示词相关性"},
+    "discord_opt_sampler": {"en": "Sampler", "zh": "采样器"},
+    "discord_opt_model": {"en": "Model", "zh": "模型"},
+    "discord_opt_count": {"en": "Number of images", "zh": "图片数量"},
+    "discord_opt_job": {"en": "Job number", "zh": "任务号"},
+    "discord_opt_user": {"en": "User", "zh": "用户"},
+    "discord_opt_images": {
+        "en": "Images per 24 hours (0 = no limit)",
+        "zh": "每 24 小时的图片数（0 = 不限）",
+    },
+    "discord_opt_uc": {"en": "Undesired-content preset", "zh": "NAI 反向预设"},
+    "discord_opt_quality": {"en": "Prepend NAI's quality tags", "zh": "加上 NAI 的质量标签"},
+    "discord_opt_syntax": {"en": "How [x] weighs: a1111 or nai", "zh": "[x] 的权重：a1111 或 nai"},
+    "discord_opt_language": {"en": "Language of the bot's replies", "zh": "机器人回复的语言"},
+    "discord_opt_reset": {"en": "Forget all your settings", "zh": "清除你的所有设置"},
+    "discord_job_line": {"en": "Job {job} · {text}", "zh": "任务 {job} · {text}"},
+    "discord_restarting": {
+        "en": "The bot is restarting; this drawing stays queued and is posted here afterwards.",
+        "zh": "机器人正在重启；这张图仍在队列中，重启后会发在这里。",
+    },
+    "discord_after_restart": {"en": "(from before the restart)", "zh": "（重启前的任务）"},
+    "discord_moved": {
+        "en": "Job {job} took a while: it goes on in a new message below.",
+        "zh": "任务 {job} 等得较久，将在下方的新消息中继续。",
+    },
+    "discord_button_reroll": {"en": "Reroll", "zh": "换种子"},
+    "discord_button_vary": {"en": "Variations", "zh": "变体"},
+    "discord_button_edit": {"en": "Edit", "zh": "编辑"},
+    "discord_button_delete": {"en": "Delete", "zh": "删除"},
+    "discord_button_cancel": {"en": "Cancel", "zh": "取消"},
+    "discord_edit_title": {"en": "Edit and draw again", "zh": "编辑后重画"},
+    "discord_edit_prompt": {"en": "Prompt (flags work too)", "zh": "提示词（可加参数）"},
+    "discord_edit_negative": {"en": "Negative prompt", "zh": "反向提示词"},
+    "discord_not_yours": {
+        "en": "Only whoever asked for this drawing, or an admin, can delete it.",
+        "zh": "只有画这张图的人或管理员可以删除它。",
+    },
+    "discord_gone": {
+        "en": "Job {job} is no longer in the history, and its picture has no infotext to read.",
+        "zh": "任务 {job} 已不在历史记录中，图片里也没有可读的图片信息。",
+    },
+    "discord_already_finished": {
+        "en": "Job {job} has already finished.",
+        "zh": "任务 {job} 已经结束了。",
+    },
+    "discord_nothing_to_cancel": {
+        "en": "You have no job waiting or drawing.",
+        "zh": "你没有在排队或绘制的任务。",
+    },
+    "discord_cancelled_job": {"en": "Cancelled job {job}.", "zh": "已取消任务 {job}。"},
+    "discord_queue_waiting": {
+        "en": "Job {job}: #{position} in line{eta}",
+        "zh": "任务 {job}：排第 {position} 位{eta}",
+    },
+    "discord_queue_drawing": {
+        "en": "Job {job}: drawing, step {step}/{total}{eta}",
+        "zh": "任务 {job}：绘制中，第 {step}/{total} 步{eta}",
+    },
+    "discord_queue_total": {
+        "en": "{queued} job(s) waiting in all{paused}.",
+        "zh": "共 {queued} 个任务在排队{paused}。",
+    },
+    "discord_paused_note": {"en": " (paused)", "zh": "（已暂停）"},
+    "discord_quota_today": {
+        "en": "Last 24 hours: {used} of {limit} images.",
+        "zh": "最近 24 小时：已用 {used}/{limit} 张。",
+    },
+    "discord_history_empty": {"en": "You have not drawn anything yet.", "zh": "你还没有画过图。"},
+    "discord_history_line": {
+        "en": "Job {job} · {when} · seed {seed} · {prompt}",
+        "zh": "任务 {job} · {when} · 种子 {seed} · {prompt}",
+    },
+    "discord_settings_show": {
+        "en": "Your defaults for /draw:\n{values}",
+        "zh": "你的 /draw 默认设置：\n{values}",
+    },
+    "discord_settings_none": {"en": "(none: the bot's defaults)", "zh": "（无：使用机器人默认）"},
+    "discord_settings_reset": {
+        "en": "Your settings are back to the bot's defaults.",
+        "zh": "你的设置已恢复为默认。",
+    },
+    "discord_help": {
+        "en": (
+            "**/draw** `prompt` draws it, e.g. `1girl, silver hair, (smile:1.2) --seed 42`.\n"
+            "Flags in the prompt: {flags}.\n"
+            "A line `Negative prompt: …` and a whole pasted A1111 infotext work too; the "
+            "options of /draw set the same things.\n"
+            "Buttons: 🎲 same request, new seed · 🔀 variations of the first image · ✏️ edit "
+            "the prompt and draw again (same seed) · 🗑 delete · ❌ cancel while waiting.\n"
+            "Commands: /queue, /cancel [job], /settings, /history [job], /help."
+        ),
+        "zh": (
+            "**/draw** `提示词` 画图，例如 `1girl, silver hair, (smile:1.2) --seed 42`。\n"
+            "提示词中的参数：{flags}。\n"
+            "也可以写一行 `Negative prompt: …`，或粘贴完整的 A1111 图片信息；/draw 的选项"
+            "设置的是同样的内容。\n"
+            "按钮：🎲 同样的请求换种子 · 🔀 第一张图的变体 · ✏️ 编辑提示词后重画（同种子）"
+            " · 🗑 删除 · ❌ 排队时取消。\n"
+            "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
+        ),
+    },
+    "discord_models": {
+        "en": "Models (★ default for new jobs, ● loaded):\n{models}",
+        "zh": "模型（★ 新任务默认，● 已加载）：\n{models}",
+    },
+    "discord_model_swapped": {
+        "en": "New jobs now draw with {model}.",
+        "zh": "新任务现在使用 {model}。",
+    },
+    "discord_paused": {
+        "en": "Paused: jobs still queue, but no new drawing starts.",
+        "zh": "已暂停：仍可排队，但不会开始新的绘制。",
+    },
+    "discord_resumed": {"en": "Drawing again.", "zh": "已恢复绘制。"},
+    "discord_cleared": {
+        "en": "Cancelled {count} waiting job(s).",
+        "zh": "已取消 {count} 个排队任务。",
+    },
+    "discord_no_limit": {"en": "no limit", "zh": "不限"},
+    "discord_quota_set": {
+        "en": "{user} may draw {limit} image(s) per 24 hours.",
+        "zh": "{user} 每 24 小时可画 {limit} 张。",
+    },
+    "discord_quota_show": {
+        "en": "{user}: {used} image(s) in the last 24 hours; quota: {limit}.",
+        "zh": "{user}：最近 24 小时 {used} 张；配额：{limit}。",
+    },
+    "discord_quota_reached": {
+        "en": "You have drawn {used} of your {limit} images for the last 24 hours; "
+        "cancelled and failed ones do not count. Try again later.",
+        "zh": "最近 24 小时你已画 {used}/{limit} 张（取消和失败的不算），请稍后再试。",
+    },
+    "discord_cooldown": {
+        "en": "Please wait {seconds} s before your next drawing.",
+        "zh": "请等 {seconds} 秒再画下一张。",
+    },
+    "discord_banned": {
+        "en": "This bot does not draw prompts with {word!r}.",
+        "zh": "本机器人不画含有 {word!r} 的提示词。",
+    },
+    "discord_nsfw_refused": {
+        "en": "This channel is not marked NSFW, so the bot does not draw {word!r} here.",
+        "zh": "此频道未标记为 NSFW，机器人不在这里画 {word!r}。",
+    },
+    "discord_not_here": {
+        "en": "The bot does not draw in this channel.",
+        "zh": "机器人不在此频道画图。",
+    },
+    "discord_no_dms": {
+        "en": "The bot does not draw in direct messages.",
+        "zh": "机器人不在私信中画图。",
+    },
     # --- telegram ---------------------------------------------------------------------------
+    "tg_waiting": {"en": "Queued…", "zh": "排队中…"},
+    "tg_button_cancel": {"en": "✖ Cancel", "zh": "✖ 取消"},
+    "tg_button_reroll": {"en": "🎲 Reroll", "zh": "🎲 换种子"},
+    "tg_button_variations": {"en": "🔀 Variations", "zh": "🔀 变体"},
+    "tg_button_png": {"en": "📄 PNG", "zh": "📄 原图"},
+    "tg_start": {
+        "en": "Hi! I draw anime pictures with Stable Diffusion.\n\n{help}",
+        "zh": "你好！我用 Stable Diffusion 画动漫图。\n\n{help}",
+    },
+    "tg_help": {
+        "en": (
+            "Send me a prompt and I draw it (in groups: /draw <prompt>, or reply to me), e.g.\n"
+            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20\n\n"
+            "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
+            "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
+            "--n COUNT, --model NAME, --clip-skip N.\n"
+            'A second line "Negative prompt: …" and a pasted A1111 infotext work too.\n\n'
+            "Under each picture: 🎲 same prompt, new seed; 🔀 variations of that image; "
+            "📄 the original PNG with its infotext.\n"
+            "Commands: /queue, /cancel [job|all], /settings, /history, /help."
+        ),
+        "zh": (
+            "发给我提示词就画（群里用 /draw <提示词>，或回复我的消息），例如：\n"
+            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20\n\n"
+            "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
+            "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
+            "--n 数量、--model 名称、--clip-skip N。\n"
+            '第二行写 "Negative prompt: …"，或粘贴 A1111 的图片信息，也可以。\n\n'
+            "图片下的按钮：🎲 同提示词换种子；🔀 这张图的变体；📄 带图片信息的 PNG 原图。\n"
+            "命令：/queue、/cancel [任务号|all]、/settings、/history、/help。"
+        ),
+    },
+    "tg_draw_usage": {
+        "en": "Write what to draw after /draw, e.g. /draw 1girl, silver hair --seed 42",
+        "zh": "请在 /draw 后写要画的内容，例如：/draw 1girl, silver hair --seed 42",
+    },
+    "tg_img2img": {
+        "en": "Drawing from a picture (img2img) is not available yet. "
+        "Send the prompt as text to draw from scratch.",
+        "zh": "暂不支持以图生图（img2img）。请把提示词作为文字发送，从头画。",
+    },
+    "tg_banned": {
+        "en": "This bot does not draw prompts with {word!r}.",
+        "zh": "本机器人不画含有 {word!r} 的提示词。",
+    },
+    "tg_nsfw_refused": {
+        "en": "This bot does not draw NSFW prompts ({word!r}).",
+        "zh": "本机器人不画 NSFW 内容（{word!r}）。",
+    },
+    "tg_queue_empty": {"en": "The queue is empty.", "zh": "队列是空的。"},
+    "tg_queue_header": {
+        "en": "{count} job(s) waiting or drawing.",
+        "zh": "共 {count} 个任务在排队或绘制。",
+    },
+    "tg_queue_drawing": {
+        "en": "job {job}: drawing, step {step}/{total}{eta}",
+        "zh": "任务 {job}：绘制中，第 {step}/{total} 步{eta}",
+    },
+    "tg_queue_waiting": {
+        "en": "job {job}: #{position} in line{eta}",
+        "zh": "任务 {job}：排第 {position} 位{eta}",
+    },
+    "tg_nothing_to_cancel": {
+        "en": "You have no job waiting or drawing.",
+        "zh": "你没有在排队或绘制的任务。",
+    },
+    "tg_cancelled_jobs": {"en": "Cancelled job(s) {jobs}.", "zh": "已取消任务 {jobs}。"},
+    "tg_already_finished": {
+        "en": "Job {job} has already finished.",
+        "zh": "任务 {job} 已经结束了。",
+    },
+    "tg_history_empty": {"en": "You have not drawn anything yet.", "zh": "你还没有画过图。"},
+    "tg_history_line": {
+        "en": "job {job} · seed {seed} · {width}x{height} · {prompt}",
+        "zh": "任务 {job} · 种子 {seed} · {width}x{height} · {prompt}",
+    },
+    "tg_gone": {
+        "en": "Job {job} is no longer in the history.",
+        "zh": "任务 {job} 已不在历史记录中。",
+    },
+    "tg_settings": {
+        "en": (
+            "Your settings ({default} = the bot's default):\n{values}\n\n"
+            'Change: /settings steps=20 size=512x768 sampler="DPM++ 2M Karras" '
+            'scale=7 neg="lowres" uc=lq quality=off syntax=nai doc=on lang=zh\n'
+            'A value of "default" clears one; /settings reset clears all.'
+        ),
+        "zh": (
+            "你的设置（{default} = 机器人默认）：\n{values}\n\n"
+            '修改：/settings steps=20 size=512x768 sampler="DPM++ 2M Karras" '
+            'scale=7 neg="lowres" uc=lq quality=off syntax=nai doc=on lang=zh\n'
+            '值写 "default" 清除一项；/settings reset 全部清除。'
+        ),
+    },
+    "tg_settings_default": {"en": "default", "zh": "默认"},
+    "tg_settings_saved": {"en": "Saved: {changes}.", "zh": "已保存：{changes}。"},
+    "tg_settings_reset": {
+        "en": "Your settings are back to the bot's defaults.",
+        "zh": "你的设置已恢复为默认。",
+    },
+    "tg_model_status": {
+        "en": "Model: {model} (for new jobs: {default}). {queued} queued{paused}.\n"
+        "Switch: /model NAME",
+        "zh": "当前模型：{model}（新任务用：{default}）。排队 {queued} 个{paused}。\n"
+        "切换：/model 名称",
+    },
+    "tg_paused_note": {"en": ", paused", "zh": "，已暂停"},
+    "tg_model_loading": {"en": "Loading {name}…", "zh": "正在加载 {name}…"},
+    "tg_model_swapped": {"en": "New jobs now draw with {name}.", "zh": "新任务现在使用 {name}。"},
+    "tg_paused": {
+        "en": "Paused: jobs are queued but no new drawing starts. /resume to go on.",
+        "zh": "已暂停：仍可排队，但不会开始新的绘制。用 /resume 继续。",
+    },
+    "tg_resumed": {"en": "Drawing again.", "zh": "已恢复绘制。"},
+    "tg_not_available": {
+        "en": "{command} is not available in this version yet.",
+        "zh": "此版本暂不支持 {command}。",
+    },
+    "tg_cmd_draw": {
+        "en": "Draw a picture: /draw <prompt> --flags",
+        "zh": "画图：/draw <提示词> --参数",
+    },
+    "tg_cmd_help": {"en": "How to write prompts and flags", "zh": "提示词和参数的写法"},
+    "tg_cmd_queue": {"en": "Your jobs and the queue", "zh": "你的任务和队列"},
+    "tg_cmd_cancel": {
+        "en": "Cancel your newest job (/cancel JOB, /cancel all)",
+        "zh": "取消你最新的任务（/cancel 任务号，/cancel all）",
+    },
+    "tg_cmd_settings": {
+        "en": "Your defaults (steps, size, sampler…)",
+        "zh": "你的默认设置（步数、尺寸、采样器…）",
+    },
+    "tg_cmd_history": {"en": "Your latest drawings", "zh": "你最近的作品"},
+    "tg_cmd_start": {"en": "About this bot", "zh": "关于本机器人"},
+    "tg_cmd_model": {"en": "Admin: show or switch the model", "zh": "管理员：查看或切换模型"},
+    "tg_cmd_pause": {"en": "Admin: start no new drawing", "zh": "管理员：暂停新的绘制"},
+    "tg_cmd_resume": {"en": "Admin: draw again", "zh": "管理员：恢复绘制"},
     # --- web --------------------------------------------------------------------------------
+    "web_title": {"en": "aidraw · local chat", "zh": "aidraw · 本地聊天"},
+    "web_welcome": {
+        "en": (
+            "Type a prompt and press Enter, e.g.\n"
+            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size portrait\n"
+            "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
+            "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
+            "--n COUNT, --model NAME, --clip-skip N. /draw in front works too, and so does a "
+            "pasted A1111 infotext. Shift+Enter starts a new line."
+        ),
+        "zh": (
+            "输入提示词后按回车，例如：\n"
+            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size portrait\n"
+            "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
+            "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
+            "--n 数量、--model 名称、--clip-skip N。前面加 /draw 也可以，粘贴 A1111 图片信息也行。"
+            "Shift+回车换行。"
+        ),
+    },
+    "web_placeholder": {
+        "en": "1girl, silver hair --seed 42 --steps 20",
+        "zh": "1girl, silver hair --seed 42 --steps 20",
+    },
+    "web_send": {"en": "Draw", "zh": "画"},
+    "web_job": {"en": "Job {job}", "zh": "任务 {job}"},
+    "web_reroll_of": {"en": "new seed for job {job}", "zh": "任务 {job} 换种子"},
+    "web_variations_of": {
+        "en": "variations of job {job}, image {image}",
+        "zh": "任务 {job} 第 {image} 张的变体",
+    },
+    "web_waiting": {"en": "Waiting…", "zh": "等待中…"},
+    "web_reroll": {"en": "↻ Reroll", "zh": "↻ 换种子"},
+    "web_variations": {"en": "⇄ Variations", "zh": "⇄ 变体"},
+    "web_cancel": {"en": "✖ Cancel", "zh": "✖ 取消"},
+    "web_download": {"en": "⬇ PNG", "zh": "⬇ 原图"},
+    "web_infotext": {"en": "Infotext", "zh": "图片信息"},
+    "web_note": {"en": "Note: {note}", "zh": "提示：{note}"},
+    "web_already_finished": {
+        "en": "Job {job} has already finished.",
+        "zh": "任务 {job} 已经结束了。",
+    },
+    "web_unknown_command": {
+        "en": "Unknown command {command}: type a prompt, or /draw and a prompt.",
+        "zh": "未知命令 {command}：请直接输入提示词，或 /draw 加提示词。",
+    },
+    "web_disconnected": {
+        "en": "Connection to aidraw lost; reconnecting…",
+        "zh": "与 aidraw 的连接已断开，正在重连…",
+    },
+    "web_settings": {"en": "⚙ Settings", "zh": "⚙ 设置"},
+    "web_settings_title": {
+        "en": "Your defaults (empty = the bot's default)",
+        "zh": "你的默认值（留空 = 机器人默认）",
+    },
+    "web_width": {"en": "Width", "zh": "宽"},
+    "web_height": {"en": "Height", "zh": "高"},
+    "web_steps": {"en": "Steps", "zh": "步数"},
+    "web_scale": {"en": "CFG scale", "zh": "CFG 系数"},
+    "web_sampler": {"en": "Sampler", "zh": "采样器"},
+    "web_negative": {"en": "Negative prompt", "zh": "负面提示词"},
+    "web_uc": {"en": "Undesired-content preset", "zh": "负面预设"},
+    "web_quality": {"en": "Quality tags", "zh": "质量标签"},
+    "web_syntax": {"en": "Bracket syntax", "zh": "括号语法"},
+    "web_locale": {"en": "Language", "zh": "语言"},
+    "web_default": {"en": "default ({value})", "zh": "默认（{value}）"},
+    "web_on": {"en": "on", "zh": "开"},
+    "web_off": {"en": "off", "zh": "关"},
+    "web_save": {"en": "Save", "zh": "保存"},
+    "web_reset": {"en": "Reset all", "zh": "全部重置"},
+    "web_close": {"en": "Close", "zh": "关闭"},
+    "web_saved": {"en": "Settings saved.", "zh": "设置已保存。"},
+    "web_settings_reset": {
+        "en": "Your settings are back to the bot's defaults.",
+        "zh": "你的设置已恢复为默认。",
+    },
+    "web_admin": {"en": "Model (admin)", "zh": "模型（管理员）"},
+    "web_model": {"en": "Model: {model}", "zh": "模型：{model}"},
+    "web_swap": {"en": "Use for new jobs", "zh": "用于新任务"},
+    "web_swapping": {"en": "Loading {name}…", "zh": "正在加载 {name}…"},
+    "web_swapped": {"en": "New jobs now draw with {name}.", "zh": "新任务现在使用 {name}。"},
+    "web_token_required": {
+        "en": "This aidraw web chat needs its access token: open the address printed at "
+        "start-up, with ?token= and the value of AIDRAW_WEB_TOKEN added.",
+        "zh": "此 aidraw 网页聊天需要访问令牌：打开启动时显示的地址，并加上 ?token= 和 "
+        "AIDRAW_WEB_TOKEN 的值。",
+    },
 }
 
 

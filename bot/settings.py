@@ -9,7 +9,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bot.parse import PromptSettings
 from engine.config import ConfigError, build
@@ -41,6 +41,90 @@ class EngineSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BotSettings:
+    """What every chat frontend shares.
+
+    Args:
+        progress_interval_s: edit a status message at most this often (chat rate limits).
+        variation_strength: how far a "variations" button moves from the image (0 to 1).
+    """
+
+    progress_interval_s: float = 2.0
+    variation_strength: float = 0.3
+
+
+# What the [telegram] table judges NSFW: these words or tags in the (positive) prompt.
+NSFW_WORDS = ("nsfw", "nude", "naked", "nipples", "pussy", "penis", "sex", "hentai", "porn")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelegramSettings:
+    """The Telegram bot: where it answers, what it refuses, how it sends.
+
+    Args:
+        allowed_chats: chat ids it answers in (groups are negative); empty = every chat.
+            Admins' private chats are always allowed.
+        banned_words: a prompt containing any of these words (case-insensitive) is refused.
+        nsfw_policy: a prompt with an `nsfw_words` word: "allow", "spoiler" (photo hidden
+            behind Telegram's spoiler) or "refuse".
+        nsfw_words: the words that make a prompt NSFW (the negative prompt is not judged).
+        send_as_document: also send the original PNG (with infotext) as a file by default.
+        group_progress_interval_s: progress_interval_s in groups (20 messages/minute there).
+        previews: show the low-cost latent preview in private chats' status messages.
+    """
+
+    allowed_chats: tuple[int, ...] = ()
+    banned_words: tuple[str, ...] = ()
+    nsfw_policy: Literal["allow", "spoiler", "refuse"] = "spoiler"
+    nsfw_words: tuple[str, ...] = NSFW_WORDS
+    send_as_document: bool = False
+    group_progress_interval_s: float = 6.0
+    previews: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscordSettings:
+    """The Discord bot: where it draws, what it refuses, how much a user may draw.
+
+    Args:
+        allowed_guilds: server ids it draws in; empty = every server it is in.
+        allowed_channels: channel ids it draws in; empty = every channel. Admins draw anywhere.
+        allow_dms: whether it draws in direct messages.
+        banned_words: a prompt containing any of these words (case-insensitive) is refused.
+        nsfw_policy: in channels not marked NSFW, a prompt with an `nsfw_words` word: "allow",
+            "spoiler" (the images are sent as spoilers) or "refuse".
+        nsfw_words: the words that make a prompt NSFW (the negative prompt is not judged).
+        daily_quota: most images a user draws in any 24 hours; 0 = no limit. Cancelled and
+            failed drawings do not count; admins have none; /quota set overrides it per user.
+        cooldown_s: seconds a user waits between two drawings; 0 = none; admins wait none.
+    """
+
+    allowed_guilds: tuple[int, ...] = ()
+    allowed_channels: tuple[int, ...] = ()
+    allow_dms: bool = True
+    banned_words: tuple[str, ...] = ()
+    nsfw_policy: Literal["allow", "spoiler", "refuse"] = "spoiler"
+    nsfw_words: tuple[str, ...] = NSFW_WORDS
+    daily_quota: int = 0
+    cooldown_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebSettings:
+    """The local web chat (`aidraw run` with no bot token; access token: AIDRAW_WEB_TOKEN).
+
+    Args:
+        host: address to listen on; anything but loopback needs AIDRAW_WEB_TOKEN set.
+        port: TCP port; 0 = any free port (the address is printed at start-up).
+        local_admin: the web chat's user ("web:local") may swap models and cancel any job.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    local_admin: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything in settings.toml; each table is a dataclass passed to a constructor."""
 
@@ -50,6 +134,10 @@ class Settings:
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
     prompt: PromptSettings = field(default_factory=PromptSettings)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    bot: BotSettings = field(default_factory=BotSettings)
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     # The folder settings.toml was read from; relative paths in it are relative to this.
     root: Path = field(default_factory=Path.cwd)
 
@@ -80,6 +168,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "queue.shutdown_grace_s": (0, 3600),
     "queue.history_size": (0, 1_000_000),
     "queue.max_attempts": (1, 100),
+    "bot.progress_interval_s": (0.1, 3600.0),
+    "bot.variation_strength": (0.0, 1.0),
+    "telegram.group_progress_interval_s": (0.1, 3600.0),
+    "discord.daily_quota": (0, 1_000_000),
+    "discord.cooldown_s": (0.0, 86_400.0),
+    "web.port": (0, 65535),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 

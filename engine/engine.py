@@ -504,6 +504,7 @@ class Engine(Generic[M]):
         self._queue_changed()
 
     def status(self) -> EngineStatus:
+        """The loaded and default model, pause state, queue length and swaps so far."""
         return EngineStatus(
             model=self._model.name if self._model is not None else None,
             default_model=self.default_model,

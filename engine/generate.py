@@ -148,7 +148,7 @@ def generate(
     on_step: StepCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> list[GenerationResult]:
-    """Draw every image of `requests` (which must share BATCH_KEYS) in one pipeline call.
+    """Draw every image of `requests` (which must share BATCH_KEYS) in one sampling loop.
 
     Returns one GenerationResult per image, in order (request by request, seed by seed). Each
     image draws its noise from its own generator, so it does not depend on its batch-mates.

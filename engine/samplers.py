@@ -88,10 +88,12 @@ class NoiseSchedule:
 
     @property
     def sigma_min(self) -> float:
+        """σ at t = 0 (A1111's `model_wrap.sigmas[0].item()`, the Karras lower bound)."""
         return float(self.sigmas[0])
 
     @property
     def sigma_max(self) -> float:
+        """σ at the last training timestep (the Karras upper bound)."""
         return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:

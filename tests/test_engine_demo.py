@@ -229,3 +229,16 @@ async def test_the_engine_built_from_settings_draws_and_keeps_its_files(
     finally:
         await engine.close()
         await task
+
+
+def test_previews_use_a1111s_cheap_latent_to_rgb_map() -> None:
+    from engine.preview import LATENT_RGB, preview_png
+
+    latents = torch.zeros(4, 16, 24)  # a 192x128 image
+    latents[0] = 1.0  # only the first latent channel: its RGB row of the map
+    preview = Image.open(io.BytesIO(preview_png(latents))).convert("RGB")
+    assert preview.size == (96, 64)  # half the image's size
+    expected = tuple(round((1 + weight) / 2 * 255) for weight in LATENT_RGB[0])
+    assert preview.getpixel((40, 30)) == expected
+    with pytest.raises(ValueError, match=r"expected SD-1.x latents \(4, h, w\)"):
+        preview_png(torch.zeros(16, 8, 8))

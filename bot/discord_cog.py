@@ -1,0 +1,1054 @@
+"""Discord: /draw and friends, persistent buttons, admin commands. One Cog plus `setup()`.
+
+The launcher calls `run_discord(engine, settings, store, token)`. A job's status message is the
+interaction's own reply while its token lasts (15 minutes), then a channel message; buttons
+carry `aidraw:<action>:<job id>` custom ids, so they keep working after a restart. Requesters
+are "discord:<user id>"; a job's reply address is "discord:<channel id>:<user id>".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import re
+import shlex
+import sqlite3
+import threading
+import time
+from collections.abc import Coroutine, Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import discord
+import yarl
+from discord import app_commands
+from discord.app_commands import Choice, locale_str
+from discord.ext import commands
+
+from bot.messages import MESSAGES, Locale, error_text, locale_of, text
+from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
+from bot.settings import Settings
+from bot.user_settings import UserSettingsStore
+from engine.engine import Engine, Job, Registry
+from engine.errors import EngineClosed, EngineError, JobCancelled
+from engine.generate import check_request
+from engine.infotext import infotext_from_image
+from engine.journal import SavedImage
+from engine.presets import NAI_SIZES
+from engine.request import GenerationRequest, Progress
+from engine.samplers import SAMPLERS
+
+log = logging.getLogger(__name__)
+
+API_URL_ENV = "AIDRAW_DISCORD_API_URL"
+GATEWAY_URL_ENV = "AIDRAW_DISCORD_GATEWAY_URL"
+# Interaction tokens last 15 minutes; this long before that, replies move to the channel.
+TOKEN_MARGIN_S = 60.0
+SHUTDOWN_EDIT_S = 2.0  # at shutdown, how long a status message may take to say so
+CUSTOM_ID = r"aidraw:(?P<action>reroll|vary|edit|delete|cancel):(?P<job>[0-9]+)"
+BUTTONS: dict[str, tuple[str, discord.ButtonStyle]] = {
+    "reroll": ("🎲", discord.ButtonStyle.primary),
+    "vary": ("🔀", discord.ButtonStyle.secondary),
+    "edit": ("✏️", discord.ButtonStyle.secondary),
+    "delete": ("🗑️", discord.ButtonStyle.danger),
+    "cancel": ("❌", discord.ButtonStyle.danger),
+}
+DAY_S = 24 * 3600
+ADMIN = discord.Permissions(manage_guild=True)
+
+
+def _d(key: str) -> locale_str:
+    """A command or option description from messages.py (MessagesTranslator adds zh)."""
+    return locale_str(MESSAGES[key]["en"], key=key)
+
+
+def requester_of(user: discord.abc.Snowflake) -> str:
+    return f"discord:{user.id}"
+
+
+def _clip(content: str, limit: int = 2000) -> str:
+    return content if len(content) <= limit else content[: limit - 1] + "…"
+
+
+def _pattern(words: Iterable[str]) -> re.Pattern[str] | None:
+    """Whole words or phrases, case-insensitive (so "sex" does not match "sussex")."""
+    words = [w.strip() for w in words if w.strip()]
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.I)
+
+
+class NotAllowed(app_commands.CheckFailure):
+    """A refusal whose message (already in the user's language) is shown as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MessagesTranslator(app_commands.Translator):
+    """Chinese command and option descriptions from messages.py."""
+
+    async def translate(
+        self, string: locale_str, locale: discord.Locale, context: Any
+    ) -> str | None:
+        key = string.extras.get("key")
+        if key is None or locale_of(locale.value) != "zh":
+            return None
+        return MESSAGES[key]["zh"]
+
+
+class Quotas:
+    """Admins' per-user quotas (/quota set), in SQLite beside the journal."""
+
+    def __init__(self, path: str | Path) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS quotas (user TEXT PRIMARY KEY, images INT)"
+            )
+
+    def get(self, user: str) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT images FROM quotas WHERE user = ?", (user,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set(self, user: str, images: int | None) -> None:
+        with self._lock:
+            if images is None:
+                self._db.execute("DELETE FROM quotas WHERE user = ?", (user,))
+            else:
+                self._db.execute(
+                    "INSERT INTO quotas (user, images) VALUES (?, ?) "
+                    "ON CONFLICT(user) DO UPDATE SET images = excluded.images",
+                    (user, images),
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Reply:
+    """Where one job's status and result go: the interaction's own message while its token is
+    valid, then a message in the channel that mentions the requester (`moved` is what the old
+    message says once the job goes on down there)."""
+
+    def __init__(
+        self,
+        bot: commands.Bot,
+        *,
+        channel_id: int,
+        user_id: int,
+        interaction: discord.Interaction | None = None,
+        moved: str = "",
+    ) -> None:
+        self.bot = bot
+        self.channel_id = channel_id
+        self.user_id = user_id
+        self.interaction = interaction
+        self.moved = moved
+        self.message: discord.Message | None = None
+
+    async def show(
+        self, content: str, *, files: list[discord.File] | None, view: discord.ui.View | None
+    ) -> None:
+        """Edit the message to this (files None: keep its attachments), or send it."""
+        interaction = self.interaction
+        if interaction is not None:
+            left = interaction.expires_at - discord.utils.utcnow()
+            if left > timedelta(seconds=TOKEN_MARGIN_S):
+                extra: dict[str, Any] = {} if files is None else {"attachments": files}
+                with contextlib.suppress(discord.NotFound):  # deleted, or the token is gone
+                    await interaction.edit_original_response(
+                        content=_clip(content), view=view, **extra
+                    )
+                    return
+            elif left > timedelta(0):
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.edit_original_response(content=self.moved, view=None)
+            self.interaction = None
+        content = _clip(f"<@{self.user_id}> {content}")
+        if self.message is not None:
+            extra = {} if files is None else {"attachments": files}
+            with contextlib.suppress(discord.NotFound):
+                self.message = await self.message.edit(content=content, view=view, **extra)
+                return
+        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[self.user])
+        extra = {"view": view} if view is not None else {}
+        channel = self.bot.get_partial_messageable(self.channel_id)
+        self.message = await channel.send(
+            content, files=files or [], allowed_mentions=mentions, **extra
+        )
+
+    @property
+    def user(self) -> discord.Object:
+        return discord.Object(self.user_id)
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=CUSTOM_ID):
+    """A button about one job, routed by its custom id alone (so it survives restarts)."""
+
+    def __init__(self, action: str, job_id: int, locale: Locale = "en") -> None:
+        emoji, style = BUTTONS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=text(f"discord_button_{action}", locale),
+                emoji=emoji,
+                style=style,
+                custom_id=f"aidraw:{action}:{job_id}",
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> JobButton:
+        return cls(match["action"], int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = cast(commands.Bot, interaction.client).get_cog(DrawCog.__cog_name__)
+        if isinstance(cog, DrawCog):
+            await cog.guard(interaction, cog.on_button(interaction, self.action, self.job_id))
+
+
+def job_view(actions: Iterable[str], job_id: int, locale: Locale) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)  # a timeout would unregister the dynamic items
+    for action in actions:
+        view.add_item(JobButton(action, job_id, locale))
+    return view
+
+
+class EditModal(discord.ui.Modal):
+    """✏️: the prompt and negative prompt, prefilled; submitting draws again."""
+
+    def __init__(self, cog: DrawCog, request: GenerationRequest, locale: Locale) -> None:
+        super().__init__(title=text("discord_edit_title", locale), timeout=900)
+        self.cog = cog
+        self.request = request
+        self.prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+            label=text("discord_edit_prompt", locale),
+            style=discord.TextStyle.paragraph,
+            default=request.prompt[:4000],
+            max_length=4000,
+        )
+        self.negative: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+            label=text("discord_edit_negative", locale),
+            style=discord.TextStyle.paragraph,
+            default=request.negative_prompt[:4000],
+            max_length=4000,
+            required=False,
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.negative)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        work = self.cog.edited(interaction, self.request, self.prompt.value, self.negative.value)
+        await self.cog.guard(interaction, work)
+
+    async def on_error(  # type: ignore[override]  # Modal's has no item argument
+        self, interaction: discord.Interaction, error: Exception, /
+    ) -> None:
+        await self.cog.report(interaction, error)
+
+
+class DrawCog(commands.Cog, name="Draw"):
+    """Every slash command, button and modal of the Discord bot."""
+
+    model_group = app_commands.Group(
+        name="model", description=_d("discord_cmd_model"), default_permissions=ADMIN
+    )
+    queue_admin = app_commands.Group(
+        name="queue-admin", description=_d("discord_cmd_queue_admin"), default_permissions=ADMIN
+    )
+    quota_group = app_commands.Group(
+        name="quota", description=_d("discord_cmd_quota"), default_permissions=ADMIN
+    )
+
+    def __init__(self, bot: AidrawBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+        self.settings = bot.settings
+        self.store = bot.store
+        self.registry = bot.registry
+        self.config = bot.settings.discord
+        journal = self.engine.config.journal
+        self.quotas = Quotas(
+            journal if journal == ":memory:" else Path(journal).with_name("quotas.sqlite3")
+        )
+        self._banned = _pattern(self.config.banned_words)
+        self._nsfw = _pattern(self.config.nsfw_words)
+        self._last_submit: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def cog_load(self) -> None:
+        self.bot.tree.on_error = self.on_tree_error  # type: ignore[method-assign]
+        for job in self.engine.recovered():
+            if job.reply_to.startswith("discord:"):
+                record = self.engine.record(job.id)
+                if record is None or not record.delivered:
+                    self._spawn(self._deliver_recovered(job))
+
+    async def cog_unload(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.quotas.close()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.type != discord.InteractionType.autocomplete:
+            self._check_place(interaction)
+        return True
+
+    # --- the one error handler ----------------------------------------------------------------
+
+    async def on_tree_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        await self.report(interaction, original)
+
+    async def report(self, interaction: discord.Interaction, error: BaseException) -> None:
+        """Tell the user what went wrong (only them); log what is not their doing."""
+        locale = self._locale(interaction)
+        if isinstance(error, NotAllowed):
+            message = error.message
+        elif isinstance(error, EngineError):
+            message = error_text(error, locale)
+        else:
+            log.error("discord: %s failed", _what(interaction), exc_info=error)
+            message = text("failed", locale)
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(_clip(message), ephemeral=True)
+            else:
+                await interaction.response.send_message(_clip(message), ephemeral=True)
+        except discord.HTTPException as e:
+            log.warning("discord: could not report %r to %s: %s", error, interaction.user.id, e)
+
+    async def guard(
+        self, interaction: discord.Interaction, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run a button's or modal's work through the error handler (commands have the tree's)."""
+        try:
+            self._check_place(interaction)
+            await work
+        except Exception as e:
+            work.close()
+            await self.report(interaction, e)
+
+    # --- /draw ----------------------------------------------------------------------------------
+
+    @app_commands.command(name="draw", description=_d("discord_cmd_draw"))
+    @app_commands.describe(
+        prompt=_d("discord_opt_prompt"),
+        negative=_d("discord_opt_negative"),
+        size=_d("discord_opt_size"),
+        seed=_d("discord_opt_seed"),
+        steps=_d("discord_opt_steps"),
+        scale=_d("discord_opt_scale"),
+        sampler=_d("discord_opt_sampler"),
+        model=_d("discord_opt_model"),
+        count=_d("discord_opt_count"),
+    )
+    @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
+    async def draw(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 6000],
+        negative: str | None = None,
+        size: str | None = None,
+        seed: app_commands.Range[int, -1, 2**32 - 1] | None = None,
+        steps: app_commands.Range[int, 1, 1000] | None = None,
+        scale: app_commands.Range[float, 1.0, 30.0] | None = None,
+        sampler: str | None = None,
+        model: str | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        options: dict[str, Any] = {"--neg": negative, "--size": size, "--seed": seed}
+        options |= {"--steps": steps, "--scale": scale, "--sampler": sampler}
+        options |= {"--model": model, "--n": count}
+        parsed = self._read(interaction, prompt, options)
+        await self._start(interaction, parsed.request, parsed.notes)
+
+    @draw.autocomplete("size")
+    async def _sizes(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return _size_choices(current)
+
+    @draw.autocomplete("model")
+    async def _models(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return self._model_choices(current)
+
+    def _model_choices(self, current: str) -> list[Choice[str]]:
+        names = [name for name in self.registry.models if current.lower() in name.lower()]
+        return [Choice(name=name, value=name) for name in names[:25]]
+
+    def _read(
+        self, interaction: discord.Interaction, prompt: str, options: dict[str, Any]
+    ) -> ParsedRequest:
+        """The prompt and the typed options (as the flags they stand for) through the grammar."""
+        user = requester_of(interaction.user)
+        prefs = self.store.get(user)
+        flags = [f"{flag} {shlex.quote(str(v))}" for flag, v in options.items() if v is not None]
+        chat = "\n".join([prompt, " ".join(flags)]) if flags else prompt
+        settings = prefs.prompt_settings(self.settings.prompt)
+        return read_request(chat, prefs.request_defaults(user), user, settings=settings)
+
+    async def _start(
+        self,
+        interaction: discord.Interaction,
+        request: GenerationRequest,
+        notes: Iterable[str] = (),
+    ) -> None:
+        """Admit and submit (a refusal is ephemeral, nothing queued), then defer and follow."""
+        job, spoiler = self._submit(interaction, request)
+        reply = Reply(
+            self.bot,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            interaction=interaction,
+            moved=text("discord_moved", self._locale(interaction), job=job.id),
+        )
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException as e:  # the interaction expired: answer in the channel
+            log.warning("discord: job %d: cannot defer (%s); replying in the channel", job.id, e)
+            reply.interaction = None
+        self._spawn(self._deliver(reply, job, tuple(notes), self._locale(interaction), spoiler))
+
+    def _submit(
+        self, interaction: discord.Interaction, request: GenerationRequest
+    ) -> tuple[Job, bool]:
+        """Safety checks, then `engine.submit`; returns the job and whether to spoiler it."""
+        locale = self._locale(interaction)
+        user = request.requester
+        found = self._banned.search(request.prompt) if self._banned else None
+        if found:
+            raise NotAllowed(text("discord_banned", locale, word=found[0]))
+        spoiler = False
+        nsfw_channel = getattr(interaction.channel, "is_nsfw", lambda: False)()
+        found = self._nsfw.search(request.prompt) if self._nsfw else None
+        if found and not nsfw_channel and self.config.nsfw_policy != "allow":
+            if self.config.nsfw_policy == "refuse":
+                raise NotAllowed(text("discord_nsfw_refused", locale, word=found[0]))
+            spoiler = True
+        if not self.engine.is_admin(user):
+            wait = self._last_submit.get(user, -1e9) + self.config.cooldown_s - time.monotonic()
+            if wait > 0:
+                raise NotAllowed(text("discord_cooldown", locale, seconds=max(1, round(wait))))
+            limit = self._quota(user)
+            used = self._used(user, limit)
+            if limit and used + request.batch_size > limit:
+                raise NotAllowed(text("discord_quota_reached", locale, used=used, limit=limit))
+        reply_to = f"discord:{interaction.channel_id}:{interaction.user.id}"
+        job = self.engine.submit(request, reply_to=reply_to)
+        self._last_submit[user] = time.monotonic()
+        return job, spoiler
+
+    def _quota(self, user: str) -> int:
+        override = self.quotas.get(user)
+        return self.config.daily_quota if override is None else override
+
+    def _used(self, user: str, limit: int) -> int:
+        """Images drawn or on their way in the last 24 hours (cancelled and failed: refunded)."""
+        since = time.time() - DAY_S
+        recent = self.engine.history(user, limit=max(limit, 100))
+        done = sum(r.request.batch_size for r in recent if r.submitted_at >= since)
+        return done + sum(job.images for job in self.engine.jobs(user))
+
+    # --- following a job ------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(
+        self,
+        reply: Reply,
+        job: Job,
+        notes: tuple[str, ...],
+        locale: Locale,
+        spoiler: bool,
+    ) -> None:
+        """Status edits while the job waits and draws, then the result in the same message."""
+        watcher = asyncio.create_task(self._watch(reply, job, notes, locale))
+        try:
+            try:
+                results = await job.result()
+            finally:
+                watcher.cancel()
+                await asyncio.wait({watcher})
+        except EngineClosed:
+            return  # shutting down: the journal keeps the job and cog_unload said so
+        except asyncio.CancelledError:
+            with contextlib.suppress(discord.HTTPException, TimeoutError):
+                restarting = text("discord_restarting", locale)
+                await asyncio.wait_for(reply.show(restarting, files=[], view=None), SHUTDOWN_EDIT_S)
+            raise
+        except JobCancelled:
+            await self._finish(reply, job, text("cancelled", locale), [], None)
+            return
+        except EngineError as e:
+            await self._finish(reply, job, error_text(e, locale), [], None)
+            return
+        files = [
+            discord.File(io.BytesIO(r.png), f"aidraw-{job.id}-{r.seed}.png", spoiler=spoiler)
+            for r in results
+        ]
+        view = job_view(("reroll", "vary", "edit", "delete"), job.id, locale)
+        seeds = [r.seed for r in results]
+        caption = self._caption(job.id, results[0].request, seeds, notes, locale)
+        await self._finish(reply, job, caption, files, view)
+
+    async def _finish(
+        self,
+        reply: Reply,
+        job: Job,
+        content: str,
+        files: list[discord.File],
+        view: discord.ui.View | None,
+    ) -> None:
+        try:
+            await reply.show(content, files=files, view=view)
+        except (discord.Forbidden, discord.NotFound) as e:
+            log.warning("discord: job %d: cannot reply to %s: %s", job.id, job.reply_to, e)
+        except discord.HTTPException as e:
+            # Left undelivered: after the next restart the journal hands the job out again.
+            log.warning("discord: job %d: reply failed, kept for later: %s", job.id, e)
+            return
+        with contextlib.suppress(EngineClosed):
+            self.engine.mark_delivered(job.id)
+
+    async def _watch(self, reply: Reply, job: Job, notes: tuple[str, ...], locale: Locale) -> None:
+        """Queue position and ETA, then steps and the preview: at most every interval."""
+        view = job_view(("cancel",), job.id, locale)
+        shown: tuple[str, bytes | None] | None = None
+        async for progress in job.updates():
+            if progress.state not in ("queued", "running"):
+                return
+            content = "\n".join([self._status(job.id, progress, locale), *notes])
+            if shown is not None and (content, progress.preview) == shown:
+                continue
+            preview = progress.preview
+            files = None
+            if preview is not None and (shown is None or preview != shown[1]):
+                files = [discord.File(io.BytesIO(preview), "preview.png")]
+            try:
+                await reply.show(content, files=files, view=view)
+            except discord.HTTPException as e:  # progress is best effort; the result is not
+                log.warning("discord: job %d: status edit failed: %s", job.id, e)
+            shown = (content, preview)
+            await asyncio.sleep(self.settings.bot.progress_interval_s)
+
+    def _status(self, job_id: int, progress: Progress, locale: Locale) -> str:
+        eta = text("eta", locale, seconds=round(progress.eta_s)) if progress.eta_s else ""
+        if progress.state == "running":
+            line = text("drawing", locale, step=progress.step, total=progress.total, eta=eta)
+        else:
+            line = text("queued", locale, position=progress.position or 1, eta=eta)
+        return text("discord_job_line", locale, job=job_id, text=line)
+
+    def _caption(
+        self,
+        job_id: int,
+        request: GenerationRequest,
+        seeds: Iterable[int],
+        notes: Iterable[str],
+        locale: Locale,
+    ) -> str:
+        seed = ", ".join(map(str, seeds))
+        steps = request.num_inference_steps
+        caption = text("caption", locale, seed=seed, model=request.model, steps=steps)
+        return "\n".join([text("discord_job_line", locale, job=job_id, text=caption), *notes])
+
+    async def _deliver_recovered(self, job: Job) -> None:
+        """A job from before a restart: its result (or a new status message) in the channel."""
+        _, channel_id, user_id = (job.reply_to.split(":") + ["0", "0"])[:3]
+        locale = self.store.get(job.requester).locale or "en"
+        found = self._nsfw.search(job.request.prompt) if self._nsfw else None
+        spoiler = bool(found) and self.config.nsfw_policy != "allow"
+        reply = Reply(self.bot, channel_id=int(channel_id), user_id=int(user_id))
+        note = (text("discord_after_restart", locale),)
+        await self._deliver(reply, job, note, locale, spoiler)
+
+    # --- buttons and the edit modal -------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        by = requester_of(interaction.user)
+        locale = self._locale(interaction)
+        if action == "cancel":
+            if self.engine.cancel(job_id, by):
+                await interaction.response.edit_message(
+                    content=text("cancelled", locale), attachments=[], view=None
+                )
+            else:
+                message = text("discord_already_finished", locale, job=job_id)
+                await interaction.response.send_message(message, ephemeral=True)
+        elif action == "delete":
+            if by != self._owner(interaction, job_id) and not self.engine.is_admin(by):
+                raise NotAllowed(text("discord_not_yours", locale))
+            await interaction.response.defer()
+            await interaction.delete_original_response()
+            log.info("discord: %s deleted the message of job %d", by, job_id)
+        else:
+            request = await self._request_of(interaction, job_id, locale)
+            request = dataclasses.replace(request, requester=by)
+            if action == "edit":
+                await interaction.response.send_modal(EditModal(self, request, locale))
+                return
+            if action == "reroll":
+                request = dataclasses.replace(request, seed=None, subseed=None, subseed_strength=0)
+            else:  # variations of the first image: its seed, a new variation seed (as A1111)
+                strength = request.subseed_strength or self.settings.bot.variation_strength
+                request = dataclasses.replace(request, subseed=None, subseed_strength=strength)
+            await self._start(interaction, request)
+
+    def _owner(self, interaction: discord.Interaction, job_id: int) -> str | None:
+        """Who asked for the job: the journal, else whoever ran the message's command."""
+        record = self.engine.record(job_id)
+        if record is not None:
+            return record.requester
+        message = interaction.message
+        metadata = message.interaction_metadata if message is not None else None
+        return requester_of(metadata.user) if metadata is not None else None
+
+    async def _request_of(
+        self, interaction: discord.Interaction, job_id: int, locale: Locale
+    ) -> GenerationRequest:
+        """The job's request with its first image's seed: from the journal, or (once the
+        journal has forgotten it) from the infotext in the clicked message's PNG."""
+        record = self.engine.record(job_id)
+        if record is not None and record.images:
+            return dataclasses.replace(record.request, seed=record.images[0].seed)
+        message = interaction.message
+        for attachment in message.attachments if message else []:
+            if attachment.filename.lower().endswith(".png"):
+                infotext = _infotext(await attachment.read())
+                if infotext:
+                    parsed = read_request(infotext, requester=requester_of(interaction.user))
+                    return parsed.request
+        raise NotAllowed(text("discord_gone", locale, job=job_id))
+
+    async def edited(
+        self,
+        interaction: discord.Interaction,
+        request: GenerationRequest,
+        prompt: str,
+        negative: str,
+    ) -> None:
+        """The edit modal's text on top of the old request (same seed); flags work in it."""
+        base = dataclasses.replace(request, negative_prompt=negative)
+        # The old prompt already holds the quality tags and the preset: add none again.
+        plain = PromptSettings(quality_tags=False, uc_preset="None")
+        parsed = read_request(prompt, base, request.requester, settings=plain)
+        await self._start(interaction, parsed.request, parsed.notes)
+
+    # --- /queue, /cancel, /settings, /history, /help --------------------------------------------
+
+    @app_commands.command(name="queue", description=_d("discord_cmd_queue"))
+    async def queue(self, interaction: discord.Interaction) -> None:
+        user = requester_of(interaction.user)
+        locale = self._locale(interaction)
+        lines = [self._job_line(job, locale) for job in self.engine.jobs(user)]
+        status = self.engine.status()
+        paused = text("discord_paused_note", locale) if status.paused else ""
+        lines.append(text("discord_queue_total", locale, queued=status.queued, paused=paused))
+        limit = self._quota(user)
+        if limit and not self.engine.is_admin(user):
+            used = self._used(user, limit)
+            lines.append(text("discord_quota_today", locale, used=used, limit=limit))
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    def _job_line(self, job: Job, locale: Locale) -> str:
+        p = job.progress
+        eta = text("eta", locale, seconds=round(p.eta_s)) if p.eta_s else ""
+        if p.state == "running":
+            return text(
+                "discord_queue_drawing", locale, job=job.id, step=p.step, total=p.total, eta=eta
+            )
+        return text("discord_queue_waiting", locale, job=job.id, position=p.position, eta=eta)
+
+    @app_commands.command(name="cancel", description=_d("discord_cmd_cancel"))
+    @app_commands.describe(job=_d("discord_opt_job"))
+    async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
+        user = requester_of(interaction.user)
+        locale = self._locale(interaction)
+        if job is None:
+            mine = self.engine.jobs(user)
+            if not mine:
+                raise NotAllowed(text("discord_nothing_to_cancel", locale))
+            job = max(j.id for j in mine)
+        key = (
+            "discord_cancelled_job" if self.engine.cancel(job, user) else "discord_already_finished"
+        )
+        await interaction.response.send_message(text(key, locale, job=job), ephemeral=True)
+
+    @app_commands.command(name="settings", description=_d("discord_cmd_settings"))
+    @app_commands.describe(
+        size=_d("discord_opt_size"),
+        steps=_d("discord_opt_steps"),
+        scale=_d("discord_opt_scale"),
+        sampler=_d("discord_opt_sampler"),
+        negative=_d("discord_opt_negative"),
+        uc_preset=_d("discord_opt_uc"),
+        quality_tags=_d("discord_opt_quality"),
+        syntax=_d("discord_opt_syntax"),
+        language=_d("discord_opt_language"),
+        reset=_d("discord_opt_reset"),
+    )
+    @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
+    async def user_settings(
+        self,
+        interaction: discord.Interaction,
+        size: str | None = None,
+        steps: app_commands.Range[int, 1, 1000] | None = None,
+        scale: app_commands.Range[float, 1.0, 30.0] | None = None,
+        sampler: str | None = None,
+        negative: str | None = None,
+        uc_preset: Literal["Low Quality + Bad Anatomy", "Low Quality", "None"] | None = None,
+        quality_tags: bool | None = None,
+        syntax: Literal["a1111", "nai"] | None = None,
+        language: Literal["en", "zh"] | None = None,
+        reset: bool = False,
+    ) -> None:
+        user = requester_of(interaction.user)
+        if reset:
+            self.store.reset(user)
+        changes = {
+            "num_inference_steps": steps,
+            "guidance_scale": scale,
+            "sampler": sampler,
+            "negative_prompt": negative,
+            "uc_preset": uc_preset,
+            "quality_tags": quality_tags,
+            "syntax": syntax,
+            "locale": language,
+        }
+        self._save_settings(user, size, {k: v for k, v in changes.items() if v is not None})
+        locale = self._locale(interaction)
+        prefs = dataclasses.asdict(self.store.get(user))
+        values = "\n".join(f"{k} = {v}" for k, v in prefs.items() if v is not None)
+        message = text("discord_settings_show", locale, values=values)
+        if not values:
+            key = "discord_settings_reset" if reset else "discord_settings_none"
+            message = text("discord_settings_show", locale, values=text(key, locale))
+        await interaction.response.send_message(_clip(message), ephemeral=True)
+
+    def _save_settings(self, user: str, size: str | None, changes: dict[str, Any]) -> None:
+        """Check that /draw will accept these defaults (InvalidRequest says why not), save."""
+        if size is not None:
+            sized = read_request(f"x --size {shlex.quote(size)}").request
+            changes |= {"width": sized.width, "height": sized.height}
+        if not changes:
+            return
+        fields = {k: v for k, v in changes.items() if k in _REQUEST_FIELDS}
+        template = self.store.get(user).request_defaults(user)
+        request = dataclasses.replace(template, prompt="x", **fields)
+        check_request(request, self.settings.limits, self.settings.defaults)
+        self.store.update(user, **changes)
+
+    @user_settings.autocomplete("size")
+    async def _settings_sizes(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[Choice[str]]:
+        return _size_choices(current)
+
+    @app_commands.command(name="history", description=_d("discord_cmd_history"))
+    @app_commands.describe(job=_d("discord_opt_job"))
+    async def history(self, interaction: discord.Interaction, job: int | None = None) -> None:
+        user = requester_of(interaction.user)
+        locale = self._locale(interaction)
+        if job is None:
+            lines = [
+                text(
+                    "discord_history_line",
+                    locale,
+                    job=record.id,
+                    when=f"<t:{int(record.submitted_at)}:R>",
+                    seed=", ".join(str(image.seed) for image in record.images),
+                    prompt=_clip(record.request.prompt, 80),
+                )
+                for record in self.engine.history(user, limit=10)
+            ]
+            message = "\n".join(lines) or text("discord_history_empty", locale)
+            await interaction.response.send_message(_clip(message), ephemeral=True)
+            return
+        record = self.engine.record(job)
+        if (
+            record is None
+            or record.state != "done"
+            or (record.requester != user and not self.engine.is_admin(user))
+        ):
+            raise NotAllowed(text("discord_gone", locale, job=job))
+        files = await asyncio.to_thread(_saved_files, job, record.images)
+        if not files:
+            raise NotAllowed(text("discord_gone", locale, job=job))
+        view = job_view(("reroll", "vary", "edit", "delete"), job, locale)
+        seeds = [image.seed for image in record.images]
+        caption = self._caption(job, record.request, seeds, (), locale)
+        await interaction.response.send_message(caption, files=files, view=view, ephemeral=True)
+
+    @app_commands.command(name="help", description=_d("discord_cmd_help"))
+    async def help(self, interaction: discord.Interaction) -> None:
+        flags = ", ".join(f"`{name}` ({flag.help})" for name, flag in FLAGS.items())
+        message = text("discord_help", self._locale(interaction), flags=flags)
+        await interaction.response.send_message(_clip(message), ephemeral=True)
+
+    # --- admin ----------------------------------------------------------------------------------
+
+    @model_group.command(name="list", description=_d("discord_cmd_model_list"))
+    async def model_list(self, interaction: discord.Interaction) -> None:
+        self._admin(interaction)
+        status = self.engine.status()
+        lines = [
+            ("★ " if name == status.default_model else "")
+            + name
+            + (" ●" if name == status.model else "")
+            for name in self.registry.models
+        ]
+        message = text("discord_models", self._locale(interaction), models="\n".join(lines))
+        await interaction.response.send_message(_clip(message), ephemeral=True)
+
+    @model_group.command(name="swap", description=_d("discord_cmd_model_swap"))
+    @app_commands.describe(name=_d("discord_opt_model"))
+    async def model_swap(self, interaction: discord.Interaction, name: str) -> None:
+        by = self._admin(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        model = await self.engine.swap_model(name, by)
+        locale = self._locale(interaction)
+        await interaction.followup.send(text("discord_model_swapped", locale, model=model))
+
+    @model_swap.autocomplete("name")
+    async def _swap_names(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[Choice[str]]:
+        return self._model_choices(current)
+
+    @queue_admin.command(name="pause", description=_d("discord_cmd_pause"))
+    async def pause(self, interaction: discord.Interaction) -> None:
+        self._admin(interaction)
+        self.engine.pause()
+        await self._admin_done(interaction, text("discord_paused", self._locale(interaction)))
+
+    @queue_admin.command(name="resume", description=_d("discord_cmd_resume"))
+    async def resume(self, interaction: discord.Interaction) -> None:
+        self._admin(interaction)
+        self.engine.resume()
+        await self._admin_done(interaction, text("discord_resumed", self._locale(interaction)))
+
+    @queue_admin.command(name="clear", description=_d("discord_cmd_clear"))
+    async def clear(self, interaction: discord.Interaction) -> None:
+        by = self._admin(interaction)
+        waiting = [job for job in self.engine.jobs() if job.state == "queued"]
+        count = sum(self.engine.cancel(job.id, by) for job in waiting)
+        message = text("discord_cleared", self._locale(interaction), count=count)
+        await self._admin_done(interaction, message)
+
+    @quota_group.command(name="set", description=_d("discord_cmd_quota_set"))
+    @app_commands.describe(user=_d("discord_opt_user"), images=_d("discord_opt_images"))
+    async def quota_set(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User,
+        images: app_commands.Range[int, 0, 1_000_000],
+    ) -> None:
+        self._admin(interaction)
+        self.quotas.set(requester_of(user), images)
+        await self._quota_show(interaction, user)
+
+    @quota_group.command(name="reset", description=_d("discord_cmd_quota_reset"))
+    @app_commands.describe(user=_d("discord_opt_user"))
+    async def quota_reset(self, interaction: discord.Interaction, user: discord.User) -> None:
+        self._admin(interaction)
+        self.quotas.set(requester_of(user), None)
+        await self._quota_show(interaction, user)
+
+    @quota_group.command(name="show", description=_d("discord_cmd_quota_show"))
+    @app_commands.describe(user=_d("discord_opt_user"))
+    async def quota_show(self, interaction: discord.Interaction, user: discord.User) -> None:
+        self._admin(interaction)
+        await self._quota_show(interaction, user)
+
+    async def _quota_show(self, interaction: discord.Interaction, user: discord.User) -> None:
+        locale = self._locale(interaction)
+        who = requester_of(user)
+        limit = self._quota(who)
+        message = text(
+            "discord_quota_show",
+            locale,
+            user=user.mention,
+            used=self._used(who, limit),
+            limit=limit or text("discord_no_limit", locale),
+        )
+        await self._admin_done(interaction, message)
+
+    def _admin(self, interaction: discord.Interaction) -> str:
+        """The admin's requester id, or NotAllowed (logged: who tried what)."""
+        by = requester_of(interaction.user)
+        if not self.engine.is_admin(by):
+            log.warning("discord: refused /%s to %s (not an admin)", _what(interaction), by)
+            raise NotAllowed(text("not_admin", self._locale(interaction)))
+        log.info("discord: admin %s: /%s %s", by, _what(interaction), _options(interaction))
+        return by
+
+    async def _admin_done(self, interaction: discord.Interaction, message: str) -> None:
+        await interaction.response.send_message(_clip(message), ephemeral=True)
+
+    # --- where and in which language ------------------------------------------------------------
+
+    def _check_place(self, interaction: discord.Interaction) -> None:
+        """allowed_guilds / allowed_channels / allow_dms (admins may use the bot anywhere)."""
+        config = self.config
+        if self.engine.is_admin(requester_of(interaction.user)):
+            return
+        if interaction.guild_id is None:
+            if not config.allow_dms:
+                raise NotAllowed(text("discord_no_dms", self._locale(interaction)))
+            return
+        if (config.allowed_guilds and interaction.guild_id not in config.allowed_guilds) or (
+            config.allowed_channels and interaction.channel_id not in config.allowed_channels
+        ):
+            raise NotAllowed(text("discord_not_here", self._locale(interaction)))
+
+    def _locale(self, interaction: discord.Interaction) -> Locale:
+        saved = self.store.get(requester_of(interaction.user)).locale
+        return saved or locale_of(interaction.locale.value)
+
+
+_REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
+
+
+def _size_choices(current: str) -> list[Choice[str]]:
+    labels = [f"{name} ({w}x{h})" for name, (w, h) in NAI_SIZES.items()]
+    found = [label for label in labels if current.lower() in label.lower()]
+    return [Choice(name=label, value=label.split()[0]) for label in found[:25]]
+
+
+def _what(interaction: discord.Interaction) -> str:
+    command = interaction.command
+    if command is not None:
+        return command.qualified_name
+    data: dict[str, Any] = dict(interaction.data or {})
+    return str(data.get("custom_id", "interaction"))
+
+
+def _options(interaction: discord.Interaction) -> str:
+    namespace = vars(interaction.namespace)
+    return " ".join(f"{k}={v}" for k, v in namespace.items())
+
+
+def _saved_files(job_id: int, images: Iterable[SavedImage]) -> list[discord.File]:
+    """The journal's PNGs that are still on disk, as attachments."""
+    return [
+        discord.File(io.BytesIO(Path(image.path).read_bytes()), f"aidraw-{job_id}-{image.seed}.png")
+        for image in images
+        if Path(image.path).is_file()
+    ]
+
+
+def _infotext(png: bytes) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            return infotext_from_image(image)
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+# --- the bot --------------------------------------------------------------------------------------
+
+
+class AidrawBot(commands.Bot):
+    """discord.py's Bot with what the cog needs; slash commands only (no privileged intents)."""
+
+    def __init__(
+        self,
+        engine: Engine[Any],
+        settings: Settings,
+        store: UserSettingsStore,
+        registry: Registry,
+        **options: Any,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options
+        )
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+
+    async def setup_hook(self) -> None:
+        await setup(self)
+        await self.tree.set_translator(MessagesTranslator())
+        commands_ = await self.tree.sync()
+        log.info("discord: %d slash commands registered", len(commands_))
+
+    async def close(self) -> None:
+        # discord.py 2.7 leaves its READY timer (guild_ready_timeout) running at close, and it
+        # then dispatches on_ready on a closed client (an AttributeError in a lost task).
+        ready = getattr(self._connection, "_ready_task", None)
+        if ready is not None:
+            ready.cancel()
+        await super().close()
+
+    async def on_ready(self) -> None:
+        log.info("discord: logged in as %s (%s)", self.user, self.user and self.user.id)
+
+
+async def setup(bot: commands.Bot) -> None:
+    """Extension entry point: the cog and its persistent buttons."""
+    if not isinstance(bot, AidrawBot):
+        raise TypeError("the Discord cog needs an AidrawBot (engine, settings, store, registry)")
+    bot.add_dynamic_items(JobButton)
+    await bot.add_cog(DrawCog(bot))
+
+
+def point_discord_at(api_url: str | None, gateway_url: str | None) -> None:
+    """Send discord.py's REST and gateway traffic elsewhere (the tests' fake Discord). Both
+    attributes are private, which is why discord.py is pinned to 2.7.*."""
+    if api_url:
+        discord.http.Route.BASE = api_url  # type: ignore[misc]
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+async def run_discord(
+    engine: Engine[Any],
+    settings: Settings,
+    store: UserSettingsStore,
+    token: str,
+    *,
+    registry: Registry | None = None,
+    **options: Any,
+) -> None:
+    """Run the Discord bot until cancelled, then close it (the launcher's contract).
+
+    `registry` lists models for /model and autocomplete (default: models/ as the engine sees
+    it); `options` go to discord.py's Bot (tests pass guild_ready_timeout).
+    """
+    point_discord_at(os.environ.get(API_URL_ENV), os.environ.get(GATEWAY_URL_ENV))
+    if registry is None:
+        from engine.models import ModelRegistry
+
+        registry = ModelRegistry(settings.models_dir, settings.defaults)
+    bot = AidrawBot(engine, settings, store, registry, **options)
+    async with bot:
+        await bot.start(token)

@@ -1,0 +1,379 @@
+// The aidraw web chat: actions over HTTP (JSON), job progress over one WebSocket.
+"use strict";
+
+const page = {
+  strings: {},
+  state: null,
+  jobs: new Map(), // job id -> its <article>
+  labels: new Map(), // job id -> "new seed for job 3", before its bubble exists
+  retryMs: 500,
+  follow: true, // keep the newest message in view, unless the user scrolled up
+};
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const log = $("#log");
+
+function t(key, values = {}) {
+  let template = page.strings[key] ?? key;
+  for (const [name, value] of Object.entries(values)) {
+    template = template.replaceAll(`{${name}}`, String(value));
+  }
+  return template;
+}
+
+function lang() {
+  return encodeURIComponent(navigator.language || "en");
+}
+
+async function api(path, body) {
+  const init = { credentials: "same-origin" };
+  if (body !== undefined) {
+    init.method = "POST";
+    init.headers = { "Content-Type": "application/json" };
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(`${path}?lang=${lang()}`, init);
+  let data;
+  try {
+    data = await response.json();
+  } catch {
+    data = { error: t("failed") };
+  }
+  if (!response.ok) {
+    throw new Error(data.error || t("failed"));
+  }
+  return data;
+}
+
+// --- the chat log ---------------------------------------------------------------------------
+
+function keepBottom() {
+  if (page.follow) {
+    log.scrollTop = log.scrollHeight;
+  }
+}
+
+log.addEventListener("scroll", () => {
+  page.follow = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+});
+
+function append(element) {
+  log.append(element);
+  keepBottom();
+  return element;
+}
+
+function say(text, kind = "bot") {
+  const message = document.createElement("div");
+  message.className = `msg ${kind}`;
+  message.textContent = text;
+  return append(message);
+}
+
+function describe(request) {
+  if (!request || request.width === undefined) {
+    return "";
+  }
+  const parts = [`${request.width}x${request.height}`, `${request.num_inference_steps} steps`];
+  parts.push(request.sampler, `CFG ${request.guidance_scale}`);
+  if (request.seed !== null) {
+    parts.push(`seed ${request.seed}`);
+  }
+  if (request.batch_size > 1) {
+    parts.push(`×${request.batch_size}`);
+  }
+  parts.push(request.model);
+  return parts.join(" · ");
+}
+
+function jobBubble(view) {
+  let bubble = page.jobs.get(view.id);
+  if (bubble) {
+    return bubble;
+  }
+  bubble = $("#job-template").content.firstElementChild.cloneNode(true);
+  bubble.dataset.job = view.id;
+  translate(bubble);
+  $(".reroll", bubble).addEventListener("click", () => reroll(view.id));
+  $(".cancel", bubble).addEventListener("click", (event) => cancel(view.id, event.target));
+  page.jobs.set(view.id, bubble);
+  return append(bubble);
+}
+
+function renderJob(view) {
+  const bubble = jobBubble(view);
+  const label = page.labels.get(view.id);
+  const title = [t("web_job", { job: view.id }), label, describe(view.request)];
+  $(".title", bubble).textContent = title.filter(Boolean).join(" · ");
+  bubble.dataset.state = view.state;
+  $(".status", bubble).textContent = view.status;
+  const bar = $(".bar", bubble);
+  bar.value = view.total ? view.step / view.total : 0;
+  bubble.dataset.step = view.step ?? 0;
+  if (view.preview) {
+    const preview = $(".preview", bubble);
+    preview.onload = keepBottom;
+    preview.src = view.preview;
+    preview.hidden = false;
+  }
+  keepBottom();
+  if (view.images && !bubble.dataset.images) {
+    bubble.dataset.images = String(view.images.length);
+    for (const image of view.images) {
+      $(".images", bubble).append(renderImage(view.id, image));
+    }
+  }
+  const running = view.state === "queued" || view.state === "running";
+  $(".cancel", bubble).hidden = !running;
+  $(".reroll", bubble).hidden = running;
+}
+
+function renderImage(jobId, image) {
+  const figure = $("#image-template").content.firstElementChild.cloneNode(true);
+  translate(figure);
+  figure.dataset.seed = image.seed;
+  $(".open", figure).href = image.url;
+  $("img.result", figure).addEventListener("load", keepBottom);
+  $("img.result", figure).src = image.url;
+  $("img.result", figure).alt = image.caption;
+  $("figcaption", figure).textContent = image.caption;
+  $(".infotext", figure).textContent = image.infotext;
+  const download = $(".download", figure);
+  download.href = image.url;
+  download.download = image.filename;
+  $(".variations", figure).addEventListener("click", () => variations(jobId, image.index));
+  return figure;
+}
+
+// --- actions --------------------------------------------------------------------------------
+
+async function draw(text) {
+  say(text, "user");
+  try {
+    const reply = await api("/api/draw", { text });
+    for (const note of reply.notes) {
+      say(t("web_note", { note }), "note");
+    }
+    renderJob(reply.job);
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+async function startFrom(path, body, label) {
+  try {
+    const reply = await api(path, body);
+    page.labels.set(reply.job.id, label);
+    renderJob(reply.job);
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+function reroll(jobId) {
+  return startFrom(`/api/jobs/${jobId}/reroll`, {}, t("web_reroll_of", { job: jobId }));
+}
+
+function variations(jobId, index) {
+  const label = t("web_variations_of", { job: jobId, image: index });
+  return startFrom(`/api/jobs/${jobId}/variations`, { image: index }, label);
+}
+
+async function cancel(jobId, button) {
+  button.disabled = true;
+  try {
+    const reply = await api(`/api/jobs/${jobId}/cancel`, {});
+    if (!reply.cancelled) {
+      say(t("web_already_finished", { job: jobId }), "info");
+    }
+  } catch (error) {
+    say(error.message, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- settings -------------------------------------------------------------------------------
+
+const NUMBERS = ["width", "height", "num_inference_steps", "guidance_scale"];
+
+function fillChoices(state) {
+  const switches = [
+    ["true", t("web_on")],
+    ["false", t("web_off")],
+  ];
+  for (const select of document.querySelectorAll("select[data-choices]")) {
+    const kind = select.dataset.choices;
+    const shown = displayValue(state.defaults[select.name]);
+    const options = [["", t("web_default", { value: shown })]];
+    if (kind === "switch") {
+      options.push(...switches);
+    } else {
+      options.push(...state.choices[kind].map((choice) => [choice, choice]));
+    }
+    select.replaceChildren(...options.map(([value, label]) => new Option(label, value)));
+  }
+}
+
+function displayValue(value) {
+  if (value === true) return t("web_on");
+  if (value === false) return t("web_off");
+  return String(value);
+}
+
+function showPrefs(state) {
+  const form = $("#prefs");
+  fillChoices(state);
+  for (const [name, value] of Object.entries(state.prefs)) {
+    const field = form.elements.namedItem(name);
+    if (!field) continue;
+    field.value = value === null ? "" : String(value);
+    if (NUMBERS.includes(name) || name === "negative_prompt") {
+      field.placeholder = String(state.defaults[name] ?? "");
+    }
+  }
+}
+
+function readPrefs() {
+  const form = $("#prefs");
+  const values = {};
+  for (const name of Object.keys(page.state.prefs)) {
+    const field = form.elements.namedItem(name);
+    if (!field) continue;
+    const raw = field.value.trim();
+    if (raw === "") {
+      values[name] = null;
+    } else if (NUMBERS.includes(name)) {
+      values[name] = Number(raw);
+    } else if (name === "quality_tags") {
+      values[name] = raw === "true";
+    } else {
+      values[name] = raw;
+    }
+  }
+  return values;
+}
+
+async function savePrefs(event) {
+  event.preventDefault();
+  try {
+    applyState(await api("/api/settings", { values: readPrefs() }));
+    $("#settings").close();
+    say(t("web_saved"), "info");
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+async function resetPrefs() {
+  try {
+    applyState(await api("/api/settings/reset", {}));
+    say(t("web_settings_reset"), "info");
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+async function swapModel() {
+  const name = $("#model-select").value;
+  $("#settings").close();
+  say(t("web_swapping", { name }), "info");
+  try {
+    const reply = await api("/api/model", { name });
+    showModel(reply.model);
+    say(reply.status, "info");
+  } catch (error) {
+    say(error.message, "error");
+  }
+}
+
+function showModel(name) {
+  $("#model").textContent = t("web_model", { model: name });
+  $("#model-select").value = name;
+}
+
+// --- state from the server ------------------------------------------------------------------
+
+function translate(root) {
+  for (const element of root.querySelectorAll("[data-i18n]")) {
+    element.textContent = t(element.dataset.i18n);
+  }
+}
+
+function applyState(state) {
+  const first = page.state === null;
+  page.state = state;
+  page.strings = state.strings;
+  document.documentElement.lang = state.locale === "zh" ? "zh-CN" : "en";
+  document.title = t("web_title");
+  translate(document);
+  $("#input").placeholder = t("web_placeholder");
+  showPrefs(state);
+  $("#admin").hidden = !state.admin;
+  $("#model-select").replaceChildren(...state.models.map((name) => new Option(name, name)));
+  showModel(state.model);
+  if (first) {
+    say(t("web_welcome"), "info");
+  }
+  for (const view of state.history) {
+    if (!page.jobs.has(view.id)) {
+      say(view.request.prompt, "user");
+    }
+    renderJob(view);
+  }
+  for (const view of state.jobs) {
+    renderJob(view);
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws?lang=${lang()}`);
+  socket.addEventListener("open", () => {
+    page.retryMs = 500;
+    $("#connection").hidden = true;
+  });
+  socket.addEventListener("message", (message) => {
+    const event = JSON.parse(message.data);
+    if (event.type === "state") {
+      applyState(event);
+    } else if (event.type === "model") {
+      showModel(event.model);
+    } else if (event.job) {
+      renderJob(event.job);
+    }
+  });
+  socket.addEventListener("close", () => {
+    if (page.state !== null) {
+      $("#connection").hidden = false;
+    }
+    // Browsers offer no "server is back" event: try again, backing off to 10 s.
+    setTimeout(connect, page.retryMs);
+    page.retryMs = Math.min(page.retryMs * 2, 10000);
+  });
+}
+
+function send(event) {
+  event.preventDefault();
+  const input = $("#input");
+  const text = input.value;
+  if (!text.trim()) return;
+  input.value = "";
+  draw(text);
+}
+
+$("#composer").addEventListener("submit", send);
+$("#input").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    send(event);
+  }
+});
+$("#open-settings").addEventListener("click", () => {
+  if (page.state) showPrefs(page.state);
+  $("#settings").showModal();
+});
+$("#close-settings").addEventListener("click", () => $("#settings").close());
+$("#prefs").addEventListener("submit", savePrefs);
+$("#reset-prefs").addEventListener("click", resetPrefs);
+$("#swap").addEventListener("click", swapModel);
+connect();
