@@ -29,9 +29,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --no-deps 'open-clip-torch>=2.20,<4'
 	touch $(STAMP)
 
+# Serves the local web chat (http://127.0.0.1:7860, printed at start) until Ctrl+C; with a bot
+# token in the environment, `aidraw run` starts that bot instead.
 demo: install
 	$(AIDRAW) build-demo --if-missing
-	$(AIDRAW) draw "1girl, silver hair, long hair, smile, hat --seed 42"
+	$(AIDRAW) run
 
 test: install
 	$(PY) -m pytest

@@ -473,7 +473,7 @@ class DrawCog(commands.Cog, name="Draw"):
     # --- following a job ------------------------------------------------------------------------
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(_logged(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -486,13 +486,21 @@ class DrawCog(commands.Cog, name="Draw"):
         spoiler: bool,
     ) -> None:
         """Status edits while the job waits and draws, then the result in the same message."""
-        watcher = asyncio.create_task(self._watch(reply, job, notes, locale))
+        finished = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(reply, job, notes, locale, finished))
         try:
             try:
                 results = await job.result()
-            finally:
+            except asyncio.CancelledError:
                 watcher.cancel()
                 await asyncio.wait({watcher})
+                raise
+            finally:
+                # Not cancelled: an edit in flight must land first (or a status message created
+                # at this moment would be left behind, and the result sent as another one).
+                finished.set()
+                if not watcher.done():
+                    await watcher
         except EngineClosed:
             return  # shutting down: the journal keeps the job and cog_unload said so
         except asyncio.CancelledError:
@@ -534,12 +542,20 @@ class DrawCog(commands.Cog, name="Draw"):
         with contextlib.suppress(EngineClosed):
             self.engine.mark_delivered(job.id)
 
-    async def _watch(self, reply: Reply, job: Job, notes: tuple[str, ...], locale: Locale) -> None:
-        """Queue position and ETA, then steps and the preview: at most every interval."""
+    async def _watch(
+        self,
+        reply: Reply,
+        job: Job,
+        notes: tuple[str, ...],
+        locale: Locale,
+        finished: asyncio.Event,
+    ) -> None:
+        """Queue position and ETA, then steps and the preview: at most every interval, until
+        `finished` is set."""
         view = job_view(("cancel",), job.id, locale)
         shown: tuple[str, bytes | None] | None = None
         async for progress in job.updates():
-            if progress.state not in ("queued", "running"):
+            if finished.is_set() or progress.state not in ("queued", "running"):
                 return
             content = "\n".join([self._status(job.id, progress, locale), *notes])
             if shown is not None and (content, progress.preview) == shown:
@@ -553,7 +569,8 @@ class DrawCog(commands.Cog, name="Draw"):
             except discord.HTTPException as e:  # progress is best effort; the result is not
                 log.warning("discord: job %d: status edit failed: %s", job.id, e)
             shown = (content, preview)
-            await asyncio.sleep(self.settings.bot.progress_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), self.settings.bot.progress_interval_s)
 
     def _status(self, job_id: int, progress: Progress, locale: Locale) -> str:
         eta = text("eta", locale, seconds=round(progress.eta_s)) if progress.eta_s else ""
@@ -931,6 +948,14 @@ class DrawCog(commands.Cog, name="Draw"):
 
 
 _REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """A background task's work; a failure is logged, not lost with the task."""
+    try:
+        await work
+    except Exception:
+        log.exception("discord: a reply task failed")
 
 
 def _size_choices(current: str) -> list[Choice[str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from engine.errors import EngineError, InvalidRequest, JobCancelled, QueueFull
+from engine.errors import EngineClosed, EngineError, InvalidRequest, JobCancelled, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +423,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     },
     "web_send": {"en": "Draw", "zh": "画"},
     "web_job": {"en": "Job {job}", "zh": "任务 {job}"},
+    "web_n_steps": {"en": "{steps} steps", "zh": "{steps} 步"},
     "web_reroll_of": {"en": "new seed for job {job}", "zh": "任务 {job} 换种子"},
     "web_variations_of": {
         "en": "variations of job {job}, image {image}",
@@ -501,7 +502,7 @@ def error_text(error: EngineError, locale: Locale = "en") -> str:
     """What to tell a user about an engine error (their fault, the queue, or ours)."""
     if isinstance(error, QueueFull):
         return text("queue_full", locale, position=error.position, limit=error.limit)
-    if isinstance(error, InvalidRequest | JobCancelled):
-        # The engine's message names the problem; only the frame is translated.
+    if isinstance(error, InvalidRequest | JobCancelled | EngineClosed):
+        # The engine's message names the problem (or the restart); only the frame is translated.
         return text("error", locale, message=str(error))
     return text("failed", locale)

@@ -12,11 +12,12 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from engine.errors import (
     JobCancelled,
     QueueFull,
 )
-from engine.journal import JobRecord
+from engine.journal import JobRecord, SavedImage
 from engine.presets import LOW_QUALITY_BAD_ANATOMY
 from engine.request import GenerationRequest, GenerationResult, Progress, RequestDefaults
 
@@ -148,10 +149,7 @@ class WebChat:
                     preview = progress.preview if progress.preview is not shown else None
                     shown = progress.preview
                     await self.broadcast(
-                        lambda locale, p=progress, new=preview: {
-                            "type": "progress",
-                            "job": self.job_view(job, p, locale, new),
-                        }
+                        functools.partial(self.progress_event, job, progress, preview)
                     )
             results = await job.result()
         except EngineClosed:
@@ -167,10 +165,18 @@ class WebChat:
             )
         else:
             await self.broadcast(
-                lambda locale: {"type": "done", "job": self.done_view(job.id, results, locale)}
+                lambda locale: {
+                    "type": "done",
+                    "job": self.done_view(job.id, job.request, results, locale),
+                }
             )
         with contextlib.suppress(EngineClosed):
             self.engine.mark_delivered(job.id)
+
+    def progress_event(
+        self, job: Job, progress: Progress, preview: bytes | None, locale: Locale
+    ) -> dict[str, Any]:
+        return {"type": "progress", "job": self.job_view(job, progress, locale, preview)}
 
     async def broadcast(self, event: Callable[[Locale], dict[str, Any]]) -> None:
         saved = self.store.get(USER).locale
@@ -240,7 +246,7 @@ class WebChat:
             },
             "models": list(self.registry.models),
             "model": self.engine.default_model,
-            "history": [self.record_view(record, locale) for record in records],
+            "history": [self.done_view(r.id, r.request, r.images, locale) for r in records],
             "jobs": [self.snapshot(job, locale) for job in self.engine.jobs(USER)],
         }
 
@@ -265,30 +271,23 @@ class WebChat:
         return self.job_view(job, progress, locale, progress.preview)
 
     def done_view(
-        self, job_id: int, results: list[GenerationResult], locale: Locale
+        self,
+        job_id: int,
+        request: GenerationRequest,
+        images: Sequence[GenerationResult | SavedImage],
+        locale: Locale,
     ) -> dict[str, Any]:
-        request = results[0].request if results else None
+        """A finished job: just drawn (its results) or from the journal (its saved images)."""
+        if images:  # the seed drawn, where the request left it to chance
+            request = dataclasses.replace(request, seed=images[0].seed)
         return {
             "id": job_id,
-            "state": "done",
-            "request": request_view(request) if request is not None else {},
-            "status": text("done", locale),
-            "images": [
-                image_view(job_id, i, r.seed, r.infotext, r.request, locale)
-                for i, r in enumerate(results, start=1)
-            ],
-        }
-
-    def record_view(self, record: JobRecord, locale: Locale) -> dict[str, Any]:
-        request = record.request
-        return {
-            "id": record.id,
             "state": "done",
             "request": request_view(request),
             "status": text("done", locale),
             "images": [
-                image_view(record.id, i, image.seed, image.infotext, request, locale)
-                for i, image in enumerate(record.images, start=1)
+                image_view(job_id, i, image.seed, image.infotext, request, locale)
+                for i, image in enumerate(images, start=1)
             ],
         }
 
@@ -397,7 +396,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _asked(request: web.Request) -> Locale:
     """The browser's language: the page's ?lang=, else its Accept-Language."""
-    asked = request.query.get("lang") or request.headers.get("Accept-Language", "")
+    asked = request.query.get("lang") or request.headers.get("Accept-Language") or ""
     return locale_of(asked.split(",")[0])
 
 

@@ -1,17 +1,26 @@
 """Engine: one asyncio task owns the queue; one dedicated thread runs every torch call.
 
-Frontends (Discord, Telegram, the local web chat) only ever call `Engine.submit()`, read
-`Job.progress` (or iterate `Job.updates()`), `await Job.result()`, call `Engine.cancel()`,
-and the admin calls. The engine never calls back into them. Every method is meant to be
-called from the event loop's thread.
+Frontends (Discord, Telegram, the local web chat) only call `Engine.submit()`, read
+`Job.progress` (or iterate `Job.updates()`), `await Job.result()`, call `Engine.cancel()`, and
+the admin calls; the engine never calls back into them. Call everything from the event loop's
+thread. A handler::
 
-Start-up and shutdown, as the launcher does it::
+    job = engine.submit(request, reply_to="telegram:777:42")  # InvalidRequest, QueueFull,
+    await reply(f"queued, #{job.progress.position}")          # EngineClosed: say why
+    async for progress in job.updates():                      # edit the status message at
+        ...                                                   # most every progress_interval_s
+    images = await job.result()          # JobCancelled, GenerationFailed, EngineClosed
+    await send(images)
+    engine.mark_delivered(job.id)        # only needed when a reply_to was given
+
+Buttons: cancel = `engine.cancel(job_id, by=requester)`; reroll =
+`engine.submit(dataclasses.replace(request, seed=None))` with `result.request`, or after a
+restart `engine.record(job_id).request`. Start-up and shutdown, as the launcher does it::
 
     engine = Engine(settings.queue, registry=registry, load=load, generate=generate)
     task = asyncio.create_task(engine.run())
-    for job in engine.recovered():   # jobs from before a restart that still need a reply
-        ...                          # await job.result(), reply to job.reply_to, then
-                                     # engine.mark_delivered(job.id)
+    for job in engine.recovered():   # jobs from before a restart that still need a reply:
+        ...                          # await job.result(), reply to job.reply_to, mark_delivered
     ...
     await engine.close()             # on SIGTERM: the running batch gets shutdown_grace_s
 """

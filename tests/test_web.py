@@ -38,6 +38,7 @@ class Chat:
     engine: Engine[Any] | None = None
     task: asyncio.Task[None] | None = None
     client: TestClient[Any, Any] | None = None
+    app: aiohttp.web.Application | None = None
     store: UserSettingsStore = field(default_factory=lambda: UserSettingsStore(":memory:"))
 
     async def start(
@@ -70,14 +71,15 @@ class Chat:
             self.engine.pause()
         self.task = asyncio.create_task(self.engine.run())
         app = web.create_app(self.engine, settings, self.store, registry=self.registry, token=token)
+        self.app = app
         self.client = TestClient(TestServer(app))
         await self.client.start_server()
         return self.client
 
     async def settled(self) -> None:
         """Every job watcher has told the pages and confirmed its reply."""
-        assert self.client is not None
-        watchers = self.client.server.app[web.CHAT].watchers.values()
+        assert self.app is not None
+        watchers = self.app[web.CHAT].watchers.values()
         async with asyncio.timeout(TIMEOUT_S):
             await asyncio.gather(*watchers)
 
@@ -535,3 +537,17 @@ async def test_a_job_from_before_a_restart_is_still_answered(chat: Chat) -> None
     await chat.settled()
     record = chat.engine.record(job["id"])
     assert record is not None and record.delivered
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"port": 70000}, "web.port"),
+        ({"host": 7860}, "web.host"),
+        ({"token": "s3cret"}, "web.token: unknown key"),  # tokens come from the environment
+    ],
+)
+def test_the_web_table_is_checked_at_start_up(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        from_dict({"web": table})
+    assert from_dict({}).web == WebSettings(host="127.0.0.1", port=7860, local_admin=True)

@@ -74,7 +74,8 @@ function describe(request) {
   if (!request || request.width === undefined) {
     return "";
   }
-  const parts = [`${request.width}x${request.height}`, `${request.num_inference_steps} steps`];
+  const steps = t("web_n_steps", { steps: request.num_inference_steps });
+  const parts = [`${request.width}x${request.height}`, steps];
   parts.push(request.sampler, `CFG ${request.guidance_scale}`);
   if (request.seed !== null) {
     parts.push(`seed ${request.seed}`);
