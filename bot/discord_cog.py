@@ -499,7 +499,7 @@ class DrawCog(commands.Cog, name="Draw"):
                 # Not cancelled: an edit in flight must land first (or a status message created
                 # at this moment would be left behind, and the result sent as another one).
                 finished.set()
-                if not watcher.done():
+                if not watcher.cancelled():
                     await watcher
         except EngineClosed:
             return  # shutting down: the journal keeps the job and cog_unload said so
