@@ -415,26 +415,29 @@ class DrawCog(commands.Cog, name="Draw"):
         notes: Iterable[str] = (),
     ) -> None:
         """Admit and submit (a refusal is ephemeral, nothing queued), then defer and follow."""
-        job, spoiler = self._submit(interaction, request)
+        locale = self._locale(interaction)
+        spoiler = self._admit(interaction, request, locale)
+        reply_to = f"discord:{interaction.channel_id}:{interaction.user.id}"
+        job = self.engine.submit(request, reply_to=reply_to)
+        self._last_submit[request.requester] = time.monotonic()
         reply = Reply(
             self.bot,
             channel_id=interaction.channel_id or 0,
             user_id=interaction.user.id,
             interaction=interaction,
-            moved=text("discord_moved", self._locale(interaction), job=job.id),
+            moved=text("discord_moved", locale, job=job.id),
         )
         try:
             await interaction.response.defer(thinking=True)
         except discord.HTTPException as e:  # the interaction expired: answer in the channel
             log.warning("discord: job %d: cannot defer (%s); replying in the channel", job.id, e)
             reply.interaction = None
-        self._spawn(self._deliver(reply, job, tuple(notes), self._locale(interaction), spoiler))
+        self._spawn(self._deliver(reply, job, tuple(notes), locale, spoiler))
 
-    def _submit(
-        self, interaction: discord.Interaction, request: GenerationRequest
-    ) -> tuple[Job, bool]:
-        """Safety checks, then `engine.submit`; returns the job and whether to spoiler it."""
-        locale = self._locale(interaction)
+    def _admit(
+        self, interaction: discord.Interaction, request: GenerationRequest, locale: Locale
+    ) -> bool:
+        """Banned words, NSFW policy, cooldown and quota: NotAllowed, or whether to spoiler."""
         user = request.requester
         found = self._banned.search(request.prompt) if self._banned else None
         if found:
@@ -446,18 +449,16 @@ class DrawCog(commands.Cog, name="Draw"):
             if self.config.nsfw_policy == "refuse":
                 raise NotAllowed(text("discord_nsfw_refused", locale, word=found[0]))
             spoiler = True
-        if not self.engine.is_admin(user):
-            wait = self._last_submit.get(user, -1e9) + self.config.cooldown_s - time.monotonic()
-            if wait > 0:
-                raise NotAllowed(text("discord_cooldown", locale, seconds=max(1, round(wait))))
-            limit = self._quota(user)
-            used = self._used(user, limit)
-            if limit and used + request.batch_size > limit:
-                raise NotAllowed(text("discord_quota_reached", locale, used=used, limit=limit))
-        reply_to = f"discord:{interaction.channel_id}:{interaction.user.id}"
-        job = self.engine.submit(request, reply_to=reply_to)
-        self._last_submit[user] = time.monotonic()
-        return job, spoiler
+        if self.engine.is_admin(user):
+            return spoiler
+        wait = self._last_submit.get(user, -1e9) + self.config.cooldown_s - time.monotonic()
+        if wait > 0:
+            raise NotAllowed(text("discord_cooldown", locale, seconds=max(1, round(wait))))
+        limit = self._quota(user)
+        used = self._used(user, limit) if limit else 0
+        if limit and used + request.batch_size > limit:
+            raise NotAllowed(text("discord_quota_reached", locale, used=used, limit=limit))
+        return spoiler
 
     def _quota(self, user: str) -> int:
         override = self.quotas.get(user)
@@ -466,7 +467,8 @@ class DrawCog(commands.Cog, name="Draw"):
     def _used(self, user: str, limit: int) -> int:
         """Images drawn or on their way in the last 24 hours (cancelled and failed: refunded)."""
         since = time.time() - DAY_S
-        recent = self.engine.history(user, limit=max(limit, 100))
+        # Newest first, each job at least one image: `limit` jobs are enough to reach it.
+        recent = self.engine.history(user, limit=limit or 1000)
         done = sum(r.request.batch_size for r in recent if r.submitted_at >= since)
         return done + sum(job.images for job in self.engine.jobs(user))
 

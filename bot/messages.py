@@ -8,7 +8,14 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from engine.errors import EngineClosed, EngineError, InvalidRequest, JobCancelled, QueueFull
+from engine.errors import (
+    EngineClosed,
+    EngineError,
+    GenerationFailed,
+    InvalidRequest,
+    JobCancelled,
+    QueueFull,
+)
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +509,8 @@ def error_text(error: EngineError, locale: Locale = "en") -> str:
     """What to tell a user about an engine error (their fault, the queue, or ours)."""
     if isinstance(error, QueueFull):
         return text("queue_full", locale, position=error.position, limit=error.limit)
-    if isinstance(error, InvalidRequest | JobCancelled | EngineClosed):
-        # The engine's message names the problem (or the restart); only the frame is translated.
+    if isinstance(error, InvalidRequest | JobCancelled | EngineClosed | GenerationFailed):
+        # The engine's message is user-safe and names the problem (the restart, out of memory);
+        # only the frame is translated.
         return text("error", locale, message=str(error))
     return text("failed", locale)

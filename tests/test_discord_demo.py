@@ -18,7 +18,6 @@ from PIL import Image
 from bot.discord_cog import run_discord
 from bot.settings import BotSettings, Settings
 from bot.user_settings import UserSettingsStore
-from engine.device import DeviceOptions
 from engine.engine import Engine
 from engine.generate import generate
 from engine.infotext import infotext_from_image, parse_infotext

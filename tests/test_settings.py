@@ -44,7 +44,7 @@ def test_every_key_in_the_committed_file_has_a_comment() -> None:
         ({"device": {"device": "gpu"}}, r"device\.device: 'gpu' is not allowed; allowed: auto"),
         ({"defaults": {"sampler": "Eular a"}}, r"defaults\.sampler: .*Did you mean 'Euler a'"),
         ({"defaults": {"width": 500}}, r"defaults\.width: width 500 .* multiple of 8"),
-        ({"discord": {}}, r"unknown table \[discord\]"),
+        ({"discrod": {}}, r"unknown table \[discrod\]"),
         ({"limits": 3}, r"limits must be a table"),
     ],
 )
