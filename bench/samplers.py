@@ -24,15 +24,9 @@ from diffusers import StableDiffusionPipeline
 
 from engine.demo_model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
+from engine.kdiffusion import CFGDenoiser, NoiseSchedule
 from engine.models import LoadedModel, ModelRegistry
-from engine.samplers import (
-    SAMPLERS,
-    CFGDenoiser,
-    NoiseSchedule,
-    make_scheduler,
-    sample,
-    total_steps,
-)
+from engine.samplers import SAMPLERS, make_scheduler, sample, total_steps
 from engine.seeds import ImageRNG, NoiseSpec
 
 SCALE = 7.0

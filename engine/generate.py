@@ -16,17 +16,11 @@ from PIL.PngImagePlugin import PngInfo
 from engine import __version__
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.infotext import create_infotext, format_number
+from engine.kdiffusion import CFGDenoiser, NoiseSchedule
 from engine.models import LoadedModel
 from engine.prompts import encode_conditioning
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults, Timings
-from engine.samplers import (
-    SAMPLERS,
-    CFGDenoiser,
-    NoiseSchedule,
-    canonical_sampler,
-    sample,
-    total_steps,
-)
+from engine.samplers import SAMPLERS, canonical_sampler, sample, total_steps
 from engine.seeds import RNG_SOURCES, ImageRNG, NoiseSpec, RngSource, random_seed
 from engine.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
 

@@ -21,17 +21,9 @@ import engine.generate
 from engine.demo_model import SCHEDULER_CONFIG
 from engine.errors import InvalidRequest
 from engine.generate import generate
+from engine.kdiffusion import CFGDenoiser, NoiseSchedule, ddim_timesteps
 from engine.request import GenerationRequest, Limits
-from engine.samplers import (
-    SAMPLERS,
-    CFGDenoiser,
-    NoiseSchedule,
-    canonical_sampler,
-    ddim_timesteps,
-    sample,
-    sampler_sigmas,
-    total_steps,
-)
+from engine.samplers import SAMPLERS, canonical_sampler, sample, sampler_sigmas, total_steps
 from tests.conftest import png_pixels
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)

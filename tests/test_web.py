@@ -269,7 +269,7 @@ async def test_a_failed_drawing_is_an_apology_not_a_traceback(chat: Chat) -> Non
     [*_, failed] = await until(ws, of(job["id"], "failed"))
     assert failed["job"]["state"] == "failed"
     assert failed["job"]["status"] == (
-        "Sorry, something went wrong while drawing. The admins have been told."
+        "Error: Something went wrong while drawing; the admin can find the details in the log."
     )
     assert "secret" not in str(failed)
 
