@@ -44,10 +44,11 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict engine
 
+# Run as modules: `python bench/engine.py` would put bench/ first on sys.path and shadow engine/.
 bench: install
-	$(PY) bench/overhead.py
+	$(PY) -m bench.overhead
 	$(PY) -m bench.samplers
-	$(PY) bench/engine.py
+	$(PY) -m bench.engine
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

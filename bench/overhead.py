@@ -2,7 +2,7 @@
 
 Prints seconds per image for each (median of interleaved runs) and the ratio (goal ≤ 1.03).
 generate() also encodes the PNG with its infotext; the bare call returns a PIL image.
-Usage: python bench/overhead.py [--runs N] [--steps N] [--size N]
+Usage: python -m bench.overhead [--runs N] [--steps N] [--size N]
 """
 
 from __future__ import annotations
