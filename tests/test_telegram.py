@@ -289,13 +289,13 @@ async def test_a_failed_drawing_is_told_in_the_status(h: Harness) -> None:
     engine = await h.start()
     h.fake.failing.add(QUALITY + "a cat")
     h.tg.push_text(USER, USER, "a cat")
-    failed = await h.tg.wait_for("editMessageText", lambda c: "Sorry" in c.params["text"])
-    assert failed.params["text"] == text("failed")
+    failed = await h.tg.wait_for("editMessageText", lambda c: "went wrong" in c.params["text"])
     assert "reply_markup" not in failed.params  # no Cancel button any more
     # Marked delivered once the edit's answer is back: nothing on the fake's side to wait for.
     await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
     record = engine.record(1)
-    assert record is not None and record.state == "failed"
+    assert record is not None and record.state == "failed" and record.error is not None
+    assert failed.params["text"] == text("error", message=record.error)  # no path leaks
 
 
 # --- buttons and restarts ------------------------------------------------------------------------
