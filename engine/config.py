@@ -54,11 +54,17 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
         return value
     if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(hint):
+        args = typing.get_args(hint)
+        errors = []
+        for option in args:
             try:
                 return _check_type(value, option, where)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                errors.append(e)
+        # `X | None`: X's own message says what is allowed (None is TOML's missing key).
+        options = [o for o in args if o is not type(None)]
+        if len(options) == 1:
+            raise errors[args.index(options[0])]
         raise ConfigError(f"{where}: {value!r} has the wrong type; expected {hint}")
     if origin is tuple:
         if not isinstance(value, list):

@@ -69,11 +69,11 @@ def test_sampler_names_are_canonicalised(
     ("values", "message"),
     [
         ({"stepz": 3}, r"^stepz: unknown key; allowed: width, height, num_inference_steps"),
-        ({"width": "512"}, r"^width: '512' has the wrong type; expected int \| None$"),
-        ({"quality_tags": "yes"}, r"^quality_tags: 'yes' has the wrong type; expected bool"),
+        ({"width": "512"}, r"^width: expected int, got str '512'$"),
+        ({"quality_tags": "yes"}, r"^quality_tags: expected bool, got str 'yes'"),
         # The key, the value and the choices are named (in typing's words: engine/config.py).
-        ({"syntax": "koishi"}, r"^syntax: 'koishi' has the wrong type; .*'a1111', 'nai'"),
-        ({"locale": "fr"}, r"^locale: 'fr' has the wrong type; .*'en', 'zh'"),
+        ({"syntax": "koishi"}, r"^syntax: 'koishi' is not allowed; allowed: 'a1111', 'nai'$"),
+        ({"locale": "fr"}, r"^locale: 'fr' is not allowed; allowed: 'en', 'zh'$"),
         ({"sampler": "Eular a"}, r"Unknown sampler 'Eular a'\. Did you mean 'Euler a'\?"),
     ],
 )
