@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
 # max_batch_pixels = 0: pixels per pipeline call by device type (bench/engine.py measured a
-# 2-core CPU: 4 images at 128x128 draw 1.9x faster together, at 192x192 only 1.1x, at
+# 2-core CPU: 4 images at 128x128 draw 1.5-1.9x faster together, at 192x192 1.1-1.2x, at
 # 512x512 not at all). Device types not listed batch up to max_batch at any size.
 AUTO_BATCH_PIXELS = {"cpu": 4 * 128 * 128}
 RESTARTING = "The bot is restarting; your drawing stays queued and is sent after the restart."

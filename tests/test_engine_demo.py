@@ -207,7 +207,7 @@ async def test_progress_reports_steps_eta_and_previews(start: Any) -> None:
 async def test_the_engine_built_from_settings_draws_and_keeps_its_files(
     demo_models_dir: Path, tmp_path: Path
 ) -> None:
-    from bot.cli import build_engine
+    from bot.launcher import build_engine
     from bot.settings import from_dict
 
     settings = from_dict(
@@ -217,7 +217,7 @@ async def test_the_engine_built_from_settings_draws_and_keeps_its_files(
         },
         root=tmp_path,
     )
-    engine = build_engine(settings)
+    engine, store = build_engine(settings)
     task = asyncio.create_task(engine.run())
     try:
         job = engine.submit(GenerationRequest(prompt="1girl", num_inference_steps=2, seed=3))
@@ -229,6 +229,7 @@ async def test_the_engine_built_from_settings_draws_and_keeps_its_files(
     finally:
         await engine.close()
         await task
+        store.close()
 
 
 def test_previews_use_a1111s_cheap_latent_to_rgb_map() -> None:
