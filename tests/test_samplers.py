@@ -300,7 +300,9 @@ def test_euler_a_matches_diffusers_with_ensd_0(demo_model: Any, monkeypatch: Any
         demo_model, scheduler, cond, uncond, noise, g, num_inference_steps=STEPS
     )
     assert ours.abs().max() > 0.1
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    # 1e-4 absolute holds with one torch thread; two threads round the UNet's matmuls
+    # differently, which the random demo UNet amplifies: hold it to 1e-4 of the latents' scale.
+    assert_latents_close(ours, ref)
 
 
 @pipeline_tests
