@@ -225,8 +225,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     from bot.launcher import serve
 
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,13 @@ def build_engine(settings: Settings) -> tuple[Engine[Any], UserSettingsStore]:
             f"no model in {settings.models_dir}: run `make demo` (or `aidraw build-demo`), "
             "or put a .safetensors checkpoint there"
         )
-    queue = settings.queue
-    if queue.journal != ":memory:":
-        queue = dataclasses.replace(
-            queue,
-            journal=str(settings.root / queue.journal),
-            results_dir=str(settings.root / queue.results_dir),
-        )
-    users = (
-        ":memory:"
-        if queue.journal == ":memory:"
-        else Path(queue.journal).with_name("users.sqlite3")
+    memory = settings.queue.journal == ":memory:"
+    queue = dataclasses.replace(
+        settings.queue,
+        journal=settings.queue.journal if memory else str(settings.root / settings.queue.journal),
+        results_dir=str(settings.root / settings.queue.results_dir),
     )
+    users = ":memory:" if memory else Path(queue.journal).with_name("users.sqlite3")
     engine: Engine[Any] = Engine(
         queue,
         registry=registry,
@@ -62,8 +58,11 @@ def build_engine(settings: Settings) -> tuple[Engine[Any], UserSettingsStore]:
     return engine, UserSettingsStore(users)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the engine and the frontends until SIGINT/SIGTERM, then shut down in order."""
+async def serve(settings: Settings) -> int:
+    """Run the engine and the frontends until SIGINT/SIGTERM, then shut down in order.
+
+    Returns the exit code: 0 after a signal, 1 if a frontend or the engine stopped by itself.
+    """
     engine, store = build_engine(settings)
     frontends: dict[str, Coroutine[Any, Any, None]] = {}
     if token := env_token(DISCORD_TOKEN):
@@ -91,9 +90,12 @@ async def serve(settings: Settings) -> None:
         done, _ = await asyncio.wait(
             [stopper, engine_task, *tasks], return_when=asyncio.FIRST_COMPLETED
         )
-        for task in done:
-            if task is not stopper and not task.cancelled() and task.exception() is not None:
-                log.error("%s stopped: %r", task.get_name(), task.exception())
+        failed = [task for task in done if task is not stopper]
+        for task in failed:
+            error = None if task.cancelled() else task.exception()
+            log.error("%s stopped by itself: %r", task.get_name(), error)
+            if error is not None:
+                print(f"aidraw: error: {task.get_name()}: {error}", file=sys.stderr)
     finally:
         # Stop taking new work first (frontends), then let the running batch finish.
         stopper.cancel()
@@ -107,3 +109,4 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("aidraw stopped")
+    return 1 if failed else 0

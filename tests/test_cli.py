@@ -109,3 +109,24 @@ def test_build_demo_if_missing_skips_when_a_model_exists(
 ) -> None:
     assert main(["--settings", str(settings_file), "build-demo", "--if-missing"]) == 0
     assert "no demo build needed" in capsys.readouterr().out
+
+
+def test_run_exits_1_when_a_frontend_cannot_start(
+    tmp_path: Path,
+    demo_models_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("AIDRAW_DISCORD_TOKEN", "AIDRAW_TELEGRAM_TOKEN", "AIDRAW_WEB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'[engine]\nmodels_dir = "{demo_models_dir}"\n'
+        '[queue]\njournal = "data/journal.sqlite3"\nwarm_up = false\n'
+        '[web]\nhost = "0.0.0.0"\n',
+        encoding="utf-8",
+    )
+    assert main(["--settings", str(settings), "run"]) == 1
+    err = capsys.readouterr().err
+    assert "aidraw: error: web:" in err and "AIDRAW_WEB_TOKEN" in err
+    assert (tmp_path / "data" / "journal.sqlite3").exists()  # relative to settings.toml
