@@ -16,13 +16,10 @@ import logging
 import os
 import re
 import shlex
-import sqlite3
-import threading
 import time
 from collections.abc import Coroutine, Iterable
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import discord
 import yarl
@@ -30,8 +27,11 @@ from discord import app_commands
 from discord.app_commands import Choice, locale_str
 from discord.ext import commands
 
+from bot.discord_reply import Reply, _clip
+from bot.discord_views import EditModal, JobButton, job_view
 from bot.messages import MESSAGES, Locale, error_text, locale_of, text
 from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
+from bot.quotas import Quotas
 from bot.settings import Settings
 from bot.user_settings import UserSettingsStore
 from engine.engine import Engine, Job, Registry
@@ -47,17 +47,7 @@ log = logging.getLogger(__name__)
 
 API_URL_ENV = "AIDRAW_DISCORD_API_URL"
 GATEWAY_URL_ENV = "AIDRAW_DISCORD_GATEWAY_URL"
-# Interaction tokens last 15 minutes; this long before that, replies move to the channel.
-TOKEN_MARGIN_S = 60.0
 SHUTDOWN_EDIT_S = 2.0  # at shutdown, how long a status message may take to say so
-CUSTOM_ID = r"aidraw:(?P<action>reroll|vary|edit|delete|cancel):(?P<job>[0-9]+)"
-BUTTONS: dict[str, tuple[str, discord.ButtonStyle]] = {
-    "reroll": ("🎲", discord.ButtonStyle.primary),
-    "vary": ("🔀", discord.ButtonStyle.secondary),
-    "edit": ("✏️", discord.ButtonStyle.secondary),
-    "delete": ("🗑️", discord.ButtonStyle.danger),
-    "cancel": ("❌", discord.ButtonStyle.danger),
-}
 DAY_S = 24 * 3600
 ADMIN = discord.Permissions(manage_guild=True)
 
@@ -69,10 +59,6 @@ def _d(key: str) -> locale_str:
 
 def requester_of(user: discord.abc.Snowflake) -> str:
     return f"discord:{user.id}"
-
-
-def _clip(content: str, limit: int = 2000) -> str:
-    return content if len(content) <= limit else content[: limit - 1] + "…"
 
 
 def _pattern(words: Iterable[str]) -> re.Pattern[str] | None:
@@ -101,169 +87,6 @@ class MessagesTranslator(app_commands.Translator):
         if key is None or locale_of(locale.value) != "zh":
             return None
         return MESSAGES[key]["zh"]
-
-
-class Quotas:
-    """Admins' per-user quotas (/quota set), in SQLite beside the journal."""
-
-    def __init__(self, path: str | Path) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS quotas (user TEXT PRIMARY KEY, images INT)"
-            )
-
-    def get(self, user: str) -> int | None:
-        with self._lock:
-            row = self._db.execute("SELECT images FROM quotas WHERE user = ?", (user,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def set(self, user: str, images: int | None) -> None:
-        with self._lock:
-            if images is None:
-                self._db.execute("DELETE FROM quotas WHERE user = ?", (user,))
-            else:
-                self._db.execute(
-                    "INSERT INTO quotas (user, images) VALUES (?, ?) "
-                    "ON CONFLICT(user) DO UPDATE SET images = excluded.images",
-                    (user, images),
-                )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-class Reply:
-    """Where one job's status and result go: the interaction's own message while its token is
-    valid, then a message in the channel that mentions the requester (`moved` is what the old
-    message says once the job goes on down there)."""
-
-    def __init__(
-        self,
-        bot: commands.Bot,
-        *,
-        channel_id: int,
-        user_id: int,
-        interaction: discord.Interaction | None = None,
-        moved: str = "",
-    ) -> None:
-        self.bot = bot
-        self.channel_id = channel_id
-        self.user_id = user_id
-        self.interaction = interaction
-        self.moved = moved
-        self.message: discord.Message | None = None
-
-    async def show(
-        self, content: str, *, files: list[discord.File] | None, view: discord.ui.View | None
-    ) -> None:
-        """Edit the message to this (files None: keep its attachments), or send it."""
-        interaction = self.interaction
-        if interaction is not None:
-            left = interaction.expires_at - discord.utils.utcnow()
-            if left > timedelta(seconds=TOKEN_MARGIN_S):
-                extra: dict[str, Any] = {} if files is None else {"attachments": files}
-                with contextlib.suppress(discord.NotFound):  # deleted, or the token is gone
-                    await interaction.edit_original_response(
-                        content=_clip(content), view=view, **extra
-                    )
-                    return
-            elif left > timedelta(0):
-                with contextlib.suppress(discord.HTTPException):
-                    await interaction.edit_original_response(content=self.moved, view=None)
-            self.interaction = None
-        content = _clip(f"<@{self.user_id}> {content}")
-        if self.message is not None:
-            extra = {} if files is None else {"attachments": files}
-            with contextlib.suppress(discord.NotFound):
-                self.message = await self.message.edit(content=content, view=view, **extra)
-                return
-        mentions = discord.AllowedMentions(everyone=False, roles=False, users=[self.user])
-        extra = {"view": view} if view is not None else {}
-        channel = self.bot.get_partial_messageable(self.channel_id)
-        self.message = await channel.send(
-            content, files=files or [], allowed_mentions=mentions, **extra
-        )
-
-    @property
-    def user(self) -> discord.Object:
-        return discord.Object(self.user_id)
-
-
-class JobButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=CUSTOM_ID):
-    """A button about one job, routed by its custom id alone (so it survives restarts)."""
-
-    def __init__(self, action: str, job_id: int, locale: Locale = "en") -> None:
-        emoji, style = BUTTONS[action]
-        super().__init__(
-            discord.ui.Button(
-                label=text(f"discord_button_{action}", locale),
-                emoji=emoji,
-                style=style,
-                custom_id=f"aidraw:{action}:{job_id}",
-            )
-        )
-        self.action = action
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction,
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> JobButton:
-        return cls(match["action"], int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        cog = cast(commands.Bot, interaction.client).get_cog(DrawCog.__cog_name__)
-        if isinstance(cog, DrawCog):
-            await cog.guard(interaction, cog.on_button(interaction, self.action, self.job_id))
-
-
-def job_view(actions: Iterable[str], job_id: int, locale: Locale) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)  # a timeout would unregister the dynamic items
-    for action in actions:
-        view.add_item(JobButton(action, job_id, locale))
-    return view
-
-
-class EditModal(discord.ui.Modal):
-    """✏️: the prompt and negative prompt, prefilled; submitting draws again."""
-
-    def __init__(self, cog: DrawCog, request: GenerationRequest, locale: Locale) -> None:
-        super().__init__(title=text("discord_edit_title", locale), timeout=900)
-        self.cog = cog
-        self.request = request
-        self.prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-            label=text("discord_edit_prompt", locale),
-            style=discord.TextStyle.paragraph,
-            default=request.prompt[:4000],
-            max_length=4000,
-        )
-        self.negative: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-            label=text("discord_edit_negative", locale),
-            style=discord.TextStyle.paragraph,
-            default=request.negative_prompt[:4000],
-            max_length=4000,
-            required=False,
-        )
-        self.add_item(self.prompt)
-        self.add_item(self.negative)
-
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        work = self.cog.edited(interaction, self.request, self.prompt.value, self.negative.value)
-        await self.cog.guard(interaction, work)
-
-    async def on_error(  # type: ignore[override]  # Modal's has no item argument
-        self, interaction: discord.Interaction, error: Exception, /
-    ) -> None:
-        await self.cog.report(interaction, error)
 
 
 class DrawCog(commands.Cog, name="Draw"):

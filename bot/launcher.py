@@ -29,8 +29,13 @@ DISCORD_TOKEN = "AIDRAW_DISCORD_TOKEN"
 TELEGRAM_TOKEN = "AIDRAW_TELEGRAM_TOKEN"
 
 
-def build_engine(settings: Settings) -> tuple[Engine[Any], UserSettingsStore]:
-    """The engine over models/ with the journal and results relative to settings.toml."""
+def build_engine(
+    settings: Settings, *, admins: tuple[str, ...] = ()
+) -> tuple[Engine[Any], UserSettingsStore]:
+    """The engine over models/ with the journal and results relative to settings.toml.
+
+    `admins` join [queue] admins (the web chat's local user, when it is one).
+    """
     from engine.generate import generate
     from engine.models import ModelRegistry
 
@@ -45,6 +50,7 @@ def build_engine(settings: Settings) -> tuple[Engine[Any], UserSettingsStore]:
         settings.queue,
         journal=settings.queue.journal if memory else str(settings.root / settings.queue.journal),
         results_dir=str(settings.root / settings.queue.results_dir),
+        admins=(*settings.queue.admins, *(a for a in admins if a not in settings.queue.admins)),
     )
     users = ":memory:" if memory else Path(queue.journal).with_name("users.sqlite3")
     engine: Engine[Any] = Engine(
@@ -63,17 +69,24 @@ async def serve(settings: Settings) -> int:
 
     Returns the exit code: 0 after a signal, 1 if a frontend or the engine stopped by itself.
     """
-    engine, store = build_engine(settings)
+    discord_token, telegram_token = env_token(DISCORD_TOKEN), env_token(TELEGRAM_TOKEN)
+    run_web_chat = discord_token is None and telegram_token is None
+    admins: tuple[str, ...] = ()
+    if run_web_chat and settings.web.local_admin:
+        from bot.web import USER  # the web chat's one user may swap models and cancel jobs
+
+        admins = (USER,)
+    engine, store = build_engine(settings, admins=admins)
     frontends: dict[str, Coroutine[Any, Any, None]] = {}
-    if token := env_token(DISCORD_TOKEN):
+    if discord_token is not None:
         from bot.discord_cog import run_discord
 
-        frontends["discord"] = run_discord(engine, settings, store, token)
-    if token := env_token(TELEGRAM_TOKEN):
+        frontends["discord"] = run_discord(engine, settings, store, discord_token)
+    if telegram_token is not None:
         from bot.telegram_handlers import run_telegram
 
-        frontends["telegram"] = run_telegram(engine, settings, store, token)
-    if not frontends:
+        frontends["telegram"] = run_telegram(engine, settings, store, telegram_token)
+    if run_web_chat:
         from bot.web import run_web
 
         frontends["web"] = run_web(engine, settings, store)

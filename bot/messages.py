@@ -373,6 +373,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "当前模型：{model}（新任务用：{default}）。排队 {queued} 个{paused}。\n"
         "切换：/model 名称",
     },
+    "tg_model_list": {"en": "Models: {models}", "zh": "可用模型：{models}"},
     "tg_paused_note": {"en": ", paused", "zh": "，已暂停"},
     "tg_model_loading": {"en": "Loading {name}…", "zh": "正在加载 {name}…"},
     "tg_model_swapped": {"en": "New jobs now draw with {name}.", "zh": "新任务现在使用 {name}。"},

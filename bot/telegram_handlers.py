@@ -332,7 +332,8 @@ async def settings_command(update: Update, context: Context) -> None:
 
 
 async def model_command(update: Update, context: Context) -> None:
-    """Admin: /model shows the model; /model NAME loads NAME and makes it the default."""
+    """Admin: /model shows the model and lists every model; /model NAME loads NAME and makes
+    it the default."""
     deps = _deps(context)
     message = update.effective_message
     assert message is not None
@@ -344,16 +345,16 @@ async def model_command(update: Update, context: Context) -> None:
         s = deps.engine.status()
         paused = text("tg_paused_note", locale) if s.paused else ""
         model = s.model or "-"
-        await message.reply_text(
-            text(
-                "tg_model_status",
-                locale,
-                model=model,
-                default=s.default_model,
-                queued=s.queued,
-                paused=paused,
-            )
+        status = text(
+            "tg_model_status",
+            locale,
+            model=model,
+            default=s.default_model,
+            queued=s.queued,
+            paused=paused,
         )
+        models = ", ".join(deps.engine.models()) or "-"
+        await message.reply_text(f"{status}\n{text('tg_model_list', locale, models=models)}")
         return
     await message.reply_text(text("tg_model_loading", locale, name=name))
     try:

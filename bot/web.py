@@ -30,7 +30,7 @@ from bot.parse import ParseError, read_request
 from bot.settings import Settings, SettingsError, env_token
 from bot.user_settings import FIELDS, UserPrefs, UserSettingsStore
 from engine.config import ConfigError, build
-from engine.engine import Engine, Job, Registry
+from engine.engine import Engine, Job
 from engine.errors import (
     EngineClosed,
     EngineError,
@@ -66,13 +66,11 @@ class WebChat:
         settings: Settings,
         store: UserSettingsStore,
         *,
-        registry: Registry,
         token: str | None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.store = store
-        self.registry = registry
         self.token = token
         self.sockets: dict[web.WebSocketResponse, Locale] = {}
         self.watchers: dict[int, asyncio.Task[None]] = {}
@@ -205,7 +203,7 @@ class WebChat:
 
     def model_defaults(self) -> RequestDefaults:
         try:
-            return self.registry.get(self.engine.default_model).defaults
+            return self.engine.model_info(self.engine.default_model).defaults
         except InvalidRequest:
             return self.settings.defaults
 
@@ -244,7 +242,7 @@ class WebChat:
                 "syntax": ["a1111", "nai"],
                 "locale": list(LOCALES),
             },
-            "models": list(self.registry.models),
+            "models": self.engine.models(),
             "model": self.engine.default_model,
             "history": [self.done_view(r.id, r.request, r.images, locale) for r in records],
             "jobs": [self.snapshot(job, locale) for job in self.engine.jobs(USER)],
@@ -539,22 +537,14 @@ def create_app(
     settings: Settings,
     store: UserSettingsStore,
     *,
-    registry: Registry | None = None,
     token: str | None = None,
 ) -> web.Application:
-    """The web chat app (`registry` lists models; default: a scan of models_dir)."""
-    if registry is None:
-        from engine.models import ModelRegistry
-
-        registry = ModelRegistry(settings.models_dir, settings.defaults)
-    if settings.web.local_admin and not engine.is_admin(USER):
-        # The engine gates model swaps and cancels on its admins: add the local user there.
-        admins = (*engine.config.admins, USER)
-        engine.config = dataclasses.replace(engine.config, admins=admins)
+    """The web chat app. The local user is an admin if the engine was built with USER among
+    its admins (the launcher does so when [web] local_admin is true)."""
     # Bodies are chat text: two prompts of max_prompt_chars (UTF-8) and some JSON around.
     max_body = 64 * 1024 + 8 * settings.limits.max_prompt_chars
     app = web.Application(middlewares=[guard, errors], client_max_size=max_body)
-    chat = WebChat(engine, settings, store, registry=registry, token=token)
+    chat = WebChat(engine, settings, store, token=token)
     app[CHAT] = chat
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)

@@ -473,6 +473,14 @@ class Engine(Generic[M]):
         """The model for requests that name none ("" if there is no model at all)."""
         return self._default_model or next(iter(self._registry.models), "")
 
+    def models(self) -> list[str]:
+        """The names of the models requests may name, in the registry's order."""
+        return list(self._registry.models)
+
+    def model_info(self, name: str) -> ModelInfo:
+        """The registry entry for `name` (e.g. its defaults); ModelNotFound if there is none."""
+        return self._registry.get(name)
+
     async def swap_model(self, name: str, by: str) -> str:
         """Admin: load model `name`, then make it the default for new jobs; returns its name.
 

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-import bot.discord_cog as discord_cog
 from bot.discord_cog import run_discord
 from bot.settings import BotSettings, DiscordSettings, Settings
 from bot.user_settings import UserSettingsStore
@@ -491,7 +490,7 @@ def _last_sent(dc: FakeDiscord) -> dict[str, Any]:
 async def test_after_the_token_expires_replies_go_to_the_channel(
     world: World, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(discord_cog, "TOKEN_MARGIN_S", 15 * 60.0)  # as if 15 minutes passed
+    monkeypatch.setattr("bot.discord_reply.TOKEN_MARGIN_S", 15 * 60.0)  # as if 15 minutes passed
     engine = await world.start()
     slash = await dc.slash("draw", {"prompt": "a cat --seed 9"})
     await dc.wait_until(lambda: engine.record(1) is not None and engine.record(1).delivered)  # type: ignore[union-attr]

@@ -149,6 +149,14 @@ async def test_model_names_are_resolved_at_the_door(h: Harness) -> None:
     assert engine.submit(req("x", model="BETA")).request.model == "beta"
 
 
+async def test_the_engine_lists_its_models_and_their_entries(h: Harness) -> None:
+    engine = h.engine(paused=True)
+    assert engine.models() == ["alpha", "beta", "gamma"]  # the registry's order
+    assert engine.model_info("Beta").name == "beta"
+    with pytest.raises(ModelNotFound):
+        engine.model_info("delta")
+
+
 # --- fair share --------------------------------------------------------------------------------
 
 

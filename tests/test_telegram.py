@@ -500,7 +500,9 @@ async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
     assert await h.reply(ADMIN) == "New jobs now draw with beta."
     assert engine.default_model == "beta"
     h.tg.push_text(ADMIN, ADMIN, "/model")
-    assert (await h.reply(ADMIN, lambda t: "Model:" in t)).startswith("Model: beta")
+    status = await h.reply(ADMIN, lambda t: "Model:" in t)
+    assert status.startswith("Model: beta")
+    assert status.endswith("\nModels: alpha, beta, gamma")
     h.tg.push_text(ADMIN, ADMIN, "/model gama")
     assert await h.reply(ADMIN) == "Loading gama…"
     assert await h.reply(ADMIN) == "Error: Unknown model 'gama'. Did you mean: gamma?"

@@ -51,6 +51,8 @@ class Chat:
     ) -> TestClient[Any, Any]:
         tables = {"web": web_table or {}, "limits": {"max_steps": 50}}
         settings = from_dict(tables, root=self.tmp_path)
+        if settings.web.local_admin:  # as bot/launcher.py builds the engine for the web chat
+            queue["admins"] = (*queue.get("admins", ()), web.USER)
         config = QueueConfig(
             **{
                 "journal": str(self.tmp_path / "journal.sqlite3"),
@@ -70,7 +72,7 @@ class Chat:
         if paused:
             self.engine.pause()
         self.task = asyncio.create_task(self.engine.run())
-        app = web.create_app(self.engine, settings, self.store, registry=self.registry, token=token)
+        app = web.create_app(self.engine, settings, self.store, token=token)
         self.app = app
         self.client = TestClient(TestServer(app))
         await self.client.start_server()
@@ -509,6 +511,57 @@ async def test_run_web_prints_its_address_serves_and_stops(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(url)
+
+
+@pytest.mark.parametrize(
+    ("token", "local_admin", "admins"),
+    [
+        (None, True, ("web:local",)),
+        (None, False, ()),
+        ("AIDRAW_TELEGRAM_TOKEN", True, ()),  # no web chat: no local user to trust
+    ],
+)
+async def test_the_launcher_builds_the_engine_with_the_local_admin_only_for_the_web_chat(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str | None,
+    local_admin: bool,
+    admins: tuple[str, ...],
+) -> None:
+    from bot import launcher
+
+    class Built(Exception):
+        pass
+
+    seen: list[tuple[str, ...]] = []
+
+    def build_engine(settings: Settings, *, admins: tuple[str, ...] = ()) -> Any:
+        seen.append(admins)
+        raise Built
+
+    for var in (launcher.DISCORD_TOKEN, launcher.TELEGRAM_TOKEN):
+        monkeypatch.delenv(var, raising=False)
+    if token is not None:
+        monkeypatch.setenv(token, "123:abc")
+    monkeypatch.setattr(launcher, "build_engine", build_engine)
+    settings = from_dict({"web": {"local_admin": local_admin}}, root=tmp_path)
+    with pytest.raises(Built):
+        await launcher.serve(settings)
+    assert seen == [admins] and web.USER == "web:local"
+
+
+def test_build_engine_adds_the_given_admins_to_the_configured_ones(tmp_path: Path) -> None:
+    from bot.launcher import build_engine
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.safetensors").write_bytes(b"")  # listed, never loaded here
+    queue = {"admins": ["telegram:1"], "journal": ":memory:"}
+    settings = from_dict({"engine": {"models_dir": "models"}, "queue": queue}, root=tmp_path)
+    for extra, admins in [((web.USER, "telegram:1"), ("telegram:1", web.USER)), ((), None)]:
+        engine, store = build_engine(settings, admins=extra)
+        store.close()
+        assert engine.config.admins == (admins or ("telegram:1",))
+        assert engine.models() == ["m"]
 
 
 async def test_run_web_refuses_other_addresses_without_a_token(
