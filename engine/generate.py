@@ -205,7 +205,8 @@ def generate(
                 [r.prompt for r, _ in items],
                 [r.negative_prompt for r, _ in items],
                 clip_skip=first.clip_skip,
-                steps=first.num_inference_steps,
+                # Second-order samplers count two model calls a step, as A1111 does.
+                steps=steps * row.conditioning_steps,
                 device=model.device,
                 emphasis=[r.emphasis or "Original" for r, _ in items],
             )

@@ -37,6 +37,11 @@ from engine.kdiffusion import (
 )
 
 SampleFn = Callable[[Denoise, Tensor, Tensor, NoiseSampler, StepCallback], Tensor]
+# A1111's "second_order" samplers: two model calls per step, so prompt-editing schedules are
+# built for twice the steps (A1111 `SamplerData.total_steps`, `p.step_multiplier`).
+_SECOND_ORDER: frozenset[SampleFn] = frozenset(
+    {sample_heun, sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral, sample_dpmpp_sde}
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,11 @@ class Sampler:
     @property
     def uses_ensd(self) -> bool:
         return self.noise == "ancestral"
+
+    @property
+    def conditioning_steps(self) -> int:
+        """Model calls per step that prompt editing counts (A1111's step multiplier)."""
+        return 2 if self.function in _SECOND_ORDER else 1
 
 
 def _row(name: str, function: SampleFn | None, *aliases: str, **options: Any) -> Sampler:
