@@ -37,6 +37,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "The queue is full ({position} of {limit}); try again later.",
         "zh": "队列已满（{position}/{limit}），请稍后再试。",
     },
+    "queue_full_user": {
+        "en": "You already have {position} unfinished drawings (the limit is {limit}); "
+        "wait for one to finish.",
+        "zh": "你已有 {position} 个未完成的绘制（上限 {limit}），请等其中一个完成。",
+    },
     "failed": {
         "en": "Sorry, something went wrong while drawing. The admins have been told.",
         "zh": "抱歉，绘制时出错了，已通知管理员。",
@@ -509,7 +514,8 @@ def text(key: str, locale: Locale = "en", **values: object) -> str:
 def error_text(error: EngineError, locale: Locale = "en") -> str:
     """What to tell a user about an engine error (their fault, the queue, or ours)."""
     if isinstance(error, QueueFull):
-        return text("queue_full", locale, position=error.position, limit=error.limit)
+        key = "queue_full_user" if error.per_user else "queue_full"
+        return text(key, locale, position=error.position, limit=error.limit)
     if isinstance(error, InvalidRequest | JobCancelled | EngineClosed | GenerationFailed):
         # The engine's message is user-safe and names the problem (the restart, out of memory);
         # only the frame is translated.

@@ -392,7 +392,7 @@ class Engine(Generic[M]):
         if not self.is_admin(user) and user not in self.config.priority_users:
             mine = sum(1 for job in self._jobs.values() if job.requester == user)
             if mine >= self.config.max_queued_per_user:
-                raise QueueFull(mine, self.config.max_queued_per_user)
+                raise QueueFull(mine, self.config.max_queued_per_user, per_user=True)
         if len(self._queue) >= self.config.max_queued:
             raise QueueFull(len(self._queue), self.config.max_queued)
         submitted_at = time.time()

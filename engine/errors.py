@@ -29,12 +29,20 @@ class ModelNotFound(InvalidRequest):
 
 
 class QueueFull(EngineError):
-    """The queue (global or per user) is at its limit."""
+    """The queue is at its limit: everyone's (`per_user` False) or this requester's own."""
 
-    def __init__(self, position: int, limit: int) -> None:
-        super().__init__(f"The queue is full ({position} of {limit}); try again later.")
+    def __init__(self, position: int, limit: int, *, per_user: bool = False) -> None:
+        if per_user:
+            message = (
+                f"You already have {position} unfinished drawings (the limit is {limit}); "
+                "wait for one to finish."
+            )
+        else:
+            message = f"The queue is full ({position} of {limit}); try again later."
+        super().__init__(message)
         self.position = position
         self.limit = limit
+        self.per_user = per_user
 
 
 class JobCancelled(EngineError):

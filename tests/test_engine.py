@@ -199,12 +199,13 @@ async def test_queue_limits_per_user_and_overall(h: Harness) -> None:
     engine = h.engine(paused=True, max_queued_per_user=2, max_queued=3, admins=("root",))
     engine.submit(req("a", "A"))
     engine.submit(req("a", "A"))
-    with pytest.raises(QueueFull, match=r"The queue is full \(2 of 2\)") as full:
+    with pytest.raises(QueueFull, match=r"You already have 2 unfinished .* limit is 2") as full:
         engine.submit(req("a", "A"))
-    assert (full.value.position, full.value.limit) == (2, 2)
+    assert (full.value.position, full.value.limit, full.value.per_user) == (2, 2, True)
     engine.submit(req("b", "B"))
-    with pytest.raises(QueueFull, match=r"\(3 of 3\)"):
+    with pytest.raises(QueueFull, match=r"The queue is full \(3 of 3\)") as everyone:
         engine.submit(req("c", "C"))
+    assert not everyone.value.per_user
     assert len(engine.jobs()) == 3
     engine.cancel(engine.jobs()[0].id, by="A")
     engine.submit(req("c", "C"))  # room again

@@ -260,7 +260,9 @@ async def test_a_full_queue_is_said_in_the_chat(chat: Chat) -> None:
     client = await chat.start(paused=True, max_queued_per_user=1, web_table={"local_admin": False})
     await post(client, "/api/draw", {"text": "one"})
     error = await post(client, "/api/draw", {"text": "two"}, status=429)
-    assert error == {"error": "The queue is full (1 of 1); try again later."}
+    assert error == {
+        "error": "You already have 1 unfinished drawings (the limit is 1); wait for one to finish."
+    }
 
 
 async def test_a_failed_drawing_is_an_apology_not_a_traceback(chat: Chat) -> None:
