@@ -14,7 +14,6 @@ import dataclasses
 import io
 import logging
 import os
-import re
 import shlex
 import time
 from collections.abc import Coroutine, Iterable
@@ -34,6 +33,7 @@ from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
 from bot.quotas import Quotas
 from bot.settings import Settings
 from bot.user_settings import UserSettingsStore
+from bot.wordlist import find_word
 from engine.engine import Engine, Job, Registry
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.generate import check_request
@@ -59,14 +59,6 @@ def _d(key: str) -> locale_str:
 
 def requester_of(user: discord.abc.Snowflake) -> str:
     return f"discord:{user.id}"
-
-
-def _pattern(words: Iterable[str]) -> re.Pattern[str] | None:
-    """Whole words or phrases, case-insensitive (so "sex" does not match "sussex")."""
-    words = [w.strip() for w in words if w.strip()]
-    if not words:
-        return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)", re.I)
 
 
 class NotAllowed(app_commands.CheckFailure):
@@ -113,8 +105,6 @@ class DrawCog(commands.Cog, name="Draw"):
         self.quotas = Quotas(
             journal if journal == ":memory:" else Path(journal).with_name("quotas.sqlite3")
         )
-        self._banned = _pattern(self.config.banned_words)
-        self._nsfw = _pattern(self.config.nsfw_words)
         self._last_submit: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -262,15 +252,14 @@ class DrawCog(commands.Cog, name="Draw"):
     ) -> bool:
         """Banned words, NSFW policy, cooldown and quota: NotAllowed, or whether to spoiler."""
         user = request.requester
-        found = self._banned.search(request.prompt) if self._banned else None
-        if found:
-            raise NotAllowed(text("discord_banned", locale, word=found[0]))
+        if word := find_word(request.prompt, self.config.banned_words):
+            raise NotAllowed(text("discord_banned", locale, word=word))
         spoiler = False
         nsfw_channel = getattr(interaction.channel, "is_nsfw", lambda: False)()
-        found = self._nsfw.search(request.prompt) if self._nsfw else None
-        if found and not nsfw_channel and self.config.nsfw_policy != "allow":
+        word = find_word(request.prompt, self.config.nsfw_words)
+        if word and not nsfw_channel and self.config.nsfw_policy != "allow":
             if self.config.nsfw_policy == "refuse":
-                raise NotAllowed(text("discord_nsfw_refused", locale, word=found[0]))
+                raise NotAllowed(text("discord_nsfw_refused", locale, word=word))
             spoiler = True
         if self.engine.is_admin(user):
             return spoiler
@@ -422,8 +411,8 @@ class DrawCog(commands.Cog, name="Draw"):
         """A job from before a restart: its result (or a new status message) in the channel."""
         _, channel_id, user_id = (job.reply_to.split(":") + ["0", "0"])[:3]
         locale = self.store.get(job.requester).locale or "en"
-        found = self._nsfw.search(job.request.prompt) if self._nsfw else None
-        spoiler = bool(found) and self.config.nsfw_policy != "allow"
+        found = find_word(job.request.prompt, self.config.nsfw_words)
+        spoiler = found is not None and self.config.nsfw_policy != "allow"
         reply = Reply(self.bot, channel_id=int(channel_id), user_id=int(user_id))
         note = (text("discord_after_restart", locale),)
         await self._deliver(reply, job, note, locale, spoiler)

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import re
 import shlex
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -57,6 +56,7 @@ from bot.telegram_replies import (
     variation,
 )
 from bot.user_settings import UserPrefs, UserSettingsStore
+from bot.wordlist import find_word
 from engine.engine import Engine
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
 from engine.generate import check_request
@@ -77,22 +77,6 @@ Context: TypeAlias = ContextTypes.DEFAULT_TYPE
 
 def requester_id(user: User) -> str:
     return f"{PREFIX}{user.id}"
-
-
-def find_word(prompt: str, words: Iterable[str]) -> str | None:
-    """The first of `words` in `prompt`, case-insensitive: whole words (`_`, `(`, `:` separate
-    them, so `(nsfw:1.2)` and `cum_on` count); words with non-ASCII letters anywhere."""
-    lowered = prompt.lower()
-    for word in words:
-        needle = word.strip().lower()
-        if not needle:
-            continue
-        if needle.isascii():
-            if re.search(rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])", lowered):
-                return word
-        elif needle in lowered:
-            return word
-    return None
 
 
 def is_spoiler(settings: TelegramSettings, prompt: str) -> bool:

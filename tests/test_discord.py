@@ -660,7 +660,7 @@ async def test_banned_words_nsfw_cooldown_and_channels(world: World, dc: FakeDis
     engine = await world.start()
     banned = await dc.slash("draw", {"prompt": "Gore, a cat"})
     answer = await dc.wait_for("interaction_callback", dc.of(banned))
-    assert answer.payload["data"]["content"] == "This bot does not draw prompts with 'Gore'."
+    assert answer.payload["data"]["content"] == "This bot does not draw prompts with 'gore'."
 
     nsfw = await dc.slash("draw", {"prompt": "nsfw, a cat --seed 1"})
     message = await final(dc, nsfw)

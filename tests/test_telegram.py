@@ -21,9 +21,10 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.messages import text
 from bot.settings import BotSettings, Settings, TelegramSettings
-from bot.telegram_handlers import file_url, find_word, read_settings, run_telegram
+from bot.telegram_handlers import file_url, read_settings, run_telegram
 from bot.telegram_replies import cut, retry_seconds
 from bot.user_settings import UserPrefs, UserSettingsStore
+from bot.wordlist import find_word
 from engine.engine import Engine
 from engine.errors import InvalidRequest
 from engine.queue import QueueConfig
