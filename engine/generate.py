@@ -42,7 +42,7 @@ BATCH_KEYS = (
 )
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
-"""Called after each denoising step with (step done, total steps, latents)."""
+"""Called after each denoising step with (step done, total steps, denoised latents x0)."""
 
 
 def check_request(
@@ -230,7 +230,8 @@ def generate(
 
             def step_end(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
                 if on_step is not None:
-                    on_step(step + 1, total, x)
+                    # The denoised prediction, not the noisy x: what A1111's live preview shows.
+                    on_step(step + 1, total, denoised)
                 if cancelled is not None and cancelled():
                     raise JobCancelled("cancelled")
 
