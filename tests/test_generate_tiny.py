@@ -184,4 +184,3 @@ def test_cuda_fp16_profiles(demo_models_dir, vram) -> None:  # type: ignore[no-u
     first, second = (generate(model, [BASE], limits=LIMITS)[0] for _ in range(2))
     assert first.png == second.png
     assert png_pixels(first.png).std() > 0
-
