@@ -71,11 +71,16 @@ class FakeGenerate:
     PNG bytes are "prompt|seed". Prompts in `failing` raise RuntimeError; with
     `oom_above = n`, calls with more than n images fail as out-of-memory does. With `log`,
     each finished call appends "done <prompt>" lines there; `announce` prints each call.
+    With `latents`, each step hands on_step a (images, 4, 8, 8) tensor filled with
+    step/total, so the engine makes previews; otherwise None (no torch needed).
     """
 
-    def __init__(self, *, log: Path | None = None, announce: bool = False) -> None:
+    def __init__(
+        self, *, log: Path | None = None, announce: bool = False, latents: bool = False
+    ) -> None:
         self.log = log
         self.announce = announce
+        self.latents = latents
         self.calls: list[list[GenerationRequest]] = []
         self.steps_run: list[list[int]] = []
         self.threads: set[int] = set()
@@ -87,6 +92,13 @@ class FakeGenerate:
     @property
     def prompts(self) -> list[list[str]]:
         return [[r.prompt for r in call] for call in self.calls]
+
+    def _latents(self, images: int, value: float) -> Any:
+        if not self.latents:
+            return None
+        import torch  # only tests that want previews pay for importing torch
+
+        return torch.full((images, 4, 8, 8), value)
 
     def hold(self) -> None:
         self._held = True
@@ -132,7 +144,7 @@ class FakeGenerate:
                     raise JobCancelled("cancelled")
             steps.append(step)
             if on_step is not None:
-                on_step(step, total, None)
+                on_step(step, total, self._latents(images, step / total))
             if cancelled is not None and cancelled():
                 raise JobCancelled("cancelled")
         results = []

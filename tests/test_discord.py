@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -41,6 +40,9 @@ class PngGenerate(FakeGenerate):
     """FakeGenerate whose images are real PNGs carrying an A1111 infotext, and whose steps hand
     the engine latents (so it makes previews)."""
 
+    def __init__(self) -> None:
+        super().__init__(latents=True)
+
     def __call__(  # type: ignore[override]
         self,
         model: FakeModel,
@@ -50,14 +52,8 @@ class PngGenerate(FakeGenerate):
         on_step: Callable[[int, int, Any], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
-        images = sum(r.batch_size for r in requests)
-
-        def step(done: int, total: int, latents: Any) -> None:
-            if on_step is not None:
-                on_step(done, total, torch.full((images, 4, 8, 8), done / max(total, 1)))
-
         results = super().__call__(
-            model, requests, limits=limits, on_step=step, cancelled=cancelled
+            model, requests, limits=limits, on_step=on_step, cancelled=cancelled
         )
         return [_with_png(result) for result in results]
 

@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import io
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 from telegram.error import RetryAfter
 from telegram.warnings import PTBDeprecationWarning
@@ -28,8 +27,8 @@ from bot.wordlist import find_word
 from engine.engine import Engine
 from engine.errors import InvalidRequest
 from engine.queue import QueueConfig
-from engine.request import GenerationRequest, GenerationResult, Limits
-from tests.engine_fakes import FakeGenerate, FakeLoader, FakeModel, FakeRegistry
+from engine.request import Limits
+from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
 from tests.fakes import FakeTelegram
 
 pytestmark = pytest.mark.timeout(10)
@@ -40,29 +39,6 @@ ADMIN = 7
 GROUP = -1001234
 QUALITY = "masterpiece, best quality, "
 STATUS = ("Queued…", "排队中…")  # a job's status message as first sent
-
-
-class PreviewGenerate(FakeGenerate):
-    """FakeGenerate whose steps hand the engine latents, so it makes previews."""
-
-    def __call__(
-        self,
-        model: FakeModel,
-        requests: Sequence[GenerationRequest],
-        *,
-        limits: Limits,
-        on_step: Callable[[int, int, Any], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> list[GenerationResult]:
-        images = sum(r.batch_size for r in requests)
-
-        def step(done: int, total: int, latents: Any) -> None:
-            assert on_step is not None
-            on_step(done, total, torch.full((images, 4, 8, 8), done / total))
-
-        return super().__call__(
-            model, requests, limits=limits, on_step=step if on_step else None, cancelled=cancelled
-        )
 
 
 @dataclass
@@ -606,7 +582,7 @@ async def test_history_lists_drawings_with_buttons(h: Harness) -> None:
 async def test_preview_replaces_the_status_text_in_private_chats(
     tg: FakeTelegram, tmp_path: Path
 ) -> None:
-    h = Harness(tg, tmp_path, fake=PreviewGenerate())
+    h = Harness(tg, tmp_path, fake=FakeGenerate(latents=True))
     await h.start(queue={"preview_every_steps": 1})
     try:
         h.fake.hold()
