@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
+
+from bot.user_settings import connect
 
 
 class Quotas:
     """Admins' per-user quotas (/quota set), in SQLite beside the journal."""
 
     def __init__(self, path: str | Path) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = connect(path)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute(

@@ -61,6 +61,18 @@ class UserPrefs:
         return dataclasses.replace(base, **{k: v for k, v in mine.items() if v is not None})
 
 
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A bot-side SQLite file beside the journal (":memory:" = none), in autocommit WAL mode.
+
+    Frontends call its users from the event loop; each guards the connection with one lock.
+    """
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
 FIELDS = tuple(f.name for f in dataclasses.fields(UserPrefs))
 
 
@@ -68,13 +80,9 @@ class UserSettingsStore:
     """`get(user)` / `update(user, **values)` / `reset(user)`; user ids like "telegram:1234"."""
 
     def __init__(self, path: str | Path) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Frontends call this from the event loop; sqlite3 objects are guarded by one lock.
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = connect(path)
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS user_settings (user TEXT PRIMARY KEY, data TEXT)"
             )
