@@ -34,7 +34,7 @@ from bot.quotas import Quotas
 from bot.settings import Settings
 from bot.user_settings import UserSettingsStore
 from bot.wordlist import find_word
-from engine.engine import Engine, Job, Registry
+from engine.engine import Engine, Job
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.generate import check_request
 from engine.infotext import infotext_from_image
@@ -99,7 +99,6 @@ class DrawCog(commands.Cog, name="Draw"):
         self.engine = bot.engine
         self.settings = bot.settings
         self.store = bot.store
-        self.registry = bot.registry
         self.config = bot.settings.discord
         journal = self.engine.config.journal
         self.quotas = Quotas(
@@ -207,7 +206,7 @@ class DrawCog(commands.Cog, name="Draw"):
         return self._model_choices(current)
 
     def _model_choices(self, current: str) -> list[Choice[str]]:
-        names = [name for name in self.registry.models if current.lower() in name.lower()]
+        names = [name for name in self.engine.models() if current.lower() in name.lower()]
         return [Choice(name=name, value=name) for name in names[:25]]
 
     def _read(
@@ -650,7 +649,7 @@ class DrawCog(commands.Cog, name="Draw"):
             ("★ " if name == status.default_model else "")
             + name
             + (" ●" if name == status.model else "")
-            for name in self.registry.models
+            for name in self.engine.models()
         ]
         message = text("discord_models", self._locale(interaction), models="\n".join(lines))
         await interaction.response.send_message(_clip(message), ephemeral=True)
@@ -821,7 +820,6 @@ class AidrawBot(commands.Bot):
         engine: Engine[Any],
         settings: Settings,
         store: UserSettingsStore,
-        registry: Registry,
         **options: Any,
     ) -> None:
         intents = discord.Intents.none()
@@ -832,7 +830,6 @@ class AidrawBot(commands.Bot):
         self.engine = engine
         self.settings = settings
         self.store = store
-        self.registry = registry
 
     async def setup_hook(self) -> None:
         await setup(self)
@@ -855,7 +852,7 @@ class AidrawBot(commands.Bot):
 async def setup(bot: commands.Bot) -> None:
     """Extension entry point: the cog and its persistent buttons."""
     if not isinstance(bot, AidrawBot):
-        raise TypeError("the Discord cog needs an AidrawBot (engine, settings, store, registry)")
+        raise TypeError("the Discord cog needs an AidrawBot (engine, settings, store)")
     bot.add_dynamic_items(JobButton)
     await bot.add_cog(DrawCog(bot))
 
@@ -874,20 +871,13 @@ async def run_discord(
     settings: Settings,
     store: UserSettingsStore,
     token: str,
-    *,
-    registry: Registry | None = None,
     **options: Any,
 ) -> None:
     """Run the Discord bot until cancelled, then close it (the launcher's contract).
 
-    `registry` lists models for /model and autocomplete (default: models/ as the engine sees
-    it); `options` go to discord.py's Bot (tests pass guild_ready_timeout).
+    `options` go to discord.py's Bot (tests pass guild_ready_timeout).
     """
     point_discord_at(os.environ.get(API_URL_ENV), os.environ.get(GATEWAY_URL_ENV))
-    if registry is None:
-        from engine.models import ModelRegistry
-
-        registry = ModelRegistry(settings.models_dir, settings.defaults)
-    bot = AidrawBot(engine, settings, store, registry, **options)
+    bot = AidrawBot(engine, settings, store, **options)
     async with bot:
         await bot.start(token)

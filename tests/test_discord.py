@@ -134,7 +134,6 @@ class World:
                     settings,
                     self.store,
                     self.dc.token,
-                    registry=FakeRegistry(),
                     guild_ready_timeout=0.05,
                 )
             ),

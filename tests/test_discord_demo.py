@@ -75,9 +75,7 @@ async def test_draw_on_the_demo_model(
     store = UserSettingsStore(":memory:")
     tasks = [
         asyncio.create_task(engine.run()),
-        asyncio.create_task(
-            run_discord(engine, settings, store, dc.token, registry=registry, guild_ready_timeout=0)
-        ),
+        asyncio.create_task(run_discord(engine, settings, store, dc.token, guild_ready_timeout=0)),
     ]
     try:
         text = "1girl, silver hair --seed 5 --steps 3 --size 64x64 --sampler 'DPM++ 2M'"
