@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 # on a CPU-only host whose pip would otherwise fetch the multi-GB CUDA build.
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench train-demo clean
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ bench: install
 	$(PY) -m bench.overhead
 	$(PY) -m bench.samplers
 	$(PY) -m bench.engine
+	$(PY) -m bench.demo_model
+
+# Retrain the demo model from seed 0 (about 45 minutes on 2 CPU cores) into engine/demo_weights/;
+# see docs/demo-model.md. CI never retrains: the weights are committed.
+train-demo: install
+	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo_training
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -229,16 +229,20 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.demo_model import DEMO_NAME, save_demo_model
+    from engine.demo_model import DEMO_NAME, is_outdated, save_demo_model
     from engine.models import ModelRegistry
 
     target = settings.models_dir / DEMO_NAME
-    if args.if_missing and (
-        settings.engine.default_model or ModelRegistry(settings.models_dir).models
+    # A demo folder from older (or random) weights is rebuilt, so an update reaches `make demo`.
+    outdated = target.is_dir() and is_outdated(target)
+    if (
+        args.if_missing
+        and not outdated
+        and (settings.engine.default_model or ModelRegistry(settings.models_dir).models)
     ):
         print(f"a model is configured or present in {settings.models_dir}; no demo build needed")
         return 0
-    if target.exists() and not args.force:
+    if target.exists() and not outdated and not args.force:
         print(f"demo model already built: {target}")
         return 0
     print(save_demo_model(settings.models_dir))

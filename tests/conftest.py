@@ -10,11 +10,11 @@ import pytest
 # --- demo_models_dir (tests/test_models.py) --------------------------------------------------
 @pytest.fixture(scope="session")
 def demo_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models dir holding the demo model `aidraw-demo` (built once per session; don't modify)."""
+    """A models dir with the trained demo model `aidraw-demo` (once per session; don't modify)."""
     from engine.demo_model import save_demo_model
 
     models_dir = tmp_path_factory.mktemp("demo-models")
-    save_demo_model(models_dir, name="aidraw-demo", seed=0)
+    save_demo_model(models_dir, name="aidraw-demo")
     return models_dir
 
 

@@ -111,6 +111,23 @@ def test_build_demo_if_missing_skips_when_a_model_exists(
     assert "no demo build needed" in capsys.readouterr().out
 
 
+def test_build_demo_replaces_a_demo_built_from_older_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` after an update: the random-weight demo of an older release is rebuilt."""
+    from engine.demo_model import DEMO_NAME, is_outdated, save_demo_model
+
+    models = tmp_path / "models"
+    old = save_demo_model(models, random_seed=0)
+    assert is_outdated(old)
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[engine]\nmodels_dir = "{models}"\n', encoding="utf-8")
+    assert main(["--settings", str(settings), "build-demo", "--if-missing"]) == 0
+    assert not is_outdated(models / DEMO_NAME)
+    assert main(["--settings", str(settings), "build-demo", "--if-missing"]) == 0
+    assert "no demo build needed" in capsys.readouterr().out
+
+
 def test_run_exits_1_when_a_frontend_cannot_start(
     tmp_path: Path,
     demo_models_dir: Path,

@@ -1,15 +1,26 @@
-"""The demo model builds deterministically, small, and reloads offline."""
+"""The demo model: shipped trained weights that stay small and reload offline; a random builder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
-from engine.demo_model import DEMO_NAME, build_demo_pipeline, save_demo_model
+from engine import demo_data
+from engine.demo_model import (
+    DEMO_NAME,
+    WEIGHTS_DIR,
+    build_demo_pipeline,
+    build_random_pipeline,
+    save_demo_model,
+    save_weights,
+)
 from engine.device import DeviceOptions
 from engine.models import ModelRegistry
+from engine.tokenizer import build_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -22,32 +33,89 @@ def _state(pipe) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
     }
 
 
-def test_same_seed_builds_identical_weights() -> None:
-    a, b = _state(build_demo_pipeline(0)), _state(build_demo_pipeline(0))
+def test_shipped_weights_are_a_few_megabytes_of_safetensors() -> None:
+    files = sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_file())
+    assert files == [
+        "text_encoder.safetensors",
+        "training-log.txt",
+        "unet.safetensors",
+        "vae.safetensors",
+    ]
+    size = sum((WEIGHTS_DIR / name).stat().st_size for name in files)
+    assert size < 16 * 2**20
+    with safe_open(str(WEIGHTS_DIR / "unet.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safe_open is no dict) == {torch.float16}
+
+
+def test_training_log_records_the_command_and_falling_losses() -> None:
+    lines = (WEIGHTS_DIR / "training-log.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("command: python -m engine.demo_training")
+    losses = [float(line.split("eps MSE ")[1].split()[0]) for line in lines if "eps MSE" in line]
+    assert len(losses) > 10 and losses[-1] < losses[0] / 3
+
+
+def test_words_never_trained_on_add_nothing() -> None:
+    """Unseen words (e.g. "sword") have zero embeddings; every caption word has its own row."""
+    pipe = build_demo_pipeline()
+    table = pipe.text_encoder.get_input_embeddings().weight
+    tokenizer = build_tokenizer()
+    for word in ("sword", "umbrella"):
+        (token,) = tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert not table[token].any()
+    for word in ("silver", "hair", "smile", "1girl", "lowres", "masterpiece"):
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert all(table[i].any() for i in ids)
+
+
+def test_save_weights_round_trips_through_fp16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe = build_demo_pipeline()
+    save_weights(tmp_path, unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder)
+    monkeypatch.setattr("engine.demo_model.WEIGHTS_DIR", tmp_path)
+    again = build_demo_pipeline()
+    a, b = _state(pipe), _state(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = _state(build_demo_pipeline(1))
+    assert again.vae.config.scaling_factor == pipe.vae.config.scaling_factor
+
+
+def test_vae_reconstructs_training_pictures() -> None:
+    """The VAE round trip keeps a picture's parts: mean error per pixel under 6 of 255."""
+    pipe = build_demo_pipeline()
+    rng = np.random.default_rng(7)
+    pictures = [demo_data.draw(demo_data.random_character(rng)).image for _ in range(8)]
+    x = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)
+    x = x.float() / 127.5 - 1
+    with torch.no_grad():
+        y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    assert float((y - x).abs().mean()) * 127.5 < 6
+
+
+def test_random_builder_is_deterministic() -> None:
+    a, b = _state(build_random_pipeline(0)), _state(build_random_pipeline(0))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = _state(build_random_pipeline(1))
     assert not torch.equal(a["unet.conv_in.weight"], c["unet.conv_in.weight"])
 
 
-def test_saved_folder_is_small_and_reloads_the_same_weights(
+def test_saved_folder_reloads_the_shipped_weights_offline(
     demo_models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = demo_models_dir / DEMO_NAME
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    assert size < 40 * 2**20
     assert sorted(p.name for p in folder.rglob("*.safetensors"))  # no pickles
     assert not list(folder.rglob("*.bin"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = ModelRegistry(demo_models_dir).load(DEMO_NAME, DeviceOptions(device="cpu"))
-    built = _state(build_demo_pipeline(0))
+    built = _state(build_demo_pipeline())
     reloaded = _state(loaded.pipe)
     assert built.keys() == reloaded.keys()
     assert all(torch.equal(built[k], reloaded[k]) for k in built)
     assert len(loaded.pipe.tokenizer) == 49408
+    assert loaded.defaults.width == 128 and loaded.defaults.clip_skip == 2
 
 
 def test_rebuild_replaces_the_folder_atomically(tmp_path: Path) -> None:
-    save_demo_model(tmp_path)
+    save_demo_model(tmp_path, random_seed=0)
     save_demo_model(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert list(ModelRegistry(tmp_path).models) == [DEMO_NAME]

@@ -62,7 +62,7 @@ def a1111_models_dir(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFac
 
     models_dir = tmp_path_factory.mktemp("a1111-models")
     (models_dir / DEMO).symlink_to(demo_models_dir / DEMO, target_is_directory=True)
-    write_a1111_checkpoint(build_demo_pipeline(seed=0), models_dir / f"{SINGLE}.safetensors")
+    write_a1111_checkpoint(build_demo_pipeline(), models_dir / f"{SINGLE}.safetensors")
     (models_dir / f"{SINGLE}.toml").write_text(f'config = "{DEMO}"\n', encoding="utf-8")
     return models_dir
 

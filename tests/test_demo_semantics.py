@@ -1,0 +1,90 @@
+"""The shipped demo model answers its tags: measured over many seeds on the trained weights.
+
+Each test draws 32 seeds (fixed, so the numbers do not change from run to run) and reads the
+pictures back with `engine.demo_data`'s detectors; thresholds leave room for the model's
+misses. docs/demo-model.md shows the same measurements as a table (`python -m bench.demo_model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import pytest
+
+from engine import demo_data
+from engine.demo_semantics import (
+    EMPHASIS_GUIDANCE,
+    GUIDANCE_COLOURS,
+    Drawn,
+    draw_many,
+    has_expression,
+    has_hair,
+)
+from engine.presets import UC_PRESETS, uc_preset_name
+
+pytestmark = pytest.mark.slow
+redness = demo_data.hair_redness
+
+
+@pytest.fixture(scope="module")
+def draw(demo_model) -> Callable[..., Drawn]:  # type: ignore[no-untyped-def]
+    """draw(prompt, **options): 32 seeds of `prompt`, drawn once per module."""
+
+    @cache
+    def drawn(prompt: str, negative_prompt: str = "", guidance_scale: float = 7.0) -> Drawn:
+        return draw_many(
+            demo_model, prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale
+        )
+
+    return drawn
+
+
+@pytest.mark.parametrize(("colour", "other"), [("red", "blue"), ("blue", "red")])
+def test_hair_colour_follows_the_prompt(draw, colour: str, other: str) -> None:  # type: ignore[no-untyped-def]
+    asked = draw(f"1girl, {colour} hair")
+    assert asked.share(has_hair(colour)) >= 0.9
+    assert asked.share(has_hair(other)) <= 0.05
+
+
+def test_smile_and_frown_are_told_apart(draw) -> None:  # type: ignore[no-untyped-def]
+    smile, frown = draw("1girl, smile"), draw("1girl, frown")
+    assert smile.share(has_expression("smile")) >= 0.8
+    assert frown.share(has_expression("frown")) >= 0.8
+    assert smile.share(has_expression("frown")) <= 0.1
+
+
+def test_emphasis_makes_hair_more_or_less_red(draw) -> None:  # type: ignore[no-untyped-def]
+    weak, plain, strong = (
+        draw(prompt, guidance_scale=EMPHASIS_GUIDANCE).mean(redness)
+        for prompt in ("1girl, [red hair]", "1girl, red hair", "1girl, (red hair:1.4)")
+    )
+    assert weak < plain < strong
+
+
+def test_negative_prompt_takes_red_out_of_the_hair(draw) -> None:  # type: ignore[no-untyped-def]
+    free, against = draw("1girl"), draw("1girl", negative_prompt="red hair")
+    assert against.mean(redness) < free.mean(redness) - 5
+    assert against.share(has_hair("red")) <= free.share(has_hair("red"))
+
+
+def test_higher_guidance_follows_the_prompt_more_often(draw) -> None:  # type: ignore[no-untyped-def]
+    def accuracy(scale: float) -> float:
+        hits = [
+            draw(f"1girl, {c} hair", guidance_scale=scale).share(has_hair(c))
+            for c in GUIDANCE_COLOURS
+        ]
+        return sum(hits) / len(hits)
+
+    assert accuracy(7.0) > accuracy(1.0) + 0.05
+
+
+def test_the_bots_defaults_keep_the_tags_working(draw) -> None:  # type: ignore[no-untyped-def]
+    """NAI's quality tags and undesired-content preset, as the bots send them, keep the tags."""
+    drawn = draw(
+        "masterpiece, best quality, 1girl, red hair, smile",
+        negative_prompt=UC_PRESETS[uc_preset_name("lqba")],
+        guidance_scale=11.0,
+    )
+    assert drawn.share(has_hair("red")) >= 0.9
+    assert drawn.share(has_expression("smile")) >= 0.7
