@@ -19,11 +19,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from engine.demo_data import draw, random_character
+from engine.preview import PreviewMap, fit_preview
 from engine.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -188,8 +192,6 @@ def save_weights(
 
 
 def _scaling_factor(vae_file: Path) -> float:
-    from safetensors import safe_open
-
     with safe_open(str(vae_file), framework="pt") as f:
         metadata = f.metadata() or {}
     return float(metadata["scaling_factor"])
@@ -231,7 +233,8 @@ def save_demo_model(
     models_dir.mkdir(parents=True, exist_ok=True)
     target = models_dir / name
     if random_seed is None:
-        pipe, defaults, stamp = build_demo_pipeline(), DEMO_DEFAULTS, weights_digest()
+        pipe, stamp = build_demo_pipeline(), weights_digest()
+        defaults = DEMO_DEFAULTS + preview_table(fit_demo_preview(pipe.vae))
     else:
         pipe, defaults = build_random_pipeline(random_seed), RANDOM_DEFAULTS
         stamp = f"random {random_seed}"
@@ -266,3 +269,25 @@ def is_outdated(folder: Path) -> bool:
     if not stamp.is_file():
         return True
     return stamp.read_text(encoding="utf-8").strip() != weights_digest()
+
+
+def fit_demo_preview(vae: AutoencoderKL, pictures: int = 48) -> PreviewMap:
+    """The demo VAE's own latent → RGB preview map, fitted on training pictures (seed 0)."""
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(
+        np.stack([np.asarray(draw(random_character(rng)).image) for _ in range(pictures)])
+    ).permute(0, 3, 1, 2)
+    images = images.float() / 127.5 - 1
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+    return fit_preview(latents, images)
+
+
+def preview_table(mapping: PreviewMap) -> str:
+    """`mapping` as a models/<name>.toml `[preview]` table."""
+    rows = ", ".join(f"[{r:.4f}, {g:.4f}, {b:.4f}]" for r, g, b in mapping.latent_rgb)
+    r, g, b = mapping.bias
+    return (
+        "\n# Progress previews: this model's own latents → RGB map (fitted on its VAE)\n"
+        f"[preview]\nlatent_rgb = [{rows}]\nbias = [{r:.4f}, {g:.4f}, {b:.4f}]\n"
+    )

@@ -50,7 +50,7 @@ from engine.errors import (
 )
 from engine.generate import BATCH_KEYS, check_request
 from engine.journal import JobRecord, Journal, SavedImage
-from engine.preview import preview_png
+from engine.preview import SD1_PREVIEW, PreviewMap, preview_png
 from engine.queue import FairQueue, QueueConfig
 from engine.request import (
     GenerationRequest,
@@ -86,6 +86,8 @@ class ModelHandle(Protocol):
     def name(self) -> str: ...
     @property
     def device(self) -> Device: ...
+    @property
+    def preview(self) -> PreviewMap: ...
 
 
 class ModelInfo(Protocol):
@@ -256,6 +258,7 @@ class _Call:
     step: int = 0
     total: int = 0
     previews: bool = True
+    preview_map: PreviewMap = SD1_PREVIEW
 
 
 @dataclass
@@ -654,6 +657,7 @@ class Engine(Generic[M]):
             key=_timing_key(first),
             steps=first.num_inference_steps or 0,
             started=time.perf_counter(),
+            preview_map=model.preview,
         )
         self._call = call
         draw = functools.partial(
@@ -770,7 +774,7 @@ class Engine(Generic[M]):
                 index = 0
                 for job in call.jobs:
                     if not job.done():
-                        previews[job.id] = preview_png(latents[index])
+                        previews[job.id] = preview_png(latents[index], call.preview_map)
                     index += job.images
             except (ValueError, IndexError, RuntimeError, TypeError) as e:
                 call.previews = False  # a sampler's unusual latents must not cost the image

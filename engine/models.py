@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile
 from engine.errors import InvalidRequest, ModelNotFound
+from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.request import RequestDefaults
 from engine.tokenizer import build_tokenizer
 
@@ -43,6 +44,7 @@ class ModelEntry:
     kind: Literal["diffusers", "single_file"]
     defaults: RequestDefaults
     config: Path = SD15_CONFIG
+    preview: PreviewMap = SD1_PREVIEW  # latents → RGB for progress previews
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +66,10 @@ class LoadedModel:
     @property
     def defaults(self) -> RequestDefaults:
         return self.entry.defaults
+
+    @property
+    def preview(self) -> PreviewMap:
+        return self.entry.preview
 
 
 @dataclass
@@ -111,23 +117,25 @@ class ModelRegistry:
             self.problems.append(f"{path.name}: a model named {name!r} already exists; skipped")
             return
         try:
-            defaults, config = self._read_sidecar(name)
+            defaults, config, preview = self._read_sidecar(name)
         except (InvalidRequest, tomllib.TOMLDecodeError) as e:
             self.problems.append(f"{name}.toml: {e}")
             log.error("skipping model %s: %s", name, e)
             return
         self.models[name] = ModelEntry(
-            name=name, path=path, kind=kind, defaults=defaults, config=config
+            name=name, path=path, kind=kind, defaults=defaults, config=config, preview=preview
         )
 
-    def _read_sidecar(self, name: str) -> tuple[RequestDefaults, Path]:
+    def _read_sidecar(self, name: str) -> tuple[RequestDefaults, Path, PreviewMap]:
         sidecar = self.models_dir / f"{name}.toml"
         if not sidecar.is_file():
-            return self.base_defaults, SD15_CONFIG
+            return self.base_defaults, SD15_CONFIG, SD1_PREVIEW
         data = tomllib.loads(sidecar.read_text(encoding="utf-8"))
-        unknown = set(data) - {"defaults", "config"}
+        unknown = set(data) - {"defaults", "config", "preview"}
         if unknown:
-            raise InvalidRequest(f"unknown key {sorted(unknown)[0]!r}; allowed: defaults, config")
+            raise InvalidRequest(
+                f"unknown key {sorted(unknown)[0]!r}; allowed: defaults, config, preview"
+            )
         table = data.get("defaults", {})
         if not isinstance(table, dict):
             raise InvalidRequest("defaults must be a table ([defaults])")
@@ -140,7 +148,7 @@ class ModelRegistry:
             config = (self.models_dir / str(data["config"])).resolve()
             if not (config / "model_index.json").is_file():
                 raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
-        return defaults, config
+        return defaults, config, _read_preview(data.get("preview", SD1_PREVIEW))
 
     def get(self, name: str) -> ModelEntry:
         """The entry for a user-given name, or ModelNotFound with close matches."""
@@ -264,3 +272,28 @@ def check_ckpt(path: Path) -> None:
             f"Refusing {path.name}: it is a pickle with more than plain weights, which could run "
             "code. Convert it to .safetensors with a tool you trust."
         ) from e
+
+
+def _read_preview(table: object) -> PreviewMap:
+    """A sidecar's `[preview]`: `latent_rgb` (one [r, g, b] per latent channel) and `bias`."""
+    if isinstance(table, PreviewMap):
+        return table
+    usage = "preview needs latent_rgb = [[r, g, b], …] (a row per latent channel), bias = [r, g, b]"
+    if not isinstance(table, dict) or set(table) - {"latent_rgb", "bias"}:
+        raise InvalidRequest(usage)
+
+    def rgb(value: object) -> tuple[float, float, float]:
+        if not (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        ):
+            raise InvalidRequest(usage)
+        return (float(value[0]), float(value[1]), float(value[2]))
+
+    rows = table.get("latent_rgb", [list(row) for row in SD1_PREVIEW.latent_rgb])
+    if not isinstance(rows, list) or not rows:
+        raise InvalidRequest(usage)
+    return PreviewMap(
+        latent_rgb=tuple(rgb(row) for row in rows), bias=rgb(table.get("bias", [0, 0, 0]))
+    )

@@ -361,7 +361,8 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, emphasis: str) ->
     weighted = z * multipliers.reshape(multipliers.shape + (1,)).expand(z.shape)
     if emphasis == "Original":
         original_mean, new_mean = z.mean(), weighted.mean()
-        # A mean of exactly 0 (a final norm without bias, as in the demo model) would give NaN.
+        # A mean of exactly 0 (a final norm without bias, as in the random test model) would
+        # give NaN.
         if new_mean != 0:
             weighted = weighted * (original_mean / new_mean)
     return weighted.to(z.dtype)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GenerationFailed, JobCancelled, ModelNotFound
+from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
 FAKE_DEFAULTS = RequestDefaults(width=64, height=64, num_inference_steps=4)
@@ -26,6 +27,7 @@ class FakeDevice:
 class FakeModel:
     name: str
     device: FakeDevice = field(default_factory=FakeDevice)
+    preview: PreviewMap = SD1_PREVIEW
 
 
 @dataclass(frozen=True)

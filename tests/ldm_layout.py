@@ -147,7 +147,8 @@ def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
 
     for part in ("encoder", "decoder"):
         put(f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.", _VAE_RESNET)
-        put(f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _VAE_ATTENTION)
+        if vae.config.mid_block_add_attention:  # the demo VAE has none
+            put(f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _VAE_ATTENTION)
         put(f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.", _VAE_RESNET)
 
     for i, block in enumerate(vae.encoder.down_blocks):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.demo_model import TRAINED_TEXT_CONFIG
 from engine.generate import generate
 from engine.prompts import (
     apply_emphasis,
@@ -22,6 +23,7 @@ from tests.conftest import png_pixels
 
 CPU = torch.device("cpu")
 TOKENIZER = build_tokenizer()
+WIDTH = int(TRAINED_TEXT_CONFIG["hidden_size"])  # the demo model's text encoder width
 BOS, EOS, COMMA = 49406, 49407, 267
 
 
@@ -172,7 +174,7 @@ def test_chunks_are_encoded_separately_and_concatenated(clip) -> None:  # type: 
     text = words(200)
     chunks = prompt_chunks(clip[0], text)
     z = encode(clip, [text])
-    assert z.shape == (1, 77 * 3, 32)
+    assert z.shape == (1, 77 * 3, WIDTH)
     with torch.inference_mode():
         each = [encode_tokens(clip[1], torch.tensor([c.tokens]), clip_skip=2) for c in chunks]
     assert torch.allclose(z, torch.cat(each, dim=1), atol=1e-6)
@@ -180,7 +182,7 @@ def test_chunks_are_encoded_separately_and_concatenated(clip) -> None:  # type: 
 
 def test_break_starts_a_new_chunk_in_the_embedding(clip) -> None:  # type: ignore[no-untyped-def]
     z = encode(clip, ["a cat BREAK a dog"])
-    assert z.shape == (1, 154, 32)
+    assert z.shape == (1, 154, WIDTH)
     assert torch.allclose(z[:, 77:], raw(clip, "a dog"), atol=1e-6)
 
 
@@ -201,11 +203,11 @@ def conditioning(clip, prompts, negatives, steps=10):  # type: ignore[no-untyped
 def test_cond_and_uncond_may_differ_in_length(clip) -> None:  # type: ignore[no-untyped-def]
     cond = conditioning(clip, [words(100)], ["lowres"])
     c, u = cond.at(0)
-    assert c.shape == (1, 154, 32) and u.shape == (1, 77, 32)
+    assert c.shape == (1, 154, WIDTH) and u.shape == (1, 77, WIDTH)
     assert cond.lengths == [(154, 77)]
     # A1111's pad_cond_uncond: the shorter one gets the empty prompt's chunk.
     pc, pu = cond.padded_at(0)
-    assert pc.shape == pu.shape == (1, 154, 32)
+    assert pc.shape == pu.shape == (1, 154, WIDTH)
     assert torch.equal(pu[:, :77], u)
     assert torch.allclose(pu[:, 77:], encode(clip, [""]), atol=1e-6)
 
@@ -213,11 +215,11 @@ def test_cond_and_uncond_may_differ_in_length(clip) -> None:  # type: ignore[no-
 def test_batch_images_of_different_lengths_stack_as_a1111_does(clip) -> None:  # type: ignore[no-untyped-def]
     cond = conditioning(clip, ["a cat", words(100)], ["", ""])
     c, _ = cond.at(0)
-    assert c.shape == (2, 154, 32)
-    assert torch.equal(c[0, 77:], c[0, 76:77].expand(77, 32))  # last vector repeated
+    assert c.shape == (2, 154, WIDTH)
+    assert torch.equal(c[0, 77:], c[0, 76:77].expand(77, WIDTH))  # last vector repeated
     assert cond.lengths == [(77, 77), (154, 77)]
     alone, _ = cond.at(0, images=[0])
-    assert alone.shape == (1, 77, 32)
+    assert alone.shape == (1, 77, WIDTH)
 
 
 def test_prompt_editing_switches_conditioning_per_step(clip) -> None:  # type: ignore[no-untyped-def]

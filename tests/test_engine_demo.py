@@ -241,5 +241,5 @@ def test_previews_use_a1111s_cheap_latent_to_rgb_map() -> None:
     assert preview.size == (96, 64)  # half the image's size
     expected = tuple(round((1 + weight) / 2 * 255) for weight in LATENT_RGB[0])
     assert preview.getpixel((40, 30)) == expected
-    with pytest.raises(ValueError, match=r"expected SD-1.x latents \(4, h, w\)"):
+    with pytest.raises(ValueError, match=r"expected latents \(4, h, w\)"):
         preview_png(torch.zeros(16, 8, 8))

@@ -128,7 +128,7 @@ def test_sampler_names_are_read_loosely(demo_model) -> None:  # type: ignore[no-
         ({"batch_size": 5}, r"count 5 is not allowed: use 1 to 4"),
         ({"seed": 2**32}, r"seed 4294967296 is not allowed"),
         ({"sampler": "Eulerr a"}, r"Unknown sampler 'Eulerr a'. Did you mean 'Euler a'"),
-        ({"clip_skip": 5}, r"clip skip 5 is not allowed for aidraw-demo: use 1 to 4"),
+        ({"clip_skip": 5}, r"clip skip 5 is not allowed for aidraw-demo: use 1 to 3"),
         ({"prompt": "x" * 4001}, r"prompt is 4001 characters long: at most 4000"),
     ],
 )

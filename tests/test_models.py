@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from engine.errors import InvalidRequest, ModelNotFound
 from engine.generate import generate
 from engine.models import SD15_CONFIG, LoadedModel, ModelRegistry, check_ckpt
+from engine.preview import SD1_PREVIEW
 from engine.request import GenerationRequest, Limits
 from tests.ldm_layout import (
     CLIP_PREFIX,
@@ -146,8 +147,10 @@ def test_a1111_single_file_loads_back_every_tensor_exactly(
 
 
 @pytest.mark.slow
-def test_a1111_layout_uses_ldm_names(loaded_pair: tuple[LoadedModel, LoadedModel]) -> None:
-    state = to_ldm_state_dict(loaded_pair[0].pipe)
+def test_a1111_layout_uses_ldm_names() -> None:
+    from engine.demo_model import build_random_pipeline
+
+    state = to_ldm_state_dict(build_random_pipeline(0))  # its VAE has SD's mid-block attention
 
     prefixes = {UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX}
     assert all(any(k.startswith(p) for p in prefixes) for k in state)
@@ -333,6 +336,8 @@ def test_ckpt_with_only_tensors_passes_the_check(tmp_path: Path) -> None:
     [
         ('colour = "red"\n', "colour"),
         ("[defaults]\nstepz = 20\n", "defaults.stepz"),
+        ("[preview]\nlatent_rgb = [[1, 2]]\n", "latent_rgb = [[r, g, b]"),
+        ("[preview]\nbias = [0, 0, 0]\ngain = 2\n", "a row per latent channel"),
     ],
 )
 def test_sidecar_with_unknown_key_skips_the_model_and_names_the_key(
@@ -357,6 +362,19 @@ def test_sidecar_defaults_apply_to_their_model(tmp_path: Path) -> None:
     entry = ModelRegistry(tmp_path).get("mymodel")
 
     assert (entry.defaults.width, entry.defaults.clip_skip, entry.defaults.height) == (640, 1, 768)
+
+
+def test_sidecar_preview_map_replaces_sd1s(tmp_path: Path) -> None:
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "mine.safetensors"))
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    rows = "[[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]]"
+    (tmp_path / "mine.toml").write_text(f"[preview]\nlatent_rgb = {rows}\nbias = [0.5, 0, -0.5]\n")
+
+    registry = ModelRegistry(tmp_path)
+
+    mine = registry.get("mine").preview
+    assert mine.latent_rgb[0] == (1.0, 0.0, 0.0) and mine.bias == (0.5, 0.0, -0.5)
+    assert registry.get("plain").preview == SD1_PREVIEW
 
 
 # --- model hash -----------------------------------------------------------------------------
