@@ -76,17 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Plan)}
     plan = Plan(**{k: v for k, v in changes.items() if v is not None})
     args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "training-log.txt"
+    # The log replaces the old one only with the weights it describes: a stopped run leaves both.
+    partial = args.out / "training-log.txt.partial"
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stdout),
-        logging.FileHandler(log_path, mode="w", encoding="utf-8"),
+        logging.FileHandler(partial, mode="w", encoding="utf-8"),
     ]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
-    command = " ".join(["python -m engine.demo_training", *(argv or sys.argv[1:])])
-    log.info("command: %s", command)
-    log.info("plan: %s", json.dumps(dataclasses.asdict(plan)))
-    log.info("torch %s, %d threads", torch.__version__, torch.get_num_threads())
-    train(plan, args.out)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        command = " ".join(["python -m engine.demo_training", *(argv or sys.argv[1:])])
+        log.info("command: %s", command)
+        log.info("plan: %s", json.dumps(dataclasses.asdict(plan)))
+        log.info("torch %s, %d threads", torch.__version__, torch.get_num_threads())
+        train(plan, args.out)
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+    partial.replace(args.out / "training-log.txt")
     return 0
 
 

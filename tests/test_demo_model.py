@@ -149,3 +149,20 @@ def test_previews_of_the_demo_model_show_its_colours(demo_model) -> None:  # typ
 
     assert demo_model.preview != SD1_PREVIEW
     assert error(demo_model.preview) < 30 < error(SD1_PREVIEW)
+
+
+def test_a_tiny_training_run_writes_weights_the_loader_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make train-demo`'s code path, shrunk to seconds: weights, log, and a model that draws."""
+    from engine.demo_training import main
+
+    args = ["--out", str(tmp_path), "--images", "32", "--vae-steps", "2", "--unet-steps", "2"]
+    assert main([*args, "--unet-batch", "4", "--vae-batch", "2", "--log-every", "1"]) == 0
+    log = (tmp_path / "training-log.txt").read_text(encoding="utf-8")
+    assert "command: python -m engine.demo_training --out" in log and "unet step 2/2" in log
+    assert not (tmp_path / "training-log.txt.partial").exists()
+    monkeypatch.setattr("engine.demo_model.WEIGHTS_DIR", tmp_path)
+    pipe = build_demo_pipeline()
+    norm = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).final_layer_norm
+    assert torch.all(norm.bias == -0.5)  # fixed, so "Original" emphasis has a mean to restore
