@@ -28,7 +28,7 @@ GRID_PROMPTS = (
     "1boy, black hair, red eyes, frown, glasses, blue background",
     "1girl, blonde hair, long hair, purple eyes, smile, hat, outdoors",
     "no humans, cat, orange fur, green eyes, pink background",
-    "masterpiece, best quality, 1girl, (red hair:1.3), {{smile}}, white background",
+    "masterpiece, best quality, 1girl, (red hair:1.3), (smile:1.2), white background",
 )
 GRID_SEEDS = tuple(range(1, 7))
 LABEL_WIDTH = 330
