@@ -69,8 +69,15 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):  # tuple[X, Y, Z]: exactly that many
+            raise ConfigError(f"{where}: expected a list of {len(args)}, got {value!r}")
+        return tuple(
+            _check_type(v, item, f"{where}[{i}]")
+            for i, (v, item) in enumerate(zip(value, args, strict=True))
+        )
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is type(None):

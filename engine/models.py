@@ -148,7 +148,17 @@ class ModelRegistry:
             config = (self.models_dir / str(data["config"])).resolve()
             if not (config / "model_index.json").is_file():
                 raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
-        return defaults, config, _read_preview(data.get("preview", SD1_PREVIEW))
+        preview = SD1_PREVIEW
+        if "preview" in data:
+            if not isinstance(data["preview"], dict):
+                raise InvalidRequest("preview must be a table ([preview])")
+            try:
+                preview = build(PreviewMap, data["preview"], "preview")
+            except ConfigError as e:
+                raise InvalidRequest(str(e)) from None
+            if not preview.latent_rgb:
+                raise InvalidRequest("preview.latent_rgb: needs one [r, g, b] per latent channel")
+        return defaults, config, preview
 
     def get(self, name: str) -> ModelEntry:
         """The entry for a user-given name, or ModelNotFound with close matches."""
@@ -272,28 +282,3 @@ def check_ckpt(path: Path) -> None:
             f"Refusing {path.name}: it is a pickle with more than plain weights, which could run "
             "code. Convert it to .safetensors with a tool you trust."
         ) from e
-
-
-def _read_preview(table: object) -> PreviewMap:
-    """A sidecar's `[preview]`: `latent_rgb` (one [r, g, b] per latent channel) and `bias`."""
-    if isinstance(table, PreviewMap):
-        return table
-    usage = "preview needs latent_rgb = [[r, g, b], …] (a row per latent channel), bias = [r, g, b]"
-    if not isinstance(table, dict) or set(table) - {"latent_rgb", "bias"}:
-        raise InvalidRequest(usage)
-
-    def rgb(value: object) -> tuple[float, float, float]:
-        if not (
-            isinstance(value, list)
-            and len(value) == 3
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        ):
-            raise InvalidRequest(usage)
-        return (float(value[0]), float(value[1]), float(value[2]))
-
-    rows = table.get("latent_rgb", [list(row) for row in SD1_PREVIEW.latent_rgb])
-    if not isinstance(rows, list) or not rows:
-        raise InvalidRequest(usage)
-    return PreviewMap(
-        latent_rgb=tuple(rgb(row) for row in rows), bias=rgb(table.get("bias", [0, 0, 0]))
-    )

@@ -336,8 +336,9 @@ def test_ckpt_with_only_tensors_passes_the_check(tmp_path: Path) -> None:
     [
         ('colour = "red"\n', "colour"),
         ("[defaults]\nstepz = 20\n", "defaults.stepz"),
-        ("[preview]\nlatent_rgb = [[1, 2]]\n", "latent_rgb = [[r, g, b]"),
-        ("[preview]\nbias = [0, 0, 0]\ngain = 2\n", "a row per latent channel"),
+        ("[preview]\nlatent_rgb = [[1, 2]]\n", "preview.latent_rgb[0]: expected a list of 3"),
+        ("[preview]\nbias = [0, 0, 0]\ngain = 2\n", "preview.gain: unknown key"),
+        ("[preview]\nlatent_rgb = []\n", "preview.latent_rgb: needs one [r, g, b]"),
     ],
 )
 def test_sidecar_with_unknown_key_skips_the_model_and_names_the_key(
