@@ -16,12 +16,14 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -271,13 +273,20 @@ def is_outdated(folder: Path) -> bool:
     return stamp.read_text(encoding="utf-8").strip() != weights_digest()
 
 
+def picture_tensor(pictures: Sequence[Image.Image]) -> torch.Tensor:
+    """RGB pictures as one uint8 tensor (N, 3, H, W)."""
+    return torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)
+
+
+def vae_input(pictures: torch.Tensor) -> torch.Tensor:
+    """uint8 pictures (N, 3, H, W) as the VAE takes them: floats in [-1, 1]."""
+    return pictures.float() / 127.5 - 1.0
+
+
 def fit_demo_preview(vae: AutoencoderKL, pictures: int = 48) -> PreviewMap:
     """The demo VAE's own latent → RGB preview map, fitted on training pictures (seed 0)."""
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(
-        np.stack([np.asarray(draw(random_character(rng)).image) for _ in range(pictures)])
-    ).permute(0, 3, 1, 2)
-    images = images.float() / 127.5 - 1
+    images = vae_input(picture_tensor([draw(random_character(rng)).image for _ in range(pictures)]))
     with torch.no_grad():
         latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
     return fit_preview(latents, images)

@@ -38,7 +38,9 @@ from engine.demo_model import (
     TRAINED_UNET_CONFIG,
     TRAINED_VAE_CONFIG,
     WEIGHTS_DIR,
+    picture_tensor,
     save_weights,
+    vae_input,
 )
 from engine.prompts import encode_prompts
 from engine.tokenizer import build_tokenizer
@@ -105,9 +107,7 @@ def train(plan: Plan, out: Path) -> None:
     torch.manual_seed(plan.seed)
     rng = np.random.default_rng(plan.seed)
     characters = [demo_data.random_character(rng) for _ in range(plan.images)]
-    pictures = torch.from_numpy(
-        np.stack([np.asarray(demo_data.draw(c).image) for c in characters])
-    ).permute(0, 3, 1, 2)  # uint8 (N, 3, 128, 128)
+    pictures = picture_tensor([demo_data.draw(c).image for c in characters])  # uint8, compact
     log.info("drew %d pictures in %.0f s", len(characters), time.perf_counter() - started)
 
     vae = train_vae(plan, pictures, rng)
@@ -118,10 +118,6 @@ def train(plan: Plan, out: Path) -> None:
     unet, text_encoder = train_diffusion(plan, characters, latents * scaling, rng)
     save_weights(out, unet=unet, vae=vae, text_encoder=text_encoder)
     log.info("saved to %s; total %.1f min", out, (time.perf_counter() - started) / 60)
-
-
-def _as_float(pictures: torch.Tensor) -> torch.Tensor:
-    return pictures.float() / 127.5 - 1.0
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -142,7 +138,7 @@ def train_vae(plan: Plan, pictures: torch.Tensor, rng: np.random.Generator) -> A
             group["lr"] = _lr_at(step, plan.vae_steps, plan.vae_lr, plan.warmup)
         index = rng.integers(len(pictures), size=plan.vae_batch)
         top, left = (int(v) for v in rng.integers(0, size - crop + 1, size=2))
-        x = _as_float(pictures[index, :, top : top + crop, left : left + crop])
+        x = vae_input(pictures[index, :, top : top + crop, left : left + crop])
         # Decode the posterior's mean: with SD's tiny KL weight its spread ends up negligible
         # anyway, and skipping the early noise makes training converge in minutes.
         mean = vae.encode(x).latent_dist.mean
@@ -166,7 +162,7 @@ def encode_all(vae: AutoencoderKL, pictures: torch.Tensor) -> tuple[torch.Tensor
     """Every picture's latent (the posterior mean), and 1 / the latents' spread."""
     parts = []
     for chunk in pictures.split(64):  # type: ignore[no-untyped-call]
-        parts.append(vae.encode(_as_float(chunk)).latent_dist.mean)
+        parts.append(vae.encode(vae_input(chunk)).latent_dist.mean)
     latents = torch.cat(parts)
     return latents, float(1.0 / latents.std())
 

@@ -17,8 +17,10 @@ from engine.demo_model import (
     WEIGHTS_DIR,
     build_demo_pipeline,
     build_random_pipeline,
+    picture_tensor,
     save_demo_model,
     save_weights,
+    vae_input,
 )
 from engine.device import DeviceOptions
 from engine.models import ModelRegistry
@@ -91,8 +93,7 @@ def test_vae_reconstructs_training_pictures() -> None:
     pipe = build_demo_pipeline()
     rng = np.random.default_rng(7)
     pictures = [demo_data.draw(demo_data.random_character(rng)).image for _ in range(8)]
-    x = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)
-    x = x.float() / 127.5 - 1
+    x = vae_input(picture_tensor(pictures))
     with torch.no_grad():
         y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     assert float((y - x).abs().mean()) * 127.5 < 10
@@ -132,8 +133,7 @@ def test_previews_of_the_demo_model_show_its_colours(demo_model) -> None:  # typ
     """Its own fitted latent → RGB map, not SD-1's: a preview's colours match the picture's."""
     rng = np.random.default_rng(11)
     pictures = [demo_data.draw(demo_data.random_character(rng)).image for _ in range(4)]
-    x = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2)
-    x = x.float() / 127.5 - 1
+    x = vae_input(picture_tensor(pictures))
     vae = demo_model.pipe.vae
     with torch.no_grad():
         latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
