@@ -330,14 +330,12 @@ def _cat_shapes(c: Character) -> Iterator[tuple[str, RGB, Image.Image]]:
     yield "whiskers", OUTLINE, shape
 
 
-def core_mask(
-    c: Character, *parts: str, lengths: tuple[bool, ...] = (False, True)
-) -> NDArray[np.bool_]:
+def core_mask(c: Character, *parts: str) -> NDArray[np.bool_]:
     """Pixels that show `parts` of `c` wherever the jitter moves it and whatever its hair length.
 
     Tests read a generated image's hair here, since they cannot know the jitter.
     """
-    return _combined_mask(_canonical(c), parts, lengths, every=True)
+    return _combined_mask(_canonical(c), parts, (False, True), every=True)
 
 
 def reach_mask(c: Character, *parts: str) -> NDArray[np.bool_]:
@@ -384,19 +382,18 @@ def redness(rgb: NDArray[np.float64]) -> float:
     return float(rgb[0] - (rgb[1] + rgb[2]) / 2)
 
 
-def hair_colour(image: Image.Image, subject: Subject = "1girl", *, long_hair: bool = False) -> str:
-    """The hair colour a picture of `subject` shows, read where its hair always is."""
-    c = Character(subject=subject, long_hair=long_hair)
-    lengths = (True,) if long_hair else (False, True)
-    return nearest(
-        mean_colour(image, core_mask(c, "front hair", "back hair", lengths=lengths)), HAIR_COLOURS
-    )
+def hair_mean(image: Image.Image) -> NDArray[np.float64]:
+    """The mean colour of a girl's hair, read where it always is (short or long, any jitter)."""
+    return mean_colour(image, core_mask(Character(), "front hair", "back hair"))
 
 
-def hair_redness(image: Image.Image, *, long_hair: bool = False) -> float:
-    lengths = (True,) if long_hair else (False, True)
-    mask = core_mask(Character(long_hair=long_hair), "front hair", "back hair", lengths=lengths)
-    return redness(mean_colour(image, mask))
+def hair_colour(image: Image.Image) -> str:
+    """The palette hair colour nearest to a girl's hair in `image`."""
+    return nearest(hair_mean(image), HAIR_COLOURS)
+
+
+def hair_redness(image: Image.Image) -> float:
+    return redness(hair_mean(image))
 
 
 def expression(image: Image.Image) -> Expression | None:

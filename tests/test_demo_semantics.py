@@ -28,7 +28,6 @@ from engine.presets import UC_PRESETS, uc_preset_name
 
 pytestmark = pytest.mark.slow
 redness = demo_data.hair_redness
-HAIR = ("front hair", "back hair")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def draw(demo_model) -> Callable[..., Drawn]:  # type: ignore[no-untyped-def]
 
 
 def hair_blueness(image: Image.Image) -> float:
-    rgb = demo_data.mean_colour(image, demo_data.core_mask(demo_data.Character(), *HAIR))
+    rgb = demo_data.hair_mean(image)
     return float(rgb[2] - (rgb[0] + rgb[1]) / 2)
 
 
