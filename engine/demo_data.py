@@ -178,6 +178,22 @@ def tags(c: Character) -> list[str]:
     return out
 
 
+def caption_words() -> set[str]:
+    """Every tag a caption can hold (`tags`, quality tags, undesired-content words)."""
+    words: set[str] = {*QUALITY, *UC_WORDS, *EXPRESSIONS, *ACCESSORIES}
+    for palette, noun in (
+        (HAIR_COLOURS, "hair"),
+        (EYE_COLOURS, "eyes"),
+        (FUR_COLOURS, "fur"),
+        (BACKGROUNDS, "background"),
+    ):
+        words.update(f"{colour} {noun}" for colour in palette)
+    words.update(
+        ["1girl", "1boy", "cat", "no humans", "long hair", "short hair", "outdoors", "monochrome"]
+    )
+    return words
+
+
 def caption(c: Character, rng: np.random.Generator, *, dropout: float = 0.1) -> str:
     """A training caption: the tags with some dropped, sometimes shuffled or with quality tags."""
     kept = [

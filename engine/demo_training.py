@@ -244,21 +244,8 @@ def train_diffusion(
 
 def training_vocabulary(tokenizer: object) -> list[int]:
     """Token ids of every word a training caption can hold (plus BOS/EOS and the comma)."""
-    words: set[str] = {",", *demo_data.QUALITY, *demo_data.UC_WORDS}
-    for palette, noun in (
-        (demo_data.HAIR_COLOURS, "hair"),
-        (demo_data.EYE_COLOURS, "eyes"),
-        (demo_data.FUR_COLOURS, "fur"),
-        (demo_data.BACKGROUNDS, "background"),
-    ):
-        words.update(f"{colour} {noun}" for colour in palette)
-    words.update(
-        ["1girl", "1boy", "cat", "no humans", "long hair", "short hair", "outdoors", "monochrome"]
-    )
-    words.update(demo_data.EXPRESSIONS)
-    words.update(demo_data.ACCESSORIES)
     ids: set[int] = set()
-    for word in words:
+    for word in {",", *demo_data.caption_words()}:
         ids.update(tokenizer(word)["input_ids"])  # type: ignore[operator]
     return sorted(ids)
 

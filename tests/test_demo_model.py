@@ -166,3 +166,13 @@ def test_a_tiny_training_run_writes_weights_the_loader_reads(
     pipe = build_demo_pipeline()
     norm = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).final_layer_norm
     assert torch.all(norm.bias == -0.5)  # fixed, so "Original" emphasis has a mean to restore
+
+
+def test_every_caption_tag_is_in_the_training_vocabulary() -> None:
+    """A tag missing from `caption_words` would keep a zero embedding and never be learned."""
+    rng = np.random.default_rng(3)
+    words = demo_data.caption_words()
+    for _ in range(2000):
+        character = demo_data.random_character(rng)
+        assert set(demo_data.tags(character)) <= words
+        assert set(demo_data.unconditional_caption(rng).split(", ")) - {""} <= words
