@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 # on a CPU-only host whose pip would otherwise fetch the multi-GB CUDA build.
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test lint bench train-demo clean
+.PHONY: install demo test lint bench train-demo screenshot clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ bench: install
 # see docs/demo-model.md. CI never retrains: the weights are committed.
 train-demo: install
 	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo_training
+
+# Refresh the README's docs/screenshot.png: the browser test, keeping its screenshot.
+screenshot: install
+	AIDRAW_UPDATE_SCREENSHOT=1 $(PY) -m pytest -q tests/test_web_e2e.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

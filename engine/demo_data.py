@@ -278,11 +278,13 @@ def _shapes(c: Character) -> Iterator[tuple[str, RGB, Image.Image]]:
     d.ellipse(box(9, -2, 13, 4), fill=1)
     yield "pupils", OUTLINE, shape
     shape, d = _blank()
-    # Big, thick mouths: at 8x downsampling a thin one would be a single latent pixel.
+    # Big, thick mouths: at 8x downsampling a thin one would be a single latent pixel. They also
+    # differ at a coarser scale than their curve: a smile's corners reach up to the cheeks, a
+    # frown is narrower and its corners hang low.
     if c.expression == "smile":
-        d.arc(box(-15, 2, 15, 22), 10, 170, fill=1, width=5)
+        d.arc(box(-18, -2, 18, 20), 10, 170, fill=1, width=5)
     elif c.expression == "frown":
-        d.arc(box(-15, 14, 15, 34), 190, 350, fill=1, width=5)
+        d.arc(box(-10, 18, 10, 38), 190, 350, fill=1, width=5)
     else:
         d.ellipse(box(-9, 11, 9, 27), fill=1)
     yield "mouth", MOUTH, shape
@@ -357,6 +359,23 @@ def core_mask(c: Character, *parts: str) -> NDArray[np.bool_]:
 def reach_mask(c: Character, *parts: str) -> NDArray[np.bool_]:
     """Pixels that may show `parts` of `c` somewhere within the jitter (e.g. where a mouth is)."""
     return _combined_mask(_canonical(c), parts, (c.long_hair,), every=False)
+
+
+def expression_region(c: Character) -> NDArray[np.bool_]:
+    """Where `c`'s mouth is with any expression: the pixels where smile, frown and open mouth
+    differ. Training weights its loss here (a mouth is too small a share of the picture to be
+    learned from the plain loss). Empty for a cat, which has no expressions.
+    """
+    if c.subject == "cat":
+        return np.zeros((SIZE, SIZE), dtype=bool)
+    return _expression_region(c.dx, c.dy)
+
+
+@cache
+def _expression_region(dx: int, dy: int) -> NDArray[np.bool_]:
+    mouths = [draw(Character(expression=e, dx=dx, dy=dy)).mask("mouth") for e in EXPRESSIONS]
+    region: NDArray[np.bool_] = np.logical_or.reduce(mouths)
+    return region
 
 
 def _canonical(c: Character) -> Character:

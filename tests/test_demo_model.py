@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -176,3 +177,36 @@ def test_every_caption_tag_is_in_the_training_vocabulary() -> None:
         character = demo_data.random_character(rng)
         assert set(demo_data.tags(character)) <= words
         assert set(demo_data.unconditional_caption(rng).split(", ")) - {""} <= words
+
+
+def test_training_weights_the_region_where_expressions_differ() -> None:
+    """The mouth-weighted loss covers every expression's mouth wherever the jitter puts it."""
+    from engine.demo_training import _latent_regions
+
+    rng = np.random.default_rng(4)
+    people = [c for c in (demo_data.random_character(rng) for _ in range(40)) if c.subject != "cat"]
+    for character in people[:6]:
+        region = demo_data.expression_region(character)
+        for expression in demo_data.EXPRESSIONS:
+            drawn = demo_data.draw(dataclasses.replace(character, expression=expression))
+            mouth = drawn.mask("mouth")
+            assert mouth.any() and not (mouth & ~region).any()
+        assert region.sum() < 0.05 * region.size  # the mouth, not the whole face
+    cat = demo_data.Character(subject="cat", hair="white")
+    assert not demo_data.expression_region(cat).any()
+    latent = _latent_regions([people[0], cat], 16)
+    assert latent.shape == (2, 1, 16, 16)
+    assert 4 <= latent[0].sum() <= 24 and latent[1].sum() == 0
+
+
+def test_the_mouth_reader_reads_every_training_expression() -> None:
+    """The semantics tests' smile/frown/open-mouth detector is right on the pictures trained on."""
+    rng = np.random.default_rng(5)
+    people = [
+        c
+        for c in (demo_data.random_character(rng) for _ in range(300))
+        if c.subject != "cat" and not c.monochrome
+    ]
+    read = [demo_data.expression(demo_data.draw(c).image) for c in people]
+    assert read == [c.expression for c in people]
+    assert {c.expression for c in people} == set(demo_data.EXPRESSIONS)
