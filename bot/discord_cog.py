@@ -34,10 +34,11 @@ from bot.quotas import Quotas
 from bot.settings import Settings
 from bot.user_settings import UserSettingsStore
 from bot.wordlist import find_word
-from engine.engine import Engine, Job
+from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.generate import check_request
 from engine.infotext import infotext_from_image
+from engine.job import Job
 from engine.journal import SavedImage
 from engine.presets import NAI_SIZES
 from engine.request import GenerationRequest, Progress

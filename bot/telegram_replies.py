@@ -31,8 +31,9 @@ from telegram.error import BadRequest, RetryAfter, TelegramError
 from bot.messages import Locale, error_text, text
 from bot.settings import Settings
 from bot.user_settings import UserSettingsStore
-from engine.engine import Engine, Job
+from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, JobCancelled
+from engine.job import Job
 from engine.journal import JobRecord
 from engine.request import GenerationRequest, GenerationResult, Progress
 

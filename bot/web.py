@@ -30,7 +30,7 @@ from bot.parse import ParseError, read_request
 from bot.settings import Settings, SettingsError, env_token
 from bot.user_settings import FIELDS, UserPrefs, UserSettingsStore
 from engine.config import ConfigError, build
-from engine.engine import Engine, Job
+from engine.engine import Engine
 from engine.errors import (
     EngineClosed,
     EngineError,
@@ -39,6 +39,7 @@ from engine.errors import (
     JobCancelled,
     QueueFull,
 )
+from engine.job import Job
 from engine.journal import JobRecord, SavedImage
 from engine.presets import LOW_QUALITY_BAD_ANATOMY
 from engine.request import GenerationRequest, GenerationResult, Progress, RequestDefaults

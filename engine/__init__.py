@@ -26,15 +26,20 @@ from engine.request import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
-    from engine.engine import Engine, Job
+    from engine.engine import Engine
+    from engine.job import Job
 
 
 def __getattr__(name: str) -> Any:
     # Engine and Job import torch (through generate); `import engine` stays light for settings.
-    if name in ("Engine", "Job"):
-        from engine import engine as module
+    if name == "Engine":
+        from engine.engine import Engine
 
-        return getattr(module, name)
+        return Engine
+    if name == "Job":
+        from engine.job import Job
+
+        return Job
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 

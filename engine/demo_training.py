@@ -4,9 +4,10 @@
 2. Train the VAE (AutoencoderKL) on 64x64 crops: L1 reconstruction plus a small KL term.
 3. Encode every picture once; the latents' spread sets the VAE's `scaling_factor`.
 4. Train the UNet and the CLIP text encoder together on noised latents (SD's DDPM schedule,
-   epsilon prediction, min-SNR weighting). Captions go through the engine's own prompt
-   encoder (75-token chunks, clip skip 2, as drawing does); a share of them is swapped for an
-   unconditional caption so that guidance scale and negative prompts work.
+   epsilon prediction, min-SNR weighting, extra weight on the mouth so that expressions are
+   learned). Captions go through the engine's own prompt encoder (75-token chunks, clip skip
+   2, as drawing does); a share of them is swapped for an unconditional caption so that
+   guidance scale and negative prompts work.
 5. Save the EMA weights in fp16 to `engine/demo_weights/` with the training log.
 
 The same seed and thread count give the same weights; other thread counts round differently.

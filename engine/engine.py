@@ -34,9 +34,9 @@ import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -48,7 +48,8 @@ from engine.errors import (
     JobCancelled,
     QueueFull,
 )
-from engine.generate import BATCH_KEYS, check_request
+from engine.generate import check_request
+from engine.job import Job
 from engine.journal import JobRecord, Journal, SavedImage
 from engine.preview import SD1_PREVIEW, PreviewMap, preview_png
 from engine.queue import FairQueue, QueueConfig
@@ -57,13 +58,12 @@ from engine.request import (
     GenerationResult,
     JobState,
     Limits,
-    Progress,
     RequestDefaults,
 )
+from engine.timing import Timing, TimingKey, timing_key
 
 log = logging.getLogger(__name__)
 
-FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
 # max_batch_pixels = 0: pixels per pipeline call by device type (bench/engine.py measured a
 # 2-core CPU: 4 images at 128x128 draw 1.5-1.9x faster together, at 192x192 1.1-1.2x, at
 # 512x512 not at all). Device types not listed batch up to max_batch at any size.
@@ -127,112 +127,6 @@ class GenerateFn(Protocol[M_contra]):
     ) -> list[GenerationResult]: ...
 
 
-# --- jobs --------------------------------------------------------------------------------------
-
-
-class Job:
-    """One request inside the engine. Frontends read it; only the engine changes it.
-
-    `request` is the validated request (model named, defaults filled; seed None stays None
-    until drawn: the results carry the seeds used). `reply_to` is the frontend's opaque
-    address from `submit`.
-    """
-
-    def __init__(
-        self,
-        engine: Engine[Any],
-        *,
-        id: int,
-        request: GenerationRequest,
-        reply_to: str,
-        submitted_at: float,
-        queued_at: float,
-    ) -> None:
-        assert request.model is not None
-        self.id = id
-        self.request = request
-        self.reply_to = reply_to
-        self.submitted_at = submitted_at  # Unix time
-        self.queued_at = queued_at  # engine clock
-        self.model: str = request.model
-        self.batch_key: Hashable = tuple(getattr(request, key) for key in BATCH_KEYS)
-        self._engine = engine
-        self._state: JobState = "queued"
-        self._step = 0
-        self._total = 0
-        self._preview: bytes | None = None
-        self._started_at: float | None = None
-        self._results: list[GenerationResult] | None = None
-        self._error: EngineError | None = None
-        self._done = asyncio.Event()
-        self._changed = asyncio.Event()
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id} {self._state} {self.requester} {self.model}>"
-
-    @property
-    def requester(self) -> str:
-        return self.request.requester
-
-    @property
-    def images(self) -> int:
-        return self.request.batch_size
-
-    @property
-    def state(self) -> JobState:
-        return self._state
-
-    def done(self) -> bool:
-        """True once `result()` returns or raises without waiting."""
-        return self._done.is_set()
-
-    @property
-    def progress(self) -> Progress:
-        """State, queue position, step/total, ETA and the latest preview, as of now."""
-        position = eta = None
-        if not self.done():
-            if self._state == "queued":
-                position, eta = self._engine._queued_estimate(self)
-            elif self._state == "running":
-                eta = self._engine._running_eta(self)
-        return Progress(
-            state=self._state,
-            position=position,
-            step=self._step,
-            total=self._total,
-            eta_s=eta,
-            preview=self._preview,
-            error=str(self._error) if self._error is not None else None,
-        )
-
-    async def result(self) -> list[GenerationResult]:
-        """The images (one GenerationResult per image, in seed order), once drawn.
-
-        Raises JobCancelled, GenerationFailed, InvalidRequest, or EngineClosed (the bot is
-        shutting down; the job stays in the journal and comes back from `recovered()`).
-        """
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._results is not None
-        return list(self._results)
-
-    async def updates(self) -> AsyncIterator[Progress]:
-        """The progress now and after each change (changes in between are merged), ending
-        with the final state. Status messages should still be edited at most every
-        `progress_interval_s`."""
-        while True:
-            changed = self._changed
-            yield self.progress
-            if self.done():
-                return
-            await changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-
 @dataclass(frozen=True, kw_only=True)
 class EngineStatus:
     """What an admin's /status shows."""
@@ -251,7 +145,7 @@ class _Call:
     """One generate() call in flight (the worker thread reads it, the loop writes it)."""
 
     jobs: list[Job]
-    key: tuple[str, int, int, str]
+    key: TimingKey
     steps: int
     started: float
     last_step_at: float | None = None
@@ -261,57 +155,9 @@ class _Call:
     preview_map: PreviewMap = SD1_PREVIEW
 
 
-@dataclass
-class _Timing:
-    """Moving averages of measured seconds, by (model, width, height, sampler)."""
-
-    alpha: float = 0.3
-    step_s: dict[tuple[str, int, int, str], float] = field(default_factory=dict)
-    extra_s: dict[tuple[str, int, int, str], float] = field(default_factory=dict)
-    steps_per_step: dict[tuple[str, int, int, str], float] = field(default_factory=dict)
-    load_s: float | None = None
-
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.alpha * (new - old)
-
-    def record_step(self, key: tuple[str, int, int, str], seconds: float) -> None:
-        self.step_s[key] = self._mix(self.step_s.get(key), seconds)
-
-    def record_call(self, call: _Call, seconds: float) -> None:
-        step = self.step_s.get(call.key)
-        if step is None or not call.total:
-            return
-        self.extra_s[call.key] = self._mix(self.extra_s.get(call.key), seconds - call.total * step)
-        self.steps_per_step[call.key] = call.total / call.steps
-
-    def record_load(self, seconds: float) -> None:
-        self.load_s = self._mix(self.load_s, seconds)
-
-    def step(self, key: tuple[str, int, int, str]) -> float | None:
-        """Seconds per step; from another size of the same model, scaled by pixels."""
-        if key in self.step_s:
-            return self.step_s[key]
-        for (model, width, height, _), seconds in self.step_s.items():
-            if model == key[0]:
-                return seconds * (key[1] * key[2]) / (width * height)
-        return None
-
-    def call(self, key: tuple[str, int, int, str], steps: int) -> float | None:
-        """Seconds for a whole generate() call of `steps` inference steps."""
-        step = self.step(key)
-        if step is None:
-            return None
-        total = steps * self.steps_per_step.get(key, 1.0)
-        return total * step + max(0.0, self.extra_s.get(key, 0.0))
-
-
 def _remove(paths: list[str]) -> None:
     for path in paths:
         Path(path).unlink(missing_ok=True)
-
-
-def _timing_key(request: GenerationRequest) -> tuple[str, int, int, str]:
-    return (request.model or "", request.width or 0, request.height or 0, request.sampler or "")
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -352,7 +198,7 @@ class Engine(Generic[M]):
         self._model: M | None = None
         self._device_type = "cpu"
         self._swaps = 0
-        self._timing = _Timing()
+        self._timing = Timing()
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: list[list[Job]] = []
         # The one thread that ever runs torch: torch is 1.5-3.8x slower once it hops threads.
@@ -654,7 +500,7 @@ class Engine(Generic[M]):
         first = live[0].request
         call = _Call(
             jobs=live,
-            key=_timing_key(first),
+            key=timing_key(first),
             steps=first.num_inference_steps or 0,
             started=time.perf_counter(),
             preview_map=model.preview,
@@ -698,7 +544,9 @@ class Engine(Generic[M]):
             for job in pending:
                 self._finish(job, "failed", error)
             return
-        self._timing.record_call(call, time.perf_counter() - call.started)
+        self._timing.record_call(
+            call.key, steps=call.steps, total=call.total, seconds=time.perf_counter() - call.started
+        )
         if len(results) != sum(job.images for job in live):
             log.error("generate() returned %d images for %d jobs", len(results), len(live))
             for job in live:
@@ -898,14 +746,14 @@ class Engine(Generic[M]):
             self._plan_key = key
         return self._plan
 
-    def _queued_estimate(self, job: Job) -> tuple[int | None, float | None]:
+    def queued_estimate(self, job: Job) -> tuple[int | None, float | None]:
         """(1-based queue position, seconds until its result) of a queued job."""
         position = 0
         eta: float | None = self._running_remaining()
         model = self._current_model_name()
         for batch in self._current_plan():
             first = batch[0].request
-            cost = self._timing.call(_timing_key(first), first.num_inference_steps or 0)
+            cost = self._timing.call(timing_key(first), first.num_inference_steps or 0)
             if batch[0].model != model:
                 cost = (
                     None
@@ -929,7 +777,7 @@ class Engine(Generic[M]):
         total = call.total or round(call.steps * self._timing.steps_per_step.get(call.key, 1.0))
         return max(0, total - call.step) * step + max(0.0, self._timing.extra_s.get(call.key, 0.0))
 
-    def _running_eta(self, job: Job) -> float | None:
+    def running_eta(self, job: Job) -> float | None:
         call = self._call
         if call is None or job not in call.jobs:
             return None

@@ -20,8 +20,9 @@ from PIL.PngImagePlugin import PngInfo
 from bot.discord_cog import run_discord
 from bot.settings import BotSettings, DiscordSettings, Settings
 from bot.user_settings import UserSettingsStore
-from engine.engine import Engine, Job
+from engine.engine import Engine
 from engine.infotext import create_infotext, infotext_from_image, parse_infotext
+from engine.job import Job
 from engine.queue import QueueConfig
 from engine.request import GenerationRequest, GenerationResult, Limits
 from tests.engine_fakes import FakeGenerate, FakeLoader, FakeModel, FakeRegistry

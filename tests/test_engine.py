@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from engine.engine import Engine, Job
+from engine.engine import Engine
 from engine.errors import (
     EngineClosed,
     GenerationFailed,
@@ -23,6 +23,7 @@ from engine.errors import (
     ModelNotFound,
     QueueFull,
 )
+from engine.job import Job
 from engine.journal import Journal, JournalError
 from engine.queue import QueueConfig
 from engine.request import GenerationRequest, Limits, Progress

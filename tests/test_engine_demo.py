@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from engine.device import DeviceOptions
-from engine.engine import Engine, Job
+from engine.engine import Engine
 from engine.errors import JobCancelled
 from engine.generate import generate
+from engine.job import Job
 from engine.models import LoadedModel, ModelRegistry
 from engine.queue import QueueConfig
 from engine.request import GenerationRequest, GenerationResult, Limits, Progress

@@ -1,0 +1,132 @@
+"""Job: one request inside the engine, as frontends see it (progress, updates, result).
+
+Only the engine changes a job; it is created by `Engine.submit()` (or replayed from the
+journal after a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Hashable
+from typing import Protocol
+
+from engine.errors import EngineError
+from engine.generate import BATCH_KEYS
+from engine.request import GenerationRequest, GenerationResult, JobState, Progress
+
+FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
+
+
+class Estimates(Protocol):
+    """What a job asks its engine for its progress (engine.engine.Engine is one)."""
+
+    def queued_estimate(self, job: Job) -> tuple[int | None, float | None]:
+        """Queue position (1 = next) and seconds until done."""
+        ...
+
+    def running_eta(self, job: Job) -> float | None:
+        """Seconds until the running job is done."""
+        ...
+
+
+class Job:
+    """One request inside the engine. Frontends read it; only the engine changes it.
+
+    `request` is the validated request (model named, defaults filled; seed None stays None
+    until drawn: the results carry the seeds used). `reply_to` is the frontend's opaque
+    address from `submit`.
+    """
+
+    def __init__(
+        self,
+        engine: Estimates,
+        *,
+        id: int,
+        request: GenerationRequest,
+        reply_to: str,
+        submitted_at: float,
+        queued_at: float,
+    ) -> None:
+        assert request.model is not None
+        self.id = id
+        self.request = request
+        self.reply_to = reply_to
+        self.submitted_at = submitted_at  # Unix time
+        self.queued_at = queued_at  # engine clock
+        self.model: str = request.model
+        self.batch_key: Hashable = tuple(getattr(request, key) for key in BATCH_KEYS)
+        self._engine = engine
+        self._state: JobState = "queued"
+        self._step = 0
+        self._total = 0
+        self._preview: bytes | None = None
+        self._started_at: float | None = None
+        self._results: list[GenerationResult] | None = None
+        self._error: EngineError | None = None
+        self._done = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self._state} {self.requester} {self.model}>"
+
+    @property
+    def requester(self) -> str:
+        return self.request.requester
+
+    @property
+    def images(self) -> int:
+        return self.request.batch_size
+
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    def done(self) -> bool:
+        """True once `result()` returns or raises without waiting."""
+        return self._done.is_set()
+
+    @property
+    def progress(self) -> Progress:
+        """State, queue position, step/total, ETA and the latest preview, as of now."""
+        position = eta = None
+        if not self.done():
+            if self._state == "queued":
+                position, eta = self._engine.queued_estimate(self)
+            elif self._state == "running":
+                eta = self._engine.running_eta(self)
+        return Progress(
+            state=self._state,
+            position=position,
+            step=self._step,
+            total=self._total,
+            eta_s=eta,
+            preview=self._preview,
+            error=str(self._error) if self._error is not None else None,
+        )
+
+    async def result(self) -> list[GenerationResult]:
+        """The images (one GenerationResult per image, in seed order), once drawn.
+
+        Raises JobCancelled, GenerationFailed, InvalidRequest, or EngineClosed (the bot is
+        shutting down; the job stays in the journal and comes back from `recovered()`).
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._results is not None
+        return list(self._results)
+
+    async def updates(self) -> AsyncIterator[Progress]:
+        """The progress now and after each change (changes in between are merged), ending
+        with the final state. Status messages should still be edited at most every
+        `progress_interval_s`."""
+        while True:
+            changed = self._changed
+            yield self.progress
+            if self.done():
+                return
+            await changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()

@@ -1,0 +1,63 @@
+"""Timing: moving averages of how long drawing takes, for queue ETAs.
+
+Keyed by (model, width, height, sampler): seconds per sampler step, the fixed cost of a whole
+generate() call beyond its steps (text encoding, VAE decode, PNG), and model load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.request import GenerationRequest
+
+TimingKey = tuple[str, int, int, str]
+
+
+def timing_key(request: GenerationRequest) -> TimingKey:
+    """What a request's drawing speed depends on (after defaults are resolved)."""
+    return (request.model or "", request.width or 0, request.height or 0, request.sampler or "")
+
+
+@dataclass
+class Timing:
+    """Moving averages of measured seconds, by `TimingKey`."""
+
+    alpha: float = 0.3
+    step_s: dict[TimingKey, float] = field(default_factory=dict)
+    extra_s: dict[TimingKey, float] = field(default_factory=dict)
+    steps_per_step: dict[TimingKey, float] = field(default_factory=dict)
+    load_s: float | None = None
+
+    def _mix(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.alpha * (new - old)
+
+    def record_step(self, key: TimingKey, seconds: float) -> None:
+        self.step_s[key] = self._mix(self.step_s.get(key), seconds)
+
+    def record_call(self, key: TimingKey, *, steps: int, total: int, seconds: float) -> None:
+        """A finished call of `steps` inference steps that made `total` UNet steps."""
+        step = self.step_s.get(key)
+        if step is None or not total:
+            return
+        self.extra_s[key] = self._mix(self.extra_s.get(key), seconds - total * step)
+        self.steps_per_step[key] = total / steps
+
+    def record_load(self, seconds: float) -> None:
+        self.load_s = self._mix(self.load_s, seconds)
+
+    def step(self, key: TimingKey) -> float | None:
+        """Seconds per step; from another size of the same model, scaled by pixels."""
+        if key in self.step_s:
+            return self.step_s[key]
+        for (model, width, height, _), seconds in self.step_s.items():
+            if model == key[0]:
+                return seconds * (key[1] * key[2]) / (width * height)
+        return None
+
+    def call(self, key: TimingKey, steps: int) -> float | None:
+        """Seconds for a whole generate() call of `steps` inference steps."""
+        step = self.step(key)
+        if step is None:
+            return None
+        total = steps * self.steps_per_step.get(key, 1.0)
+        return total * step + max(0.0, self.extra_s.get(key, 0.0))
