@@ -813,7 +813,10 @@ class Engine(Generic[M]):
             )
             self._enqueue(job)
             requeued += 1
-        finished = [self._finished_job(record) for record in self._journal.undelivered()]
+        finished = [
+            Job.finished(self, record, queued_at=self._clock())
+            for record in self._journal.undelivered()
+        ]
         recovered = [job for job in self._jobs.values() if job.reply_to] + finished
         if requeued or finished:
             log.info(
@@ -822,36 +825,3 @@ class Engine(Generic[M]):
                 len(finished),
             )
         return sorted(recovered, key=lambda job: job.id)
-
-    def _finished_job(self, record: JobRecord) -> Job:
-        """A job finished before the restart, for a frontend that never confirmed its reply."""
-        job = Job(
-            self,
-            id=record.id,
-            request=record.request,
-            reply_to=record.reply_to,
-            submitted_at=record.submitted_at,
-            queued_at=self._clock(),
-        )
-        job._state = record.state
-        if record.state == "done":
-            try:
-                job._results = [
-                    GenerationResult(
-                        png=Path(image.path).read_bytes(),
-                        seed=image.seed,
-                        request=dataclasses.replace(record.request, seed=record.images[0].seed),
-                        infotext=image.infotext,
-                    )
-                    for image in record.images
-                ]
-            except OSError as e:
-                log.warning("job %d: its image is gone (%s)", record.id, e)
-                job._state = "failed"
-                job._error = GenerationFailed("The image was lost in a restart; please draw again.")
-        elif record.state == "cancelled":
-            job._error = JobCancelled(record.error or "Cancelled.")
-        else:
-            job._error = GenerationFailed(record.error or "The drawing failed.")
-        job._done.set()
-        return job

@@ -7,12 +7,18 @@ journal after a restart).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncIterator, Hashable
+from pathlib import Path
 from typing import Protocol
 
-from engine.errors import EngineError
+from engine.errors import EngineError, GenerationFailed, JobCancelled
 from engine.generate import BATCH_KEYS
+from engine.journal import JobRecord
 from engine.request import GenerationRequest, GenerationResult, JobState, Progress
+
+log = logging.getLogger(__name__)
 
 FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
 
@@ -65,6 +71,41 @@ class Job:
         self._error: EngineError | None = None
         self._done = asyncio.Event()
         self._changed = asyncio.Event()
+
+    @classmethod
+    def finished(cls, engine: Estimates, record: JobRecord, *, queued_at: float) -> Job:
+        """A job that finished before a restart, from its journal record (its images are read
+        back from disk), for a frontend that never confirmed its reply."""
+        job = cls(
+            engine,
+            id=record.id,
+            request=record.request,
+            reply_to=record.reply_to,
+            submitted_at=record.submitted_at,
+            queued_at=queued_at,
+        )
+        job._state = record.state
+        if record.state == "done":
+            try:
+                job._results = [
+                    GenerationResult(
+                        png=Path(image.path).read_bytes(),
+                        seed=image.seed,
+                        request=dataclasses.replace(record.request, seed=record.images[0].seed),
+                        infotext=image.infotext,
+                    )
+                    for image in record.images
+                ]
+            except OSError as e:
+                log.warning("job %d: its image is gone (%s)", record.id, e)
+                job._state = "failed"
+                job._error = GenerationFailed("The image was lost in a restart; please draw again.")
+        elif record.state == "cancelled":
+            job._error = JobCancelled(record.error or "Cancelled.")
+        else:
+            job._error = GenerationFailed(record.error or "The drawing failed.")
+        job._done.set()
+        return job
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self._state} {self.requester} {self.model}>"
