@@ -1,9 +1,10 @@
-"""Discord: /draw and friends, persistent buttons, admin commands. One Cog plus `setup()`.
+"""Discord: /draw and friends and the job buttons (`DrawCog`), and what the cogs share.
 
-The launcher calls `run_discord(engine, settings, store, token)`. A job's status message is the
-interaction's own reply while its token lasts (15 minutes), then a channel message; buttons
-carry `aidraw:<action>:<job id>` custom ids, so they keep working after a restart. Requesters
-are "discord:<user id>"; a job's reply address is "discord:<channel id>:<user id>".
+`bot.discord_bot.run_discord` runs the bot; admin commands are `bot.discord_admin`. A job's
+status message is the interaction's own reply while its token lasts (15 minutes), then a
+channel message; buttons carry `aidraw:<action>:<job id>` custom ids, so they keep working
+after a restart. Requesters are "discord:<user id>"; a job's reply address is
+"discord:<channel id>:<user id>".
 """
 
 from __future__ import annotations
@@ -13,25 +14,21 @@ import contextlib
 import dataclasses
 import io
 import logging
-import os
 import shlex
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
-import yarl
 from discord import app_commands
 from discord.app_commands import Choice, locale_str
 from discord.ext import commands
 
 from bot.discord_reply import Reply, _clip
-from bot.discord_views import EditModal, JobButton, job_view
+from bot.discord_views import EditModal, job_view
 from bot.messages import MESSAGES, Locale, error_text, locale_of, text
 from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
-from bot.quotas import Quotas
-from bot.settings import Settings
 from bot.user_settings import UserSettingsStore
 from bot.wordlist import find_word
 from engine.engine import Engine
@@ -44,16 +41,16 @@ from engine.presets import NAI_SIZES
 from engine.request import GenerationRequest, Progress
 from engine.samplers import SAMPLERS
 
+if TYPE_CHECKING:
+    from bot.discord_bot import AidrawBot
+
 log = logging.getLogger(__name__)
 
-API_URL_ENV = "AIDRAW_DISCORD_API_URL"
-GATEWAY_URL_ENV = "AIDRAW_DISCORD_GATEWAY_URL"
 SHUTDOWN_EDIT_S = 2.0  # at shutdown, how long a status message may take to say so
-DAY_S = 24 * 3600
 ADMIN = discord.Permissions(manage_guild=True)
 
 
-def _d(key: str) -> locale_str:
+def description(key: str) -> locale_str:
     """A command or option description from messages.py (MessagesTranslator adds zh)."""
     return locale_str(MESSAGES[key]["en"], key=key)
 
@@ -70,30 +67,9 @@ class NotAllowed(app_commands.CheckFailure):
         self.message = message
 
 
-class MessagesTranslator(app_commands.Translator):
-    """Chinese command and option descriptions from messages.py."""
-
-    async def translate(
-        self, string: locale_str, locale: discord.Locale, context: Any
-    ) -> str | None:
-        key = string.extras.get("key")
-        if key is None or locale_of(locale.value) != "zh":
-            return None
-        return MESSAGES[key]["zh"]
-
-
 class DrawCog(commands.Cog, name="Draw"):
-    """Every slash command, button and modal of the Discord bot."""
-
-    model_group = app_commands.Group(
-        name="model", description=_d("discord_cmd_model"), default_permissions=ADMIN
-    )
-    queue_admin = app_commands.Group(
-        name="queue-admin", description=_d("discord_cmd_queue_admin"), default_permissions=ADMIN
-    )
-    quota_group = app_commands.Group(
-        name="quota", description=_d("discord_cmd_quota"), default_permissions=ADMIN
-    )
+    """Drawing and everything around it: /draw, /queue, /cancel, /settings, /history, /help, the
+    job buttons and the edit modal. Admin commands are `bot.discord_admin.AdminCog`."""
 
     def __init__(self, bot: AidrawBot) -> None:
         self.bot = bot
@@ -101,10 +77,7 @@ class DrawCog(commands.Cog, name="Draw"):
         self.settings = bot.settings
         self.store = bot.store
         self.config = bot.settings.discord
-        journal = self.engine.config.journal
-        self.quotas = Quotas(
-            journal if journal == ":memory:" else Path(journal).with_name("quotas.sqlite3")
-        )
+        self.quotas = bot.quotas
         self._last_submit: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -120,7 +93,6 @@ class DrawCog(commands.Cog, name="Draw"):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.quotas.close()
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.type != discord.InteractionType.autocomplete:
@@ -143,7 +115,7 @@ class DrawCog(commands.Cog, name="Draw"):
         elif isinstance(error, EngineError):
             message = error_text(error, locale)
         else:
-            log.error("discord: %s failed", _what(interaction), exc_info=error)
+            log.error("discord: %s failed", command_name(interaction), exc_info=error)
             message = text("failed", locale)
         try:
             if interaction.response.is_done():
@@ -166,17 +138,17 @@ class DrawCog(commands.Cog, name="Draw"):
 
     # --- /draw ----------------------------------------------------------------------------------
 
-    @app_commands.command(name="draw", description=_d("discord_cmd_draw"))
+    @app_commands.command(name="draw", description=description("discord_cmd_draw"))
     @app_commands.describe(
-        prompt=_d("discord_opt_prompt"),
-        negative=_d("discord_opt_negative"),
-        size=_d("discord_opt_size"),
-        seed=_d("discord_opt_seed"),
-        steps=_d("discord_opt_steps"),
-        scale=_d("discord_opt_scale"),
-        sampler=_d("discord_opt_sampler"),
-        model=_d("discord_opt_model"),
-        count=_d("discord_opt_count"),
+        prompt=description("discord_opt_prompt"),
+        negative=description("discord_opt_negative"),
+        size=description("discord_opt_size"),
+        seed=description("discord_opt_seed"),
+        steps=description("discord_opt_steps"),
+        scale=description("discord_opt_scale"),
+        sampler=description("discord_opt_sampler"),
+        model=description("discord_opt_model"),
+        count=description("discord_opt_count"),
     )
     @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
     async def draw(
@@ -204,11 +176,7 @@ class DrawCog(commands.Cog, name="Draw"):
 
     @draw.autocomplete("model")
     async def _models(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
-        return self._model_choices(current)
-
-    def _model_choices(self, current: str) -> list[Choice[str]]:
-        names = [name for name in self.engine.models() if current.lower() in name.lower()]
-        return [Choice(name=name, value=name) for name in names[:25]]
+        return model_choices(self.engine, current)
 
     def _read(
         self, interaction: discord.Interaction, prompt: str, options: dict[str, Any]
@@ -266,23 +234,11 @@ class DrawCog(commands.Cog, name="Draw"):
         wait = self._last_submit.get(user, -1e9) + self.config.cooldown_s - time.monotonic()
         if wait > 0:
             raise NotAllowed(text("discord_cooldown", locale, seconds=max(1, round(wait))))
-        limit = self._quota(user)
-        used = self._used(user, limit) if limit else 0
+        limit = self.quotas.limit(user)
+        used = self.quotas.used(user, limit) if limit else 0
         if limit and used + request.batch_size > limit:
             raise NotAllowed(text("discord_quota_reached", locale, used=used, limit=limit))
         return spoiler
-
-    def _quota(self, user: str) -> int:
-        override = self.quotas.get(user)
-        return self.config.daily_quota if override is None else override
-
-    def _used(self, user: str, limit: int) -> int:
-        """Images drawn or on their way in the last 24 hours (cancelled and failed: refunded)."""
-        since = time.time() - DAY_S
-        # Newest first, each job at least one image: `limit` jobs are enough to reach it.
-        recent = self.engine.history(user, limit=limit or 1000)
-        done = sum(r.request.batch_size for r in recent if r.submitted_at >= since)
-        return done + sum(job.images for job in self.engine.jobs(user))
 
     # --- following a job ------------------------------------------------------------------------
 
@@ -491,7 +447,7 @@ class DrawCog(commands.Cog, name="Draw"):
 
     # --- /queue, /cancel, /settings, /history, /help --------------------------------------------
 
-    @app_commands.command(name="queue", description=_d("discord_cmd_queue"))
+    @app_commands.command(name="queue", description=description("discord_cmd_queue"))
     async def queue(self, interaction: discord.Interaction) -> None:
         user = requester_of(interaction.user)
         locale = self._locale(interaction)
@@ -499,9 +455,9 @@ class DrawCog(commands.Cog, name="Draw"):
         status = self.engine.status()
         paused = text("discord_paused_note", locale) if status.paused else ""
         lines.append(text("discord_queue_total", locale, queued=status.queued, paused=paused))
-        limit = self._quota(user)
+        limit = self.quotas.limit(user)
         if limit and not self.engine.is_admin(user):
-            used = self._used(user, limit)
+            used = self.quotas.used(user, limit)
             lines.append(text("discord_quota_today", locale, used=used, limit=limit))
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
@@ -514,8 +470,8 @@ class DrawCog(commands.Cog, name="Draw"):
             )
         return text("discord_queue_waiting", locale, job=job.id, position=p.position, eta=eta)
 
-    @app_commands.command(name="cancel", description=_d("discord_cmd_cancel"))
-    @app_commands.describe(job=_d("discord_opt_job"))
+    @app_commands.command(name="cancel", description=description("discord_cmd_cancel"))
+    @app_commands.describe(job=description("discord_opt_job"))
     async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
         user = requester_of(interaction.user)
         locale = self._locale(interaction)
@@ -529,18 +485,18 @@ class DrawCog(commands.Cog, name="Draw"):
         )
         await interaction.response.send_message(text(key, locale, job=job), ephemeral=True)
 
-    @app_commands.command(name="settings", description=_d("discord_cmd_settings"))
+    @app_commands.command(name="settings", description=description("discord_cmd_settings"))
     @app_commands.describe(
-        size=_d("discord_opt_size"),
-        steps=_d("discord_opt_steps"),
-        scale=_d("discord_opt_scale"),
-        sampler=_d("discord_opt_sampler"),
-        negative=_d("discord_opt_negative"),
-        uc_preset=_d("discord_opt_uc"),
-        quality_tags=_d("discord_opt_quality"),
-        syntax=_d("discord_opt_syntax"),
-        language=_d("discord_opt_language"),
-        reset=_d("discord_opt_reset"),
+        size=description("discord_opt_size"),
+        steps=description("discord_opt_steps"),
+        scale=description("discord_opt_scale"),
+        sampler=description("discord_opt_sampler"),
+        negative=description("discord_opt_negative"),
+        uc_preset=description("discord_opt_uc"),
+        quality_tags=description("discord_opt_quality"),
+        syntax=description("discord_opt_syntax"),
+        language=description("discord_opt_language"),
+        reset=description("discord_opt_reset"),
     )
     @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
     async def user_settings(
@@ -599,8 +555,8 @@ class DrawCog(commands.Cog, name="Draw"):
     ) -> list[Choice[str]]:
         return _size_choices(current)
 
-    @app_commands.command(name="history", description=_d("discord_cmd_history"))
-    @app_commands.describe(job=_d("discord_opt_job"))
+    @app_commands.command(name="history", description=description("discord_cmd_history"))
+    @app_commands.describe(job=description("discord_opt_job"))
     async def history(self, interaction: discord.Interaction, job: int | None = None) -> None:
         user = requester_of(interaction.user)
         locale = self._locale(interaction)
@@ -634,110 +590,10 @@ class DrawCog(commands.Cog, name="Draw"):
         caption = self._caption(job, record.request, seeds, (), locale)
         await interaction.response.send_message(caption, files=files, view=view, ephemeral=True)
 
-    @app_commands.command(name="help", description=_d("discord_cmd_help"))
+    @app_commands.command(name="help", description=description("discord_cmd_help"))
     async def help(self, interaction: discord.Interaction) -> None:
         flags = ", ".join(f"`{name}` ({flag.help})" for name, flag in FLAGS.items())
         message = text("discord_help", self._locale(interaction), flags=flags)
-        await interaction.response.send_message(_clip(message), ephemeral=True)
-
-    # --- admin ----------------------------------------------------------------------------------
-
-    @model_group.command(name="list", description=_d("discord_cmd_model_list"))
-    async def model_list(self, interaction: discord.Interaction) -> None:
-        self._admin(interaction)
-        status = self.engine.status()
-        lines = [
-            ("★ " if name == status.default_model else "")
-            + name
-            + (" ●" if name == status.model else "")
-            for name in self.engine.models()
-        ]
-        message = text("discord_models", self._locale(interaction), models="\n".join(lines))
-        await interaction.response.send_message(_clip(message), ephemeral=True)
-
-    @model_group.command(name="swap", description=_d("discord_cmd_model_swap"))
-    @app_commands.describe(name=_d("discord_opt_model"))
-    async def model_swap(self, interaction: discord.Interaction, name: str) -> None:
-        by = self._admin(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        model = await self.engine.swap_model(name, by)
-        locale = self._locale(interaction)
-        await interaction.followup.send(text("discord_model_swapped", locale, model=model))
-
-    @model_swap.autocomplete("name")
-    async def _swap_names(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[Choice[str]]:
-        return self._model_choices(current)
-
-    @queue_admin.command(name="pause", description=_d("discord_cmd_pause"))
-    async def pause(self, interaction: discord.Interaction) -> None:
-        self._admin(interaction)
-        self.engine.pause()
-        await self._admin_done(interaction, text("discord_paused", self._locale(interaction)))
-
-    @queue_admin.command(name="resume", description=_d("discord_cmd_resume"))
-    async def resume(self, interaction: discord.Interaction) -> None:
-        self._admin(interaction)
-        self.engine.resume()
-        await self._admin_done(interaction, text("discord_resumed", self._locale(interaction)))
-
-    @queue_admin.command(name="clear", description=_d("discord_cmd_clear"))
-    async def clear(self, interaction: discord.Interaction) -> None:
-        by = self._admin(interaction)
-        waiting = [job for job in self.engine.jobs() if job.state == "queued"]
-        count = sum(self.engine.cancel(job.id, by) for job in waiting)
-        message = text("discord_cleared", self._locale(interaction), count=count)
-        await self._admin_done(interaction, message)
-
-    @quota_group.command(name="set", description=_d("discord_cmd_quota_set"))
-    @app_commands.describe(user=_d("discord_opt_user"), images=_d("discord_opt_images"))
-    async def quota_set(
-        self,
-        interaction: discord.Interaction,
-        user: discord.User,
-        images: app_commands.Range[int, 0, 1_000_000],
-    ) -> None:
-        self._admin(interaction)
-        self.quotas.set(requester_of(user), images)
-        await self._quota_show(interaction, user)
-
-    @quota_group.command(name="reset", description=_d("discord_cmd_quota_reset"))
-    @app_commands.describe(user=_d("discord_opt_user"))
-    async def quota_reset(self, interaction: discord.Interaction, user: discord.User) -> None:
-        self._admin(interaction)
-        self.quotas.set(requester_of(user), None)
-        await self._quota_show(interaction, user)
-
-    @quota_group.command(name="show", description=_d("discord_cmd_quota_show"))
-    @app_commands.describe(user=_d("discord_opt_user"))
-    async def quota_show(self, interaction: discord.Interaction, user: discord.User) -> None:
-        self._admin(interaction)
-        await self._quota_show(interaction, user)
-
-    async def _quota_show(self, interaction: discord.Interaction, user: discord.User) -> None:
-        locale = self._locale(interaction)
-        who = requester_of(user)
-        limit = self._quota(who)
-        message = text(
-            "discord_quota_show",
-            locale,
-            user=user.mention,
-            used=self._used(who, limit),
-            limit=limit or text("discord_no_limit", locale),
-        )
-        await self._admin_done(interaction, message)
-
-    def _admin(self, interaction: discord.Interaction) -> str:
-        """The admin's requester id, or NotAllowed (logged: who tried what)."""
-        by = requester_of(interaction.user)
-        if not self.engine.is_admin(by):
-            log.warning("discord: refused /%s to %s (not an admin)", _what(interaction), by)
-            raise NotAllowed(text("not_admin", self._locale(interaction)))
-        log.info("discord: admin %s: /%s %s", by, _what(interaction), _options(interaction))
-        return by
-
-    async def _admin_done(self, interaction: discord.Interaction, message: str) -> None:
         await interaction.response.send_message(_clip(message), ephemeral=True)
 
     # --- where and in which language ------------------------------------------------------------
@@ -757,8 +613,7 @@ class DrawCog(commands.Cog, name="Draw"):
             raise NotAllowed(text("discord_not_here", self._locale(interaction)))
 
     def _locale(self, interaction: discord.Interaction) -> Locale:
-        saved = self.store.get(requester_of(interaction.user)).locale
-        return saved or locale_of(interaction.locale.value)
+        return interaction_locale(self.store, interaction)
 
 
 _REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
@@ -772,13 +627,25 @@ async def _logged(work: Coroutine[Any, Any, None]) -> None:
         log.exception("discord: a reply task failed")
 
 
+def interaction_locale(store: UserSettingsStore, interaction: discord.Interaction) -> Locale:
+    """The user's saved language, else their Discord client's."""
+    saved = store.get(requester_of(interaction.user)).locale
+    return saved or locale_of(interaction.locale.value)
+
+
+def model_choices(engine: Engine[Any], current: str) -> list[Choice[str]]:
+    """Autocomplete: installed models whose name contains what was typed."""
+    names = [name for name in engine.models() if current.lower() in name.lower()]
+    return [Choice(name=name, value=name) for name in names[:25]]
+
+
 def _size_choices(current: str) -> list[Choice[str]]:
     labels = [f"{name} ({w}x{h})" for name, (w, h) in NAI_SIZES.items()]
     found = [label for label in labels if current.lower() in label.lower()]
     return [Choice(name=label, value=label.split()[0]) for label in found[:25]]
 
 
-def _what(interaction: discord.Interaction) -> str:
+def command_name(interaction: discord.Interaction) -> str:
     command = interaction.command
     if command is not None:
         return command.qualified_name
@@ -786,7 +653,7 @@ def _what(interaction: discord.Interaction) -> str:
     return str(data.get("custom_id", "interaction"))
 
 
-def _options(interaction: discord.Interaction) -> str:
+def command_options(interaction: discord.Interaction) -> str:
     namespace = vars(interaction.namespace)
     return " ".join(f"{k}={v}" for k, v in namespace.items())
 
@@ -808,77 +675,3 @@ def _infotext(png: bytes) -> str | None:
             return infotext_from_image(image)
     except (UnidentifiedImageError, OSError):
         return None
-
-
-# --- the bot --------------------------------------------------------------------------------------
-
-
-class AidrawBot(commands.Bot):
-    """discord.py's Bot with what the cog needs; slash commands only (no privileged intents)."""
-
-    def __init__(
-        self,
-        engine: Engine[Any],
-        settings: Settings,
-        store: UserSettingsStore,
-        **options: Any,
-    ) -> None:
-        intents = discord.Intents.none()
-        intents.guilds = True
-        super().__init__(
-            command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options
-        )
-        self.engine = engine
-        self.settings = settings
-        self.store = store
-
-    async def setup_hook(self) -> None:
-        await setup(self)
-        await self.tree.set_translator(MessagesTranslator())
-        commands_ = await self.tree.sync()
-        log.info("discord: %d slash commands registered", len(commands_))
-
-    async def close(self) -> None:
-        # discord.py 2.7 leaves its READY timer (guild_ready_timeout) running at close, and it
-        # then dispatches on_ready on a closed client (an AttributeError in a lost task).
-        ready = getattr(self._connection, "_ready_task", None)
-        if ready is not None:
-            ready.cancel()
-        await super().close()
-
-    async def on_ready(self) -> None:
-        log.info("discord: logged in as %s (%s)", self.user, self.user and self.user.id)
-
-
-async def setup(bot: commands.Bot) -> None:
-    """Extension entry point: the cog and its persistent buttons."""
-    if not isinstance(bot, AidrawBot):
-        raise TypeError("the Discord cog needs an AidrawBot (engine, settings, store)")
-    bot.add_dynamic_items(JobButton)
-    await bot.add_cog(DrawCog(bot))
-
-
-def point_discord_at(api_url: str | None, gateway_url: str | None) -> None:
-    """Send discord.py's REST and gateway traffic elsewhere (the tests' fake Discord). Both
-    attributes are private, which is why discord.py is pinned to 2.7.*."""
-    if api_url:
-        discord.http.Route.BASE = api_url  # type: ignore[misc]
-    if gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
-
-
-async def run_discord(
-    engine: Engine[Any],
-    settings: Settings,
-    store: UserSettingsStore,
-    token: str,
-    **options: Any,
-) -> None:
-    """Run the Discord bot until cancelled, then close it (the launcher's contract).
-
-    `options` go to discord.py's Bot (tests pass guild_ready_timeout).
-    """
-    point_discord_at(os.environ.get(API_URL_ENV), os.environ.get(GATEWAY_URL_ENV))
-    bot = AidrawBot(engine, settings, store, **options)
-    async with bot:
-        await bot.start(token)

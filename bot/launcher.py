@@ -1,7 +1,7 @@
 """`aidraw run`: build the engine, start every frontend that has a token, own the signals.
 
 Frontends plug in as coroutines that run until cancelled and clean up on the way out:
-`bot.discord_cog.run_discord(engine, settings, store, token)`,
+`bot.discord_bot.run_discord(engine, settings, store, token)`,
 `bot.telegram_handlers.run_telegram(engine, settings, store, token)` and, when no token is
 set, `bot.web.run_web(engine, settings, store)`.
 """
@@ -79,7 +79,7 @@ async def serve(settings: Settings) -> int:
     engine, store = build_engine(settings, admins=admins)
     frontends: dict[str, Coroutine[Any, Any, None]] = {}
     if discord_token is not None:
-        from bot.discord_cog import run_discord
+        from bot.discord_bot import run_discord
 
         frontends["discord"] = run_discord(engine, settings, store, discord_token)
     if telegram_token is not None:

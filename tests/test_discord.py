@@ -1,4 +1,4 @@
-"""The Discord frontend end to end: the real discord.py client (bot.discord_cog.run_discord)
+"""The Discord frontend end to end: the real discord.py client (bot.discord_bot.run_discord)
 against tests/fakes/discord.py, over a real Engine whose generate() is a fast fake that makes
 real PNGs with an A1111 infotext (one test draws with the real demo model)."""
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from bot.discord_cog import run_discord
+from bot.discord_bot import run_discord
 from bot.settings import BotSettings, DiscordSettings, Settings
 from bot.user_settings import UserSettingsStore
 from engine.engine import Engine
@@ -598,7 +598,7 @@ async def test_admin_queue_pause_resume_clear(
     world: World, dc: FakeDiscord, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = await world.start()
-    caplog.set_level("INFO", logger="bot.discord_cog")
+    caplog.set_level("INFO", logger="bot.discord_admin")
     pause = await dc.slash("queue-admin pause", user_id=ADMIN_ID)
     await dc.wait_for("interaction_callback", dc.of(pause))
     assert engine.status().paused
@@ -614,7 +614,7 @@ async def test_admin_queue_pause_resume_clear(
     resume = await dc.slash("queue-admin resume", user_id=ADMIN_ID)
     await dc.wait_for("interaction_callback", dc.of(resume))
     assert not engine.status().paused
-    logged = [r.getMessage() for r in caplog.records if r.name == "bot.discord_cog"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "bot.discord_admin"]
     assert f"discord: admin {ADMIN}: /queue-admin clear " in logged
     assert f"discord: refused /queue-admin clear to {USER} (not an admin)" in logged
 

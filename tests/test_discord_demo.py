@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.discord_cog import run_discord
+from bot.discord_bot import run_discord
 from bot.settings import BotSettings, Settings
 from bot.user_settings import UserSettingsStore
 from engine.engine import Engine
