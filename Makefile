@@ -51,7 +51,7 @@ bench: install
 	$(PY) -m bench.engine
 	$(PY) -m bench.demo_model
 
-# Retrain the demo model from seed 0 (about 45 minutes on 2 CPU cores) into engine/demo_weights/;
+# Retrain the demo model from seed 0 (about 50 minutes on 2 CPU cores) into engine/demo_weights/;
 # see docs/demo-model.md. CI never retrains: the weights are committed.
 train-demo: install
 	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo_training
