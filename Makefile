@@ -51,14 +51,14 @@ bench: install
 	$(PY) -m bench.engine
 	$(PY) -m bench.demo_model
 
-# Retrain the demo model from seed 0 (about 50 minutes on 2 CPU cores) into engine/demo_weights/;
+# Retrain the demo model from seed 0 (about 50 minutes on 2 CPU cores) into engine/demo/weights/;
 # see docs/demo-model.md. CI never retrains: the weights are committed.
 train-demo: install
-	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo_training
+	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo.training
 
 # Refresh the README's docs/screenshot.png: the browser test, keeping its screenshot.
 screenshot: install
-	AIDRAW_UPDATE_SCREENSHOT=1 $(PY) -m pytest -q tests/test_web_e2e.py
+	AIDRAW_UPDATE_SCREENSHOT=1 $(PY) -m pytest -q tests/web/test_web_e2e.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -3,7 +3,7 @@
 Draws a grid of images for a few prompts (docs/demo-grid.png), a strip of training pictures
 (docs/demo-data.png), and measures, over many seeds,
 how often each tag shows up in the picture (the same measurements the tests assert on, from
-`engine.demo_semantics`). Prints the table as Markdown.
+`engine.demo.semantics`). Prints the table as Markdown.
 Usage: python -m bench.demo_model [--seeds N] [--grid PATH] [--no-table]
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from engine import demo_data, demo_semantics
-from engine.demo_model import DEMO_NAME, save_demo_model
+from engine.demo import data as demo_data
+from engine.demo import semantics as demo_semantics
+from engine.demo.model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
 from engine.models import LoadedModel, ModelRegistry
 

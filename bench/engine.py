@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from engine.demo_model import DEMO_NAME, save_demo_model
+from engine.demo.model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
 from engine.engine import AUTO_BATCH_PIXELS, Engine
 from engine.generate import generate

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from engine.demo_model import DEMO_NAME, save_demo_model
+from engine.demo.model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
 from engine.generate import generate
 from engine.models import ModelRegistry
 from engine.request import GenerationRequest, Limits
-from engine.samplers import make_scheduler
+from engine.sampling.samplers import make_scheduler
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Our sampler loops vs diffusers' scheduler loops on the same UNet: seconds per step, ratio.
 
-For each row of engine.samplers.SAMPLERS: our loop (CFGDenoiser + the row's sampler, as
+For each row of engine.sampling.samplers.SAMPLERS: our loop (CFGDenoiser + the row's sampler, as
 generate() runs it) against the diffusers pipeline with the closest stock scheduler
 (`make_scheduler`), both from the same prompt embeddings and noise, latents out (no VAE).
 Seconds per step = loop time / sampler steps (A1111's DDIM runs one step fewer). Goal: ratio
@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from engine.demo_model import DEMO_NAME, save_demo_model
+from engine.demo.model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
-from engine.kdiffusion import CFGDenoiser, NoiseSchedule
 from engine.models import LoadedModel, ModelRegistry
-from engine.samplers import SAMPLERS, make_scheduler, sample, total_steps
-from engine.seeds import ImageRNG, NoiseSpec
+from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.samplers import SAMPLERS, make_scheduler, sample, total_steps
+from engine.sampling.seeds import ImageRNG, NoiseSpec
 
 SCALE = 7.0
 

@@ -125,8 +125,9 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
 
 def explain(parsed: ParsedRequest, settings: Settings) -> str:
     """How chat text is read: the request, each prompt's schedule, weights and token chunks."""
-    from engine.prompts import format_weight, parse_attention, prompt_chunks, prompt_schedule
-    from engine.tokenizer import build_tokenizer
+    from engine.prompting import format_weight, parse_attention, prompt_schedule
+    from engine.prompting.conditioning import prompt_chunks
+    from engine.prompting.tokenizer import build_tokenizer
 
     request = parsed.request
     tokenizer = build_tokenizer()
@@ -162,7 +163,7 @@ def explain(parsed: ParsedRequest, settings: Settings) -> str:
 
 def _chunk_text(tokenizer: Any, chunk: Any) -> str:
     """A chunk's tokens as text, with runs of one weight shown A1111-style: (word:1.1)."""
-    from engine.prompts import format_weight
+    from engine.prompting import format_weight
 
     body = chunk.tokens[1 : 1 + chunk.used]
     weights = chunk.multipliers[1 : 1 + chunk.used]
@@ -229,7 +230,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.demo_model import DEMO_NAME, is_outdated, save_demo_model
+    from engine.demo.model import DEMO_NAME, is_outdated, save_demo_model
     from engine.models import ModelRegistry
 
     target = settings.models_dir / DEMO_NAME

@@ -1,9 +1,9 @@
 """`aidraw run`: build the engine, start every frontend that has a token, own the signals.
 
 Frontends plug in as coroutines that run until cancelled and clean up on the way out:
-`bot.discord_bot.run_discord(engine, settings, store, token)`,
-`bot.telegram_handlers.run_telegram(engine, settings, store, token)` and, when no token is
-set, `bot.web.run_web(engine, settings, store)`.
+`bot.discord.bot.run_discord(engine, settings, store, token)`,
+`bot.telegram.handlers.run_telegram(engine, settings, store, token)` and, when no token is
+set, `bot.web.app.run_web(engine, settings, store)`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from bot.prefs import UserSettingsStore
 from bot.settings import Settings, env_token
-from bot.user_settings import UserSettingsStore
 from engine.engine import Engine
 from engine.errors import InvalidRequest
 
@@ -73,21 +73,21 @@ async def serve(settings: Settings) -> int:
     run_web_chat = discord_token is None and telegram_token is None
     admins: tuple[str, ...] = ()
     if run_web_chat and settings.web.local_admin:
-        from bot.web import USER  # the web chat's one user may swap models and cancel jobs
+        from bot.web.app import USER  # the web chat's one user may swap models and cancel jobs
 
         admins = (USER,)
     engine, store = build_engine(settings, admins=admins)
     frontends: dict[str, Coroutine[Any, Any, None]] = {}
     if discord_token is not None:
-        from bot.discord_bot import run_discord
+        from bot.discord.bot import run_discord
 
         frontends["discord"] = run_discord(engine, settings, store, discord_token)
     if telegram_token is not None:
-        from bot.telegram_handlers import run_telegram
+        from bot.telegram.handlers import run_telegram
 
         frontends["telegram"] = run_telegram(engine, settings, store, telegram_token)
     if run_web_chat:
-        from bot.web import run_web
+        from bot.web.app import run_web
 
         frontends["web"] = run_web(engine, settings, store)
 

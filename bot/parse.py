@@ -21,14 +21,14 @@ from typing import Any, Literal, NoReturn
 
 from engine.errors import InvalidRequest
 from engine.infotext import parse_infotext, request_from_infotext
-from engine.presets import (
+from engine.prompting import EMPHASIS_MODES, SYNTAXES, parse_attention, to_a1111
+from engine.prompting.presets import (
     NAI_SIZES,
     nai_size,
     uc_preset_name,
     with_quality_tags,
     with_uc_preset,
 )
-from engine.prompt_syntax import EMPHASIS_MODES, SYNTAXES, parse_attention, to_a1111
 from engine.request import GenerationRequest
 
 # The NAI "Normal" portrait area; `--ar` keeps it unless the user's defaults give a size.

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.user_settings import connect
+from bot.prefs import connect
 from engine.engine import Engine
 
 DAY_S = 24 * 3600

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from engine.errors import (  # noqa: E402
+from engine.errors import (
     EngineClosed,
     EngineError,
     GenerationFailed,
@@ -15,8 +13,8 @@ from engine.errors import (  # noqa: E402
     ModelNotFound,
     QueueFull,
 )
-from engine.queue import QueueConfig  # noqa: E402
-from engine.request import (  # noqa: E402
+from engine.queue import QueueConfig
+from engine.request import (
     GenerationRequest,
     GenerationResult,
     Limits,
@@ -24,6 +22,7 @@ from engine.request import (  # noqa: E402
     RequestDefaults,
     Timings,
 )
+from engine.version import __version__
 
 if TYPE_CHECKING:
     from engine.engine import Engine

@@ -13,16 +13,16 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine import __version__
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.infotext import create_infotext, format_number
-from engine.kdiffusion import CFGDenoiser, NoiseSchedule
 from engine.models import LoadedModel
-from engine.prompts import encode_conditioning
+from engine.prompting.conditioning import encode_conditioning
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults, Timings
-from engine.samplers import SAMPLERS, canonical_sampler, sample, total_steps
-from engine.seeds import RNG_SOURCES, ImageRNG, NoiseSpec, RngSource, random_seed
-from engine.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
+from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.samplers import SAMPLERS, canonical_sampler, sample, total_steps
+from engine.sampling.seeds import RNG_SOURCES, ImageRNG, NoiseSpec, RngSource, random_seed
+from engine.sampling.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
+from engine.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile
 from engine.errors import InvalidRequest, ModelNotFound
 from engine.preview import SD1_PREVIEW, PreviewMap
+from engine.prompting.tokenizer import build_tokenizer
 from engine.request import RequestDefaults
-from engine.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 

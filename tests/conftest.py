@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir with the trained demo model `aidraw-demo` (once per session; don't modify)."""
-    from engine.demo_model import save_demo_model
+    from engine.demo.model import save_demo_model
 
     models_dir = tmp_path_factory.mktemp("demo-models")
     save_demo_model(models_dir, name="aidraw-demo")

@@ -115,7 +115,7 @@ def test_build_demo_replaces_a_demo_built_from_older_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`make demo` after an update: the random-weight demo of an older release is rebuilt."""
-    from engine.demo_model import DEMO_NAME, is_outdated, save_demo_model
+    from engine.demo.model import DEMO_NAME, is_outdated, save_demo_model
 
     models = tmp_path / "models"
     old = save_demo_model(models, random_seed=0)

@@ -15,7 +15,7 @@ from engine.errors import InvalidRequest, JobCancelled
 from engine.generate import SEED_LIMIT, generate
 from engine.models import ModelRegistry
 from engine.request import GenerationRequest, Limits
-from engine.samplers import SAMPLERS
+from engine.sampling.samplers import SAMPLERS
 from tests.conftest import png_pixels
 
 pytestmark = pytest.mark.slow

@@ -59,7 +59,7 @@ NUMPY_COPY_WARNING = (
 @pytest.fixture(scope="module")
 def a1111_models_dir(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir as a user would have it: the demo folder plus an A1111 single file of it."""
-    from engine.demo_model import build_demo_pipeline
+    from engine.demo.model import build_demo_pipeline
 
     models_dir = tmp_path_factory.mktemp("a1111-models")
     (models_dir / DEMO).symlink_to(demo_models_dir / DEMO, target_is_directory=True)
@@ -148,7 +148,7 @@ def test_a1111_single_file_loads_back_every_tensor_exactly(
 
 @pytest.mark.slow
 def test_a1111_layout_uses_ldm_names() -> None:
-    from engine.demo_model import build_random_pipeline
+    from engine.demo.model import build_random_pipeline
 
     state = to_ldm_state_dict(build_random_pipeline(0))  # its VAE has SD's mid-block attention
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bot.parse import ParseError, PromptSettings, parse_request, read_request
 from engine.errors import InvalidRequest
-from engine.presets import UC_PRESETS
+from engine.prompting.presets import UC_PRESETS
 from engine.request import GenerationRequest
 
 R = GenerationRequest

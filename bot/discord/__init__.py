@@ -1,0 +1,1 @@
+"""The Discord frontend: the bot client, the /draw and admin cogs, job buttons and replies."""

@@ -1,0 +1,160 @@
+"""Discord admin commands: /model, /queue-admin, /quota (admins of `[engine] admins` only).
+
+Each command checks the allowlist itself (`_admin`) and logs who did what; Discord's
+`default_permissions` (Manage Server) only hides the commands from other members.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice
+from discord.ext import commands
+
+from bot.discord.client import AidrawBot
+from bot.discord.interactions import (
+    ADMIN,
+    NotAllowed,
+    command_name,
+    command_options,
+    description,
+    interaction_locale,
+    model_choices,
+    requester_of,
+)
+from bot.discord.reply import clip
+from bot.messages import text
+
+log = logging.getLogger(__name__)
+
+
+class AdminCog(commands.Cog, name="Admin"):
+    """Model swaps, pausing and clearing the queue, per-user quotas."""
+
+    model_group = app_commands.Group(
+        name="model", description=description("discord_cmd_model"), default_permissions=ADMIN
+    )
+    queue_admin = app_commands.Group(
+        name="queue-admin",
+        description=description("discord_cmd_queue_admin"),
+        default_permissions=ADMIN,
+    )
+    quota_group = app_commands.Group(
+        name="quota", description=description("discord_cmd_quota"), default_permissions=ADMIN
+    )
+
+    def __init__(self, bot: AidrawBot) -> None:
+        self.engine = bot.engine
+        self.store = bot.store
+        self.quotas = bot.quotas
+
+    @model_group.command(name="list", description=description("discord_cmd_model_list"))
+    async def model_list(self, interaction: discord.Interaction) -> None:
+        self._admin(interaction)
+        status = self.engine.status()
+        lines = [
+            ("★ " if name == status.default_model else "")
+            + name
+            + (" ●" if name == status.model else "")
+            for name in self.engine.models()
+        ]
+        message = text(
+            "discord_models", interaction_locale(self.store, interaction), models="\n".join(lines)
+        )
+        await interaction.response.send_message(clip(message), ephemeral=True)
+
+    @model_group.command(name="swap", description=description("discord_cmd_model_swap"))
+    @app_commands.describe(name=description("discord_opt_model"))
+    async def model_swap(self, interaction: discord.Interaction, name: str) -> None:
+        by = self._admin(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        model = await self.engine.swap_model(name, by)
+        locale = interaction_locale(self.store, interaction)
+        await interaction.followup.send(text("discord_model_swapped", locale, model=model))
+
+    @model_swap.autocomplete("name")
+    async def _swap_names(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[Choice[str]]:
+        return model_choices(self.engine, current)
+
+    @queue_admin.command(name="pause", description=description("discord_cmd_pause"))
+    async def pause(self, interaction: discord.Interaction) -> None:
+        self._admin(interaction)
+        self.engine.pause()
+        await self._admin_done(
+            interaction, text("discord_paused", interaction_locale(self.store, interaction))
+        )
+
+    @queue_admin.command(name="resume", description=description("discord_cmd_resume"))
+    async def resume(self, interaction: discord.Interaction) -> None:
+        self._admin(interaction)
+        self.engine.resume()
+        await self._admin_done(
+            interaction, text("discord_resumed", interaction_locale(self.store, interaction))
+        )
+
+    @queue_admin.command(name="clear", description=description("discord_cmd_clear"))
+    async def clear(self, interaction: discord.Interaction) -> None:
+        by = self._admin(interaction)
+        waiting = [job for job in self.engine.jobs() if job.state == "queued"]
+        count = sum(self.engine.cancel(job.id, by) for job in waiting)
+        message = text("discord_cleared", interaction_locale(self.store, interaction), count=count)
+        await self._admin_done(interaction, message)
+
+    @quota_group.command(name="set", description=description("discord_cmd_quota_set"))
+    @app_commands.describe(
+        user=description("discord_opt_user"), images=description("discord_opt_images")
+    )
+    async def quota_set(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User,
+        images: app_commands.Range[int, 0, 1_000_000],
+    ) -> None:
+        self._admin(interaction)
+        self.quotas.set(requester_of(user), images)
+        await self._quota_show(interaction, user)
+
+    @quota_group.command(name="reset", description=description("discord_cmd_quota_reset"))
+    @app_commands.describe(user=description("discord_opt_user"))
+    async def quota_reset(self, interaction: discord.Interaction, user: discord.User) -> None:
+        self._admin(interaction)
+        self.quotas.set(requester_of(user), None)
+        await self._quota_show(interaction, user)
+
+    @quota_group.command(name="show", description=description("discord_cmd_quota_show"))
+    @app_commands.describe(user=description("discord_opt_user"))
+    async def quota_show(self, interaction: discord.Interaction, user: discord.User) -> None:
+        self._admin(interaction)
+        await self._quota_show(interaction, user)
+
+    async def _quota_show(self, interaction: discord.Interaction, user: discord.User) -> None:
+        locale = interaction_locale(self.store, interaction)
+        who = requester_of(user)
+        limit = self.quotas.limit(who)
+        message = text(
+            "discord_quota_show",
+            locale,
+            user=user.mention,
+            used=self.quotas.used(who, limit),
+            limit=limit or text("discord_no_limit", locale),
+        )
+        await self._admin_done(interaction, message)
+
+    def _admin(self, interaction: discord.Interaction) -> str:
+        """The admin's requester id, or NotAllowed (logged: who tried what)."""
+        by = requester_of(interaction.user)
+        if not self.engine.is_admin(by):
+            what = command_name(interaction)
+            log.warning("discord: refused /%s to %s (not an admin)", what, by)
+            raise NotAllowed(text("not_admin", interaction_locale(self.store, interaction)))
+        log.info(
+            "discord: admin %s: /%s %s", by, command_name(interaction), command_options(interaction)
+        )
+        return by
+
+    async def _admin_done(self, interaction: discord.Interaction, message: str) -> None:
+        await interaction.response.send_message(clip(message), ephemeral=True)

@@ -1,0 +1,81 @@
+"""Discord: the bot client (`AidrawBot`) the cogs share: discord.py's Bot with the engine,
+settings, user settings and quotas; `setup` (given by `bot.discord.bot`) adds the cogs once the
+bot has logged in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.app_commands import locale_str
+from discord.ext import commands
+
+from bot.messages import MESSAGES, locale_of
+from bot.prefs import UserSettingsStore
+from bot.quotas import Quotas
+from bot.settings import Settings
+from engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class MessagesTranslator(app_commands.Translator):
+    """Chinese command and option descriptions from messages.py."""
+
+    async def translate(
+        self, string: locale_str, locale: discord.Locale, context: Any
+    ) -> str | None:
+        key = string.extras.get("key")
+        if key is None or locale_of(locale.value) != "zh":
+            return None
+        return MESSAGES[key]["zh"]
+
+
+class AidrawBot(commands.Bot):
+    """discord.py's Bot with what the cog needs; slash commands only (no privileged intents)."""
+
+    def __init__(
+        self,
+        engine: Engine[Any],
+        settings: Settings,
+        store: UserSettingsStore,
+        setup: Callable[[AidrawBot], Awaitable[None]],
+        **options: Any,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options
+        )
+        self._setup = setup
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        journal = engine.config.journal
+        self.quotas = Quotas(
+            journal if journal == ":memory:" else Path(journal).with_name("quotas.sqlite3"),
+            engine,
+            settings.discord.daily_quota,
+        )
+
+    async def setup_hook(self) -> None:
+        await self._setup(self)
+        await self.tree.set_translator(MessagesTranslator())
+        commands_ = await self.tree.sync()
+        log.info("discord: %d slash commands registered", len(commands_))
+
+    async def close(self) -> None:
+        # discord.py 2.7 leaves its READY timer (guild_ready_timeout) running at close, and it
+        # then dispatches on_ready on a closed client (an AttributeError in a lost task).
+        ready = getattr(self._connection, "_ready_task", None)
+        if ready is not None:
+            ready.cancel()
+        await super().close()
+        self.quotas.close()
+
+    async def on_ready(self) -> None:
+        log.info("discord: logged in as %s (%s)", self.user, self.user and self.user.id)

@@ -1,0 +1,1 @@
+"""The Telegram frontend: command, message and button handlers, and status/photo replies."""

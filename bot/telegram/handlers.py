@@ -1,0 +1,667 @@
+"""Telegram frontend: prompts by message or /draw, commands, buttons, admin.
+
+`run_telegram()` is what `aidraw run` starts (bot/launcher.py); `register(app)` adds the
+handlers. A prompt goes parse → policy → `start_job` (bot/telegram/replies.py: status message,
+submit, progress, pictures). Handlers stay thin; errors go to the one `on_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import shlex
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeAlias, cast
+
+from telegram import (
+    Bot,
+    BotCommand,
+    BotCommandScopeChat,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+    User,
+)
+from telegram.constants import ChatType
+from telegram.error import BadRequest
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    ApplicationHandlerStop,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot.messages import LOCALES, Locale, error_text, locale_of, text
+from bot.parse import FLAGS, read_request
+from bot.prefs import UserPrefs, UserSettingsStore
+from bot.settings import Settings, TelegramSettings
+from bot.telegram.replies import (
+    PREFIX,
+    Deps,
+    ReplyTo,
+    cut,
+    follow,
+    replying,
+    reroll,
+    send_png,
+    start_job,
+    variation,
+)
+from bot.wordlist import find_word
+from engine.engine import Engine
+from engine.errors import EngineError, GenerationFailed, InvalidRequest
+from engine.generate import check_request
+
+log = logging.getLogger(__name__)
+
+API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
+COMMANDS = ("draw", "help", "queue", "cancel", "settings", "history", "start")
+ADMIN_COMMANDS = ("model", "pause", "resume")
+_DEPS = "aidraw"
+
+App: TypeAlias = "Application[Any, Any, Any, Any, Any, Any]"
+Context: TypeAlias = ContextTypes.DEFAULT_TYPE
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+def requester_id(user: User) -> str:
+    return f"{PREFIX}{user.id}"
+
+
+def is_spoiler(settings: TelegramSettings, prompt: str) -> bool:
+    """A request is NSFW when its positive prompt has one of `nsfw_words`."""
+    return settings.nsfw_policy == "spoiler" and find_word(prompt, settings.nsfw_words) is not None
+
+
+def check_policy(settings: TelegramSettings, prompt: str, locale: Locale) -> bool:
+    """Refuse banned words (and NSFW prompts under "refuse"); True if the photo needs a spoiler.
+
+    Only the positive prompt is judged: "nsfw" in a negative prompt keeps NSFW out.
+    """
+    if word := find_word(prompt, settings.banned_words):
+        raise InvalidRequest(text("tg_banned", locale, word=word), field="prompt")
+    if settings.nsfw_policy == "refuse" and (word := find_word(prompt, settings.nsfw_words)):
+        raise InvalidRequest(text("tg_nsfw_refused", locale, word=word), field="prompt")
+    return is_spoiler(settings, prompt)
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+def _deps(context: Context) -> Deps:
+    return cast(Deps, context.bot_data[_DEPS])
+
+
+def _who(deps: Deps, user: User | None) -> tuple[str, UserPrefs, Locale]:
+    """The requester id, their saved settings and their locale (saved, else the client's)."""
+    assert user is not None
+    requester = requester_id(user)
+    prefs = deps.store.get(requester)
+    return requester, prefs, prefs.locale or locale_of(user.language_code)
+
+
+def _after_command(message_text: str | None) -> str:
+    """The text after "/cmd" or "/cmd@bot", line breaks kept."""
+    parts = (message_text or "").split(None, 1)
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _replies_to_bot(message: Message, bot_id: int) -> bool:
+    replied = message.reply_to_message
+    return bool(replied and replied.from_user and replied.from_user.id == bot_id)
+
+
+async def gate(update: Update, context: Context) -> None:
+    """Drop updates from chats outside [telegram] allowed_chats (admins' private chats pass)."""
+    deps = _deps(context)
+    allowed = deps.settings.telegram.allowed_chats
+    chat = update.effective_chat
+    if not allowed or chat is None or chat.id in allowed:
+        return
+    user = update.effective_user
+    if chat.type == ChatType.PRIVATE and user and deps.engine.is_admin(requester_id(user)):
+        return
+    log.info("ignoring an update from chat %d (not in allowed_chats)", chat.id)
+    raise ApplicationHandlerStop
+
+
+async def draw_command(update: Update, context: Context) -> None:
+    """/draw <prompt>, or /draw as a reply to a message holding the prompt."""
+    message = update.effective_message
+    assert message is not None
+    prompt = _after_command(message.text)
+    replied = message.reply_to_message
+    if not prompt.strip() and replied is not None:
+        prompt = replied.text or replied.caption or ""
+    if not prompt.strip():
+        _, _, locale = _who(_deps(context), update.effective_user)
+        await message.reply_text(text("tg_draw_usage", locale))
+        return
+    await _draw(update, context, prompt)
+
+
+async def text_message(update: Update, context: Context) -> None:
+    """A prompt: any text in a private chat; in groups, a reply to the bot."""
+    message = update.effective_message
+    chat = update.effective_chat
+    assert message is not None and chat is not None
+    if chat.type != ChatType.PRIVATE and not _replies_to_bot(message, context.bot.id):
+        return
+    await _draw(update, context, message.text or "")
+
+
+async def _draw(update: Update, context: Context, prompt: str) -> None:
+    deps = _deps(context)
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None
+    requester, prefs, locale = _who(deps, update.effective_user)
+    parsed = read_request(
+        prompt,
+        prefs.request_defaults(requester),
+        requester,
+        settings=prefs.prompt_settings(deps.settings.prompt),
+    )
+    spoiler = check_policy(deps.settings.telegram, parsed.request.prompt, locale)
+    await start_job(
+        deps,
+        context.bot,
+        parsed.request,
+        chat_id=chat.id,
+        reply_to=message.message_id,
+        locale=locale,
+        notes=parsed.notes,
+        spoiler=spoiler,
+    )
+
+
+async def image_message(update: Update, context: Context) -> None:
+    """A photo or image file with a caption: img2img's entry, which has not landed yet."""
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None
+    if chat.type != ChatType.PRIVATE:
+        wanted = (message.caption or "").startswith("/draw")
+        if not wanted and not _replies_to_bot(message, context.bot.id):
+            return
+    _, _, locale = _who(_deps(context), update.effective_user)
+    await message.reply_text(text("tg_img2img", locale))
+
+
+async def help_command(update: Update, context: Context) -> None:
+    message = update.effective_message
+    assert message is not None
+    _, _, locale = _who(_deps(context), update.effective_user)
+    key = "tg_start" if (message.text or "").startswith("/start") else "tg_help"
+    await message.reply_text(text(key, locale, help=text("tg_help", locale)))
+
+
+async def queue_command(update: Update, context: Context) -> None:
+    """Your jobs with position and progress (an admin sees everyone's)."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    jobs = deps.engine.jobs()
+    if not jobs:
+        await message.reply_text(text("tg_queue_empty", locale))
+        return
+    lines = [text("tg_queue_header", locale, count=len(jobs))]
+    admin = deps.engine.is_admin(requester)
+    for job in jobs:
+        if job.requester != requester and not admin:
+            continue
+        p = job.progress
+        if p.state == "running":
+            line = text("tg_queue_drawing", locale, job=job.id, step=p.step, total=p.total, eta="")
+        else:
+            line = text("tg_queue_waiting", locale, job=job.id, position=p.position or "?", eta="")
+        lines.append(line + (f" ({job.requester})" if admin else ""))
+    await message.reply_text("\n".join(lines))
+
+
+async def cancel_command(update: Update, context: Context) -> None:
+    """/cancel: your newest job; /cancel 12: job 12; /cancel all: all of yours."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    arg = _after_command(message.text).strip().lower().lstrip("#")
+    mine = [job.id for job in deps.engine.jobs(requester)]
+    if arg == "all":
+        targets = mine
+    elif arg:
+        if not arg.isdigit():
+            raise InvalidRequest("Write /cancel, /cancel JOB (a number) or /cancel all.")
+        targets = [int(arg)]
+    else:
+        targets = [max(mine)] if mine else []
+    if not targets:
+        await message.reply_text(text("tg_nothing_to_cancel", locale))
+        return
+    cancelled = [job_id for job_id in targets if deps.engine.cancel(job_id, requester)]
+    if cancelled:
+        jobs = ", ".join(map(str, cancelled))
+        await message.reply_text(text("tg_cancelled_jobs", locale, jobs=jobs))
+    else:
+        await message.reply_text(text("tg_already_finished", locale, job=targets[0]))
+
+
+async def history_command(update: Update, context: Context) -> None:
+    """Your last drawings, each with buttons for its PNG and a reroll."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    records = deps.engine.history(requester, limit=5)
+    if not records:
+        await message.reply_text(text("tg_history_empty", locale))
+        return
+    lines, rows = [], []
+    for record in records:
+        r = record.request
+        lines.append(
+            text(
+                "tg_history_line",
+                locale,
+                job=record.id,
+                seed=record.images[0].seed if record.images else "?",
+                width=r.width,
+                height=r.height,
+                prompt=cut(r.prompt, 80),
+            )
+        )
+        rows.append(
+            [
+                InlineKeyboardButton(f"📄 {record.id}", callback_data=f"d:{record.id}:0"),
+                InlineKeyboardButton(f"🎲 {record.id}", callback_data=f"r:{record.id}"),
+            ]
+        )
+    await message.reply_text("\n".join(lines), reply_markup=InlineKeyboardMarkup(rows))
+
+
+async def settings_command(update: Update, context: Context) -> None:
+    """/settings shows yours; /settings steps=20 size=512x768 … saves; /settings reset."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, prefs, locale = _who(deps, update.effective_user)
+    args = _after_command(message.text).strip()
+    if not args:
+        await message.reply_text(show_settings(prefs, locale))
+        return
+    if args.lower() == "reset":
+        deps.store.reset(requester)
+        _, _, locale = _who(deps, update.effective_user)  # the client's language again
+        await message.reply_text(text("tg_settings_reset", locale))
+        return
+    values = read_settings(args)
+    # Checked as a request now, so that a bad default never breaks a later prompt.
+    candidate = dataclasses.replace(prefs, **values)
+    template = dataclasses.replace(candidate.request_defaults(requester), prompt="x")
+    check_request(template, deps.settings.limits, deps.settings.defaults)
+    saved = deps.store.update(requester, **values)
+    locale = saved.locale or locale
+    changes = ", ".join(f"{name}={value}" for name, value in _settings(saved, locale, values))
+    await message.reply_text(text("tg_settings_saved", locale, changes=changes))
+
+
+async def model_command(update: Update, context: Context) -> None:
+    """Admin: /model shows the model and lists every model; /model NAME loads NAME and makes
+    it the default."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    if not await _admin(deps, requester, message, locale):
+        return
+    name = _after_command(message.text).strip()
+    if not name:
+        s = deps.engine.status()
+        paused = text("tg_paused_note", locale) if s.paused else ""
+        model = s.model or "-"
+        status = text(
+            "tg_model_status",
+            locale,
+            model=model,
+            default=s.default_model,
+            queued=s.queued,
+            paused=paused,
+        )
+        models = ", ".join(deps.engine.models()) or "-"
+        await message.reply_text(f"{status}\n{text('tg_model_list', locale, models=models)}")
+        return
+    await message.reply_text(text("tg_model_loading", locale, name=name))
+    try:
+        loaded = await deps.engine.swap_model(name, requester)
+    except GenerationFailed as e:  # the admin gets the reason, which users never see
+        await message.reply_text(text("error", locale, message=str(e)))
+        return
+    await message.reply_text(text("tg_model_swapped", locale, name=loaded))
+
+
+async def pause_command(update: Update, context: Context) -> None:
+    """Admin: /pause (no new drawing starts) and /resume."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    if not await _admin(deps, requester, message, locale):
+        return
+    if (message.text or "").startswith("/pause"):
+        deps.engine.pause()
+        await message.reply_text(text("tg_paused", locale))
+    else:
+        deps.engine.resume()
+        await message.reply_text(text("tg_resumed", locale))
+
+
+async def not_available_command(update: Update, context: Context) -> None:
+    """Admin commands whose engine support has not landed (/vae, /hypernetwork)."""
+    deps = _deps(context)
+    message = update.effective_message
+    assert message is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    if await _admin(deps, requester, message, locale):
+        command = (message.text or "").split(None, 1)[0].split("@")[0]
+        await message.reply_text(text("tg_not_available", locale, command=command))
+
+
+async def _admin(deps: Deps, requester: str, message: Message, locale: Locale) -> bool:
+    if deps.engine.is_admin(requester):
+        return True
+    log.info("refused an admin command from %s", requester)
+    await message.reply_text(text("not_admin", locale))
+    return False
+
+
+async def button(update: Update, context: Context) -> None:
+    """Inline buttons: c:JOB cancel, r:JOB reroll, v:JOB:I variations, d:JOB:I the PNG.
+
+    Everything that can refuse runs before the query is answered, so a refusal is the answer
+    (an alert, from on_error).
+    """
+    deps = _deps(context)
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    requester, _, locale = _who(deps, query.from_user)
+    kind, job_text, index_text = [*query.data.split(":"), "0"][:3]
+    job_id, index = int(job_text), int(index_text)
+    if kind == "c":
+        if deps.engine.cancel(job_id, requester):
+            await query.answer(text("cancelled", locale))
+        else:
+            await query.answer(text("tg_already_finished", locale, job=job_id))
+        return
+    message = query.message
+    if message is None:
+        await query.answer()
+        return
+    record = deps.engine.record(job_id)
+    if record is None or kind != "r" and index >= len(record.images):
+        raise InvalidRequest(text("tg_gone", locale, job=job_id))
+    chat_id = message.chat.id
+    if kind == "d":
+        image = record.images[index]
+        try:
+            png = await asyncio.to_thread(Path(image.path).read_bytes)
+        except OSError:
+            raise InvalidRequest(text("tg_gone", locale, job=job_id)) from None
+        await query.answer()
+        saved = (png, image.seed, image.infotext)
+        await send_png(context.bot, job_id, saved, chat_id, message.message_id)
+        return
+    strength = deps.settings.bot.variation_strength
+    request = reroll(record.request) if kind == "r" else variation(record, index, strength)
+    request = dataclasses.replace(request, requester=requester)
+    spoiler = check_policy(deps.settings.telegram, request.prompt, locale)
+    await query.answer()
+    await start_job(
+        deps,
+        context.bot,
+        request,
+        chat_id=chat_id,
+        reply_to=message.message_id,
+        locale=locale,
+        spoiler=spoiler,
+    )
+
+
+async def on_error(update: object, context: Context) -> None:
+    """The one error handler: engine errors are told to the user, anything else is logged."""
+    error = context.error
+    locale: Locale = "en"
+    if isinstance(update, Update) and update.effective_user is not None:
+        _, _, locale = _who(_deps(context), update.effective_user)
+    if isinstance(error, EngineError):
+        reply = error_text(error, locale)
+        log.info("refused: %s", error)
+    else:
+        log.exception("error in update %s", getattr(update, "update_id", "-"), exc_info=error)
+        reply = text("failed", locale)
+    if not isinstance(update, Update):
+        return
+    if update.callback_query is not None:
+        try:
+            await update.callback_query.answer(cut(reply, 200), show_alert=True)
+            return
+        except BadRequest as e:  # answered already: say it in the chat instead
+            log.info("callback query not answered: %s", e.message)
+    chat = update.effective_chat
+    if chat is not None:
+        message = update.effective_message
+        reply_parameters = replying(message.message_id) if message is not None else None
+        await context.bot.send_message(chat.id, reply, reply_parameters=reply_parameters)
+
+
+# --- /settings ---------------------------------------------------------------------------------
+
+
+def _bool(key: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise InvalidRequest(f"{key} needs on or off, not {value!r}.", field=key)
+
+
+def _locale_value(key: str, value: str) -> str:
+    if value.lower() not in LOCALES:
+        raise InvalidRequest(f"{key} needs {' or '.join(LOCALES)}, not {value!r}.", field=key)
+    return value.lower()
+
+
+# Setting name → (UserPrefs fields, reader of the value → those fields' values). The readers
+# are the parser's own flags, so /settings accepts what a prompt's flags accept.
+_SETTINGS: dict[str, tuple[tuple[str, ...], Callable[[str, str], Any]]] = {
+    "size": (("width", "height"), FLAGS["--size"].read),
+    "steps": (("num_inference_steps",), FLAGS["--steps"].read),
+    "scale": (("guidance_scale",), FLAGS["--scale"].read),
+    "sampler": (("sampler",), FLAGS["--sampler"].read),
+    "neg": (("negative_prompt",), FLAGS["--neg"].read),
+    "uc": (("uc_preset",), FLAGS["--uc"].read),
+    "quality": (("quality_tags",), _bool),
+    "syntax": (("syntax",), FLAGS["--syntax"].read),
+    "doc": (("send_as_document",), _bool),
+    "lang": (("locale",), _locale_value),
+}
+_ALIASES = {
+    "cfg": "scale",
+    "guidance_scale": "scale",
+    "num_inference_steps": "steps",
+    "negative_prompt": "neg",
+    "negative": "neg",
+    "uc_preset": "uc",
+    "quality_tags": "quality",
+    "document": "doc",
+    "send_as_document": "doc",
+    "locale": "lang",
+}
+
+
+def read_settings(args: str) -> dict[str, Any]:
+    """`steps=20 size=512x768 sampler="DPM++ 2M"` → UserPrefs fields; "default" clears one."""
+    try:
+        words = shlex.split(args)
+    except ValueError as e:
+        raise InvalidRequest(f"Cannot read the settings: {e} (check your quotes).") from None
+    values: dict[str, Any] = {}
+    for word in words:
+        key, equals, value = word.partition("=")
+        key = key.strip().lower()
+        name = _ALIASES.get(key, key)
+        if name not in _SETTINGS:
+            raise InvalidRequest(
+                f"Unknown setting {key!r}; known: {', '.join(_SETTINGS)}.", field=key
+            )
+        if not equals or not value.strip():
+            raise InvalidRequest(f"Write {name}=VALUE, e.g. steps=20.", field=key)
+        fields, read = _SETTINGS[name]
+        if value.strip().lower() == "default":
+            values.update(dict.fromkeys(fields, None))
+            continue
+        parsed = read(name, value.strip())
+        values.update(
+            zip(fields, parsed, strict=True) if len(fields) > 1 else [(fields[0], parsed)]
+        )
+    return values
+
+
+def show_settings(prefs: UserPrefs, locale: Locale) -> str:
+    lines = "\n".join(f"{name}: {value}" for name, value in _settings(prefs, locale))
+    return text("tg_settings", locale, default=text("tg_settings_default", locale), values=lines)
+
+
+def _settings(
+    prefs: UserPrefs, locale: Locale, fields: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """(setting, value as typed) of each setting, or of those that set one of `fields`."""
+    wanted = None if fields is None else set(fields)
+    shown = []
+    for name, (names, _) in _SETTINGS.items():
+        if wanted is not None and not wanted & set(names):
+            continue
+        values = [getattr(prefs, f) for f in names]
+        if all(v is None for v in values):
+            shown.append((name, text("tg_settings_default", locale)))
+        else:
+            shown.append((name, "x".join(_typed(v) for v in values)))
+    return shown
+
+
+def _typed(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+def register(app: App) -> None:
+    """Add every handler. Handlers that wait for a job run with block=False, so one user's
+    drawing never holds up anyone else's updates."""
+    app.add_handler(TypeHandler(Update, gate), group=-1)
+    app.add_handler(CommandHandler(("start", "help"), help_command))
+    app.add_handler(CommandHandler("draw", draw_command, block=False))
+    app.add_handler(CommandHandler("queue", queue_command))
+    app.add_handler(CommandHandler("cancel", cancel_command))
+    app.add_handler(CommandHandler("history", history_command))
+    app.add_handler(CommandHandler("settings", settings_command))
+    app.add_handler(CommandHandler("model", model_command, block=False))
+    app.add_handler(CommandHandler(("pause", "resume"), pause_command))
+    app.add_handler(CommandHandler(("vae", "hypernetwork"), not_available_command))
+    app.add_handler(
+        CallbackQueryHandler(button, pattern=r"^(c:\d+|r:\d+|[vd]:\d+:\d+)$", block=False)
+    )
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))
+    prompts = filters.TEXT & ~filters.COMMAND & (filters.ChatType.PRIVATE | filters.REPLY)
+    app.add_handler(MessageHandler(prompts, text_message, block=False))
+    app.add_error_handler(on_error)
+
+
+def file_url(base_url: str) -> str:
+    """PTB's base_file_url for a base_url: https://api.telegram.org/bot → …/file/bot."""
+    root, _, last = base_url.rstrip("/").rpartition("/")
+    return f"{root}/file/{last}"
+
+
+def build_application(token: str) -> App:
+    builder = ApplicationBuilder().token(token)
+    if base_url := os.environ.get(API_URL_ENV, "").strip():
+        builder = builder.base_url(base_url).base_file_url(file_url(base_url))
+    return builder.build()
+
+
+async def set_commands(bot: Bot, admins: Iterable[str]) -> None:
+    """The command menu in English and Chinese; admins' private chats also list theirs."""
+    for locale in LOCALES:
+        language = None if locale == "en" else locale
+        commands = [BotCommand(name, text(f"tg_cmd_{name}", locale)) for name in COMMANDS]
+        await bot.set_my_commands(commands, language_code=language)
+        extra = [BotCommand(name, text(f"tg_cmd_{name}", locale)) for name in ADMIN_COMMANDS]
+        for admin in admins:
+            user_id = admin.removeprefix(PREFIX)
+            if not admin.startswith(PREFIX) or not user_id.isdigit():
+                continue
+            try:
+                scope = BotCommandScopeChat(int(user_id))
+                await bot.set_my_commands(commands + extra, scope=scope, language_code=language)
+            except BadRequest as e:  # the admin has not opened a chat with the bot yet
+                log.info("no admin commands for %s: %s", admin, e.message)
+
+
+def resume_recovered(app: App, deps: Deps) -> int:
+    """Follow the jobs from before a restart whose reply goes to Telegram; returns how many."""
+    count = 0
+    for job in deps.engine.recovered():
+        reply = ReplyTo.parse(job.reply_to)
+        if reply is None:
+            continue  # another frontend's
+        spoiler = is_spoiler(deps.settings.telegram, job.request.prompt)
+        coroutine = follow(deps, app.bot, job, reply, spoiler=spoiler)
+        deps.followers.add(app.create_task(coroutine, name=f"telegram job {job.id}"))
+        count += 1
+    return count
+
+
+async def run_telegram(
+    engine: Engine[Any], settings: Settings, store: UserSettingsStore, token: str
+) -> None:
+    """Run the Telegram bot until cancelled (bot/launcher.py's frontend contract)."""
+    # Opt in to PTB 22's timedelta periods (RetryAfter.retry_after): no deprecation warnings.
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
+    app = build_application(token)
+    deps = Deps(engine, settings, store)
+    app.bot_data[_DEPS] = deps
+    register(app)
+    async with app:
+        await set_commands(app.bot, engine.config.admins)
+        await app.start()
+        assert app.updater is not None
+        await app.updater.start_polling(allowed_updates=["message", "callback_query"])
+        recovered = resume_recovered(app, deps)
+        log.info("telegram: polling as @%s; %d job(s) from before", app.bot.username, recovered)
+        try:
+            await asyncio.Event().wait()  # until the launcher cancels us
+        finally:
+            await app.updater.stop()
+            # Followers wait for jobs, and the engine closes only after the frontends: stop
+            # them (the journal keeps their jobs), or app.stop() would wait for the jobs.
+            deps.closing = True
+            followers = list(deps.followers)
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+            await app.stop()
+            log.info("telegram: stopped")

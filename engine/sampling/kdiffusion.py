@@ -1,0 +1,484 @@
+"""Our port of k-diffusion's sampling around a diffusers UNet: σ schedule, CFG denoiser, samplers.
+
+Written from k-diffusion's published algorithms (crowsonkb/k-diffusion `k_diffusion/sampling.py`
+and `external.py`, the version A1111 v1.9.4 pins), A1111's DDIM
+(`modules/sd_samplers_timesteps_impl.py`) and A1111's `CFGDenoiser`; run with churn 0, eta 1 and
+s_noise 1, as A1111 runs them. The table of names users pick is engine/sampling/samplers.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy import integrate
+
+Tensor = torch.Tensor
+UNetFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(latent input, timesteps (B,), text context) → the UNet's raw output (eps or v)."""
+CondFn = Callable[[int], tuple[Tensor, Tensor]]
+"""Prompt conditioning (cond, uncond) for a 0-based step (`Conditioning.at`)."""
+NoiseSampler = Callable[[Tensor, Tensor], Tensor]
+"""(sigma, sigma_next) → standard-normal noise shaped like the latents."""
+StepCallback = Callable[[int, Tensor, Tensor], None]
+"""Called after each sampler step with (0-based step, latents after it, denoised prediction)."""
+
+
+# --- noise schedule and denoiser ----------------------------------------------------------------
+
+
+def alphas_cumprod_from_config(config: Any) -> Tensor:
+    """LDM `make_beta_schedule` + cumprod in float64, then float32 as LDM's buffer holds it."""
+    steps = int(config.get("num_train_timesteps", 1000))
+    trained = config.get("trained_betas")
+    schedule = config.get("beta_schedule", "scaled_linear")
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    if trained is not None:
+        betas = torch.tensor(trained, dtype=torch.float64)
+    elif schedule == "scaled_linear":  # LDM's "linear": linear in sqrt(beta)
+        betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(start, end, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta_schedule {schedule!r}")
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+
+@dataclass
+class NoiseSchedule:
+    """k-diffusion `DiscreteSchedule` over a CompVis model's alphas_cumprod.
+
+    With `downcast`, alphas_cumprod is rounded to float16 first and σ computed in float16,
+    as A1111 before v1.7 did (its "Downcast alphas_cumprod" switch).
+    """
+
+    alphas_cumprod: Tensor
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    sigmas: Tensor = field(init=False)
+    log_sigmas: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        ac = self.alphas_cumprod
+        self.sigmas = ((1 - ac) / ac) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+
+    @classmethod
+    def from_config(cls, config: Any, *, downcast: bool = False) -> NoiseSchedule:
+        """The schedule of a diffusers scheduler config (SD-1 "scaled_linear" by default)."""
+        ac = alphas_cumprod_from_config(config)
+        if downcast:
+            ac = ac.half()
+        prediction = config.get("prediction_type", "epsilon")
+        if prediction not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction_type {prediction!r}")
+        return cls(ac, prediction)
+
+    def to(self, device: torch.device) -> NoiseSchedule:
+        """The same schedule with its tensors on `device`."""
+        return NoiseSchedule(self.alphas_cumprod.to(device), self.prediction_type)
+
+    @property
+    def sigma_min(self) -> float:
+        """σ at t = 0 (A1111's `model_wrap.sigmas[0].item()`, the Karras lower bound)."""
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        """σ at the last training timestep (the Karras upper bound)."""
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """k-diffusion `DiscreteSchedule.sigma_to_t`: continuous t, linear in log σ."""
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high_idx = low_idx + 1
+        low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        t = (1 - w) * low_idx + w * high_idx
+        return t.view(sigma.shape)
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        """k-diffusion `DiscreteSchedule.t_to_sigma`: log σ interpolated between integer t."""
+        t = t.float()
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        return log_sigma.exp()
+
+    def get_sigmas(self, n: int) -> Tensor:
+        """k-diffusion `DiscreteSchedule.get_sigmas`: t = linspace(T-1, 0, n), then a final 0."""
+        t_max = len(self.sigmas) - 1
+        t = torch.linspace(t_max, 0, n, device=self.sigmas.device)
+        return append_zero(self.t_to_sigma(t))
+
+    def get_sigmas_karras(self, n: int, rho: float = 7.0) -> Tensor:
+        """k-diffusion `get_sigmas_karras` between the model's σ_min and σ_max (A1111's bounds)."""
+        ramp = torch.linspace(0, 1, n)
+        min_inv_rho = self.sigma_min ** (1 / rho)
+        max_inv_rho = self.sigma_max ** (1 / rho)
+        sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+        return append_zero(sigmas).to(self.sigmas.device)
+
+
+def append_zero(x: Tensor) -> Tensor:
+    """k-diffusion `append_zero`."""
+    return torch.cat([x, x.new_zeros([1])])
+
+
+class CFGDenoiser:
+    """A1111 `CFGDenoiser` around a k-diffusion `CompVisDenoiser` (or `CompVisVDenoiser`).
+
+    Called with latents x (B, C, H, W) in σ-scaled space and a σ; returns the guided denoised
+    prediction `uncond + (cond - uncond) * scale`, each branch converted to a denoised
+    prediction first. Cond and uncond run as one UNet batch (cond first) when their token
+    lengths match, as two calls otherwise. The step given to `cond_at` counts model calls, as
+    A1111's `CFGDenoiser.step` does: second-order samplers advance prompt editing twice a step.
+    """
+
+    def __init__(
+        self,
+        unet: UNetFn,
+        schedule: NoiseSchedule,
+        cond_at: CondFn,
+        guidance_scale: float,
+        *,
+        dtype: torch.dtype,
+    ) -> None:
+        self.unet = unet
+        self.schedule = schedule
+        self.cond_at = cond_at
+        self.guidance_scale = guidance_scale
+        self.dtype = dtype
+        self.step = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The guided denoised prediction at noise level `sigma` (a 0-dim tensor)."""
+        sigma_in = sigma.reshape(1).expand(x.shape[0])
+        c_in = 1 / (sigma**2 + 1) ** 0.5
+        t = self.schedule.sigma_to_t(sigma_in)
+        out_cond, out_uncond = self._both(x * c_in, t)
+        if self.schedule.prediction_type == "v_prediction":
+            c_skip, c_out = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5
+            cond = out_cond * c_out + x * c_skip
+            uncond = out_uncond * c_out + x * c_skip
+        else:
+            cond, uncond = x + out_cond * -sigma, x + out_uncond * -sigma
+        return self._guide(cond, uncond)
+
+    def eps_at(self, x: Tensor, timestep: int) -> Tensor:
+        """The guided ε prediction for VP latents at an integer timestep (A1111's DDIM)."""
+        t = torch.full((x.shape[0],), float(timestep), device=x.device)
+        out_cond, out_uncond = self._both(x, t)
+        if self.schedule.prediction_type == "v_prediction":
+            a = float(self.schedule.alphas_cumprod[timestep])
+            out_cond = a**0.5 * out_cond + (1 - a) ** 0.5 * x
+            out_uncond = a**0.5 * out_uncond + (1 - a) ** 0.5 * x
+        return self._guide(out_cond, out_uncond)
+
+    def _guide(self, cond: Tensor, uncond: Tensor) -> Tensor:
+        self.step += 1
+        return uncond + (cond - uncond) * self.guidance_scale
+
+    def _both(self, x_in: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        cond, uncond = self.cond_at(self.step)
+        x_in = x_in.to(self.dtype)
+        if cond.shape[1] == uncond.shape[1]:
+            out = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([cond, uncond]))
+            out_cond, out_uncond = out.float().chunk(2)
+            return out_cond, out_uncond
+        return self.unet(x_in, t, cond).float(), self.unet(x_in, t, uncond).float()
+
+
+# --- samplers (k-diffusion `sampling.py`, churn 0, eta 1, s_noise 1 as A1111 runs them) ---------
+
+
+def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    """k-diffusion `to_d`: the Karras ODE derivative."""
+    return (x - denoised) / sigma
+
+
+def get_ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tuple[Any, Any]:
+    """k-diffusion `get_ancestral_step`: (σ_down, σ_up) of an ancestral step."""
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = torch.minimum(
+        sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    )
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+Denoise = Callable[[Tensor, Tensor], Tensor]
+
+
+def sample_euler(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_euler` (Karras et al. 2022, Algorithm 2, Euler steps, no churn)."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        callback(i, x, denoised)
+    return x
+
+
+def sample_euler_ancestral(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_euler_ancestral`: Euler steps plus fresh noise (none at σ=0)."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1])
+        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigma_up
+        callback(i, x, denoised)
+    return x
+
+
+def sample_heun(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_heun` (Karras et al. 2022, Algorithm 2, no churn)."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        d = to_d(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt  # Euler method
+        else:
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1]))
+            x = x + (d + d_2) / 2 * dt
+        callback(i, x, denoised)
+    return x
+
+
+def sample_dpm_2(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_dpm_2`: DPM-Solver-2 midpoint steps (geometric-mean midpoint)."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        d = to_d(x, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])  # Euler method
+        else:
+            sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid))
+            x = x + d_2 * (sigmas[i + 1] - sigmas[i])
+        callback(i, x, denoised)
+    return x
+
+
+def sample_dpm_2_ancestral(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_dpm_2_ancestral`: DPM-Solver-2 steps to σ_down, then noise."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1])
+        d = to_d(x, sigmas[i], denoised)
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigmas[i])  # Euler method
+        else:
+            sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid))
+            x = x + d_2 * (sigma_down - sigmas[i])
+        if sigmas[i + 1] > 0:  # σ_up is 0 at the end: the draw would change nothing
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigma_up
+        callback(i, x, denoised)
+    return x
+
+
+def linear_multistep_coeff(order: int, t: np.ndarray[Any, Any], i: int, j: int) -> float:
+    """k-diffusion `linear_multistep_coeff`: ∫ of a Lagrange basis polynomial over a step."""
+
+    def fn(tau: float) -> float:
+        prod = 1.0
+        for k in range(order):
+            if j != k:
+                prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return prod
+
+    value: float = integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
+    return value
+
+
+def sample_lms(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_lms`: linear multistep, order 4."""
+    order = 4
+    sigmas_cpu = sigmas.detach().cpu().numpy()
+    ds: list[Tensor] = []
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ds.append(to_d(x, sigmas[i], denoised))
+        if len(ds) > order:
+            ds.pop(0)
+        cur_order = min(i + 1, order)
+        coeffs = [linear_multistep_coeff(cur_order, sigmas_cpu, i, j) for j in range(cur_order)]
+        x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=False))
+        callback(i, x, denoised)
+    return x
+
+
+def _t_fn(sigma: Tensor) -> Tensor:
+    return sigma.log().neg()
+
+
+def _sigma_fn(t: Tensor) -> Tensor:
+    return t.neg().exp()
+
+
+def sample_dpmpp_2s_ancestral(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_dpmpp_2s_ancestral`: DPM-Solver++(2S) steps to σ_down, then noise."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1])
+        if sigma_down == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])  # Euler method
+        else:
+            t, t_next = _t_fn(sigmas[i]), _t_fn(sigma_down)
+            h = t_next - t
+            s = t + h / 2
+            x_2 = (_sigma_fn(s) / _sigma_fn(t)) * x - (-h / 2).expm1() * denoised
+            denoised_2 = model(x_2, _sigma_fn(s))
+            x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigma_up
+        callback(i, x, denoised)
+    return x
+
+
+def sample_dpmpp_sde(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_dpmpp_sde`: DPM-Solver++ (stochastic, r = 1/2), Brownian noise."""
+    r = 0.5
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])  # Euler method
+        else:
+            t, t_next = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+            h = t_next - t
+            s = t + h * r
+            fac = 1 / (2 * r)
+            # Step 1
+            sd, su = get_ancestral_step(_sigma_fn(t), _sigma_fn(s))
+            s_ = _t_fn(sd)
+            x_2 = (_sigma_fn(s_) / _sigma_fn(t)) * x - (t - s_).expm1() * denoised
+            x_2 = x_2 + noise(_sigma_fn(t), _sigma_fn(s)) * su
+            denoised_2 = model(x_2, _sigma_fn(s))
+            # Step 2
+            sd, su = get_ancestral_step(_sigma_fn(t), _sigma_fn(t_next))
+            t_next_ = _t_fn(sd)
+            denoised_d = (1 - fac) * denoised + fac * denoised_2
+            x = (_sigma_fn(t_next_) / _sigma_fn(t)) * x - (t - t_next_).expm1() * denoised_d
+            x = x + noise(_sigma_fn(t), _sigma_fn(t_next)) * su
+        callback(i, x, denoised)
+    return x
+
+
+def sample_dpmpp_2m(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_dpmpp_2m`: DPM-Solver++(2M), first order at the start and the end."""
+    old_denoised: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        t, t_next = _t_fn(sigmas[i]), _t_fn(sigmas[i + 1])
+        h = t_next - t
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised
+        else:
+            h_last = t - _t_fn(sigmas[i - 1])
+            r = h_last / h
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (_sigma_fn(t_next) / _sigma_fn(t)) * x - (-h).expm1() * denoised_d
+        old_denoised = denoised
+        callback(i, x, denoised)
+    return x
+
+
+def ddim_timesteps(steps: int, train_steps: int = 1000) -> Tensor:
+    """A1111 `CompVisSampler.get_timesteps`: range(0, T, T // steps) + 1, clipped to T-1."""
+    return torch.clip(torch.arange(0, train_steps, train_steps // steps) + 1, 0, train_steps - 1)
+
+
+def sample_ddim(
+    model: CFGDenoiser,
+    x: Tensor,
+    timesteps: Tensor,
+    noise: NoiseSampler,
+    callback: StepCallback,
+    eta: float = 0.0,
+) -> Tensor:
+    """A1111 `sd_samplers_timesteps_impl.ddim` (Song et al. 2020) on VP latents.
+
+    It runs len(timesteps) - 1 steps, from the last timestep down to the first, as A1111 does.
+    """
+    # The coefficients are scalars: work them out on the CPU (MPS has no float64).
+    alphas_cumprod, timesteps = model.schedule.alphas_cumprod.cpu(), timesteps.cpu()
+    alphas = alphas_cumprod[timesteps]
+    prev_index = torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))
+    alphas_prev = alphas_cumprod[prev_index].to(torch.float64)
+    a_np, prev_np = alphas.double().numpy(), alphas_prev.numpy()
+    sigmas = eta * np.sqrt((1 - prev_np) / (1 - a_np) * (1 - a_np / prev_np))
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = model.eps_at(x, int(timesteps[index]))
+        a_t, a_prev = float(alphas[index]), float(alphas_prev[index])
+        sigma_t = float(sigmas[index])
+        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t**0.5
+        x = a_prev**0.5 * pred_x0 + (1.0 - a_prev - sigma_t**2) ** 0.5 * e_t
+        if sigma_t:
+            x = x + sigma_t * noise(torch.tensor(0.0), torch.tensor(0.0))
+        callback(i, x, pred_x0)
+    return x
+
+
+# --- Brownian noise (DPM++ SDE) -----------------------------------------------------------------
+
+
+class BrownianNoise:
+    """k-diffusion `BrownianTreeNoiseSampler` with one torchsde Brownian tree per image seed.
+
+    A1111 seeds the trees with the images' seeds (not seed + ENSD), which keeps an image
+    independent of its batch-mates. Queries a float ulp outside [σ_min, σ_max] make torchsde
+    warn (in A1111 too); the answer is the same, so those warnings are silenced here.
+    """
+
+    def __init__(self, x: Tensor, sigmas: Tensor, seeds: Sequence[int]) -> None:
+        import torchsde
+
+        positive = sigmas[sigmas > 0]
+        t0, t1 = positive.min(), sigmas.max()
+        w0 = torch.zeros_like(x[0])
+        with _quiet_torchsde():
+            self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=seed) for seed in seeds]
+
+    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        low, high, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        with _quiet_torchsde():
+            w = torch.stack([tree(low, high) for tree in self.trees]) * sign
+        return w / (t1 - t0).abs().sqrt()
+
+
+@contextlib.contextmanager
+def _quiet_torchsde() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+        yield

@@ -1,0 +1,677 @@
+"""The Telegram frontend end to end: the real PTB Application (`run_telegram`, the launcher's
+entry point) against tests/fakes/telegram.py, over a real Engine with a fake generate()."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from telegram.error import RetryAfter
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.messages import text
+from bot.prefs import UserPrefs, UserSettingsStore
+from bot.settings import BotSettings, Settings, TelegramSettings
+from bot.telegram.handlers import file_url, read_settings, run_telegram
+from bot.telegram.replies import cut, retry_seconds
+from bot.wordlist import find_word
+from engine.engine import Engine
+from engine.errors import InvalidRequest
+from engine.queue import QueueConfig
+from engine.request import Limits
+from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
+from tests.fakes import FakeTelegram
+
+pytestmark = pytest.mark.timeout(10)
+
+USER = 42  # a private chat's id is the user's id
+OTHER = 43
+ADMIN = 7
+GROUP = -1001234
+QUALITY = "masterpiece, best quality, "
+STATUS = ("Queued…", "排队中…")  # a job's status message as first sent
+
+
+@dataclass
+class Harness:
+    """One bot as `aidraw run` starts it: engine task + run_telegram task, stopped in order."""
+
+    tg: FakeTelegram
+    tmp_path: Path
+    fake: FakeGenerate = field(default_factory=FakeGenerate)
+    engine: Engine[Any] | None = None
+    store: UserSettingsStore | None = None
+    settings: Settings = field(default_factory=Settings)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(
+        self,
+        *,
+        admins: tuple[str, ...] = (),
+        paused: bool = False,
+        queue: dict[str, Any] | None = None,
+        **telegram: Any,
+    ) -> Engine[Any]:
+        limits = Limits(max_steps=50)
+        config = QueueConfig(
+            journal=str(self.tmp_path / "journal.sqlite3"),
+            results_dir=str(self.tmp_path / "results"),
+            warm_up=False,
+            max_batch=1,
+            admins=admins,
+            **(queue or {}),
+        )
+        engine: Engine[Any] = Engine(
+            config, registry=FakeRegistry(), load=FakeLoader(), generate=self.fake, limits=limits
+        )
+        if paused:
+            engine.pause()
+        self.settings = Settings(
+            limits=limits,
+            bot=BotSettings(progress_interval_s=0.1),
+            telegram=TelegramSettings(**telegram),
+            root=self.tmp_path,
+        )
+        self.engine = engine
+        self.store = UserSettingsStore(self.tmp_path / "users.sqlite3")
+        polls = self.tg.count("getUpdates")
+        self._tasks = [
+            asyncio.create_task(engine.run()),
+            asyncio.create_task(run_telegram(engine, self.settings, self.store, self.tg.token)),
+        ]
+        await self.tg.wait_until(lambda: self.tg.count("getUpdates") > polls)
+        return engine
+
+    async def stop(self) -> None:
+        """As bot/launcher.py: the frontend first, then the engine."""
+        if not self._tasks:
+            return
+        engine_task, bot_task = self._tasks
+        self._tasks = []
+        bot_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bot_task
+        assert self.engine is not None and self.store is not None
+        await self.engine.close(grace_s=0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await engine_task
+        self.store.close()
+
+    async def reply(self, chat_id: int, predicate: Callable[[str], bool] | None = None) -> str:
+        """The text of the bot's next sendMessage to `chat_id` matching `predicate` (by
+        default: any but a job's first status message)."""
+        wanted = predicate or (lambda text: text not in STATUS)
+        call = await self.tg.wait_for(
+            "sendMessage", lambda c: c.params["chat_id"] == chat_id and wanted(c.params["text"])
+        )
+        return str(call.params["text"])
+
+
+@pytest.fixture
+async def tg(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeTelegram]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # httpx honours proxies for loopback
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")  # else RetryAfter warns (filterwarnings=error)
+    async with FakeTelegram() as fake:
+        monkeypatch.setenv("AIDRAW_TELEGRAM_API_URL", fake.base_url)
+        yield fake
+
+
+@pytest.fixture
+async def h(tg: FakeTelegram, tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tg, tmp_path)
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll a condition of the bot's own state, which no fake call announces."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition still false"
+        await asyncio.sleep(0.01)
+
+
+def buttons(call: Any) -> list[str]:
+    """The callback_data of every inline button a call sent."""
+    markup = call.params.get("reply_markup") or {}
+    return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def png(width: int = 64, height: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- prompts -------------------------------------------------------------------------------------
+
+
+async def test_private_prompt_shows_progress_then_photo_and_png(h: Harness) -> None:
+    engine = await h.start(send_as_document=True)
+    h.fake.hold()
+    prompt = h.tg.push_text(USER, USER, "1girl, smile --seed 5\nNegative prompt: lowres")
+
+    status = await h.tg.wait_for("sendMessage")
+    assert status.params["text"] == "Queued…"
+    assert status.params["reply_parameters"]["message_id"] == prompt["message"]["message_id"]
+    first = await h.tg.wait_for("editMessageText")  # the position (or step 0) and a Cancel button
+    assert buttons(first) == ["c:1"]
+    h.fake.allow(2)
+    drawing = await h.tg.wait_for("editMessageText", lambda c: "step 2/4" in c.params["text"])
+    assert drawing.params["text"].startswith("Drawing… step 2/4")
+    assert buttons(drawing) == ["c:1"]
+    h.fake.release()
+
+    photo = await h.tg.wait_for("sendPhoto")
+    document = await h.tg.wait_for("sendDocument")
+    await h.tg.wait_for(
+        "deleteMessage", lambda c: c.params["message_id"] == first.params["message_id"]
+    )
+
+    (request,) = h.fake.calls[0]
+    assert request.prompt == QUALITY + "1girl, smile"
+    assert request.negative_prompt.startswith("lowres, ") and request.seed == 5
+    assert request.requester == f"telegram:{USER}"
+    infotext = QUALITY + "1girl, smile\nSeed: 5"  # FakeGenerate's infotext
+    assert photo.params["caption"] == f"Seed 5 · alpha · 4 steps\n\n{infotext}"
+    assert document.params["caption"] == infotext
+    assert (
+        photo.files["photo"].data
+        == document.files["document"].data
+        == b"%s|5" % ((QUALITY + "1girl, smile").encode())
+    )
+    assert document.files["document"].filename == "aidraw-1-5.png"
+    assert buttons(photo) == ["r:1", "v:1:0"]  # no PNG button: the PNG came as a file
+    assert "has_spoiler" not in photo.params or not photo.params["has_spoiler"]
+    # Only the photo and its file are left: the status message is gone.
+    assert [("photo" in m, "document" in m) for m in h.tg.sent(USER)] == [
+        (True, False),
+        (False, True),
+    ]
+    record = engine.record(1)
+    assert record is not None and record.delivered and record.state == "done"
+
+
+async def test_group_draw_command_names_the_bot(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(GROUP, USER, "/draw@other_bot a dog", chat_type="supergroup")
+    h.tg.push_text(GROUP, USER, "a dog, just chatting", chat_type="supergroup")
+    h.tg.push_text(GROUP, USER, "/draw@aidraw_test_bot a cat --seed 3", chat_type="supergroup")
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.params["chat_id"] == GROUP and "a cat" in photo.params["caption"]
+
+    # A reply to the bot is a prompt too; /draw alone explains itself.
+    (sent,) = [m for m in h.tg.sent(GROUP) if "photo" in m]
+    h.tg.push_text(
+        GROUP, OTHER, "a fox --seed 4", chat_type="supergroup", reply_to=sent["message_id"]
+    )
+    await h.tg.wait_for("sendPhoto", lambda c: "a fox" in c.params["caption"])
+    h.tg.push_text(GROUP, OTHER, "/draw", chat_type="supergroup")
+    assert (await h.reply(GROUP, lambda t: "/draw" in t)).startswith("Write what to draw")
+    assert h.fake.prompts == [[QUALITY + "a cat"], [QUALITY + "a fox"]]
+    assert h.fake.calls[1][0].requester == f"telegram:{OTHER}"
+
+
+async def test_bad_flag_is_explained_and_nothing_is_queued(h: Harness) -> None:
+    engine = await h.start()
+    h.tg.push_text(USER, USER, "a cat --sede 5")
+    answer = await h.reply(USER)
+    assert answer.startswith("Error: Unknown flag --sede. Did you mean --seed?")
+    h.tg.push_text(USER, USER, "a cat --steps 99")  # the engine's check: nothing queued either
+    status = await h.tg.wait_for("editMessageText")
+    assert status.params["text"] == "Error: steps 99 is not allowed: use 1 to 50."
+    assert engine.jobs() == [] and h.fake.calls == []
+    assert engine.record(1) is None and h.tg.count("sendPhoto") == 0
+
+
+async def test_pasted_infotext_is_drawn_as_written(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(
+        USER,
+        USER,
+        "1girl, {smile}\nNegative prompt: lowres\n"
+        "Steps: 3, Sampler: Euler, CFG scale: 7, Seed: 77, Size: 64x96, Clip skip: 2",
+    )
+    await h.tg.wait_for("sendPhoto")
+    (request,) = h.fake.calls[0]
+    assert (request.prompt, request.negative_prompt) == ("1girl, {smile}", "lowres")
+    assert (request.num_inference_steps, request.sampler, request.seed) == (3, "Euler", 77)
+    assert (request.width, request.height, request.guidance_scale) == (64, 96, 7.0)
+
+
+async def test_each_image_gets_its_own_buttons(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, "a cat --seed 10 --n 2")
+    first = await h.tg.wait_for("sendPhoto")
+    second = await h.tg.wait_for("sendPhoto")
+    assert first.params["caption"].startswith("Seed 10 ·")
+    assert second.params["caption"].startswith("Seed 11 ·")
+    assert buttons(first) == ["r:1", "v:1:0", "d:1:0"]
+    assert buttons(second) == ["r:1", "v:1:1", "d:1:1"]
+
+
+async def test_a_failed_drawing_is_told_in_the_status(h: Harness) -> None:
+    engine = await h.start()
+    h.fake.failing.add(QUALITY + "a cat")
+    h.tg.push_text(USER, USER, "a cat")
+    failed = await h.tg.wait_for("editMessageText", lambda c: "went wrong" in c.params["text"])
+    assert "reply_markup" not in failed.params  # no Cancel button any more
+    # Marked delivered once the edit's answer is back: nothing on the fake's side to wait for.
+    await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
+    record = engine.record(1)
+    assert record is not None and record.state == "failed" and record.error is not None
+    assert failed.params["text"] == text("error", message=record.error)  # no path leaks
+
+
+# --- buttons and restarts ------------------------------------------------------------------------
+
+
+async def test_buttons_still_work_after_a_restart(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, "a cat --seed 9")
+    await h.tg.wait_for("sendPhoto")
+    (result,) = [m for m in h.tg.sent(USER) if "photo" in m]
+    await h.stop()
+
+    engine = await h.start()  # a new Application and a new Engine over the same journal
+    h.tg.push_callback(USER, USER, result["message_id"], "r:1")
+    await h.tg.wait_for("answerCallbackQuery")
+    reroll = await h.tg.wait_for("sendPhoto")
+    assert reroll.params["reply_parameters"]["message_id"] == result["message_id"]
+    assert h.fake.calls[1][0].prompt == QUALITY + "a cat"
+    record = engine.record(2)
+    assert record is not None and record.request.seed is None  # a new seed was drawn
+
+    h.tg.push_callback(USER, OTHER, result["message_id"], "v:1:0")  # anyone may press it
+    await h.tg.wait_for("answerCallbackQuery")
+    await h.tg.wait_for("sendPhoto")
+    variation = h.fake.calls[2][0]
+    assert (variation.seed, variation.subseed_strength) == (9, 0.3)
+    assert variation.requester == f"telegram:{OTHER}"
+
+    h.tg.push_callback(USER, USER, result["message_id"], "d:1:0")
+    await h.tg.wait_for("answerCallbackQuery")
+    document = await h.tg.wait_for("sendDocument")
+    assert document.files["document"].data == (QUALITY + "a cat|9").encode()
+    assert document.params["caption"] == QUALITY + "a cat\nSeed: 9"
+
+
+async def test_unknown_job_button_answers_with_an_alert(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, "/history")
+    assert await h.reply(USER) == "You have not drawn anything yet."
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.tg.wait_for("sendPhoto")
+    (result,) = [m for m in h.tg.sent(USER) if "photo" in m]
+    (h.tmp_path / "results" / "000001-1.png").unlink()  # the image file is gone
+    h.tg.push_callback(USER, USER, result["message_id"], "d:1:0")
+    alert = await h.tg.wait_for("answerCallbackQuery")
+    assert alert.params["show_alert"] is True
+    assert alert.params["text"] == "Error: Job 1 is no longer in the history."
+
+
+async def test_unanswered_jobs_are_answered_after_a_restart(h: Harness) -> None:
+    await h.start()
+    h.fake.hold()
+    prompt = h.tg.push_text(USER, USER, "a cat --seed 2")
+    status = await h.tg.wait_for("editMessageText", lambda c: "Drawing" in c.params["text"])
+    await h.stop()  # interrupted: the job stays in the journal
+    assert h.tg.count("sendPhoto") == 0
+
+    h.fake.release()
+    await h.start()
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.params["reply_parameters"]["message_id"] == prompt["message"]["message_id"]
+    await h.tg.wait_for(
+        "deleteMessage", lambda c: c.params["message_id"] == status.params["message_id"]
+    )
+    assert h.fake.prompts[-1] == [QUALITY + "a cat"]
+    await h.stop()
+    await h.start()  # delivered: not sent again
+    assert h.tg.count("sendPhoto") == 1
+
+
+async def test_cancel_while_queued(h: Harness) -> None:
+    engine = await h.start(paused=True)
+    h.tg.push_text(USER, USER, "a cat")
+    status = await h.tg.wait_for("editMessageText", lambda c: "Queued: #1" in c.params["text"])
+    h.tg.push_callback(USER, OTHER, status.params["message_id"], "c:1")  # not theirs
+    refused = await h.tg.wait_for("answerCallbackQuery")
+    assert refused.params["show_alert"] is True and "Only whoever asked" in refused.params["text"]
+    h.tg.push_callback(USER, USER, status.params["message_id"], "c:1")
+    answer = await h.tg.wait_for("answerCallbackQuery")
+    assert answer.params["text"] == "Cancelled."
+    await h.tg.wait_for("editMessageText", lambda c: c.params["text"] == "Cancelled.")
+
+    h.tg.push_text(USER, USER, "a dog")
+    await h.tg.wait_for("editMessageText", lambda c: "Queued: #1" in c.params["text"])
+    h.tg.push_text(USER, USER, "/queue")
+    assert (
+        await h.reply(USER, lambda t: "job" in t)
+        == "1 job(s) waiting or drawing.\njob 2: #1 in line"
+    )
+    h.tg.push_text(USER, USER, "/cancel")
+    assert await h.reply(USER, lambda t: "job(s) 2" in t) == "Cancelled job(s) 2."
+    engine.resume()
+    h.tg.push_text(USER, USER, "/cancel")
+    assert await h.reply(USER, lambda t: "no job" in t) == "You have no job waiting or drawing."
+    assert h.fake.calls == [] and h.tg.count("sendPhoto") == 0
+    for job_id in (1, 2):
+        await eventually(lambda: (r := engine.record(job_id)) is not None and r.delivered)  # noqa: B023
+        record = engine.record(job_id)
+        assert record is not None and record.state == "cancelled"
+
+
+# --- flood control and limits --------------------------------------------------------------------
+
+
+async def test_retry_after_on_edits_and_photo_keeps_the_job(h: Harness) -> None:
+    await h.start()
+    h.fake.hold()
+    h.tg.rate_limit_next("editMessageText", retry_after=0.5)
+    h.tg.rate_limit_next("sendPhoto", retry_after=0.2)
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.tg.wait_for("editMessageText", status=429)
+    limited_at = time.monotonic()
+    h.fake.allow(1)
+    await h.tg.wait_for("editMessageText")  # not before Telegram allows it again
+    assert time.monotonic() - limited_at >= 0.45
+    h.fake.release()
+    await h.tg.wait_for("sendPhoto", status=429)
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.files["photo"].data == (QUALITY + "a cat|1").encode()
+    assert len([m for m in h.tg.sent(USER) if "photo" in m]) == 1
+
+
+async def test_caption_is_cut_at_1024_utf16_units(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, "🐱 cat, " * 200 + "--seed 1")  # 🐱 is two UTF-16 units
+    photo = await h.tg.wait_for("sendPhoto")
+    caption = photo.params["caption"]
+    assert len(caption.encode("utf-16-le")) // 2 <= 1024 and caption.endswith("…")
+    assert caption.startswith("Seed 1 · alpha · 4 steps\n\n" + QUALITY + "🐱 cat, ")
+    assert cut("x" * 1024) == "x" * 1024 and cut("x" * 1025) == "x" * 1023 + "…"
+    assert cut("🐱" * 600, 10) == "🐱" * 4 + "…"
+
+
+async def test_banned_words_and_nsfw_policy(h: Harness) -> None:
+    engine = await h.start(banned_words=("gore",), nsfw_policy="spoiler")
+    h.tg.push_text(USER, USER, "a GORE scene")
+    assert await h.reply(USER) == "Error: This bot does not draw prompts with 'gore'."
+    h.tg.push_text(USER, USER, "gorgeous, 1girl, (nsfw:1.1) --seed 1 --neg nsfw")
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.params["has_spoiler"] is True
+    h.tg.push_text(USER, USER, "1girl, smile --neg nsfw, nude")  # the negative is not judged
+    safe = await h.tg.wait_for("sendPhoto")
+    assert not safe.params.get("has_spoiler")
+    assert len(h.fake.calls) == 2
+    await h.stop()
+
+    engine = await h.start(nsfw_policy="refuse")
+    h.tg.push_text(USER, USER, "1girl, nude")
+    refused = await h.reply(USER, lambda t: t.startswith("Error"))
+    assert refused == "Error: This bot does not draw NSFW prompts ('nude')."
+    assert engine.jobs() == [] and len(h.fake.calls) == 2
+
+
+def test_word_matching() -> None:
+    assert find_word("1girl, (nsfw:1.2)", ["nsfw"]) == "nsfw"
+    assert find_word("cum_on_body", ["cum"]) == "cum"
+    assert find_word("sussex landscape, Nudel", ["sex", "nude"]) is None
+    assert find_word("一个女孩，裸体", ["裸体"]) == "裸体"
+    assert find_word("anything", ["", "  "]) is None
+
+
+async def test_allowed_chats(h: Harness) -> None:
+    await h.start(allowed_chats=(USER,), admins=(f"telegram:{ADMIN}",))
+    h.tg.push_text(OTHER, OTHER, "a cat")
+    h.tg.push_text(GROUP, OTHER, "/draw a cat", chat_type="supergroup")
+    h.tg.push_text(ADMIN, ADMIN, "/help")  # an admin's private chat always works
+    assert (await h.reply(ADMIN)).startswith("Send me a prompt")
+    h.tg.push_text(USER, USER, "/help")
+    assert (await h.reply(USER)).startswith("Send me a prompt")
+    assert h.tg.sent(OTHER) == [] and h.tg.sent(GROUP) == [] and h.fake.calls == []
+
+
+async def test_img2img_is_not_available_yet(h: Harness) -> None:
+    engine = await h.start()
+    h.tg.push_photo(USER, USER, png(), caption="make it blue")
+    assert (await h.reply(USER)).startswith("Drawing from a picture (img2img) is not available")
+    h.tg.push_photo(USER, USER, png(), caption="/draw blue", as_document=True)
+    assert (await h.reply(USER)).startswith("Drawing from a picture (img2img)")
+    h.tg.push_photo(GROUP, USER, png(), caption="a holiday photo", chat_type="supergroup")
+    h.tg.push_photo(GROUP, USER, png(), caption="/draw blue", chat_type="supergroup")
+    assert (await h.reply(GROUP)).startswith("Drawing from a picture (img2img)")
+    assert h.tg.count("sendMessage") == 3 and engine.jobs() == [] and h.fake.calls == []
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
+    engine = await h.start(admins=(f"telegram:{ADMIN}",))
+    for command in ("/pause", "/model beta", "/vae x"):
+        h.tg.push_text(USER, USER, command)
+        assert await h.reply(USER) == "Only the bot's admins can do that."
+    assert not engine.status().paused and engine.default_model == "alpha"
+
+    h.tg.push_text(ADMIN, ADMIN, "/pause")
+    assert (await h.reply(ADMIN)).startswith("Paused")
+    assert engine.status().paused
+    h.tg.push_text(ADMIN, ADMIN, "/resume")
+    assert await h.reply(ADMIN) == "Drawing again."
+    h.tg.push_text(ADMIN, ADMIN, "/model beta")
+    assert await h.reply(ADMIN) == "Loading beta…"
+    assert await h.reply(ADMIN) == "New jobs now draw with beta."
+    assert engine.default_model == "beta"
+    h.tg.push_text(ADMIN, ADMIN, "/model")
+    status = await h.reply(ADMIN, lambda t: "Model:" in t)
+    assert status.startswith("Model: beta")
+    assert status.endswith("\nModels: alpha, beta, gamma")
+    h.tg.push_text(ADMIN, ADMIN, "/model gama")
+    assert await h.reply(ADMIN) == "Loading gama…"
+    assert await h.reply(ADMIN) == "Error: Unknown model 'gama'. Did you mean: gamma?"
+    h.tg.push_text(ADMIN, ADMIN, "/hypernetwork x")
+    assert await h.reply(ADMIN) == "/hypernetwork is not available in this version yet."
+
+    # The command menus: everyone's in two languages; admins' chats add theirs.
+    everyone = [c["command"] for c in h.tg.my_commands[("default", "")]]
+    assert everyone == ["draw", "help", "queue", "cancel", "settings", "history", "start"]
+    assert h.tg.my_commands[("default", "zh")][0]["description"].startswith("画图")
+    admin = [c["command"] for c in h.tg.my_commands[("chat", "")]]
+    assert admin[-3:] == ["model", "pause", "resume"]
+
+
+async def test_settings_are_saved_and_applied(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, '/settings steps=3 size=64x128 sampler=euler neg="bad hands" doc=on')
+    saved = await h.reply(USER)
+    assert saved == "Saved: size=64x128, steps=3, sampler=Euler, neg=bad hands, doc=on."
+    assert h.store is not None
+    assert h.store.get(f"telegram:{USER}") == UserPrefs(
+        width=64,
+        height=128,
+        num_inference_steps=3,
+        sampler="Euler",
+        negative_prompt="bad hands",
+        send_as_document=True,
+    )
+    h.tg.push_text(USER, USER, "a cat")
+    await h.tg.wait_for("sendDocument")
+    (request,) = h.fake.calls[0]
+    assert (request.num_inference_steps, request.width, request.height) == (3, 64, 128)
+    assert request.sampler == "Euler" and request.negative_prompt.endswith(", bad hands")
+
+    for command, error in [
+        ("/settings steps=abc", "Error: steps needs a whole number, not 'abc'."),
+        ("/settings steps=99", "Error: steps 99 is not allowed: use 1 to 50."),
+        ("/settings sampler=eulr", "Error: Unknown sampler 'eulr'. Did you mean 'Euler'?"),
+        ("/settings colour=red", "Error: Unknown setting 'colour'; known: size, steps, scale,"),
+        ("/settings quality=maybe", "Error: quality needs on or off, not 'maybe'."),
+    ]:
+        h.tg.push_text(USER, USER, command)
+        assert (await h.reply(USER)).startswith(error)
+    h.tg.push_text(USER, USER, "/settings")
+    shown = await h.reply(USER)
+    assert "steps: 3\n" in shown and "size: 64x128\n" in shown and "scale: default\n" in shown
+    assert "doc: on\n" in shown and "quality: default\n" in shown
+    h.tg.push_text(USER, USER, "/settings steps=default lang=zh")
+    assert await h.reply(USER) == "已保存：steps=默认, lang=zh。"
+    h.tg.push_text(USER, USER, "/settings reset")
+    assert await h.reply(USER) == "Your settings are back to the bot's defaults."
+    assert h.store.get(f"telegram:{USER}") == UserPrefs()
+
+
+def test_read_settings() -> None:
+    assert read_settings("size=portrait cfg=7 uc=lq quality=off syntax=NAI lang=ZH") == {
+        "width": 512,
+        "height": 768,
+        "guidance_scale": 7.0,
+        "uc_preset": "Low Quality",
+        "quality_tags": False,
+        "syntax": "nai",
+        "locale": "zh",
+    }
+    assert read_settings("size=default") == {"width": None, "height": None}
+    with pytest.raises(InvalidRequest, match=r"Write steps=VALUE"):
+        read_settings("steps")
+    with pytest.raises(InvalidRequest, match=r"check your quotes"):
+        read_settings('neg="lowres')
+
+
+async def test_chinese_users_get_chinese_replies(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, "a cat --sede 5", language_code="zh-hans")
+    assert (await h.reply(USER)).startswith("出错了：Unknown flag --sede.")
+    h.tg.push_text(USER, USER, "/help", language_code="zh-hans")
+    assert (await h.reply(USER)).startswith("发给我提示词就画")
+    h.tg.push_text(USER, USER, "a cat --seed 8", language_code="zh")
+    status = await h.tg.wait_for("sendMessage", lambda c: c.params["text"] in STATUS)
+    assert status.params["text"] == "排队中…"
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.params["caption"].startswith("种子 8 · alpha · 4 步")
+    keyboard = photo.params["reply_markup"]["inline_keyboard"][0]
+    assert [b["text"] for b in keyboard] == ["🎲 换种子", "🔀 变体", "📄 原图"]
+
+
+async def test_history_lists_drawings_with_buttons(h: Harness) -> None:
+    await h.start()
+    for seed in (1, 2):
+        h.tg.push_text(USER, USER, f"a cat --seed {seed}")
+        await h.tg.wait_for("sendPhoto")
+    h.tg.push_text(USER, USER, "/history")
+    listing = await h.tg.wait_for("sendMessage", lambda c: "job 2" in c.params["text"])
+    assert listing.params["text"] == (
+        f"job 2 · seed 2 · 64x64 · {QUALITY}a cat\njob 1 · seed 1 · 64x64 · {QUALITY}a cat"
+    )
+    assert buttons(listing) == ["d:2:0", "r:2", "d:1:0", "r:1"]
+
+
+async def test_preview_replaces_the_status_text_in_private_chats(
+    tg: FakeTelegram, tmp_path: Path
+) -> None:
+    h = Harness(tg, tmp_path, fake=FakeGenerate(latents=True))
+    await h.start(queue={"preview_every_steps": 1})
+    try:
+        h.fake.hold()
+        tg.push_text(USER, USER, "a cat --seed 1")
+        await tg.wait_for("sendMessage")
+        (text_status,) = tg.sent(USER)
+        h.fake.allow(1)
+        preview = await tg.wait_for("sendPhoto")  # the status becomes a photo
+        assert preview.files["photo"].data.startswith(b"\x89PNG")
+        assert preview.params["caption"].startswith("Drawing… step 1/4")
+        assert buttons(preview) == ["c:1"]
+        await tg.wait_for(
+            "deleteMessage", lambda c: c.params["message_id"] == text_status["message_id"]
+        )
+        h.fake.allow(1)
+        edit = await tg.wait_for("editMessageMedia")
+        assert edit.params["media"]["caption"].startswith("Drawing… step 2/4")
+        h.fake.release()
+        result = await tg.wait_for("sendPhoto", lambda c: c.params["caption"].startswith("Seed"))
+        assert result.files["photo"].data == (QUALITY + "a cat|1").encode()
+        await tg.wait_for("deleteMessage")  # the status photo
+        assert [m["caption"].split("\n")[0] for m in tg.sent(USER)] == ["Seed 1 · alpha · 4 steps"]
+    finally:
+        await h.stop()
+
+
+def test_retry_after_is_read_as_int_or_timedelta(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")
+    assert retry_seconds(RetryAfter(timedelta(seconds=1.5))) == 1.5
+    monkeypatch.delenv("PTB_TIMEDELTA")  # PTB 22's default: an int, with a deprecation warning
+    with pytest.warns(PTBDeprecationWarning):
+        error = RetryAfter(3)
+        assert retry_seconds(error) == 3.0
+
+
+def test_file_url_is_derived_from_the_api_url() -> None:
+    assert file_url("https://api.telegram.org/bot") == "https://api.telegram.org/file/bot"
+    assert file_url("http://127.0.0.1:8081/bot/") == "http://127.0.0.1:8081/file/bot"
+
+
+# --- the real demo model -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_demo_model_photo_carries_the_infotext(
+    tg: FakeTelegram, tmp_path: Path, demo_models_dir: Path
+) -> None:
+    from engine.device import DeviceOptions
+    from engine.generate import generate
+    from engine.models import ModelRegistry
+
+    registry = ModelRegistry(demo_models_dir)
+    config = QueueConfig(
+        journal=str(tmp_path / "journal.sqlite3"),
+        results_dir=str(tmp_path / "results"),
+        warm_up=False,
+    )
+    engine: Engine[Any] = Engine(
+        config,
+        registry=registry,
+        load=lambda name: registry.load(name, DeviceOptions(device="cpu")),
+        generate=generate,
+    )
+    settings = Settings(telegram=TelegramSettings(send_as_document=True), root=tmp_path)
+    store = UserSettingsStore(":memory:")
+    tasks = [
+        asyncio.create_task(engine.run()),
+        asyncio.create_task(run_telegram(engine, settings, store, tg.token)),
+    ]
+    try:
+        tg.push_text(
+            USER, USER, "1girl, smile --size 64x64 --steps 2 --seed 7\nNegative prompt: lowres"
+        )
+        photo = await tg.wait_for("sendPhoto", timeout=9)
+        document = await tg.wait_for("sendDocument")
+    finally:
+        tasks[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[1]
+        await engine.close(grace_s=0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[0]
+        store.close()
+    data = document.files["document"].data
+    assert photo.files["photo"].data == data
+    image = Image.open(io.BytesIO(data))
+    assert image.size == (64, 64)
+    infotext = image.info["parameters"]
+    assert infotext.startswith(QUALITY + "1girl, smile\nNegative prompt: lowres, ")
+    assert "Steps: 2, Sampler: Euler a, CFG scale: 11, Seed: 7, Size: 64x64" in infotext
+    assert document.params["caption"] == infotext
+    assert photo.params["caption"] == f"Seed 7 · aidraw-demo · 2 steps\n\n{infotext}"
