@@ -2,7 +2,7 @@
 
 Frontends plug in as coroutines that run until cancelled and clean up on the way out:
 `bot.discord.bot.run_discord(engine, settings, store, token)`,
-`bot.telegram.handlers.run_telegram(engine, settings, store, token)` and, when no token is
+`bot.telegram.app.run_telegram(engine, settings, store, token)` and, when no token is
 set, `bot.web.app.run_web(engine, settings, store)`.
 """
 
@@ -73,7 +73,7 @@ async def serve(settings: Settings) -> int:
     run_web_chat = discord_token is None and telegram_token is None
     admins: tuple[str, ...] = ()
     if run_web_chat and settings.web.local_admin:
-        from bot.web.app import USER  # the web chat's one user may swap models and cancel jobs
+        from bot.web.chat import USER  # the web chat's one user may swap models and cancel jobs
 
         admins = (USER,)
     engine, store = build_engine(settings, admins=admins)
@@ -83,7 +83,7 @@ async def serve(settings: Settings) -> int:
 
         frontends["discord"] = run_discord(engine, settings, store, discord_token)
     if telegram_token is not None:
-        from bot.telegram.handlers import run_telegram
+        from bot.telegram.app import run_telegram
 
         frontends["telegram"] = run_telegram(engine, settings, store, telegram_token)
     if run_web_chat:

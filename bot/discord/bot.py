@@ -1,8 +1,9 @@
 """The Discord bot: `run_discord(engine, settings, store, token)`, the launcher's entry point.
 
-`setup()` adds the cogs (`bot.discord.draw.DrawCog`, `bot.discord.admin.AdminCog`) and the
-persistent job buttons to the client (`bot.discord.client.AidrawBot`). Environment variables
-point it at another Discord (the tests' fake one).
+`setup()` adds the cogs (`bot.discord.draw.DrawCog`, `bot.discord.account.AccountCog`,
+`bot.discord.admin.AdminCog`) and the persistent job buttons to the client
+(`bot.discord.client.AidrawBot`). Environment variables point it at another Discord (the
+tests' fake one).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot.discord.account import AccountCog
 from bot.discord.admin import AdminCog
 from bot.discord.client import AidrawBot
 from bot.discord.draw import DrawCog
@@ -32,6 +34,7 @@ async def setup(bot: commands.Bot) -> None:
         raise TypeError("the Discord cogs need an AidrawBot (engine, settings, store)")
     bot.add_dynamic_items(JobButton)
     await bot.add_cog(DrawCog(bot))
+    await bot.add_cog(AccountCog(bot))
     await bot.add_cog(AdminCog(bot))
 
 

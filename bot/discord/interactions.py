@@ -1,5 +1,6 @@
 """Discord: what every cog's commands share about an interaction: command descriptions, who is
-asking (requester ids, locale), the admin permission and refusals, model autocomplete."""
+asking (requester ids, locale), where they may ask (`check_place`, `PlaceCheckedCog`), the admin
+permission and refusals, model and size autocomplete."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from typing import Any
 import discord
 from discord import app_commands
 from discord.app_commands import Choice, locale_str
+from discord.ext import commands
 
-from bot.messages import MESSAGES, Locale, locale_of
+from bot.discord.client import AidrawBot
+from bot.messages import MESSAGES, Locale, locale_of, text
 from bot.prefs import UserSettingsStore
 from engine.engine import Engine
+from engine.prompting.presets import NAI_SIZES
 
 ADMIN = discord.Permissions(manage_guild=True)
 
@@ -39,10 +43,44 @@ def interaction_locale(store: UserSettingsStore, interaction: discord.Interactio
     return saved or locale_of(interaction.locale.value)
 
 
+def check_place(bot: AidrawBot, interaction: discord.Interaction) -> None:
+    """allowed_guilds / allowed_channels / allow_dms (admins may use the bot anywhere)."""
+    config = bot.settings.discord
+    if bot.engine.is_admin(requester_of(interaction.user)):
+        return
+    if interaction.guild_id is None:
+        if not config.allow_dms:
+            raise NotAllowed(text("discord_no_dms", interaction_locale(bot.store, interaction)))
+        return
+    if (config.allowed_guilds and interaction.guild_id not in config.allowed_guilds) or (
+        config.allowed_channels and interaction.channel_id not in config.allowed_channels
+    ):
+        raise NotAllowed(text("discord_not_here", interaction_locale(bot.store, interaction)))
+
+
+class PlaceCheckedCog(commands.Cog):
+    """A cog whose commands keep to where the bot may be used (`check_place`). Autocomplete is
+    left unchecked: it draws nothing, and could not show a refusal."""
+
+    bot: AidrawBot
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.type != discord.InteractionType.autocomplete:
+            check_place(self.bot, interaction)
+        return True
+
+
 def model_choices(engine: Engine[Any], current: str) -> list[Choice[str]]:
     """Autocomplete: installed models whose name contains what was typed."""
     names = [name for name in engine.models() if current.lower() in name.lower()]
     return [Choice(name=name, value=name) for name in names[:25]]
+
+
+def size_choices(current: str) -> list[Choice[str]]:
+    """Autocomplete: the NAI size presets whose label contains what was typed."""
+    labels = [f"{name} ({w}x{h})" for name, (w, h) in NAI_SIZES.items()]
+    found = [label for label in labels if current.lower() in label.lower()]
+    return [Choice(name=label, value=label.split()[0]) for label in found[:25]]
 
 
 def command_name(interaction: discord.Interaction) -> str:

@@ -1,1 +1,1 @@
-"""The Telegram frontend: command, message and button handlers, and status/photo replies."""
+"""The Telegram frontend: the application, its handlers, the /settings text and job replies."""

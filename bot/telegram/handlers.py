@@ -1,8 +1,8 @@
-"""Telegram frontend: prompts by message or /draw, commands, buttons, admin.
+"""Telegram handlers: prompts by message or /draw, commands, buttons, admin, the one on_error.
 
-`run_telegram()` is what `aidraw run` starts (bot/launcher.py); `register(app)` adds the
-handlers. A prompt goes parse → policy → `start_job` (bot/telegram/replies.py: status message,
-submit, progress, pictures). Handlers stay thin; errors go to the one `on_error`.
+A prompt goes parse → policy → `start_job` (bot/telegram/replies.py: status message, submit,
+progress, pictures). Handlers stay thin; errors go to the one `on_error`. bot/telegram/app.py
+registers them and keeps their `Deps` in `bot_data[DEPS_KEY]`.
 """
 
 from __future__ import annotations
@@ -10,65 +10,37 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import shlex
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import TypeAlias, cast
 
-from telegram import (
-    Bot,
-    BotCommand,
-    BotCommandScopeChat,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    Message,
-    Update,
-    User,
-)
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
 from telegram.constants import ChatType
 from telegram.error import BadRequest
-from telegram.ext import (
-    Application,
-    ApplicationBuilder,
-    ApplicationHandlerStop,
-    CallbackQueryHandler,
-    CommandHandler,
-    ContextTypes,
-    MessageHandler,
-    TypeHandler,
-    filters,
-)
+from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from bot.messages import LOCALES, Locale, error_text, locale_of, text
-from bot.parse import FLAGS, read_request
-from bot.prefs import UserPrefs, UserSettingsStore
-from bot.settings import Settings, TelegramSettings
+from bot.messages import Locale, error_text, locale_of, text
+from bot.parse import read_request
+from bot.prefs import UserPrefs
+from bot.settings import TelegramSettings
 from bot.telegram.replies import (
     PREFIX,
     Deps,
-    ReplyTo,
     cut,
-    follow,
     replying,
     reroll,
     send_png,
     start_job,
     variation,
 )
+from bot.telegram.settings_text import read_settings, show_settings, typed_settings
 from bot.wordlist import find_word
-from engine.engine import Engine
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
 from engine.generate import check_request
 
 log = logging.getLogger(__name__)
 
-API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
-COMMANDS = ("draw", "help", "queue", "cancel", "settings", "history", "start")
-ADMIN_COMMANDS = ("model", "pause", "resume")
-_DEPS = "aidraw"
+DEPS_KEY = "aidraw"  # where bot/telegram/app.py keeps the handlers' Deps in bot_data
 
-App: TypeAlias = "Application[Any, Any, Any, Any, Any, Any]"
 Context: TypeAlias = ContextTypes.DEFAULT_TYPE
 
 
@@ -100,7 +72,7 @@ def check_policy(settings: TelegramSettings, prompt: str, locale: Locale) -> boo
 
 
 def _deps(context: Context) -> Deps:
-    return cast(Deps, context.bot_data[_DEPS])
+    return cast(Deps, context.bot_data[DEPS_KEY])
 
 
 def _who(deps: Deps, user: User | None) -> tuple[str, UserPrefs, Locale]:
@@ -311,7 +283,7 @@ async def settings_command(update: Update, context: Context) -> None:
     check_request(template, deps.settings.limits, deps.settings.defaults)
     saved = deps.store.update(requester, **values)
     locale = saved.locale or locale
-    changes = ", ".join(f"{name}={value}" for name, value in _settings(saved, locale, values))
+    changes = ", ".join(f"{name}={value}" for name, value in typed_settings(saved, locale, values))
     await message.reply_text(text("tg_settings_saved", locale, changes=changes))
 
 
@@ -461,207 +433,3 @@ async def on_error(update: object, context: Context) -> None:
         message = update.effective_message
         reply_parameters = replying(message.message_id) if message is not None else None
         await context.bot.send_message(chat.id, reply, reply_parameters=reply_parameters)
-
-
-# --- /settings ---------------------------------------------------------------------------------
-
-
-def _bool(key: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("on", "true", "yes", "1"):
-        return True
-    if lowered in ("off", "false", "no", "0"):
-        return False
-    raise InvalidRequest(f"{key} needs on or off, not {value!r}.", field=key)
-
-
-def _locale_value(key: str, value: str) -> str:
-    if value.lower() not in LOCALES:
-        raise InvalidRequest(f"{key} needs {' or '.join(LOCALES)}, not {value!r}.", field=key)
-    return value.lower()
-
-
-# Setting name → (UserPrefs fields, reader of the value → those fields' values). The readers
-# are the parser's own flags, so /settings accepts what a prompt's flags accept.
-_SETTINGS: dict[str, tuple[tuple[str, ...], Callable[[str, str], Any]]] = {
-    "size": (("width", "height"), FLAGS["--size"].read),
-    "steps": (("num_inference_steps",), FLAGS["--steps"].read),
-    "scale": (("guidance_scale",), FLAGS["--scale"].read),
-    "sampler": (("sampler",), FLAGS["--sampler"].read),
-    "neg": (("negative_prompt",), FLAGS["--neg"].read),
-    "uc": (("uc_preset",), FLAGS["--uc"].read),
-    "quality": (("quality_tags",), _bool),
-    "syntax": (("syntax",), FLAGS["--syntax"].read),
-    "doc": (("send_as_document",), _bool),
-    "lang": (("locale",), _locale_value),
-}
-_ALIASES = {
-    "cfg": "scale",
-    "guidance_scale": "scale",
-    "num_inference_steps": "steps",
-    "negative_prompt": "neg",
-    "negative": "neg",
-    "uc_preset": "uc",
-    "quality_tags": "quality",
-    "document": "doc",
-    "send_as_document": "doc",
-    "locale": "lang",
-}
-
-
-def read_settings(args: str) -> dict[str, Any]:
-    """`steps=20 size=512x768 sampler="DPM++ 2M"` → UserPrefs fields; "default" clears one."""
-    try:
-        words = shlex.split(args)
-    except ValueError as e:
-        raise InvalidRequest(f"Cannot read the settings: {e} (check your quotes).") from None
-    values: dict[str, Any] = {}
-    for word in words:
-        key, equals, value = word.partition("=")
-        key = key.strip().lower()
-        name = _ALIASES.get(key, key)
-        if name not in _SETTINGS:
-            raise InvalidRequest(
-                f"Unknown setting {key!r}; known: {', '.join(_SETTINGS)}.", field=key
-            )
-        if not equals or not value.strip():
-            raise InvalidRequest(f"Write {name}=VALUE, e.g. steps=20.", field=key)
-        fields, read = _SETTINGS[name]
-        if value.strip().lower() == "default":
-            values.update(dict.fromkeys(fields, None))
-            continue
-        parsed = read(name, value.strip())
-        values.update(
-            zip(fields, parsed, strict=True) if len(fields) > 1 else [(fields[0], parsed)]
-        )
-    return values
-
-
-def show_settings(prefs: UserPrefs, locale: Locale) -> str:
-    lines = "\n".join(f"{name}: {value}" for name, value in _settings(prefs, locale))
-    return text("tg_settings", locale, default=text("tg_settings_default", locale), values=lines)
-
-
-def _settings(
-    prefs: UserPrefs, locale: Locale, fields: Iterable[str] | None = None
-) -> list[tuple[str, str]]:
-    """(setting, value as typed) of each setting, or of those that set one of `fields`."""
-    wanted = None if fields is None else set(fields)
-    shown = []
-    for name, (names, _) in _SETTINGS.items():
-        if wanted is not None and not wanted & set(names):
-            continue
-        values = [getattr(prefs, f) for f in names]
-        if all(v is None for v in values):
-            shown.append((name, text("tg_settings_default", locale)))
-        else:
-            shown.append((name, "x".join(_typed(v) for v in values)))
-    return shown
-
-
-def _typed(value: object) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-# --- the application ---------------------------------------------------------------------------
-
-
-def register(app: App) -> None:
-    """Add every handler. Handlers that wait for a job run with block=False, so one user's
-    drawing never holds up anyone else's updates."""
-    app.add_handler(TypeHandler(Update, gate), group=-1)
-    app.add_handler(CommandHandler(("start", "help"), help_command))
-    app.add_handler(CommandHandler("draw", draw_command, block=False))
-    app.add_handler(CommandHandler("queue", queue_command))
-    app.add_handler(CommandHandler("cancel", cancel_command))
-    app.add_handler(CommandHandler("history", history_command))
-    app.add_handler(CommandHandler("settings", settings_command))
-    app.add_handler(CommandHandler("model", model_command, block=False))
-    app.add_handler(CommandHandler(("pause", "resume"), pause_command))
-    app.add_handler(CommandHandler(("vae", "hypernetwork"), not_available_command))
-    app.add_handler(
-        CallbackQueryHandler(button, pattern=r"^(c:\d+|r:\d+|[vd]:\d+:\d+)$", block=False)
-    )
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))
-    prompts = filters.TEXT & ~filters.COMMAND & (filters.ChatType.PRIVATE | filters.REPLY)
-    app.add_handler(MessageHandler(prompts, text_message, block=False))
-    app.add_error_handler(on_error)
-
-
-def file_url(base_url: str) -> str:
-    """PTB's base_file_url for a base_url: https://api.telegram.org/bot → …/file/bot."""
-    root, _, last = base_url.rstrip("/").rpartition("/")
-    return f"{root}/file/{last}"
-
-
-def build_application(token: str) -> App:
-    builder = ApplicationBuilder().token(token)
-    if base_url := os.environ.get(API_URL_ENV, "").strip():
-        builder = builder.base_url(base_url).base_file_url(file_url(base_url))
-    return builder.build()
-
-
-async def set_commands(bot: Bot, admins: Iterable[str]) -> None:
-    """The command menu in English and Chinese; admins' private chats also list theirs."""
-    for locale in LOCALES:
-        language = None if locale == "en" else locale
-        commands = [BotCommand(name, text(f"tg_cmd_{name}", locale)) for name in COMMANDS]
-        await bot.set_my_commands(commands, language_code=language)
-        extra = [BotCommand(name, text(f"tg_cmd_{name}", locale)) for name in ADMIN_COMMANDS]
-        for admin in admins:
-            user_id = admin.removeprefix(PREFIX)
-            if not admin.startswith(PREFIX) or not user_id.isdigit():
-                continue
-            try:
-                scope = BotCommandScopeChat(int(user_id))
-                await bot.set_my_commands(commands + extra, scope=scope, language_code=language)
-            except BadRequest as e:  # the admin has not opened a chat with the bot yet
-                log.info("no admin commands for %s: %s", admin, e.message)
-
-
-def resume_recovered(app: App, deps: Deps) -> int:
-    """Follow the jobs from before a restart whose reply goes to Telegram; returns how many."""
-    count = 0
-    for job in deps.engine.recovered():
-        reply = ReplyTo.parse(job.reply_to)
-        if reply is None:
-            continue  # another frontend's
-        spoiler = is_spoiler(deps.settings.telegram, job.request.prompt)
-        coroutine = follow(deps, app.bot, job, reply, spoiler=spoiler)
-        deps.followers.add(app.create_task(coroutine, name=f"telegram job {job.id}"))
-        count += 1
-    return count
-
-
-async def run_telegram(
-    engine: Engine[Any], settings: Settings, store: UserSettingsStore, token: str
-) -> None:
-    """Run the Telegram bot until cancelled (bot/launcher.py's frontend contract)."""
-    # Opt in to PTB 22's timedelta periods (RetryAfter.retry_after): no deprecation warnings.
-    os.environ.setdefault("PTB_TIMEDELTA", "true")
-    app = build_application(token)
-    deps = Deps(engine, settings, store)
-    app.bot_data[_DEPS] = deps
-    register(app)
-    async with app:
-        await set_commands(app.bot, engine.config.admins)
-        await app.start()
-        assert app.updater is not None
-        await app.updater.start_polling(allowed_updates=["message", "callback_query"])
-        recovered = resume_recovered(app, deps)
-        log.info("telegram: polling as @%s; %d job(s) from before", app.bot.username, recovered)
-        try:
-            await asyncio.Event().wait()  # until the launcher cancels us
-        finally:
-            await app.updater.stop()
-            # Followers wait for jobs, and the engine closes only after the frontends: stop
-            # them (the journal keeps their jobs), or app.stop() would wait for the jobs.
-            deps.closing = True
-            followers = list(deps.followers)
-            for task in followers:
-                task.cancel()
-            await asyncio.gather(*followers, return_exceptions=True)
-            await app.stop()
-            log.info("telegram: stopped")

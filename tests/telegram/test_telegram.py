@@ -21,8 +21,9 @@ from telegram.warnings import PTBDeprecationWarning
 from bot.messages import text
 from bot.prefs import UserPrefs, UserSettingsStore
 from bot.settings import BotSettings, Settings, TelegramSettings
-from bot.telegram.handlers import file_url, read_settings, run_telegram
+from bot.telegram.app import file_url, run_telegram
 from bot.telegram.replies import cut, retry_seconds
+from bot.telegram.settings_text import read_settings
 from bot.wordlist import find_word
 from engine.engine import Engine
 from engine.errors import InvalidRequest

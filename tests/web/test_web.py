@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, WebSettings, from_dict
 from bot.web import app as web
+from bot.web.chat import PREF_FIELDS, USER
 from engine.engine import Engine
 from engine.queue import QueueConfig
 from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
@@ -52,7 +53,7 @@ class Chat:
         tables = {"web": web_table or {}, "limits": {"max_steps": 50}}
         settings = from_dict(tables, root=self.tmp_path)
         if settings.web.local_admin:  # as bot/launcher.py builds the engine for the web chat
-            queue["admins"] = (*queue.get("admins", ()), web.USER)
+            queue["admins"] = (*queue.get("admins", ()), USER)
         config = QueueConfig(
             **{
                 "journal": str(self.tmp_path / "journal.sqlite3"),
@@ -160,7 +161,7 @@ async def test_state_lists_models_defaults_choices_and_strings(chat: Chat) -> No
     assert state["models"] == ["alpha", "beta", "gamma"] and state["model"] == "alpha"
     assert state["defaults"]["width"] == 64  # the default model's own defaults
     assert "Euler a" in state["choices"]["sampler"]
-    assert state["prefs"] == dict.fromkeys(web.PREF_FIELDS)
+    assert state["prefs"] == dict.fromkeys(PREF_FIELDS)
     assert "send_as_document" not in state["prefs"]
     assert state["strings"]["web_reroll"] == "↻ Reroll"
     zh = await (await client.get("/api/state", headers={"Accept-Language": "zh-CN,zh"})).json()
@@ -371,7 +372,7 @@ async def test_saved_defaults_shape_the_next_drawing(chat: Chat) -> None:
     assert (request["prompt"], request["negative_prompt"]) == ("cat", "lowres")
     assert request["num_inference_steps"] == 7
     state = await post(client, "/api/settings/reset", {})
-    assert state["prefs"] == dict.fromkeys(web.PREF_FIELDS)
+    assert state["prefs"] == dict.fromkeys(PREF_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -549,7 +550,7 @@ async def test_the_launcher_builds_the_engine_with_the_local_admin_only_for_the_
     settings = from_dict({"web": {"local_admin": local_admin}}, root=tmp_path)
     with pytest.raises(Built):
         await launcher.serve(settings)
-    assert seen == [admins] and web.USER == "web:local"
+    assert seen == [admins] and USER == "web:local"
 
 
 def test_build_engine_adds_the_given_admins_to_the_configured_ones(tmp_path: Path) -> None:
@@ -559,7 +560,7 @@ def test_build_engine_adds_the_given_admins_to_the_configured_ones(tmp_path: Pat
     (tmp_path / "models" / "m.safetensors").write_bytes(b"")  # listed, never loaded here
     queue = {"admins": ["telegram:1"], "journal": ":memory:"}
     settings = from_dict({"engine": {"models_dir": "models"}, "queue": queue}, root=tmp_path)
-    for extra, admins in [((web.USER, "telegram:1"), ("telegram:1", web.USER)), ((), None)]:
+    for extra, admins in [((USER, "telegram:1"), ("telegram:1", USER)), ((), None)]:
         engine, store = build_engine(settings, admins=extra)
         store.close()
         assert engine.config.admins == (admins or ("telegram:1",))

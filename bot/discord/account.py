@@ -1,0 +1,212 @@
+"""Discord: a user's own jobs and defaults (`AccountCog`): /queue, /cancel, /settings, /history.
+
+Drawing itself (/draw, /help, the job buttons) is `bot.discord.draw.DrawCog`, whose handler on
+the command tree reports these commands' errors too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice
+
+from bot.discord.client import AidrawBot
+from bot.discord.delivery import caption
+from bot.discord.interactions import (
+    NotAllowed,
+    PlaceCheckedCog,
+    description,
+    interaction_locale,
+    requester_of,
+    size_choices,
+)
+from bot.discord.reply import clip
+from bot.discord.views import job_view
+from bot.messages import Locale, text
+from bot.parse import read_request
+from engine.generate import check_request
+from engine.job import Job
+from engine.journal import SavedImage
+from engine.sampling.samplers import SAMPLERS
+
+
+class AccountCog(PlaceCheckedCog, name="Account"):
+    """What a user has with the bot besides drawing: their jobs, their /draw defaults, their
+    past results."""
+
+    def __init__(self, bot: AidrawBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+        self.settings = bot.settings
+        self.store = bot.store
+        self.quotas = bot.quotas
+
+    # --- /queue, /cancel ------------------------------------------------------------------------
+
+    @app_commands.command(name="queue", description=description("discord_cmd_queue"))
+    async def queue(self, interaction: discord.Interaction) -> None:
+        user = requester_of(interaction.user)
+        locale = interaction_locale(self.store, interaction)
+        lines = [_job_line(job, locale) for job in self.engine.jobs(user)]
+        status = self.engine.status()
+        paused = text("discord_paused_note", locale) if status.paused else ""
+        lines.append(text("discord_queue_total", locale, queued=status.queued, paused=paused))
+        limit = self.quotas.limit(user)
+        if limit and not self.engine.is_admin(user):
+            used = self.quotas.used(user, limit)
+            lines.append(text("discord_quota_today", locale, used=used, limit=limit))
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @app_commands.command(name="cancel", description=description("discord_cmd_cancel"))
+    @app_commands.describe(job=description("discord_opt_job"))
+    async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
+        user = requester_of(interaction.user)
+        locale = interaction_locale(self.store, interaction)
+        if job is None:
+            mine = self.engine.jobs(user)
+            if not mine:
+                raise NotAllowed(text("discord_nothing_to_cancel", locale))
+            job = max(j.id for j in mine)
+        key = (
+            "discord_cancelled_job" if self.engine.cancel(job, user) else "discord_already_finished"
+        )
+        await interaction.response.send_message(text(key, locale, job=job), ephemeral=True)
+
+    # --- /settings ------------------------------------------------------------------------------
+
+    @app_commands.command(name="settings", description=description("discord_cmd_settings"))
+    @app_commands.describe(
+        size=description("discord_opt_size"),
+        steps=description("discord_opt_steps"),
+        scale=description("discord_opt_scale"),
+        sampler=description("discord_opt_sampler"),
+        negative=description("discord_opt_negative"),
+        uc_preset=description("discord_opt_uc"),
+        quality_tags=description("discord_opt_quality"),
+        syntax=description("discord_opt_syntax"),
+        language=description("discord_opt_language"),
+        reset=description("discord_opt_reset"),
+    )
+    @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
+    async def user_settings(
+        self,
+        interaction: discord.Interaction,
+        size: str | None = None,
+        steps: app_commands.Range[int, 1, 1000] | None = None,
+        scale: app_commands.Range[float, 1.0, 30.0] | None = None,
+        sampler: str | None = None,
+        negative: str | None = None,
+        uc_preset: Literal["Low Quality + Bad Anatomy", "Low Quality", "None"] | None = None,
+        quality_tags: bool | None = None,
+        syntax: Literal["a1111", "nai"] | None = None,
+        language: Literal["en", "zh"] | None = None,
+        reset: bool = False,
+    ) -> None:
+        user = requester_of(interaction.user)
+        if reset:
+            self.store.reset(user)
+        changes = {
+            "num_inference_steps": steps,
+            "guidance_scale": scale,
+            "sampler": sampler,
+            "negative_prompt": negative,
+            "uc_preset": uc_preset,
+            "quality_tags": quality_tags,
+            "syntax": syntax,
+            "locale": language,
+        }
+        self._save_settings(user, size, {k: v for k, v in changes.items() if v is not None})
+        locale = interaction_locale(self.store, interaction)
+        prefs = dataclasses.asdict(self.store.get(user))
+        values = "\n".join(f"{k} = {v}" for k, v in prefs.items() if v is not None)
+        message = text("discord_settings_show", locale, values=values)
+        if not values:
+            key = "discord_settings_reset" if reset else "discord_settings_none"
+            message = text("discord_settings_show", locale, values=text(key, locale))
+        await interaction.response.send_message(clip(message), ephemeral=True)
+
+    def _save_settings(self, user: str, size: str | None, changes: dict[str, Any]) -> None:
+        """Check that /draw will accept these defaults (InvalidRequest says why not), save."""
+        if size is not None:
+            sized = read_request(f"x --size {shlex.quote(size)}").request
+            changes |= {"width": sized.width, "height": sized.height}
+        if not changes:
+            return
+        fields = {k: v for k, v in changes.items() if k in _REQUEST_FIELDS}
+        template = self.store.get(user).request_defaults(user)
+        request = dataclasses.replace(template, prompt="x", **fields)
+        check_request(request, self.settings.limits, self.settings.defaults)
+        self.store.update(user, **changes)
+
+    @user_settings.autocomplete("size")
+    async def _settings_sizes(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[Choice[str]]:
+        return size_choices(current)
+
+    # --- /history -------------------------------------------------------------------------------
+
+    @app_commands.command(name="history", description=description("discord_cmd_history"))
+    @app_commands.describe(job=description("discord_opt_job"))
+    async def history(self, interaction: discord.Interaction, job: int | None = None) -> None:
+        user = requester_of(interaction.user)
+        locale = interaction_locale(self.store, interaction)
+        if job is None:
+            lines = [
+                text(
+                    "discord_history_line",
+                    locale,
+                    job=record.id,
+                    when=f"<t:{int(record.submitted_at)}:R>",
+                    seed=", ".join(str(image.seed) for image in record.images),
+                    prompt=clip(record.request.prompt, 80),
+                )
+                for record in self.engine.history(user, limit=10)
+            ]
+            message = "\n".join(lines) or text("discord_history_empty", locale)
+            await interaction.response.send_message(clip(message), ephemeral=True)
+            return
+        record = self.engine.record(job)
+        if (
+            record is None
+            or record.state != "done"
+            or (record.requester != user and not self.engine.is_admin(user))
+        ):
+            raise NotAllowed(text("discord_gone", locale, job=job))
+        files = await asyncio.to_thread(_saved_files, job, record.images)
+        if not files:
+            raise NotAllowed(text("discord_gone", locale, job=job))
+        view = job_view(("reroll", "vary", "edit", "delete"), job, locale)
+        seeds = [image.seed for image in record.images]
+        content = caption(job, record.request, seeds, (), locale)
+        await interaction.response.send_message(content, files=files, view=view, ephemeral=True)
+
+
+_REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
+
+
+def _job_line(job: Job, locale: Locale) -> str:
+    p = job.progress
+    eta = text("eta", locale, seconds=round(p.eta_s)) if p.eta_s else ""
+    if p.state == "running":
+        return text(
+            "discord_queue_drawing", locale, job=job.id, step=p.step, total=p.total, eta=eta
+        )
+    return text("discord_queue_waiting", locale, job=job.id, position=p.position, eta=eta)
+
+
+def _saved_files(job_id: int, images: Iterable[SavedImage]) -> list[discord.File]:
+    """The journal's PNGs that are still on disk, as attachments."""
+    return [
+        discord.File(io.BytesIO(Path(image.path).read_bytes()), f"aidraw-{job_id}-{image.seed}.png")
+        for image in images
+        if Path(image.path).is_file()
+    ]

@@ -1,0 +1,203 @@
+"""Discord: job delivery (`Delivery`): following each submitted job to its result.
+
+A job's one message (see `bot.discord.reply.Reply`) shows its queue position and ETA, then its
+steps and preview, then the images with their buttons; a job the journal hands back after a
+restart is delivered in its channel. A job is marked delivered once its result is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import discord
+
+from bot.discord.client import AidrawBot
+from bot.discord.reply import Reply
+from bot.discord.views import job_view
+from bot.messages import Locale, error_text, text
+from bot.wordlist import find_word
+from engine.errors import EngineClosed, EngineError, JobCancelled
+from engine.job import Job
+from engine.request import GenerationRequest, Progress
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_EDIT_S = 2.0  # at shutdown, how long a status message may take to say so
+
+
+class Delivery:
+    """The jobs being followed, one background task each; `close` cancels them (each status
+    message then says the bot is restarting, and the journal keeps the job)."""
+
+    def __init__(self, bot: AidrawBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+        self.store = bot.store
+        self.settings = bot.settings
+        self.config = bot.settings.discord
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def follow(
+        self, reply: Reply, job: Job, notes: Iterable[str], locale: Locale, spoiler: bool
+    ) -> None:
+        """Follow a job just submitted, in the background."""
+        self._spawn(self._deliver(reply, job, tuple(notes), locale, spoiler))
+
+    def recover(self) -> None:
+        """Follow the Discord jobs from before a restart that were not delivered."""
+        for job in self.engine.recovered():
+            if job.reply_to.startswith("discord:"):
+                record = self.engine.record(job.id)
+                if record is None or not record.delivered:
+                    self._spawn(self._deliver_recovered(job))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(_logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(
+        self,
+        reply: Reply,
+        job: Job,
+        notes: tuple[str, ...],
+        locale: Locale,
+        spoiler: bool,
+    ) -> None:
+        """Status edits while the job waits and draws, then the result in the same message."""
+        finished = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(reply, job, notes, locale, finished))
+        try:
+            try:
+                results = await job.result()
+            except asyncio.CancelledError:
+                watcher.cancel()
+                await asyncio.wait({watcher})
+                raise
+            finally:
+                # Not cancelled: an edit in flight must land first (or a status message created
+                # at this moment would be left behind, and the result sent as another one).
+                finished.set()
+                if not watcher.cancelled():
+                    await watcher
+        except EngineClosed:
+            return  # shutting down: the journal keeps the job and close() said so
+        except asyncio.CancelledError:
+            with contextlib.suppress(discord.HTTPException, TimeoutError):
+                restarting = text("discord_restarting", locale)
+                await asyncio.wait_for(reply.show(restarting, files=[], view=None), SHUTDOWN_EDIT_S)
+            raise
+        except JobCancelled:
+            await self._finish(reply, job, text("cancelled", locale), [], None)
+            return
+        except EngineError as e:
+            await self._finish(reply, job, error_text(e, locale), [], None)
+            return
+        files = [
+            discord.File(io.BytesIO(r.png), f"aidraw-{job.id}-{r.seed}.png", spoiler=spoiler)
+            for r in results
+        ]
+        view = job_view(("reroll", "vary", "edit", "delete"), job.id, locale)
+        seeds = [r.seed for r in results]
+        content = caption(job.id, results[0].request, seeds, notes, locale)
+        await self._finish(reply, job, content, files, view)
+
+    async def _finish(
+        self,
+        reply: Reply,
+        job: Job,
+        content: str,
+        files: list[discord.File],
+        view: discord.ui.View | None,
+    ) -> None:
+        try:
+            await reply.show(content, files=files, view=view)
+        except (discord.Forbidden, discord.NotFound) as e:
+            log.warning("discord: job %d: cannot reply to %s: %s", job.id, job.reply_to, e)
+        except discord.HTTPException as e:
+            # Left undelivered: after the next restart the journal hands the job out again.
+            log.warning("discord: job %d: reply failed, kept for later: %s", job.id, e)
+            return
+        with contextlib.suppress(EngineClosed):
+            self.engine.mark_delivered(job.id)
+
+    async def _watch(
+        self,
+        reply: Reply,
+        job: Job,
+        notes: tuple[str, ...],
+        locale: Locale,
+        finished: asyncio.Event,
+    ) -> None:
+        """Queue position and ETA, then steps and the preview: at most every interval, until
+        `finished` is set."""
+        view = job_view(("cancel",), job.id, locale)
+        shown: tuple[str, bytes | None] | None = None
+        async for progress in job.updates():
+            if finished.is_set() or progress.state not in ("queued", "running"):
+                return
+            content = "\n".join([_status(job.id, progress, locale), *notes])
+            if shown is not None and (content, progress.preview) == shown:
+                continue
+            preview = progress.preview
+            files = None
+            if preview is not None and (shown is None or preview != shown[1]):
+                files = [discord.File(io.BytesIO(preview), "preview.png")]
+            try:
+                await reply.show(content, files=files, view=view)
+            except discord.HTTPException as e:  # progress is best effort; the result is not
+                log.warning("discord: job %d: status edit failed: %s", job.id, e)
+            shown = (content, preview)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), self.settings.bot.progress_interval_s)
+
+    async def _deliver_recovered(self, job: Job) -> None:
+        """A job from before a restart: its result (or a new status message) in the channel."""
+        _, channel_id, user_id = (job.reply_to.split(":") + ["0", "0"])[:3]
+        locale = self.store.get(job.requester).locale or "en"
+        found = find_word(job.request.prompt, self.config.nsfw_words)
+        spoiler = found is not None and self.config.nsfw_policy != "allow"
+        reply = Reply(self.bot, channel_id=int(channel_id), user_id=int(user_id))
+        note = (text("discord_after_restart", locale),)
+        await self._deliver(reply, job, note, locale, spoiler)
+
+
+def caption(
+    job_id: int,
+    request: GenerationRequest,
+    seeds: Iterable[int],
+    notes: Iterable[str],
+    locale: Locale,
+) -> str:
+    """What a result's images say: job, seeds, model and steps (also /history's)."""
+    seed = ", ".join(map(str, seeds))
+    steps = request.num_inference_steps
+    line = text("caption", locale, seed=seed, model=request.model, steps=steps)
+    return "\n".join([text("discord_job_line", locale, job=job_id, text=line), *notes])
+
+
+def _status(job_id: int, progress: Progress, locale: Locale) -> str:
+    eta = text("eta", locale, seconds=round(progress.eta_s)) if progress.eta_s else ""
+    if progress.state == "running":
+        line = text("drawing", locale, step=progress.step, total=progress.total, eta=eta)
+    else:
+        line = text("queued", locale, position=progress.position or 1, eta=eta)
+    return text("discord_job_line", locale, job=job_id, text=line)
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """A background task's work; a failure is logged, not lost with the task."""
+    try:
+        await work
+    except Exception:
+        log.exception("discord: a reply task failed")

@@ -1,0 +1,338 @@
+"""The web chat's state: the one user's jobs, the job watchers and open sockets they report
+to, the settings and model actions, and the JSON shapes of all of it that the page is sent.
+
+`bot/web/app.py` serves it over HTTP and WebSocket; this module knows no routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import functools
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from bot import messages
+from bot.messages import LOCALES, Locale, locale_of, text
+from bot.parse import ParseError, read_request
+from bot.prefs import FIELDS, UserPrefs, UserSettingsStore
+from bot.settings import Settings
+from engine.config import ConfigError, build
+from engine.engine import Engine
+from engine.errors import EngineClosed, EngineError, InvalidRequest, JobCancelled
+from engine.job import Job
+from engine.journal import JobRecord, SavedImage
+from engine.prompting.presets import LOW_QUALITY_BAD_ANATOMY
+from engine.request import GenerationRequest, GenerationResult, Progress, RequestDefaults
+
+log = logging.getLogger(__name__)
+
+USER = "web:local"
+HISTORY = 20  # finished drawings shown when the page opens
+# Telegram's send_as_document means nothing here: the page always links the original PNG.
+PREF_FIELDS = tuple(name for name in FIELDS if name != "send_as_document")
+_DRAW = re.compile(r"/draw(?:@\w+)?(?=\s|$)\s*")
+_COMMAND = re.compile(r"/[A-Za-z]\w*")
+
+
+class WebChat:
+    """The page's server side: the engine calls, the user's settings, sockets, job watchers."""
+
+    def __init__(
+        self,
+        engine: Engine[Any],
+        settings: Settings,
+        store: UserSettingsStore,
+        *,
+        token: str | None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        self.token = token
+        self.sockets: dict[web.WebSocketResponse, Locale] = {}
+        self.watchers: dict[int, asyncio.Task[None]] = {}
+
+    @property
+    def admin(self) -> bool:
+        return self.engine.is_admin(USER)
+
+    def locale(self, request: web.Request) -> Locale:
+        """The user's saved language, else the browser's."""
+        return self.store.get(USER).locale or browser_locale(request)
+
+    # --- drawing --------------------------------------------------------------------------
+
+    def draw(self, chat_text: str, locale: Locale) -> tuple[Job, list[str]]:
+        """Chat text (`/draw ...` or a plain prompt) → a queued job and the parser's notes."""
+        stripped = chat_text.strip()
+        if match := _DRAW.match(stripped):
+            stripped = stripped[match.end() :]
+        elif match := _COMMAND.match(stripped):
+            message = text("web_unknown_command", locale, command=match[0])
+            raise ParseError(message, field="command")
+        prefs = self.store.get(USER)
+        parsed = read_request(
+            stripped,
+            prefs.request_defaults(USER),
+            USER,
+            settings=prefs.prompt_settings(self.settings.prompt),
+        )
+        return self.submit(parsed.request), list(parsed.notes)
+
+    def submit(self, request: GenerationRequest) -> Job:
+        job = self.engine.submit(request, reply_to=USER)
+        self.watch(job)
+        return job
+
+    def finished(self, job_id: int) -> JobRecord:
+        """A job of this user that the journal still remembers."""
+        record = self.engine.record(job_id)
+        if record is None or record.requester != USER:
+            raise InvalidRequest(f"Job {job_id} is no longer in the history.", field="job")
+        return record
+
+    def reroll(self, job_id: int) -> Job:
+        """The same request with a new seed (nothing is parsed again)."""
+        record = self.finished(job_id)
+        return self.submit(dataclasses.replace(record.request, seed=None, requester=USER))
+
+    def variations(self, job_id: int, image: int) -> Job:
+        """Image `image` (1-based) of a job, varied: its seed, a random variation seed."""
+        record = self.finished(job_id)
+        if not 1 <= image <= len(record.images):
+            raise InvalidRequest(f"Job {job_id} has no image {image}.", field="image")
+        request = dataclasses.replace(
+            record.request,
+            seed=record.images[image - 1].seed,
+            subseed=None,
+            subseed_strength=self.settings.bot.variation_strength,
+            requester=USER,
+        )
+        return self.submit(request)
+
+    def watch(self, job: Job) -> None:
+        """Tell every open page about the job until it ends, then confirm the reply."""
+        task = asyncio.create_task(self._watch(job), name=f"web-job-{job.id}")
+        self.watchers[job.id] = task
+        task.add_done_callback(lambda _: self.watchers.pop(job.id, None))
+
+    async def _watch(self, job: Job) -> None:
+        shown: bytes | None = None
+        try:
+            async for progress in job.updates():
+                if progress.state in ("queued", "running"):
+                    preview = progress.preview if progress.preview is not shown else None
+                    shown = progress.preview
+                    await self.broadcast(
+                        functools.partial(self.progress_event, job, progress, preview)
+                    )
+            results = await job.result()
+        except EngineClosed:
+            return  # shutting down: the job stays in the journal and comes back on restart
+        except Exception as e:
+            said = apology(e)
+            final = job.progress
+            await self.broadcast(
+                lambda locale: {
+                    "type": "failed",
+                    "job": {**self.job_view(job, final, locale, None), "status": said[locale]},
+                }
+            )
+        else:
+            await self.broadcast(
+                lambda locale: {
+                    "type": "done",
+                    "job": self.done_view(job.id, job.request, results, locale),
+                }
+            )
+        with contextlib.suppress(EngineClosed):
+            self.engine.mark_delivered(job.id)
+
+    def progress_event(
+        self, job: Job, progress: Progress, preview: bytes | None, locale: Locale
+    ) -> dict[str, Any]:
+        return {"type": "progress", "job": self.job_view(job, progress, locale, preview)}
+
+    async def broadcast(self, event: Callable[[Locale], dict[str, Any]]) -> None:
+        saved = self.store.get(USER).locale
+        for ws, asked in list(self.sockets.items()):
+            try:
+                await ws.send_json(event(saved or asked))
+            except (ConnectionError, RuntimeError):  # the page went away meanwhile
+                self.sockets.pop(ws, None)
+
+    # --- settings and models --------------------------------------------------------------
+
+    def save_prefs(self, values: Mapping[str, Any]) -> UserPrefs:
+        """Check the whole new set (types, then what the engine would accept), then save."""
+        unknown = sorted(set(values) - set(PREF_FIELDS))
+        if unknown:
+            raise InvalidRequest(f"Unknown setting {unknown[0]!r}.", field=unknown[0])
+        try:
+            prefs = build(UserPrefs, values, "settings", base=self.store.get(USER))
+        except ConfigError as e:
+            raise InvalidRequest(str(e).removeprefix("settings.")) from None
+        from engine.generate import check_request  # torch: already loaded by the engine
+
+        check = dataclasses.replace(prefs.request_defaults(USER), prompt="x")
+        check_request(check, self.settings.limits, self.model_defaults())
+        return self.store.update(USER, **values)
+
+    def model_defaults(self) -> RequestDefaults:
+        try:
+            return self.engine.model_info(self.engine.default_model).defaults
+        except InvalidRequest:
+            return self.settings.defaults
+
+    async def swap_model(self, name: str) -> str:
+        swapped = await self.engine.swap_model(name, by=USER)
+        await self.broadcast(lambda locale: {"type": "model", "model": swapped})
+        return swapped
+
+    # --- what the page shows --------------------------------------------------------------
+
+    def state(self, locale: Locale) -> dict[str, Any]:
+        """Everything the page needs to (re)draw itself."""
+        from engine.sampling.samplers import SAMPLERS
+
+        prefs = self.store.get(USER)
+        defaults = self.model_defaults()
+        records = reversed(self.engine.history(USER, HISTORY))
+        return {
+            "type": "state",
+            "user": USER,
+            "admin": self.admin,
+            "locale": locale,
+            "strings": strings(locale),
+            "prefs": {name: getattr(prefs, name) for name in PREF_FIELDS},
+            "defaults": {
+                **dataclasses.asdict(defaults),
+                "negative_prompt": "",
+                "uc_preset": self.settings.prompt.uc_preset,
+                "quality_tags": self.settings.prompt.quality_tags,
+                "syntax": self.settings.prompt.syntax,
+                "locale": locale,
+            },
+            "choices": {
+                "sampler": list(SAMPLERS),
+                "uc_preset": [LOW_QUALITY_BAD_ANATOMY, "Low Quality", "None"],
+                "syntax": ["a1111", "nai"],
+                "locale": list(LOCALES),
+            },
+            "models": self.engine.models(),
+            "model": self.engine.default_model,
+            "history": [self.done_view(r.id, r.request, r.images, locale) for r in records],
+            "jobs": [self.snapshot(job, locale) for job in self.engine.jobs(USER)],
+        }
+
+    def job_view(
+        self, job: Job, progress: Progress, locale: Locale, preview: bytes | None
+    ) -> dict[str, Any]:
+        """A waiting or drawing job; `preview` None = keep the one the page shows."""
+        return {
+            "id": job.id,
+            "state": progress.state,
+            "request": request_view(job.request),
+            "position": progress.position,
+            "step": progress.step,
+            "total": progress.total,
+            "eta_s": progress.eta_s,
+            "status": status_text(progress, locale),
+            "preview": _data_url(preview) if preview is not None else None,
+        }
+
+    def snapshot(self, job: Job, locale: Locale) -> dict[str, Any]:
+        progress = job.progress
+        return self.job_view(job, progress, locale, progress.preview)
+
+    def done_view(
+        self,
+        job_id: int,
+        request: GenerationRequest,
+        images: Sequence[GenerationResult | SavedImage],
+        locale: Locale,
+    ) -> dict[str, Any]:
+        """A finished job: just drawn (its results) or from the journal (its saved images)."""
+        if images:  # the seed drawn, where the request left it to chance
+            request = dataclasses.replace(request, seed=images[0].seed)
+        return {
+            "id": job_id,
+            "state": "done",
+            "request": request_view(request),
+            "status": text("done", locale),
+            "images": [
+                image_view(job_id, i, image.seed, image.infotext, request, locale)
+                for i, image in enumerate(images, start=1)
+            ],
+        }
+
+
+def browser_locale(request: web.Request) -> Locale:
+    """The browser's language: the page's ?lang=, else its Accept-Language."""
+    asked = request.query.get("lang") or request.headers.get("Accept-Language") or ""
+    return locale_of(asked.split(",")[0])
+
+
+def request_view(request: GenerationRequest) -> dict[str, Any]:
+    fields = ("prompt", "negative_prompt", "width", "height", "num_inference_steps")
+    more = ("guidance_scale", "sampler", "seed", "model", "batch_size", "subseed_strength")
+    return {name: getattr(request, name) for name in (*fields, *more)}
+
+
+def image_view(
+    job_id: int, index: int, seed: int, infotext: str, request: GenerationRequest, locale: Locale
+) -> dict[str, Any]:
+    caption = text(
+        "caption", locale, seed=seed, model=request.model, steps=request.num_inference_steps
+    )
+    return {
+        "index": index,
+        "url": f"/images/{job_id}/{index}.png",
+        "filename": f"aidraw-{job_id}-{index}-{seed}.png",
+        "seed": seed,
+        "caption": caption,
+        "infotext": infotext,
+    }
+
+
+def status_text(progress: Progress, locale: Locale) -> str:
+    eta = "" if progress.eta_s is None else text("eta", locale, seconds=round(progress.eta_s))
+    if progress.state == "queued":
+        if progress.position is None:
+            return text("web_waiting", locale)
+        return text("queued", locale, position=progress.position, eta=eta)
+    if progress.state == "running":
+        return text("drawing", locale, step=progress.step, total=progress.total, eta=eta)
+    if progress.state == "cancelled":
+        return text("cancelled", locale)
+    if progress.state == "done":
+        return text("done", locale)
+    return text("error", locale, message=progress.error or "")
+
+
+def strings(locale: Locale) -> dict[str, str]:
+    """The page's own strings, plus the shared ones it shows by itself."""
+    keys = [key for key in messages.MESSAGES if key.startswith("web_")]
+    keys += ["failed", "cancelled", "done"]
+    return {key: messages.MESSAGES[key][locale] for key in keys}
+
+
+def apology(error: Exception) -> dict[Locale, str]:
+    """The one error handler: what to tell the user about `error`, in each language."""
+    if isinstance(error, JobCancelled):
+        return {locale: text("cancelled", locale) for locale in LOCALES}
+    if isinstance(error, EngineError):
+        return {locale: messages.error_text(error, locale) for locale in LOCALES}
+    log.error("web chat: unexpected error", exc_info=error)
+    return {locale: text("failed", locale) for locale in LOCALES}
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
