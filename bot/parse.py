@@ -2,7 +2,8 @@
 
 `<prompt> --flag value ...`: the prompt comes first, then flags with shell quoting (on any line).
 A line `Negative prompt: ...` gives the negative prompt, and a whole pasted A1111 infotext (its
-last line holding at least three `key: value` pairs) is read like A1111's PNG Info reads it.
+last line A1111's settings line: `Steps: N` and another key A1111 writes) is read like A1111's
+PNG Info reads it; a prompt full of `(tag:1.2)` weights is a prompt.
 NAI emphasis (`{x}`, and `[x]` in "nai" syntax) is written as A1111 weights, NAI's quality tags
 and undesired-content preset are added (both settings), and full-width punctuation is made
 ASCII; `read_request` says which of these it did, for the reply.
@@ -238,10 +239,10 @@ def read_request(
     raw, normalized, flag_words = _split_flags(text)
     values = _read_flags(flag_words)
     # A pasted infotext keeps its prompts exactly (A1111 encodes full-width characters too).
-    info = parse_infotext(normalized)
-    pasted = bool(set(info.params) - {"Clip skip", "RNG"})
+    info = parse_infotext(normalized, pasted=True)
+    pasted = bool(info.params)
     if pasted:
-        info = parse_infotext(raw)
+        info = parse_infotext(raw, pasted=True)
     replaced = _full_width(_flag_parts(text) if pasted else text)
     if replaced:
         notes.append(f"Replaced full-width {' '.join(replaced)} with ASCII.")

@@ -38,6 +38,40 @@ NOVELAI_SAMPLERS = {
     "ddim": "DDIM",
     "ddim_v3": "DDIM",
 }
+# Keys A1111 v1.9 writes on its settings line besides `Steps` (`processing.create_infotext` and
+# the extensions it ships); one of them next to `Steps: N` marks a pasted settings line.
+A1111_KEYS = frozenset(
+    {
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Seed",
+        "Size-1",
+        "Size-2",
+        "Model hash",
+        "Model",
+        "VAE hash",
+        "VAE",
+        "Variation seed",
+        "Variation seed strength",
+        "Seed resize from-1",
+        "Seed resize from-2",
+        "Denoising strength",
+        "Clip skip",
+        "ENSD",
+        "RNG",
+        "Emphasis",
+        "Hypernet",
+        "Hypernet strength",
+        "Lora hashes",
+        "TI hashes",
+        "Hires upscale",
+        "Hires steps",
+        "Hires upscaler",
+        "Version",
+    }
+)
+_RE_STEPS = re.compile(r"(?:^|,)\s*Steps:")  # a `Steps` key of the line, not inside a weight
 # A1111 writes EXIF UserComment (JPEG, WebP) with piexif's "UNICODE" prefix: UTF-16 text.
 _EXIF_USER_COMMENT = 0x9286
 _EXIF_IFD = 0x8769
@@ -141,7 +175,7 @@ def create_infotext(
 # --- parsing ------------------------------------------------------------------------------------
 
 
-def parse_infotext(text: str) -> Infotext:
+def parse_infotext(text: str, *, pasted: bool = False) -> Infotext:
     """A1111 `parse_generation_parameters`: prompt lines, `Negative prompt:` lines, parameters.
 
     The last line is the parameter line only if it holds at least 3 `key: value` pairs. Quoted
@@ -150,9 +184,14 @@ def parse_infotext(text: str) -> Infotext:
     `<hypernet:name:strength>`, and a `Version` older than v1.7.0-225 adds
     `Downcast alphas_cumprod: True`. Unlike A1111 v1.9, a missing `Schedule type` stays missing:
     the sampler name then keeps its pre-v1.9 meaning ("DPM++ 2M" = uniform sigmas).
+
+    `pasted=True` is for text a person typed or pasted into a chat: there the last line is a
+    parameter line only if it is A1111's own (`is_settings_line`), so a prompt full of
+    `(tag:1.2)` weights or "time: 3pm" stays a prompt; without one, `params` is empty.
     """
     *lines, last = text.strip().split("\n")
-    if len(RE_PARAM.findall(last)) < 3:
+    settings = is_settings_line(last) if pasted else len(RE_PARAM.findall(last)) >= 3
+    if not settings:
         lines.append(last)
         last = ""
     prompt, negative, done_with_prompt = "", "", False
@@ -165,15 +204,9 @@ def parse_infotext(text: str) -> Infotext:
             negative += ("" if negative == "" else "\n") + line
         else:
             prompt += ("" if prompt == "" else "\n") + line
-    params: dict[str, str] = {}
-    for key, value in RE_PARAM.findall(last):
-        if value and value[0] == '"' and value[-1] == '"':
-            value = unquote(value)
-        size = RE_IMAGESIZE.match(value)
-        if size is not None:
-            params[f"{key}-1"], params[f"{key}-2"] = size[1], size[2]
-        else:
-            params[key] = value
+    if not settings and pasted:
+        return Infotext(prompt, negative, {})
+    params = _read_params(last)
     params.setdefault("Clip skip", "1")
     params.setdefault("RNG", "GPU")
     hypernet = params.get("Hypernet")
@@ -183,6 +216,28 @@ def parse_infotext(text: str) -> Infotext:
     if version is not None and version < (1, 7, 0, 225):
         params["Downcast alphas_cumprod"] = "True"
     return Infotext(prompt, negative, params)
+
+
+def is_settings_line(line: str) -> bool:
+    """Whether `line` is an A1111 settings line: A1111 always writes `Steps` there, and at least
+    one other key it writes (`A1111_KEYS`). Weighted tags such as `(smile:1.2)` or prose such as
+    "time: 3pm" never qualify: `Steps` must be a key of its own, not a weighted `(Steps:1.2)`.
+    (A bad value, `Steps: x`, is then refused by name, not drawn.)"""
+    params = _read_params(line)
+    return bool(_RE_STEPS.search(line)) and any(key in A1111_KEYS for key in params)
+
+
+def _read_params(line: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in RE_PARAM.findall(line):
+        if value and value[0] == '"' and value[-1] == '"':
+            value = unquote(value)
+        size = RE_IMAGESIZE.match(value)
+        if size is not None:
+            params[f"{key}-1"], params[f"{key}-2"] = size[1], size[2]
+        else:
+            params[key] = value
+    return params
 
 
 def _parse_version(text: str | None) -> tuple[int, int, int, int] | None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from bot.parse import ParseError, PromptSettings, parse_request, read_request
 from engine.errors import InvalidRequest
+from engine.prompting import to_a1111
 from engine.prompting.presets import UC_PRESETS
 from engine.request import GenerationRequest
 
@@ -215,6 +216,45 @@ def test_a_short_last_line_is_prompt_not_settings() -> None:
     # A1111: the last line is settings only with three or more `key: value` pairs.
     request = parse_request("a cat\nstyle: anime, mood: calm", settings=PLAIN)
     assert request.prompt == "a cat\nstyle: anime, mood: calm"
+
+
+# What users really type: weights, prompt editing, colons and braces on the last line. None of
+# these is a pasted settings line (A1111 always writes `Steps:` there); each stays the prompt.
+EVERYDAY_PROMPTS = [
+    "1girl, (smile:1.2), (hat:1.1), (red eyes:1.3)",
+    "(masterpiece:1.2), (best quality:1.1), 1girl, (silver hair:1.3), (blue eyes:1.2), smile",
+    "1girl, [cat:dog:0.5], (hat:0.8), [red|blue] hair, (outdoors:1.4)",
+    "a clock, time: 3pm, place: tokyo, mood: calm, weather: rain",
+    "{{silver hair}}, {smile}, [[frown]], (steps:1.2), (seed:1.1), (size:0.9)",
+    "1girl, (Steps:1.2), (Sampler:1.1), (Seed:1.3)",
+    "portrait\nNegative prompt: (bad hands:1.4), (lowres:1.2), (text:1.1)",
+    "1girl, smile\n(red hair:1.2), (blue background:1.3), (hat:1.1)",
+]
+
+
+@pytest.mark.parametrize("text", EVERYDAY_PROMPTS)
+def test_everyday_weighted_prompts_stay_prompts(text: str) -> None:
+    parsed = read_request(text, settings=PLAIN)
+    typed, _, negative = text.partition("\nNegative prompt: ")
+    assert not parsed.infotext
+    assert parsed.request.prompt == to_a1111(typed)
+    assert parsed.request.negative_prompt == negative
+    assert parsed.request.num_inference_steps is None and parsed.request.seed is None
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512",
+        "Steps: 28, Seed: 1",
+        "Seed: 1, Steps: 28, Model: nai",
+    ],
+)
+def test_a_settings_line_with_steps_is_a_pasted_infotext(settings: str) -> None:
+    parsed = read_request(f"1girl, (smile:1.2)\n{settings}", settings=PLAIN)
+    assert parsed.infotext
+    assert parsed.request.prompt == "1girl, (smile:1.2)"
+    assert parsed.request.seed == 1
 
 
 # --- errors ---------------------------------------------------------------------------------
