@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.parse import ParseError, PromptSettings, parse_request, read_request
+from bot.parse import FLAGS, ParseError, PromptSettings, parse_request, read_request
 from engine.errors import InvalidRequest
-from engine.prompting import to_a1111
+from engine.prompting import extra_networks, to_a1111
 from engine.prompting.presets import UC_PRESETS
 from engine.request import GenerationRequest
 
@@ -257,6 +257,42 @@ def test_a_settings_line_with_steps_is_a_pasted_infotext(settings: str) -> None:
     assert parsed.request.seed == 1
 
 
+def test_flags_that_do_not_work_yet_are_never_advertised() -> None:
+    with pytest.raises(ParseError) as unknown:
+        parse_request("a cat --bogus 1")
+    for flag in ("--hn", "--strength", "--hires"):
+        assert flag not in FLAGS and flag not in str(unknown.value)
+    with pytest.raises(ParseError, match=r"Did you mean --steps\?"):
+        parse_request("a cat --strenght 0.5")  # a typo of a missing flag suggests a working one
+
+
+@pytest.mark.parametrize(
+    ("text", "prompt", "dropped"),
+    [
+        ("1girl, <lora:foo:0.8> smile", "1girl,  smile", "<lora:foo:0.8>"),
+        ("<hypernet:aini:1>1girl", "1girl", "<hypernet:aini:1>"),
+        (  # a pasted NAI infotext's Hypernet key is a tag too (A1111 appends it to the prompt)
+            "1girl\nSteps: 28, Seed: 1, Hypernet: aini, Hypernet strength: 0.6",
+            "1girl",
+            "<hypernet:aini:0.6>",
+        ),
+    ],
+)
+def test_extra_network_tags_never_reach_clip_and_the_reply_says_so(
+    text: str, prompt: str, dropped: str
+) -> None:
+    parsed = read_request(text, settings=PLAIN)
+    assert parsed.request.prompt == prompt
+    assert any("not available in this version yet" in n and dropped in n for n in parsed.notes)
+
+
+def test_extra_network_tags_are_read_as_a1111_reads_them() -> None:
+    assert extra_networks("a <lora:foo:0.8>, <hypernet:bar:1:2> b <x> <:y>") == (
+        "a ,  b <x> <:y>",
+        [("lora", ["foo", "0.8"]), ("hypernet", ["bar", "1", "2"])],
+    )
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -279,9 +315,10 @@ def test_a_settings_line_with_steps_is_a_pasted_infotext(settings: str) -> None:
         ("a cat --uc bad", r"--uc: Unknown undesired-content preset 'bad'"),
         ("a cat --syntax koishi", r"--syntax needs a1111 or nai, not 'koishi'"),
         ("a cat --steps", r"--steps needs a value \(denoising steps\)"),
-        ("a cat --hires 2", r"--hires is not available in this version yet"),
-        ("a cat --hn anime", r"--hn is not available in this version yet"),
-        ("a cat --strength 0.5", r"--strength is not available in this version yet"),
+        ("a cat --hires 2", r"--hires \(hires fix\) is not available in this version yet"),
+        ("a cat --hn anime", r"--hn \(hypernetworks\) is not available in this version yet"),
+        ("a cat --strength 0.5", r"--strength \(img2img\) is not available in this version"),
+        ("<lora:foo:0.8>", r"The prompt is empty"),
         ("a (cat:1.2.3)", r"The weight in ':1\.2\.3\)' is not a number"),
         ("a cat --neg (x:.)", r"The weight in ':\.\)' is not a number"),
         ("--seed 4", r"The prompt is empty"),

@@ -2,7 +2,8 @@
 
 `parse_attention` is A1111's `parse_prompt_attention`; `to_a1111` / `to_nai` convert NAI braces
 by weight; `prompt_schedule` resolves `[from:to:when]` and `[a|b]` per step as A1111 does.
-`engine.prompting.conditioning` re-exports these and turns their output into CLIP conditioning.
+`extra_networks` takes A1111's `<lora:…>`/`<hypernet:…>` tags out of a prompt. `engine.prompting`
+re-exports these; `engine.prompting.conditioning` turns them into CLIP conditioning.
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import InvalidRequest
+
+# --- Extra-network tags <lora:name:1> -------------------------------------------------------
+
+# A1111 `modules/extra_networks.py` (v1.9.4) `re_extra_net`: any `<type:args>` tag.
+_RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+
+
+def extra_networks(prompt: str) -> tuple[str, list[tuple[str, list[str]]]]:
+    """A1111 `extra_networks.parse_prompt`: the prompt without its `<type:args>` tags (removed
+    wherever they are, before anything else reads the prompt), and each tag's type and its
+    `:`-separated arguments, in order. A1111 applies this to positive prompts only."""
+    found: list[tuple[str, list[str]]] = []
+
+    def take(match: re.Match[str]) -> str:
+        found.append((match[1], match[2].split(":")))
+        return ""
+
+    return _RE_EXTRA_NETWORK.sub(take, prompt), found
+
 
 # --- A1111 attention --------------------------------------------------------------------------
 
