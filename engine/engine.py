@@ -23,6 +23,11 @@ restart `engine.record(job_id).request`. Start-up and shutdown, as the launcher 
         ...                          # await job.result(), reply to job.reply_to, mark_delivered
     ...
     await engine.close()             # on SIGTERM: the running batch gets shutdown_grace_s
+
+Over the house's ~500 lines on purpose: what is left here is the loop and the state it owns
+(jobs, queue, running batch, pause/close); the parts with a life of their own are beside it:
+`call` (one generate() call in flight), `model_slot`, `recovery` (journal replay), `results`
+(PNG files), `timing` (ETAs), `contracts` (what models and generate() must provide).
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
+from engine.call import Call
+from engine.contracts import GenerateFn, M, ModelInfo, Registry
 from engine.errors import (
     EngineClosed,
     EngineError,
@@ -50,81 +56,19 @@ from engine.errors import (
 )
 from engine.generate import check_request
 from engine.job import Job
-from engine.journal import JobRecord, Journal, SavedImage
-from engine.preview import SD1_PREVIEW, PreviewMap, preview_png
-from engine.queue import FairQueue, QueueConfig
-from engine.request import (
-    GenerationRequest,
-    GenerationResult,
-    JobState,
-    Limits,
-    RequestDefaults,
-)
-from engine.timing import Timing, TimingKey, timing_key
+from engine.journal import JobRecord, Journal
+from engine.model_slot import ModelSlot
+from engine.queue import AUTO_BATCH_PIXELS as AUTO_BATCH_PIXELS  # re-exported for bench/
+from engine.queue import FairQueue, QueueConfig, batch_limit
+from engine.recovery import replay
+from engine.request import GenerationRequest, GenerationResult, JobState, Limits
+from engine.results import ResultFiles
+from engine.timing import Timing
 
 log = logging.getLogger(__name__)
 
-# max_batch_pixels = 0: pixels per pipeline call by device type (bench/engine.py measured a
-# 2-core CPU: 4 images at 128x128 draw 1.5-1.9x faster together, at 192x192 1.1-1.2x, at
-# 512x512 not at all). Device types not listed batch up to max_batch at any size.
-AUTO_BATCH_PIXELS = {"cpu": 4 * 128 * 128}
 RESTARTING = "The bot is restarting; your drawing stays queued and is sent after the restart."
-
-
-# --- the seams: what the engine needs from models and from generate() ------------------------
-
-
-class Device(Protocol):
-    @property
-    def type(self) -> str: ...
-
-
-class ModelHandle(Protocol):
-    """A loaded model (engine.models.LoadedModel is one)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def device(self) -> Device: ...
-    @property
-    def preview(self) -> PreviewMap: ...
-
-
-class ModelInfo(Protocol):
-    """A model known but not loaded (engine.models.ModelEntry is one)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def defaults(self) -> RequestDefaults: ...
-
-
-class Registry(Protocol):
-    """Looks models up without loading them (engine.models.ModelRegistry is one)."""
-
-    @property
-    def models(self) -> Mapping[str, ModelInfo]: ...
-    def get(self, name: str) -> ModelInfo: ...
-
-
-M = TypeVar("M", bound=ModelHandle)
-M_contra = TypeVar("M_contra", bound=ModelHandle, contravariant=True)
 R = TypeVar("R")
-StepFn = Callable[[int, int, Any], None]
-
-
-class GenerateFn(Protocol[M_contra]):
-    """engine.generate.generate's signature (tests pass a fake without torch)."""
-
-    def __call__(
-        self,
-        model: M_contra,
-        requests: Sequence[GenerationRequest],
-        *,
-        limits: Limits,
-        on_step: StepFn | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> list[GenerationResult]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,26 +82,6 @@ class EngineStatus:
     queued: int
     running: tuple[int, ...]
     swaps: int
-
-
-@dataclass
-class _Call:
-    """One generate() call in flight (the worker thread reads it, the loop writes it)."""
-
-    jobs: list[Job]
-    key: TimingKey
-    steps: int
-    started: float
-    last_step_at: float | None = None
-    step: int = 0
-    total: int = 0
-    previews: bool = True
-    preview_map: PreviewMap = SD1_PREVIEW
-
-
-def _remove(paths: list[str]) -> None:
-    for path in paths:
-        Path(path).unlink(missing_ok=True)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -184,7 +108,6 @@ class Engine(Generic[M]):
     ) -> None:
         self.config = config
         self._registry = registry
-        self._load_fn = load
         self._generate = generate
         self._limits = limits or Limits()
         self._default_model = default_model
@@ -194,26 +117,37 @@ class Engine(Generic[M]):
         )
         self._jobs: dict[int, Job] = {}  # every unfinished job: queued or running
         self._running: list[Job] = []
-        self._call: _Call | None = None
-        self._model: M | None = None
-        self._device_type = "cpu"
-        self._swaps = 0
+        self._call: Call | None = None
         self._timing = Timing()
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: list[list[Job]] = []
         # The one thread that ever runs torch: torch is 1.5-3.8x slower once it hops threads.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aidraw-torch")
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
-        self._model_lock = asyncio.Lock()
         self._paused = False
         self._closing = False
         self._closed = False
         self._interrupt = False  # the worker stops at the next step (shutdown after the grace)
         self._run_task: asyncio.Task[None] | None = None
-        self._results_dir = Path(config.results_dir)
+        self._slot = ModelSlot(
+            load=load,
+            generate=generate,
+            limits=self._limits,
+            timing=self._timing,
+            run_in_worker=self.run_in_worker,
+            warm_up=lambda: self.config.warm_up,
+            changed=self._queue_changed,
+        )
+        self._files = ResultFiles(Path(config.results_dir))
         self._journal = Journal(config.journal)
-        self._recovered = self._replay()
+        self._recovered = replay(
+            self._journal,
+            engine=self,
+            resolve=self._resolve,
+            enqueue=self._enqueue,
+            clock=self._clock,
+            max_attempts=config.max_attempts,
+        )
 
     # --- frontends ------------------------------------------------------------------------
 
@@ -341,18 +275,7 @@ class Engine(Generic[M]):
         if self._closing:
             raise EngineClosed("The bot is shutting down.")
         entry = self._registry.get(name)
-        async with self._model_lock:
-            if self._model is None or self._model.name != entry.name:
-                previous = self._model.name if self._model is not None else None
-                try:
-                    model = await self.run_in_worker(self._load_and_warm_up, entry.name)
-                except Exception as e:
-                    log.error("admin %s: cannot load model %s", by, entry.name, exc_info=e)
-                    raise GenerationFailed(
-                        f"Could not load {entry.name}: {type(e).__name__}: {e}. "
-                        f"Still serving {previous or 'no model'}."
-                    ) from e
-                self._set_model(model, previous)
+        await self._slot.swap(entry.name, by)
         self._default_model = entry.name
         log.info("admin %s: default model is now %s", by, entry.name)
         self._queue_changed()
@@ -372,13 +295,13 @@ class Engine(Generic[M]):
     def status(self) -> EngineStatus:
         """The loaded and default model, pause state, queue length and swaps so far."""
         return EngineStatus(
-            model=self._model.name if self._model is not None else None,
+            model=self._slot.name,
             default_model=self.default_model,
             paused=self._paused,
             closing=self._closing,
             queued=len(self._queue),
             running=tuple(job.id for job in self._running if not job.done()),
-            swaps=self._swaps,
+            swaps=self._slot.swaps,
         )
 
     async def run_in_worker(self, fn: Callable[..., R], *args: Any) -> R:
@@ -393,12 +316,11 @@ class Engine(Generic[M]):
         if self._run_task is not None:
             raise RuntimeError("Engine.run() is already running")
         self._run_task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
         try:
             if not self._queue and self.default_model and not self._closing:
                 # A failure is logged; jobs for that model fail when they come up.
                 with contextlib.suppress(GenerationFailed):
-                    await self._ensure_model(self.default_model)
+                    await self._slot.ensure(self.default_model)
             while not self._closing:
                 batch = [] if self._paused else self._take()
                 if not batch:
@@ -440,9 +362,7 @@ class Engine(Generic[M]):
         for job in list(self._jobs.values()):
             if job.state == "running":
                 self._journal.mark_queued(job.id, undo_attempt=True)
-            job._error = EngineClosed(RESTARTING)
-            job._done.set()
-            job._notify()
+            job.end(job.state, EngineClosed(RESTARTING))
         kept = len(self._jobs)
         self._jobs.clear()
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -450,7 +370,7 @@ class Engine(Generic[M]):
         log.info("engine closed; %d unfinished job(s) stay in the journal", kept)
 
     def _take(self) -> list[Job]:
-        batch = self._queue.take(self._current_model_name(), self._clock(), self._batch_limit)
+        batch = self._queue.take(self._slot.name, self._clock(), self._batch_limit)
         if batch:
             self._queue_changed()
         return batch
@@ -458,7 +378,7 @@ class Engine(Generic[M]):
     async def _run_batch(self, batch: list[Job]) -> None:
         name = batch[0].model
         try:
-            model = await self._ensure_model(name)
+            model = await self._slot.ensure(name)
         except GenerationFailed as e:
             for job in batch + self._queue.remove_model(name):
                 self._finish(job, "failed", e)
@@ -467,9 +387,6 @@ class Engine(Generic[M]):
             return  # never started: the jobs stay queued in the journal
         now = self._clock()
         for job in batch:
-            job._state = "running"
-            job._started_at = now
-            job._total = job.request.num_inference_steps or 0
             self._journal.mark_running(job.id)
             r = job.request
             log.info(
@@ -484,7 +401,7 @@ class Engine(Generic[M]):
                 len(batch),
                 now - job.queued_at,
             )
-            job._notify()
+            job.start(now)
         self._running = batch
         try:
             await self._draw(model, batch)
@@ -497,12 +414,12 @@ class Engine(Generic[M]):
         live = [job for job in jobs if not job.done()]
         if not live or self._interrupt:
             return
-        first = live[0].request
-        call = _Call(
-            jobs=live,
-            key=timing_key(first),
-            steps=first.num_inference_steps or 0,
-            started=time.perf_counter(),
+        call = Call(
+            live,
+            timing=self._timing,
+            loop=asyncio.get_running_loop(),
+            interrupted=lambda: self._interrupt,
+            preview_every_steps=self.config.preview_every_steps,
             preview_map=model.preview,
         )
         self._call = call
@@ -511,8 +428,8 @@ class Engine(Generic[M]):
             model,
             [job.request for job in live],
             limits=self._limits,
-            on_step=functools.partial(self._on_step_in_worker, call),
-            cancelled=functools.partial(self._cancelled, call),
+            on_step=call.on_step_in_worker,
+            cancelled=call.cancelled,
         )
         try:
             results = await self.run_in_worker(draw)
@@ -544,9 +461,7 @@ class Engine(Generic[M]):
             for job in pending:
                 self._finish(job, "failed", error)
             return
-        self._timing.record_call(
-            call.key, steps=call.steps, total=call.total, seconds=time.perf_counter() - call.started
-        )
+        call.record_duration()
         if len(results) != sum(job.images for job in live):
             log.error("generate() returned %d images for %d jobs", len(results), len(live))
             for job in live:
@@ -561,24 +476,13 @@ class Engine(Generic[M]):
     async def _complete(self, job: Job, results: list[GenerationResult]) -> None:
         # Files first, then the journal, then the awaiters: a crash in between draws the job
         # again into the same file names instead of losing it or duplicating it.
-        saved = await asyncio.to_thread(self._save, job.id, results)
+        saved = await asyncio.to_thread(self._files.save, job.id, results)
         if job.done():  # cancelled while saving
-            await asyncio.to_thread(_remove, [image.path for image in saved])
+            await asyncio.to_thread(self._files.remove, saved)
             return
         self._journal.mark_done(job.id, saved)
         self._journal.trim(self.config.history_size)
         self._finish(job, "done", results=results)
-
-    def _save(self, job_id: int, results: list[GenerationResult]) -> list[SavedImage]:
-        self._results_dir.mkdir(parents=True, exist_ok=True)
-        saved = []
-        for i, result in enumerate(results, start=1):
-            path = self._results_dir / f"{job_id:06d}-{i}.png"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(result.png)
-            os.replace(tmp, path)  # atomic: a crash never leaves half a PNG under the name
-            saved.append(SavedImage(path=str(path), seed=result.seed, infotext=result.infotext))
-        return saved
 
     def _finish(
         self,
@@ -590,7 +494,6 @@ class Engine(Generic[M]):
     ) -> None:
         if job.done():
             return
-        job._state, job._error, job._results = state, error, results
         if state != "done":
             self._journal.mark_failed(job.id, str(error), state=state)
         self._jobs.pop(job.id, None)
@@ -605,103 +508,8 @@ class Engine(Generic[M]):
             started - job.queued_at,
             f": {error}" if error is not None else "",
         )
-        job._done.set()
-        job._notify()
+        job.end(state, error, results)
         self._queue_changed()
-
-    # --- the worker thread's side ---------------------------------------------------------
-
-    def _on_step_in_worker(self, call: _Call, step: int, total: int, latents: Any) -> None:
-        """generate()'s step callback: runs on the torch thread; hands over to the loop."""
-        now = time.perf_counter()
-        previews: dict[int, bytes] | None = None
-        every = self.config.preview_every_steps
-        if every and call.previews and latents is not None and step % every == 0 and step < total:
-            try:
-                previews = {}
-                index = 0
-                for job in call.jobs:
-                    if not job.done():
-                        previews[job.id] = preview_png(latents[index], call.preview_map)
-                    index += job.images
-            except (ValueError, IndexError, RuntimeError, TypeError) as e:
-                call.previews = False  # a sampler's unusual latents must not cost the image
-                log.warning("no previews for jobs %s: %s", [job.id for job in call.jobs], e)
-                previews = None
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_step, call, step, total, now, previews)
-
-    def _cancelled(self, call: _Call) -> bool:
-        """generate()'s cancel check (torch thread): stop when nobody wants the batch."""
-        return self._interrupt or all(job.done() for job in call.jobs)
-
-    def _on_step(
-        self, call: _Call, step: int, total: int, at: float, previews: dict[int, bytes] | None
-    ) -> None:
-        if call.last_step_at is not None and step > call.step:
-            self._timing.record_step(call.key, (at - call.last_step_at) / (step - call.step))
-        call.last_step_at, call.step, call.total = at, step, total
-        for job in call.jobs:
-            if job.done():
-                continue
-            job._step, job._total = step, total
-            if previews is not None and job.id in previews:
-                job._preview = previews[job.id]
-            job._notify()
-
-    def _load_and_warm_up(self, name: str) -> M:
-        """Load a model and draw one tiny image with it (torch thread)."""
-        started = time.perf_counter()
-        model = self._load_fn(name)
-        if self.config.warm_up:
-            warm_up = GenerationRequest(
-                prompt="warm-up", width=64, height=64, num_inference_steps=1, seed=0, model=name
-            )
-            try:
-                self._generate(model, [warm_up], limits=self._limits)
-            except Exception as e:  # the model may still draw real requests; they will tell
-                log.warning("warm-up of model %s failed: %r", name, e)
-        self._timing.record_load(time.perf_counter() - started)
-        return model
-
-    # --- models ---------------------------------------------------------------------------
-
-    async def _ensure_model(self, name: str) -> M:
-        async with self._model_lock:
-            if self._model is not None and self._model.name == name:
-                return self._model
-            previous = self._model.name if self._model is not None else None
-            # One pipeline at a time: let go of the old one before loading the next.
-            self._model = None
-            log.info("loading model %s (replacing %s)", name, previous or "none")
-            try:
-                model = await self.run_in_worker(self._load_and_warm_up, name)
-            except Exception as e:
-                log.error("cannot load model %s", name, exc_info=e)
-                raise GenerationFailed(
-                    f"The model {name} could not be loaded; the admin can find details in the log."
-                ) from e
-            self._set_model(model, previous)
-            return model
-
-    def _set_model(self, model: M, previous: str | None) -> None:
-        self._model = model
-        self._device_type = model.device.type
-        if previous is not None:
-            self._swaps += 1
-        self._queue_changed()
-
-    def _current_model_name(self) -> str | None:
-        return self._model.name if self._model is not None else None
-
-    def _batch_limit(self, job: Job) -> int:
-        """Most images one pipeline call may hold at this job's size."""
-        budget = self.config.max_batch_pixels or AUTO_BATCH_PIXELS.get(self._device_type, 0)
-        if budget <= 0:
-            return self.config.max_batch
-        pixels = (job.request.width or 1) * (job.request.height or 1)
-        return max(1, min(self.config.max_batch, budget // pixels))
 
     # --- requests, the journal and the queue ----------------------------------------------
 
@@ -738,9 +546,12 @@ class Engine(Generic[M]):
         for job in self._queue.jobs():
             job._notify()
 
+    def _batch_limit(self, job: Job) -> int:
+        return batch_limit(self.config, self._slot.device_type, job.request)
+
     def _current_plan(self) -> list[list[Job]]:
         """The expected batches (cached; the model-wait rule changes it with time only)."""
-        key = (self._queue.version, self._current_model_name(), self._paused, int(self._clock()))
+        key = (self._queue.version, self._slot.name, self._paused, int(self._clock()))
         if key != self._plan_key:
             self._plan = self._queue.plan(key[1], self._clock(), self._batch_limit)
             self._plan_key = key
@@ -748,80 +559,19 @@ class Engine(Generic[M]):
 
     def queued_estimate(self, job: Job) -> tuple[int | None, float | None]:
         """(1-based queue position, seconds until its result) of a queued job."""
-        position = 0
-        eta: float | None = self._running_remaining()
-        model = self._current_model_name()
-        for batch in self._current_plan():
-            first = batch[0].request
-            cost = self._timing.call(timing_key(first), first.num_inference_steps or 0)
-            if batch[0].model != model:
-                cost = (
-                    None
-                    if cost is None or self._timing.load_s is None
-                    else cost + self._timing.load_s
-                )
-            model = batch[0].model
-            eta = None if eta is None or cost is None else eta + cost
-            if job in batch:
-                return position + batch.index(job) + 1, eta
-            position += len(batch)
-        return None, None
+        return self._timing.queued(
+            self._current_plan(),
+            job,
+            model=self._slot.name,
+            ahead_s=self._running_remaining(),
+        )
 
     def _running_remaining(self) -> float | None:
         call = self._call
-        if call is None:
-            return 0.0
-        step = self._timing.step(call.key)
-        if step is None:
-            return None
-        total = call.total or round(call.steps * self._timing.steps_per_step.get(call.key, 1.0))
-        return max(0, total - call.step) * step + max(0.0, self._timing.extra_s.get(call.key, 0.0))
+        return 0.0 if call is None else call.remaining_s()
 
     def running_eta(self, job: Job) -> float | None:
         call = self._call
         if call is None or job not in call.jobs:
             return None
         return self._running_remaining()
-
-    def _replay(self) -> list[Job]:
-        """Re-queue the journal's waiting and interrupted jobs; collect unsent replies."""
-        requeued = 0
-        for record in self._journal.pending():
-            if record.state == "running" and record.attempts >= self.config.max_attempts:
-                log.error(
-                    "job %d was drawing during %d crashes: failing it", record.id, record.attempts
-                )
-                self._journal.mark_failed(
-                    record.id, "This drawing stopped the bot, so it was not tried again."
-                )
-                continue
-            try:
-                request = self._resolve(record.request)
-            except InvalidRequest as e:
-                self._journal.mark_failed(record.id, str(e))
-                continue
-            if record.state == "running":
-                self._journal.mark_queued(record.id)
-            waited = max(0.0, time.time() - record.submitted_at)
-            job = Job(
-                self,
-                id=record.id,
-                request=request,
-                reply_to=record.reply_to,
-                submitted_at=record.submitted_at,
-                queued_at=self._clock() - waited,
-            )
-            self._enqueue(job)
-            requeued += 1
-        finished = [
-            Job.finished(self, record, queued_at=self._clock())
-            for record in self._journal.undelivered()
-        ]
-        recovered = [job for job in self._jobs.values() if job.reply_to] + finished
-        if requeued or finished:
-            log.info(
-                "journal: %d job(s) queued again, %d finished job(s) still to reply to",
-                requeued,
-                len(finished),
-            )
-        return sorted(recovered, key=lambda job: job.id)

@@ -168,6 +168,25 @@ class Job:
                 return
             await changed.wait()
 
+    # --- the engine's side ----------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """The engine: its batch begins drawing (`now` on the engine's clock)."""
+        self._state, self._started_at = "running", now
+        self._total = self.request.num_inference_steps or 0
+        self._notify()
+
+    def end(
+        self,
+        state: JobState,
+        error: EngineError | None = None,
+        results: list[GenerationResult] | None = None,
+    ) -> None:
+        """The engine: it is over; whoever awaits it gets `results` or `error`."""
+        self._state, self._error, self._results = state, error, results
+        self._done.set()
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

@@ -1,4 +1,4 @@
-"""Timing: moving averages of how long drawing takes, for queue ETAs.
+"""Timing: moving averages of how long drawing takes, and the queue ETAs made from them.
 
 Keyed by (model, width, height, sampler): seconds per sampler step, the fixed cost of a whole
 generate() call beyond its steps (text encoding, VAE decode, PNG), and model load time.
@@ -6,11 +6,22 @@ generate() call beyond its steps (text encoding, VAE decode, PNG), and model loa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine.request import GenerationRequest
 
 TimingKey = tuple[str, int, int, str]
+
+
+class Queued(Protocol):
+    """A job waiting in the queue, as far as its ETA goes (engine.job.Job is one)."""
+
+    @property
+    def request(self) -> GenerationRequest: ...
+    @property
+    def model(self) -> str: ...
 
 
 def timing_key(request: GenerationRequest) -> TimingKey:
@@ -61,3 +72,38 @@ class Timing:
             return None
         total = steps * self.steps_per_step.get(key, 1.0)
         return total * step + max(0.0, self.extra_s.get(key, 0.0))
+
+    def remaining(self, key: TimingKey, *, steps: int, step: int, total: int) -> float | None:
+        """Seconds until a call of `steps` inference steps, now at UNet step `step` of `total`
+        (0 = not known yet), is done."""
+        seconds = self.step(key)
+        if seconds is None:
+            return None
+        total = total or round(steps * self.steps_per_step.get(key, 1.0))
+        return max(0, total - step) * seconds + max(0.0, self.extra_s.get(key, 0.0))
+
+    def queued(
+        self,
+        plan: Sequence[Sequence[Queued]],
+        job: Queued,
+        *,
+        model: str | None,
+        ahead_s: float | None,
+    ) -> tuple[int | None, float | None]:
+        """(1-based queue position, seconds until its result) of `job` in `plan`, the batches
+        expected to run in order, after `ahead_s` more seconds of the running call with
+        `model` loaded. (None, None) if it is in no batch; the ETA is None while the running
+        call or a batch on the way has no measured speed yet."""
+        position = 0
+        eta = ahead_s
+        for batch in plan:
+            first = batch[0].request
+            cost = self.call(timing_key(first), first.num_inference_steps or 0)
+            if batch[0].model != model:
+                cost = None if cost is None or self.load_s is None else cost + self.load_s
+            model = batch[0].model
+            eta = None if eta is None or cost is None else eta + cost
+            if job in batch:
+                return position + batch.index(job) + 1, eta
+            position += len(batch)
+        return None, None

@@ -1,0 +1,114 @@
+"""Model slot: the one model the engine has loaded, and how it is loaded and swapped.
+
+Loading (and the warm-up drawing after it) runs on the engine's torch thread; the slot's lock
+makes a batch's load and an admin's swap wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic
+
+from engine.contracts import GenerateFn, M
+from engine.errors import GenerationFailed
+from engine.request import GenerationRequest, Limits
+from engine.timing import Timing
+
+log = logging.getLogger(__name__)
+
+
+class ModelSlot(Generic[M]):
+    """The loaded model (None before the first load) on a device of type `device_type`.
+
+    `run_in_worker(fn, name)` runs `fn(name)` on the torch thread; `warm_up()` says whether to
+    draw one tiny image after a load (asked at each load: the engine's config may be replaced);
+    `timing` learns load times; `changed()` is told after each load, as the queue plan and
+    batch sizes depend on the loaded model.
+    """
+
+    def __init__(
+        self,
+        *,
+        load: Callable[[str], M],
+        generate: GenerateFn[M],
+        limits: Limits,
+        timing: Timing,
+        run_in_worker: Callable[[Callable[[str], M], str], Awaitable[M]],
+        warm_up: Callable[[], bool],
+        changed: Callable[[], None],
+    ) -> None:
+        self.model: M | None = None
+        self.device_type = "cpu"
+        self.swaps = 0  # loads that replaced a model
+        self._load_fn = load
+        self._generate = generate
+        self._limits = limits
+        self._timing = timing
+        self._run_in_worker = run_in_worker
+        self._warm_up = warm_up
+        self._changed = changed
+        self._lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str | None:
+        return self.model.name if self.model is not None else None
+
+    async def ensure(self, name: str) -> M:
+        """The model `name`, loaded now unless it already is (GenerationFailed if it cannot)."""
+        async with self._lock:
+            if self.model is not None and self.model.name == name:
+                return self.model
+            previous = self.name
+            # One pipeline at a time: let go of the old one before loading the next.
+            self.model = None
+            log.info("loading model %s (replacing %s)", name, previous or "none")
+            try:
+                model = await self._run_in_worker(self._load_and_warm_up, name)
+            except Exception as e:
+                log.error("cannot load model %s", name, exc_info=e)
+                raise GenerationFailed(
+                    f"The model {name} could not be loaded; the admin can find details in the log."
+                ) from e
+            self._set(model, previous)
+            return model
+
+    async def swap(self, name: str, by: str) -> None:
+        """An admin's swap to `name`: the loaded model keeps serving until the new one is
+        ready, and stays if it cannot be loaded (GenerationFailed says why)."""
+        async with self._lock:
+            if self.model is None or self.model.name != name:
+                previous = self.name
+                try:
+                    model = await self._run_in_worker(self._load_and_warm_up, name)
+                except Exception as e:
+                    log.error("admin %s: cannot load model %s", by, name, exc_info=e)
+                    raise GenerationFailed(
+                        f"Could not load {name}: {type(e).__name__}: {e}. "
+                        f"Still serving {previous or 'no model'}."
+                    ) from e
+                self._set(model, previous)
+
+    def _set(self, model: M, previous: str | None) -> None:
+        self.model = model
+        self.device_type = model.device.type
+        if previous is not None:
+            self.swaps += 1
+        self._changed()
+
+    def _load_and_warm_up(self, name: str) -> M:
+        """Load a model and draw one tiny image with it (torch thread)."""
+        started = time.perf_counter()
+        model = self._load_fn(name)
+        if self._warm_up():
+            warm_up = GenerationRequest(
+                prompt="warm-up", width=64, height=64, num_inference_steps=1, seed=0, model=name
+            )
+            try:
+                self._generate(model, [warm_up], limits=self._limits)
+            except Exception as e:  # the model may still draw real requests; they will tell
+                log.warning("warm-up of model %s failed: %r", name, e)
+        self._timing.record_load(time.perf_counter() - started)
+        return model
