@@ -79,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
-    parsed = read_request(args.text, requester="cli", settings=settings.prompt)
+    parsed = read_request(
+        args.text,
+        requester="cli",
+        settings=settings.prompt,
+        max_chars=settings.limits.max_prompt_chars,
+    )
     if args.explain:
         print(explain(parsed, settings))
         return 0

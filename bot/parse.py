@@ -36,8 +36,9 @@ from engine.prompting.presets import (
     with_quality_tags,
     with_uc_preset,
 )
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, Limits
 
+MAX_CHARS = Limits().max_prompt_chars  # the default cap on what a user types
 # The NAI "Normal" portrait area; `--ar` keeps it unless the user's defaults give a size.
 _AR_AREA = 512 * 768
 
@@ -223,9 +224,10 @@ def parse_request(
     requester: str = "",
     *,
     settings: PromptSettings | None = None,
+    max_chars: int = MAX_CHARS,
 ) -> GenerationRequest:
     """Parse chat text; fields it does not set come from `defaults` (a user's saved defaults)."""
-    return read_request(text, defaults, requester, settings=settings).request
+    return read_request(text, defaults, requester, settings=settings, max_chars=max_chars).request
 
 
 def read_request(
@@ -234,9 +236,12 @@ def read_request(
     requester: str = "",
     *,
     settings: PromptSettings | None = None,
+    max_chars: int = MAX_CHARS,
 ) -> ParsedRequest:
     """`parse_request`, plus notes on what was normalised or ignored, for the reply.
 
+    `max_chars` ([limits] max_prompt_chars) caps the prompt and the negative prompt as typed,
+    before braces are rewritten and presets added (`{` x 10,000 must not shrink under it).
     Raises ParseError naming the flag, key or weight that cannot be read.
     """
     settings = settings or PromptSettings()
@@ -258,6 +263,12 @@ def read_request(
             "The prompt is empty: write what to draw before the flags.", field="prompt"
         )
     negative = ", ".join(n for n in (info.negative_prompt, values.get("negative_prompt")) if n)
+    for name, typed in (("prompt", info.prompt), ("negative prompt", negative)):
+        if len(typed) > max_chars:
+            raise ParseError(
+                f"The {name} is {len(typed)} characters long: at most {max_chars} are allowed.",
+                field="prompt",
+            )
     fields: dict[str, Any] = {}
     if pasted:
         fields.update(_infotext_fields(info, notes))

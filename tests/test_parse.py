@@ -319,6 +319,12 @@ def test_extra_network_tags_are_read_as_a1111_reads_them() -> None:
         ("a cat --hn anime", r"--hn \(hypernetworks\) is not available in this version yet"),
         ("a cat --strength 0.5", r"--strength \(img2img\) is not available in this version"),
         ("<lora:foo:0.8>", r"The prompt is empty"),
+        # lengths count what was typed, not the rewrite ({ x 10,000 becomes a short weight)
+        (
+            "{" * 10_000 + "girl" + "}" * 10_000,
+            r"The prompt is 20004 characters long: at most 4000",
+        ),
+        ("a cat --neg " + "x" * 4001, r"The negative prompt is 4001 characters long: at most 4000"),
         ("a (cat:1.2.3)", r"The weight in ':1\.2\.3\)' is not a number"),
         ("a cat --neg (x:.)", r"The weight in ':\.\)' is not a number"),
         ("--seed 4", r"The prompt is empty"),

@@ -159,7 +159,13 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         flags = [f"{flag} {shlex.quote(str(v))}" for flag, v in options.items() if v is not None]
         chat = "\n".join([prompt, " ".join(flags)]) if flags else prompt
         settings = prefs.prompt_settings(self.settings.prompt)
-        return read_request(chat, prefs.request_defaults(user), user, settings=settings)
+        return read_request(
+            chat,
+            prefs.request_defaults(user),
+            user,
+            settings=settings,
+            max_chars=self.settings.limits.max_prompt_chars,
+        )
 
     async def _start(
         self,
@@ -266,7 +272,11 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
             if attachment.filename.lower().endswith(".png"):
                 infotext = _infotext(await attachment.read())
                 if infotext:
-                    parsed = read_request(infotext, requester=requester_of(interaction.user))
+                    parsed = read_request(
+                        infotext,
+                        requester=requester_of(interaction.user),
+                        max_chars=self.settings.limits.max_prompt_chars,
+                    )
                     return parsed.request
         raise NotAllowed(text("discord_gone", locale, job=job_id))
 
@@ -281,7 +291,13 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         base = dataclasses.replace(request, negative_prompt=negative)
         # The old prompt already holds the quality tags and the preset: add none again.
         plain = PromptSettings(quality_tags=False, uc_preset="None")
-        parsed = read_request(prompt, base, request.requester, settings=plain)
+        parsed = read_request(
+            prompt,
+            base,
+            request.requester,
+            settings=plain,
+            max_chars=self.settings.limits.max_prompt_chars,
+        )
         await self._start(interaction, parsed.request, parsed.notes)
 
     # --- /help ----------------------------------------------------------------------------------

@@ -143,6 +143,7 @@ async def _draw(update: Update, context: Context, prompt: str) -> None:
         prefs.request_defaults(requester),
         requester,
         settings=prefs.prompt_settings(deps.settings.prompt),
+        max_chars=deps.settings.limits.max_prompt_chars,
     )
     spoiler = check_policy(deps.settings.telegram, parsed.request.prompt, locale)
     await start_job(

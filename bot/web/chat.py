@@ -83,6 +83,7 @@ class WebChat:
             prefs.request_defaults(USER),
             USER,
             settings=prefs.prompt_settings(self.settings.prompt),
+            max_chars=self.settings.limits.max_prompt_chars,
         )
         return self.submit(parsed.request), list(parsed.notes)
 
