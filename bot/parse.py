@@ -39,6 +39,7 @@ from engine.prompting.presets import (
 from engine.request import GenerationRequest, Limits
 
 MAX_CHARS = Limits().max_prompt_chars  # the default cap on what a user types
+MAX_RATIO = 4  # `--ar` from 1:4 to 4:1 (beyond, one side would fall under 64 or over 2048 px)
 # The NAI "Normal" portrait area; `--ar` keeps it unless the user's defaults give a size.
 _AR_AREA = 512 * 768
 
@@ -123,7 +124,14 @@ def _ratio(flag: str, value: str) -> tuple[float, float]:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)", value.strip())
     if not match or not float(match[1]) or not float(match[2]):
         raise ParseError(f"{flag} needs WIDTH:HEIGHT, e.g. 2:3, not {value!r}.", field=flag)
-    return float(match[1]), float(match[2])
+    width, height = float(match[1]), float(match[2])
+    if max(width / height, height / width) > MAX_RATIO:
+        raise ParseError(
+            f"{flag} {match[1]}:{match[2]} is too {'wide' if width > height else 'tall'}: "
+            f"use a ratio from 1:{MAX_RATIO} to {MAX_RATIO}:1.",
+            field=flag,
+        )
+    return width, height
 
 
 def _text(flag: str, value: str) -> str:

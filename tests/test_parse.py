@@ -311,6 +311,8 @@ def test_extra_network_tags_are_read_as_a1111_reads_them() -> None:
         ("a cat --size huge", r"--size needs WIDTHxHEIGHT.*not 'huge'"),
         ("a cat --ar 2", r"--ar needs WIDTH:HEIGHT, e.g. 2:3"),
         ("a cat --ar 0:1", r"--ar needs WIDTH:HEIGHT"),
+        ("a cat --ar 99:1", r"--ar 99:1 is too wide: use a ratio from 1:4 to 4:1"),
+        ("a cat --ar 1:4.5", r"--ar 1:4\.5 is too tall: use a ratio from 1:4 to 4:1"),
         ("a cat --size 512x512 --ar 2:3", r"Use either --size or --ar"),
         ("a cat --uc bad", r"--uc: Unknown undesired-content preset 'bad'"),
         ("a cat --syntax koishi", r"--syntax needs a1111 or nai, not 'koishi'"),
