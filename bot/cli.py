@@ -28,10 +28,7 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.func is cmd_run, verbose=args.verbose)
     if not args.verbose:
         # Library chatter ("torchvision not installed") is noise on a terminal. The libraries
         # read these when first imported, which happens below.
@@ -44,6 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, EngineError, UsageError) as e:
         print(f"aidraw: error: {e}", file=sys.stderr)
         return 2
+
+
+def configure_logging(serving: bool, *, verbose: bool) -> None:
+    """Warnings only for one-off commands; a serving bot (`aidraw run`) also logs aidraw's own
+    INFO lines (one per job start and end, model loads, frontends up), libraries stay quiet."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if serving:
+        for name in ("bot", "engine"):
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list models and VAEs found under models/")
     models.set_defaults(func=cmd_models)
 
-    run = sub.add_parser("run", help="start the chat bots that have a token in the environment")
+    run = sub.add_parser(
+        "run",
+        help="start the chat bots that have a token in the environment, else the local web chat",
+        description=(
+            "Start Discord (AIDRAW_DISCORD_TOKEN) and Telegram (AIDRAW_TELEGRAM_TOKEN), each only "
+            "when its token is in the environment. With neither token, serve the local web chat "
+            "on http://127.0.0.1:7860 ([web] in settings.toml) so the bot can be tried at once. "
+            "Logs one line per job start and end; Ctrl+C or SIGTERM lets the drawing job finish."
+        ),
+    )
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("build-demo", help="build the offline demo model into models/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli import main
+from bot.cli import configure_logging, main
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +148,24 @@ def test_run_exits_1_when_a_frontend_cannot_start(
     err = capsys.readouterr().err
     assert "aidraw: error: web:" in err and "AIDRAW_WEB_TOKEN" in err
     assert (tmp_path / "data" / "journal.sqlite3").exists()  # relative to settings.toml
+
+
+def test_run_help_says_the_web_chat_is_the_fallback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "With neither token, serve the local web chat on http://127.0.0.1:7860" in out
+
+
+def test_a_serving_bot_logs_its_own_info_lines_and_libraries_stay_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("", "bot", "engine"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    configure_logging(False, verbose=False)
+    assert not logging.getLogger("engine.engine").isEnabledFor(logging.INFO)
+    configure_logging(True, verbose=False)
+    assert logging.getLogger("engine.engine").isEnabledFor(logging.INFO)
+    assert logging.getLogger("bot.telegram.app").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("discord.client").isEnabledFor(logging.INFO)

@@ -46,6 +46,9 @@ class AidrawBot(commands.Bot):
         setup: Callable[[AidrawBot], Awaitable[None]],
         **options: Any,
     ) -> None:
+        # The bot never joins voice: discord.py's "PyNaCl/davey is not installed, voice will NOT
+        # be supported" warnings would only alarm whoever reads the start-up log.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.none()
         intents.guilds = True
         super().__init__(
