@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile
-from engine.errors import InvalidRequest, ModelNotFound
+from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.tokenizer import build_tokenizer
 from engine.request import RequestDefaults
@@ -232,12 +232,18 @@ class ModelRegistry:
             "safety_checker": None,
             "requires_safety_checker": False,
         }
-        if entry.kind == "diffusers":
-            pipe = StableDiffusionPipeline.from_pretrained(str(entry.path), **common)
-        else:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(entry.path), config=str(entry.config), tokenizer=build_tokenizer(), **common
-            )
+        try:
+            if entry.kind == "diffusers":
+                pipe = StableDiffusionPipeline.from_pretrained(str(entry.path), **common)
+            else:
+                pipe = StableDiffusionPipeline.from_single_file(
+                    str(entry.path), config=str(entry.config), tokenizer=build_tokenizer(), **common
+                )
+        except Exception as e:  # any reason at all: the file is not a model we can load
+            log.debug("cannot load model %s from %s", name, entry.path, exc_info=e)
+            raise GenerationFailed(
+                f"Cannot load model {name!r} ({entry.path.name}): {load_problem(e, entry.path)}"
+            ) from e
         if vae is not None:
             pipe.vae = self.load_vae(vae, dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -270,6 +276,35 @@ class ModelRegistry:
             str(path), config=str(SD15_CONFIG / "vae"), dtype=dtype, local_files_only=True
         )
         return vae
+
+
+def load_problem(error: BaseException, path: Path) -> str:
+    """Why a model would not load, in one short line (the file's name instead of its path)."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    if path.is_dir() and (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+        missing = [
+            f"{part}/"
+            for part, value in index.items()
+            if isinstance(value, list) and value and value[0] and not (path / part).is_dir()
+        ]
+        if missing:
+            return f"the folder has no {', '.join(missing)}"
+    cause: BaseException | None = error
+    while cause is not None:  # the safetensors reader's own words are the clearest
+        if type(cause).__name__ == "SafetensorError":
+            return f"not a readable .safetensors file ({_one_line(cause, path)})"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(error).__name__}: {_one_line(error, path)}"
+
+
+def _one_line(error: BaseException, path: Path) -> str:
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    for long in (str(path.resolve()), str(path)):
+        line = line.replace(long, path.name)
+    return line if len(line) <= 160 else line[:159] + "…"
 
 
 def check_ckpt(path: Path) -> None:

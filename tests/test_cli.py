@@ -169,3 +169,49 @@ def test_a_serving_bot_logs_its_own_info_lines_and_libraries_stay_quiet(
     assert logging.getLogger("engine.engine").isEnabledFor(logging.INFO)
     assert logging.getLogger("bot.telegram.app").isEnabledFor(logging.INFO)
     assert not logging.getLogger("discord.client").isEnabledFor(logging.INFO)
+
+
+def _broken_models(models: Path, demo: Path) -> dict[str, str]:
+    """Broken model files as users make them, by name: what the error should mention."""
+    import pickle
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    models.mkdir()
+    (models / "pickled.safetensors").write_bytes(pickle.dumps({"a": 1}))
+    weights = (demo / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    (models / "truncated.safetensors").write_bytes(weights[: len(weights) // 2])
+    (models / "empty.safetensors").write_bytes(b"")
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(3, 3)},
+        str(models / "wrongshapes.safetensors"),
+    )
+    shutil.copytree(demo, models / "nounet", ignore=shutil.ignore_patterns("unet"))
+    text = models.parent / "notes.txt"
+    text.write_text("not a model\n", encoding="utf-8")
+    (models / "symlinked.safetensors").symlink_to(text)
+    return {
+        "pickled": "pickled.safetensors",
+        "truncated": "truncated.safetensors",
+        "empty": "empty.safetensors",
+        "wrongshapes": "wrongshapes.safetensors",
+        "nounet": "nounet",
+        "symlinked": "symlinked.safetensors",
+    }
+
+
+def test_a_broken_model_file_is_one_line_and_exit_code_2(
+    tmp_path: Path, demo_models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    broken = _broken_models(models, demo_models_dir / "aidraw-demo")
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[engine]\nmodels_dir = "{models}"\n', encoding="utf-8")
+    for name, file in broken.items():
+        args = ["--settings", str(settings), "draw", f"cat --model {name} --steps 1"]
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"aidraw: error: Cannot load model '{name}' ({file}): "), err
+        assert err.count("\n") == 1, err
