@@ -243,6 +243,7 @@ def generate(
                 lambda sigma, sigma_next: rng.next(),
                 step_end,
                 seeds=[spec.seed for _, spec in items],
+                sources=[spec.source for _, spec in items],
             )
             t2 = time.perf_counter()
 

@@ -35,6 +35,7 @@ from engine.sampling.kdiffusion import (
     sample_heun,
     sample_lms,
 )
+from engine.sampling.seeds import RngSource
 
 SampleFn = Callable[[Denoise, Tensor, Tensor, NoiseSampler, StepCallback], Tensor]
 # A1111's "second_order" samplers: two model calls per step, so prompt-editing schedules are
@@ -163,11 +164,13 @@ def sample(
     callback: StepCallback,
     *,
     seeds: Sequence[int] = (),
+    sources: Sequence[RngSource] = (),
 ) -> Tensor:
     """Run a row from the initial noise (unscaled, float32) to the final latents.
 
     k-diffusion rows start from noise × σ_max; DDIM starts from the noise itself. `seeds` seed
-    the Brownian trees of the "brownian" rows.
+    the Brownian trees of the "brownian" rows, one per image, and `sources` are the images' RNG
+    sources their draws come from (A1111's; torchsde's own generator where none are given).
     """
     schedule = model.schedule
     sigmas = sampler_sigmas(row, schedule, steps).to(noise_first.device)
@@ -175,7 +178,7 @@ def sample(
         return sample_ddim(model, noise_first, sigmas, noise, callback)
     x = noise_first * sigmas[0]
     if row.noise == "brownian":
-        noise = BrownianNoise(x, sigmas, seeds)
+        noise = BrownianNoise(x, sigmas, seeds, sources)
     return row.function(model, x, sigmas, noise, callback)
 
 
