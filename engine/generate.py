@@ -16,6 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.infotext import create_infotext, format_number
 from engine.models import LoadedModel
+from engine.prompting import check_weights, extra_networks
 from engine.prompting.conditioning import encode_conditioning
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults, Timings
 from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
@@ -98,6 +99,16 @@ def check_request(
                 f"{limits.max_prompt_chars} are allowed.",
                 field="prompt",
             )
+    if (req.emphasis or "Original") in ("Original", "No norm"):  # the modes that use weights
+        check_weights(req.prompt, req.num_inference_steps)
+        check_weights(req.negative_prompt, req.num_inference_steps, "negative prompt")
+    _, networks = extra_networks(req.prompt)
+    if networks:
+        raise InvalidRequest(
+            f"<{networks[0][0]}:{':'.join(networks[0][1])}>: LoRA and hypernetworks are not "
+            "available in this version yet; remove the tag.",
+            field="prompt",
+        )
     _check_noise(req, limits)
     return dataclasses.replace(req, sampler=canonical_sampler(req.sampler))
 
@@ -126,6 +137,18 @@ def _check_noise(req: GenerationRequest, limits: Limits) -> None:
             f"seed resize from {resize[0]}x{resize[1]} is not allowed: use sides from "
             f"{MIN_SIDE} to {limits.max_side}, or 0x0 for off.",
             field="seed_resize_from",
+        )
+
+
+def _check_finite(images: torch.Tensor, stage: str) -> None:
+    """A1111 `devices.test_for_nans`, stricter: any NaN or inf in an image fails it (it would
+    come out black or blotched), instead of being sent as a success."""
+    bad = ~torch.isfinite(images.flatten(1)).all(dim=1)
+    if bad.any():
+        log.warning("%s made NaN/inf in image(s) %s", stage, bad.nonzero().flatten().tolist())
+        raise GenerationFailed(
+            f"The picture came out empty (NaN) in {stage}: lower the prompt weights or the CFG "
+            "scale, or try another sampler or seed."
         )
 
 
@@ -246,11 +269,13 @@ def generate(
                 sources=[spec.source for _, spec in items],
             )
             t2 = time.perf_counter()
+            _check_finite(latents, "denoising")
 
             # 7. Decode with the VAE.
             decoded = pipe.vae.decode(
                 latents.to(model.dtype) / pipe.vae.config.scaling_factor, return_dict=False
             )[0]
+            _check_finite(decoded, "the VAE")
             images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
             t3 = time.perf_counter()
     except torch.cuda.OutOfMemoryError as e:

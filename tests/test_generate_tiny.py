@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from engine.device import DeviceOptions
-from engine.errors import InvalidRequest, JobCancelled
+from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.generate import SEED_LIMIT, generate
 from engine.models import ModelRegistry
 from engine.request import GenerationRequest, Limits
@@ -184,3 +184,31 @@ def test_cuda_fp16_profiles(demo_models_dir, vram) -> None:  # type: ignore[no-u
     first, second = (generate(model, [BASE], limits=LIMITS)[0] for _ in range(2))
     assert first.png == second.png
     assert png_pixels(first.png).std() > 0
+
+
+def test_extreme_weights_are_refused_at_the_door(demo_model) -> None:  # type: ignore[no-untyped-def]
+    # 1,900 nested "(" is 1.1^1900 = inf: it drew an all-black PNG and reported success.
+    with pytest.raises(InvalidRequest, match=r"weights must be from -100 to 100"):
+        draw(demo_model, prompt="(" * 1900 + "girl")
+    with pytest.raises(InvalidRequest, match=r"'girl' in the negative prompt is 1\.1e\+03"):
+        draw(demo_model, negative_prompt="(girl:1100)")
+    with pytest.raises(InvalidRequest, match=r"weight of 'hat'"):  # in any scheduled form
+        draw(demo_model, prompt="1girl, [cat:(hat:500):0.5]")
+    assert draw(demo_model, prompt="(girl:100)")  # the bound itself draws
+
+
+def test_nan_latents_fail_the_job_instead_of_a_black_png(
+    demo_model,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_unet(sample: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor]:
+        return (torch.full_like(sample, float("nan")),)
+
+    monkeypatch.setattr(demo_model.pipe.unet, "forward", broken_unet)
+    with pytest.raises(GenerationFailed, match=r"The picture came out empty \(NaN\)"):
+        draw(demo_model)
+
+
+def test_extra_network_tags_never_reach_clip_from_any_caller(demo_model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidRequest, match=r"<lora:foo:1>: LoRA and hypernetworks are not"):
+        draw(demo_model, prompt="1girl <lora:foo:1>")

@@ -207,6 +207,25 @@ def check_emphasis(emphasis: str) -> None:
         )
 
 
+# Beyond this, weights only overflow (1.1^1900 is inf in float32, 1.1^100 = 13,781 already
+# saturates fp16 after CLIP's outputs are scaled) and the picture comes out black.
+MAX_WEIGHT = 100.0
+
+
+def check_weights(text: str, steps: int, name: str = "prompt") -> None:
+    """InvalidRequest if a weight in any scheduled form of `text` is beyond ±MAX_WEIGHT (nested
+    brackets multiply: 49 pairs of `( )` are already 107)."""
+    for _, scheduled in prompt_schedule(text, steps):
+        for segment, weight in parse_attention(scheduled):
+            if (segment, weight) != BREAK and not abs(weight) <= MAX_WEIGHT:
+                shown = segment.strip()[:40] or segment[:40]
+                raise InvalidRequest(
+                    f"The weight of {shown!r} in the {name} is {weight:.3g}: weights must be "
+                    f"from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g} (nested brackets multiply).",
+                    field="prompt",
+                )
+
+
 # --- NAI braces ↔ A1111 weights ---------------------------------------------------------------
 
 
