@@ -28,6 +28,12 @@ Over the house's ~500 lines on purpose: what is left here is the loop and the st
 (jobs, queue, running batch, pause/close); the parts with a life of their own are beside it:
 `call` (one generate() call in flight), `model_slot`, `recovery` (journal replay), `results`
 (PNG files), `timing` (ETAs), `contracts` (what models and generate() must provide).
+
+A full disk fails the job whose PNGs cannot be saved, not the engine. A journal write that
+fails while jobs run (a full disk again) is logged and the job goes on as if the process had
+crashed just before that write: the row keeps its last state, and replay after the next start
+handles it as it handles a crash (a job not recorded as done or failed is drawn again). Only
+`submit` raises for it (JournalError): a job the journal does not have is not queued.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from engine.call import Call
+from engine.checks import check_request
 from engine.contracts import GenerateFn, M, ModelInfo, Registry
 from engine.errors import (
     EngineClosed,
@@ -54,9 +61,8 @@ from engine.errors import (
     JobCancelled,
     QueueFull,
 )
-from engine.generate import check_request
 from engine.job import Job
-from engine.journal import JobRecord, Journal
+from engine.journal import JobRecord, Journal, JournalError
 from engine.model_slot import ModelSlot
 from engine.queue import AUTO_BATCH_PIXELS as AUTO_BATCH_PIXELS  # re-exported for bench/
 from engine.queue import FairQueue, QueueConfig, batch_limit
@@ -140,14 +146,18 @@ class Engine(Generic[M]):
         )
         self._files = ResultFiles(Path(config.results_dir))
         self._journal = Journal(config.journal)
-        self._recovered = replay(
-            self._journal,
-            engine=self,
-            resolve=self._resolve,
-            enqueue=self._enqueue,
-            clock=self._clock,
-            max_attempts=config.max_attempts,
-        )
+        try:
+            self._recovered = replay(
+                self._journal,
+                engine=self,
+                resolve=self._resolve,
+                enqueue=self._enqueue,
+                clock=self._clock,
+                max_attempts=config.max_attempts,
+            )
+        except JournalError:
+            self._journal.close()  # its lock would refuse the next try in this process
+            raise
 
     # --- frontends ------------------------------------------------------------------------
 
@@ -167,6 +177,8 @@ class Engine(Generic[M]):
                 allowed; nothing was queued.
             QueueFull: the requester's or everyone's limit is reached.
             EngineClosed: the engine is shutting down.
+            JournalError: the journal cannot record it (e.g. a full disk); nothing was
+                queued. Logged already; its message names the file, so it is not for users.
         """
         if self._closing:
             raise EngineClosed("The bot is shutting down; try again in a minute.")
@@ -232,7 +244,10 @@ class Engine(Generic[M]):
     def mark_delivered(self, job_id: int) -> None:
         """The frontend has replied for this job: it is not handed out by `recovered()` again."""
         self._check_open()
-        self._journal.mark_delivered(job_id)
+        with contextlib.suppress(JournalError):
+            # Logged by the journal. The reply went out; the worst left is a second one after
+            # a restart, which beats an error message after the picture.
+            self._journal.mark_delivered(job_id)
 
     def history(self, requester: str | None = None, limit: int = 10) -> list[JobRecord]:
         """Finished drawings, newest first (request, seeds, PNG paths): /history, rerolls."""
@@ -361,7 +376,9 @@ class Engine(Generic[M]):
         self._closing = True
         for job in list(self._jobs.values()):
             if job.state == "running":
-                self._journal.mark_queued(job.id, undo_attempt=True)
+                # On failure (logged) the row stays "running": the try counts as a crash.
+                with contextlib.suppress(JournalError):
+                    self._journal.mark_queued(job.id, undo_attempt=True)
             job.end(job.state, EngineClosed(RESTARTING))
         kept = len(self._jobs)
         self._jobs.clear()
@@ -387,7 +404,9 @@ class Engine(Generic[M]):
             return  # never started: the jobs stay queued in the journal
         now = self._clock()
         for job in batch:
-            self._journal.mark_running(job.id)
+            # On failure (logged) the row stays "queued": this try is not counted.
+            with contextlib.suppress(JournalError):
+                self._journal.mark_running(job.id)
             r = job.request
             log.info(
                 "job %d started: %s %dx%d %d steps %s, %d image(s), batch of %d, waited %.1f s",
@@ -476,12 +495,23 @@ class Engine(Generic[M]):
     async def _complete(self, job: Job, results: list[GenerationResult]) -> None:
         # Files first, then the journal, then the awaiters: a crash in between draws the job
         # again into the same file names instead of losing it or duplicating it.
-        saved = await asyncio.to_thread(self._files.save, job.id, results)
+        try:
+            saved = await asyncio.to_thread(self._files.save, job.id, results)
+        except GenerationFailed as e:  # a full disk: this job fails, the next may fit
+            self._finish(job, "failed", e)
+            return
         if job.done():  # cancelled while saving
             await asyncio.to_thread(self._files.remove, saved)
             return
-        self._journal.mark_done(job.id, saved)
-        self._journal.trim(self.config.history_size)
+        try:
+            self._journal.mark_done(job.id, saved)
+        except JournalError:
+            # As a crash here would: the row stays "running" and a restart draws it again. The
+            # pictures are saved, so the user gets them now.
+            log.warning("job %d: not recorded as done; it is drawn again after a restart", job.id)
+        else:
+            with contextlib.suppress(JournalError):  # logged; the next finished job trims
+                self._journal.trim(self.config.history_size)
         self._finish(job, "done", results=results)
 
     def _finish(
@@ -495,7 +525,14 @@ class Engine(Generic[M]):
         if job.done():
             return
         if state != "done":
-            self._journal.mark_failed(job.id, str(error), state=state)
+            try:
+                self._journal.mark_failed(job.id, str(error), state=state)
+            except JournalError:
+                # As a crash here would: the row keeps its state, so a restart draws the job
+                # again (even a cancelled one). Whoever awaits it is still told now.
+                log.warning(
+                    "job %d: not recorded as %s; it is drawn again after a restart", job.id, state
+                )
         self._jobs.pop(job.id, None)
         self._queue.remove(job.id)
         now = self._clock()

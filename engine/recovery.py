@@ -2,7 +2,9 @@
 
 Waiting and interrupted jobs are queued again (a job that was drawing during `max_attempts`
 crashes is failed instead: it may be what kills the process); finished jobs whose reply was
-never confirmed come back so that the frontends can still reply.
+never confirmed come back so that the frontends can still reply. Each row is replayed on its
+own: one that cannot be read back, or is no longer a valid request, is failed and logged, and
+the others go on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 
 from engine.errors import InvalidRequest
 from engine.job import Estimates, Job
-from engine.journal import Journal
+from engine.journal import Journal, UnreadableRow
 from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ def replay(
     """
     requeued: list[Job] = []
     for record in journal.pending():
+        if isinstance(record, UnreadableRow):
+            _fail_unreadable(journal, record)
+            continue
         if record.state == "running" and record.attempts >= max_attempts:
             log.error(
                 "job %d was drawing during %d crashes: failing it", record.id, record.attempts
@@ -47,6 +52,7 @@ def replay(
         try:
             request = resolve(record.request)
         except InvalidRequest as e:
+            log.warning("job %d is no longer a valid request (%s): failing it", record.id, e)
             journal.mark_failed(record.id, str(e))
             continue
         if record.state == "running":
@@ -62,7 +68,12 @@ def replay(
         )
         enqueue(job)
         requeued.append(job)
-    finished = [Job.finished(engine, record, queued_at=clock()) for record in journal.undelivered()]
+    finished: list[Job] = []
+    for record in journal.undelivered():
+        if isinstance(record, UnreadableRow):
+            _fail_unreadable(journal, record)
+        else:
+            finished.append(Job.finished(engine, record, queued_at=clock()))
     recovered = [job for job in requeued if job.reply_to] + finished
     if requeued or finished:
         log.info(
@@ -71,3 +82,10 @@ def replay(
             len(finished),
         )
     return sorted(recovered, key=lambda job: job.id)
+
+
+def _fail_unreadable(journal: Journal, row: UnreadableRow) -> None:
+    # Failing it (rather than skipping it) stops it from being logged again at every start;
+    # its text stays in the journal for whoever wants to look.
+    log.error("journal: job %d cannot be read back (%s): failing it", row.id, row.reason)
+    journal.mark_unreadable(row.id, row.reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -605,3 +606,198 @@ async def test_a_second_engine_on_the_same_journal_is_refused(h: Harness) -> Non
     h.engine()
     with pytest.raises(JournalError, match="another aidraw process"):
         h.engine(run=False)
+
+
+# --- a full disk and a damaged journal ---------------------------------------------------------
+
+
+async def settled(h: Harness, job: Job) -> Any:
+    """outcome(job), but fail at once if the engine task ends instead (it must not)."""
+    waiter = asyncio.ensure_future(outcome(job))
+    task = h.tasks[-1]
+    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+        raise AssertionError(f"the engine stopped: {task.exception()!r}")
+    return waiter.result()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], None]:
+    """`full_disk(n)`: after n more files, writes stop half-way with ENOSPC; None: room again."""
+    room: dict[str, int | None] = {"files": None}
+    write_bytes = Path.write_bytes
+
+    def write(self: Path, data: bytes) -> int:
+        files = room["files"]
+        if files is None or files > 0:
+            room["files"] = None if files is None else files - 1
+            return write_bytes(self, data)
+        write_bytes(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", write)
+    return lambda files: room.update(files=files)
+
+
+class FullJournal:
+    """The journal's connection with a disk that can fill up: writes then fail as SQLite's do."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.full = False
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        if self.full and sql.split()[0] in ("INSERT", "UPDATE", "DELETE"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, params)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def test_a_full_disk_fails_the_job_and_the_bot_goes_on(
+    h: Harness, full_disk: Callable[[int | None], None]
+) -> None:
+    engine = h.engine(paused=True)
+    big = engine.submit(req("big", batch_size=2), reply_to="chat:1")
+    full_disk(1)  # the first picture fits, the second does not
+    engine.resume()
+    error = await settled(h, big)
+    assert isinstance(error, GenerationFailed)
+    assert str(error) == (
+        "Could not save the picture: the disk is full; the admin has been told in the log."
+    )
+    assert h.results == []  # no half PNG under its name, no .tmp, no orphan first picture
+    record = engine.record(big.id)
+    assert record is not None and (record.state, record.error) == ("failed", str(error))
+
+    full_disk(None)  # the admin made room
+    [image] = await settled(h, engine.submit(req("next")))
+    assert image.png == b"next|7"
+    assert h.results == [f"{big.id + 1:06d}-1.png"]
+
+
+async def test_a_full_journal_does_not_stop_the_engine(h: Harness) -> None:
+    h.fake.failing.add("boom")
+    engine = h.engine(paused=True)
+    drawn = engine.submit(req("drawn"), reply_to="chat:1")
+    failed = engine.submit(req("boom", "u2"), reply_to="chat:2")
+    journal = FullJournal(engine._journal._db)
+    engine._journal._db = journal  # type: ignore[assignment]
+    journal.full = True
+    engine.resume()
+    # The pictures are saved, so the user gets them; the failure is told as it happened.
+    assert (await settled(h, drawn))[0].png == b"drawn|7"
+    engine.mark_delivered(drawn.id)  # no error message after the picture went out
+    assert isinstance(await settled(h, failed), GenerationFailed)
+
+    journal.full = False
+    later = engine.submit(req("later", "u3"))
+    assert (await settled(h, later))[0].png == b"later|7"
+    record = engine.record(later.id)
+    assert record is not None and record.state == "done"
+    # The two unrecorded ends are as a crash would have left them: drawn again after a restart.
+    await engine.close()
+    again = h.engine()
+    assert [(job.id, job.progress.state) for job in again.recovered()] == [
+        (drawn.id, "queued"),
+        (failed.id, "queued"),
+    ]
+
+
+def edit_row(path: Path, job_id: int, **columns: Any) -> None:
+    """Change a journal row behind the engine's back, as a hand edit or a bad version would."""
+    sets = ", ".join(f"{name} = ?" for name in columns)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*columns.values(), job_id))
+
+
+@pytest.mark.parametrize(
+    ("columns", "why"),
+    [
+        ({"request": "{not json"}, "request is not JSON"),
+        ({"request": "[1, 2]"}, "request is not a JSON object"),
+        ({"request": '{"prompt": "x", "width": "big"}'}, "request field width is 'big'"),
+        ({"request": '{"negative_prompt": "x"}'}, "request has no prompt"),
+        ({"submitted_at": "yesterday"}, "submitted_at is 'yesterday'"),
+    ],
+)
+async def test_a_bad_journal_row_is_failed_and_the_others_replay(
+    h: Harness, columns: dict[str, Any], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = h.tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    ids = [
+        journal.add(req(prompt, model="alpha"), reply_to=f"chat:{prompt}", submitted_at=0.0)
+        for prompt in ("before", "bad", "after", "newer")
+    ]
+    journal.close()
+    edit_row(path, ids[1], **columns)
+    # A field from another version is not an error: it is skipped (with a warning).
+    edit_row(path, ids[3], request='{"prompt": "newer", "model": "alpha", "hires": 2}')
+
+    engine = h.engine()
+    recovered = engine.recovered()
+    assert [job.request.prompt for job in recovered] == ["before", "after", "newer"]
+    assert [image.png for [image] in await draw_all(*recovered)] == [
+        b"before|7",
+        b"after|7",
+        b"newer|1000",
+    ]
+    assert f"job {ids[1]} cannot be read back ({why}" in caplog.text
+    for job in recovered:
+        engine.mark_delivered(job.id)
+    await engine.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        state, error, delivered, *kept = db.execute(
+            f"SELECT state, error, delivered, {', '.join(columns)} FROM jobs WHERE id = ?",
+            (ids[1],),
+        ).fetchone()
+    assert state == "failed" and why in error
+    assert delivered == 1  # no reply can be built from it: it does not come back every start
+    assert kept == list(columns.values())  # the row's text is kept for whoever looks
+    assert h.engine().recovered() == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "scribbled", "bad page"])
+async def test_a_damaged_journal_file_stops_start_up_with_one_clear_line(
+    h: Harness, damage: str
+) -> None:
+    path = h.tmp_path / "journal.sqlite3"
+    engine = h.engine(paused=True, max_queued=1000)
+    for i in range(200):  # some pages, so that half the file loses rows
+        engine.submit(req("x" * 400, f"u{i}"), reply_to="chat:1")
+    await engine.close()
+    data = path.read_bytes()
+    middle = len(data) // 2
+    path.write_bytes(
+        {
+            "garbage": b"not a database at all " * 100,
+            "truncated": data[:middle],
+            "scribbled": data[:middle] + b"\xff" * 4096 + data[middle + 4096 :],
+            # Opens and reads fine until that page is needed: only a check of every page sees it.
+            "bad page": data[: 5 * 4096 + 8] + b"\x07" * 4 + data[5 * 4096 + 12 :],
+        }[damage]
+    )
+    damaged = path.read_bytes()
+    with pytest.raises(JournalError) as raised:
+        h.engine(run=False)
+    message = str(raised.value)
+    assert str(path) in message and "move it aside and restart" in message
+    assert "\n" not in message
+    assert raised.value.path == str(path)
+    assert path.read_bytes() == damaged  # never deleted or written to
+
+
+async def test_a_finished_row_that_cannot_be_read_is_not_handed_out(h: Harness) -> None:
+    engine = h.engine()
+    jobs = [engine.submit(req(p), reply_to=f"chat:{p}") for p in ("one", "two")]
+    await draw_all(*jobs)
+    await engine.close()
+    edit_row(h.tmp_path / "journal.sqlite3", jobs[0].id, images="[{")
+    again = h.engine()
+    assert [job.id for job in again.recovered()] == [jobs[1].id]
+    assert [r.id for r in again.history()] == [jobs[1].id]
+    await again.close()
+    assert [job.id for job in h.engine().recovered()] == [jobs[1].id]  # the bad one stays out
