@@ -20,7 +20,7 @@ from engine.device import DeviceOptions
 from engine.generate import generate
 from engine.models import ModelRegistry
 from engine.request import GenerationRequest, Limits
-from engine.sampling.samplers import make_scheduler
+from engine.sampling.loop import make_scheduler
 
 
 def main() -> None:

@@ -112,7 +112,8 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
     # Heavy imports only for commands that draw.
     from tqdm import tqdm
 
-    from engine.generate import check_request, generate
+    from engine.checks import check_request
+    from engine.generate import generate
     from engine.models import ModelRegistry
 
     registry = ModelRegistry(settings.models_dir, settings.defaults)

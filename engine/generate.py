@@ -13,131 +13,31 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from engine.checks import check_request
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
-from engine.infotext import create_infotext, format_number
+from engine.infotext import create_infotext
 from engine.models import LoadedModel
-from engine.prompting import check_weights, extra_networks
 from engine.prompting.conditioning import encode_conditioning
-from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults, Timings
+from engine.request import (
+    BATCH_KEYS,
+    RNG_SOURCES,
+    GenerationRequest,
+    GenerationResult,
+    Limits,
+    RngSource,
+    Timings,
+)
 from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
-from engine.sampling.samplers import SAMPLERS, canonical_sampler, sample, total_steps
-from engine.sampling.seeds import RNG_SOURCES, ImageRNG, NoiseSpec, RngSource, random_seed
+from engine.sampling.loop import sample, total_steps
+from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from engine.sampling.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
+from engine.sampling.seeds import ImageRNG, NoiseSpec, random_seed
 from engine.version import __version__
 
 log = logging.getLogger(__name__)
 
-MIN_SIDE = 64
-MAX_GUIDANCE = 30.0
-# Everything that must agree for requests to share one sampling loop. Seeds, ENSD, RNG source
-# and variations may differ: every image draws its noise from generators of its own.
-BATCH_KEYS = (
-    "width",
-    "height",
-    "num_inference_steps",
-    "guidance_scale",
-    "sampler",
-    "clip_skip",
-    "model",
-    "downcast_alphas_cumprod",
-)
-
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each denoising step with (step done, total steps, denoised latents x0)."""
-
-
-def check_request(
-    request: GenerationRequest, limits: Limits, defaults: RequestDefaults | None = None
-) -> GenerationRequest:
-    """Fill defaults and validate; InvalidRequest names what was wrong and what is allowed."""
-    req = (defaults or RequestDefaults()).apply(request)
-    assert req.width is not None and req.height is not None
-    assert req.num_inference_steps is not None and req.guidance_scale is not None
-    assert req.sampler is not None and req.clip_skip is not None
-    for side, value in (("width", req.width), ("height", req.height)):
-        if value % 8 or not MIN_SIDE <= value <= limits.max_side:
-            raise InvalidRequest(
-                f"{side} {value} is not allowed: use a multiple of 8 "
-                f"from {MIN_SIDE} to {limits.max_side}.",
-                field=side,
-            )
-    if req.width * req.height > limits.max_pixels:
-        raise InvalidRequest(
-            f"{req.width}x{req.height} is too large: at most {limits.max_pixels:,} pixels "
-            f"(e.g. {_largest_square(limits.max_pixels)}).",
-            field="size",
-        )
-    if not 1 <= req.num_inference_steps <= limits.max_steps:
-        raise InvalidRequest(
-            f"steps {req.num_inference_steps} is not allowed: use 1 to {limits.max_steps}.",
-            field="num_inference_steps",
-        )
-    if not 1.0 <= req.guidance_scale <= MAX_GUIDANCE:
-        raise InvalidRequest(
-            f"CFG scale {format_number(req.guidance_scale)} is not allowed: "
-            f"use 1 to {format_number(MAX_GUIDANCE)}.",
-            field="guidance_scale",
-        )
-    if not 1 <= req.batch_size <= limits.max_batch_size:
-        raise InvalidRequest(
-            f"count {req.batch_size} is not allowed: use 1 to {limits.max_batch_size}.",
-            field="batch_size",
-        )
-    if req.seed is not None and not 0 <= req.seed < 2**32:
-        raise InvalidRequest(
-            f"seed {req.seed} is not allowed: use 0 to {2**32 - 1}, or -1 for random.",
-            field="seed",
-        )
-    if not 1 <= req.clip_skip <= 12:
-        raise InvalidRequest(
-            f"clip skip {req.clip_skip} is not allowed: use 1 to 12.", field="clip_skip"
-        )
-    for name, text in (("prompt", req.prompt), ("negative prompt", req.negative_prompt)):
-        if len(text) > limits.max_prompt_chars:
-            raise InvalidRequest(
-                f"The {name} is {len(text)} characters long: at most "
-                f"{limits.max_prompt_chars} are allowed.",
-                field="prompt",
-            )
-    if (req.emphasis or "Original") in ("Original", "No norm"):  # the modes that use weights
-        check_weights(req.prompt, req.num_inference_steps)
-        check_weights(req.negative_prompt, req.num_inference_steps, "negative prompt")
-    _, networks = extra_networks(req.prompt)
-    if networks:
-        raise InvalidRequest(
-            f"<{networks[0][0]}:{':'.join(networks[0][1])}>: LoRA and hypernetworks are not "
-            "available in this version yet; remove the tag.",
-            field="prompt",
-        )
-    _check_noise(req, limits)
-    return dataclasses.replace(req, sampler=canonical_sampler(req.sampler))
-
-
-def _check_noise(req: GenerationRequest, limits: Limits) -> None:
-    """Validate the seed-related fields (ENSD, RNG source, variation, seed resize)."""
-    if req.ensd is not None and not 0 <= req.ensd < 2**32:
-        raise InvalidRequest(f"ENSD {req.ensd} is not allowed: use 0 to {2**32 - 1}.", field="ensd")
-    if req.rng is not None and req.rng not in ("auto", *RNG_SOURCES):
-        raise InvalidRequest(
-            f"RNG source {req.rng!r} is not allowed: use GPU, CPU or NV.", field="rng"
-        )
-    if req.subseed is not None and not 0 <= req.subseed < 2**32:
-        raise InvalidRequest(
-            f"variation seed {req.subseed} is not allowed: use 0 to {2**32 - 1}, or -1 for random.",
-            field="subseed",
-        )
-    if not 0.0 <= req.subseed_strength <= 1.0:
-        raise InvalidRequest(
-            f"variation strength {format_number(req.subseed_strength)} is not allowed: use 0 to 1.",
-            field="subseed_strength",
-        )
-    resize = (req.seed_resize_from_w, req.seed_resize_from_h)
-    if resize != (0, 0) and not all(MIN_SIDE <= side <= limits.max_side for side in resize):
-        raise InvalidRequest(
-            f"seed resize from {resize[0]}x{resize[1]} is not allowed: use sides from "
-            f"{MIN_SIDE} to {limits.max_side}, or 0x0 for off.",
-            field="seed_resize_from",
-        )
 
 
 def _check_finite(images: torch.Tensor, stage: str) -> None:
@@ -150,11 +50,6 @@ def _check_finite(images: torch.Tensor, stage: str) -> None:
             f"The picture came out empty (NaN) in {stage}: lower the prompt weights or the CFG "
             "scale, or try another sampler or seed."
         )
-
-
-def _largest_square(max_pixels: int) -> str:
-    side = int(max_pixels**0.5) // 8 * 8
-    return f"{side}x{side}"
 
 
 def generate(

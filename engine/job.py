@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.errors import EngineError, GenerationFailed, JobCancelled
-from engine.generate import BATCH_KEYS
 from engine.journal import JobRecord
-from engine.request import GenerationRequest, GenerationResult, JobState, Progress
+from engine.request import BATCH_KEYS, GenerationRequest, GenerationResult, JobState, Progress
 
 log = logging.getLogger(__name__)
 

@@ -138,6 +138,21 @@ class GenerationResult:
 
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+# Where an image's noise comes from (A1111's "Random number generator source").
+RngSource = Literal["GPU", "CPU", "NV"]
+RNG_SOURCES: tuple[RngSource, ...] = ("GPU", "CPU", "NV")
+# Everything that must agree for requests to share one sampling loop. Seeds, ENSD, RNG source
+# and variations may differ: every image draws its noise from generators of its own.
+BATCH_KEYS = (
+    "width",
+    "height",
+    "num_inference_steps",
+    "guidance_scale",
+    "sampler",
+    "clip_skip",
+    "model",
+    "downcast_alphas_cumprod",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

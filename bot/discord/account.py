@@ -32,7 +32,7 @@ from bot.discord.reply import clip
 from bot.discord.views import job_view
 from bot.messages import Locale, text
 from bot.parse import read_request
-from engine.generate import check_request
+from engine.checks import check_request
 from engine.job import Job
 from engine.journal import SavedImage
 from engine.sampling.samplers import SAMPLERS

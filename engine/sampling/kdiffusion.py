@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from scipy import integrate
 
-from engine.sampling.seeds import RngSource, create_generator
+from engine.request import RngSource
+from engine.sampling.seeds import create_generator
 
 Tensor = torch.Tensor
 UNetFn = Callable[[Tensor, Tensor, Tensor], Tensor]

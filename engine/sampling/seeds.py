@@ -9,16 +9,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from engine.request import RngSource
+
 # A1111 draws random seeds with `random.randrange(4294967294)`.
 SEED_LIMIT = 4294967294
-RngSource = Literal["GPU", "CPU", "NV"]
-RNG_SOURCES: tuple[RngSource, ...] = ("GPU", "CPU", "NV")
 
 U64 = npt.NDArray[np.uint64]
 _MASK32 = np.uint64(0xFFFFFFFF)

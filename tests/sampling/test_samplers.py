@@ -23,13 +23,8 @@ from engine.errors import InvalidRequest
 from engine.generate import generate
 from engine.request import GenerationRequest, Limits
 from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule, ddim_timesteps
-from engine.sampling.samplers import (
-    SAMPLERS,
-    canonical_sampler,
-    sample,
-    sampler_sigmas,
-    total_steps,
-)
+from engine.sampling.loop import LOOPS, sample, sampler_sigmas, total_steps
+from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from tests.conftest import png_pixels
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)
@@ -37,6 +32,11 @@ LATENT = (4, 8, 8)
 
 
 # --- σ schedules ---------------------------------------------------------------------------------
+
+
+def test_every_row_names_a_loop_we_have() -> None:
+    named = {row.function for row in SAMPLERS.values()} - {None}
+    assert named == set(LOOPS)
 
 
 def test_sigmas_are_k_diffusions_for_sd1() -> None:
