@@ -113,12 +113,16 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from engine.checks import check_request
+    from engine.contracts import pick_model
     from engine.generate import generate
     from engine.models import ModelRegistry
 
     registry = ModelRegistry(settings.models_dir, settings.defaults)
-    name = request.model or settings.engine.default_model or _first_model(registry, settings)
-    entry = registry.get(name)
+    if request.model_hash:  # a pasted infotext's model: hash what is here (cached after once)
+        registry.warm_hashes()
+    default = settings.engine.default_model or _first_model(registry, settings)
+    entry = pick_model(registry, request, default)
+    request = dataclasses.replace(request, model=entry.name, model_hash=None)
     # Check at the door, before the seconds-long model load.
     check_request(request, settings.limits, entry.defaults)
     model = registry.load(entry.name, settings.device)

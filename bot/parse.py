@@ -298,6 +298,8 @@ def read_request(
     for key, value in values.items():
         if key not in _PROMPT_KEYS:
             fields[key] = value
+    if "model" in values:  # --model wins over a pasted infotext's model
+        fields["model_hash"] = None
     if "size" in values and "ratio" in values:
         raise ParseError("Use either --size or --ar, not both.", field="--ar")
     if "size" in values:
@@ -418,11 +420,11 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
             field="infotext",
         )
     fields["emphasis"] = emphasis
-    if "Model" in info.params:
-        notes.append(
-            f"The infotext's model {info.params['Model']!r} is not picked automatically: "
-            "add --model NAME to choose one."
-        )
+    model, model_hash = info.params.get("Model"), info.params.get("Model hash")
+    if model or model_hash:  # as A1111's paste: that model (by hash, then name) if it is here
+        fields["model"], fields["model_hash"] = model, model_hash
+        named = " ".join(part for part in (repr(model) if model else "", model_hash or "") if part)
+        notes.append(f"Drawing with the infotext's model {named} (--model NAME picks another).")
     ignored = [key for key in info.params if key not in _QUIET_KEYS]
     if ignored:
         notes.append(f"Ignored infotext settings this bot does not use: {', '.join(ignored)}.")

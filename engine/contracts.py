@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from engine.errors import InvalidRequest
 from engine.preview import PreviewMap
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
@@ -44,6 +45,33 @@ class Registry(Protocol):
     @property
     def models(self) -> Mapping[str, ModelInfo]: ...
     def get(self, name: str) -> ModelInfo: ...
+    def by_hash(self, model_hash: str) -> ModelInfo | None: ...
+    def warm_hashes(self) -> None: ...
+
+
+def pick_model(registry: Registry, request: GenerationRequest, default: str) -> ModelInfo:
+    """The model a request names, as A1111's infotext paste picks one: by `model_hash` first,
+    then by `model`'s name, else the default. InvalidRequest (ModelNotFound) when a named model
+    is not here, listing the ones that are."""
+    if request.model_hash:
+        found = registry.by_hash(request.model_hash)
+        if found is not None:
+            return found
+        if not request.model or request.model.lower() not in map(str.lower, registry.models):
+            named = (
+                f"{request.model!r} (hash {request.model_hash})"
+                if request.model
+                else (f"with hash {request.model_hash}")
+            )
+            raise InvalidRequest(
+                f"The model {named} is not here. Models here: {', '.join(registry.models)}; "
+                "add --model NAME to draw with one of them.",
+                field="model",
+            )
+    name = request.model or default
+    if not name:
+        raise InvalidRequest("No model is installed yet; ask the admin to add one.", field="model")
+    return registry.get(name)
 
 
 M = TypeVar("M", bound=ModelHandle)

@@ -52,7 +52,7 @@ from typing import Any, Generic, TypeVar
 
 from engine.call import Call
 from engine.checks import check_request
-from engine.contracts import GenerateFn, M, ModelInfo, Registry
+from engine.contracts import GenerateFn, M, ModelInfo, Registry, pick_model
 from engine.errors import (
     EngineClosed,
     EngineError,
@@ -91,6 +91,11 @@ class EngineStatus:
 
 
 # --- the engine --------------------------------------------------------------------------------
+
+
+def _log_hashing(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cannot hash the models: %r", task.exception())
 
 
 class Engine(Generic[M]):
@@ -135,6 +140,7 @@ class Engine(Generic[M]):
         self._closed = False
         self._interrupt = False  # the worker stops at the next step (shutdown after the grace)
         self._run_task: asyncio.Task[None] | None = None
+        self._hashing: asyncio.Task[None] | None = None
         self._slot = ModelSlot(
             load=load,
             generate=generate,
@@ -331,6 +337,9 @@ class Engine(Generic[M]):
         if self._run_task is not None:
             raise RuntimeError("Engine.run() is already running")
         self._run_task = asyncio.current_task()
+        # Off the loop and the torch thread: a pasted infotext's `Model hash` finds its model.
+        self._hashing = asyncio.create_task(asyncio.to_thread(self._registry.warm_hashes))
+        self._hashing.add_done_callback(_log_hashing)
         try:
             if not self._queue and self.default_model and not self._closing:
                 # A failure is logged; jobs for that model fail when they come up.
@@ -551,14 +560,11 @@ class Engine(Generic[M]):
     # --- requests, the journal and the queue ----------------------------------------------
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
-        name = request.model or self.default_model
-        if not name:
-            raise InvalidRequest(
-                "No model is installed yet; ask the admin to add one.", field="model"
-            )
-        entry = self._registry.get(name)
+        entry = pick_model(self._registry, request, self.default_model)
         return check_request(
-            dataclasses.replace(request, model=entry.name), self._limits, entry.defaults
+            dataclasses.replace(request, model=entry.name, model_hash=None),
+            self._limits,
+            entry.defaults,
         )
 
     def _check_open(self) -> None:

@@ -178,27 +178,73 @@ class ModelRegistry:
 
     def model_hash(self, entry: ModelEntry) -> str:
         """A1111's model hash: sha256 of the file, first 10 hex (a folder: its UNet weights)."""
-        target = entry.path
-        if entry.kind == "diffusers":
-            weights = sorted((entry.path / "unet").glob("diffusion_pytorch_model*.safetensors"))
-            weights = weights or sorted((entry.path / "unet").glob("diffusion_pytorch_model*"))
-            if not weights:
-                return "0000000000"
-            target = weights[0]
-        return self._sha256(target)[:10]
+        target = self._hash_target(entry)
+        return "0000000000" if target is None else self._sha256(target)[:10]
+
+    def legacy_hash(self, entry: ModelEntry) -> str:
+        """A1111's old 8-hex `model_hash` (what NAI-era infotexts name): sha256 of the 64 KiB
+        at offset 1 MiB (A1111 v1.9.4 `sd_models.model_hash`)."""
+        target = self._hash_target(entry)
+        if target is None:
+            return "NOFILE"
+        with target.open("rb") as f:
+            f.seek(0x100000)
+            return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+    def by_hash(self, model_hash: str) -> ModelEntry | None:
+        """The model with this A1111 hash (10 hex, or the old 8), or None. Full hashes come from
+        the cache only (`warm_hashes` fills it off the event loop); old ones read 64 KiB."""
+        wanted = model_hash.strip().lower()
+        if len(wanted) < 8:
+            return None
+        for entry in self.models.values():
+            target = self._hash_target(entry)
+            if target is None:
+                continue
+            if len(wanted) == 8 and self.legacy_hash(entry) == wanted:
+                return entry
+            full = self._cached_sha256(target)
+            if full is not None and full.startswith(wanted):
+                return entry
+        return None
+
+    def warm_hashes(self) -> None:
+        """Hash every model now (seconds per GB, once: cached by size and mtime)."""
+        for entry in self.models.values():
+            self.model_hash(entry)
+
+    def _hash_target(self, entry: ModelEntry) -> Path | None:
+        if entry.kind != "diffusers":
+            return entry.path
+        weights = sorted((entry.path / "unet").glob("diffusion_pytorch_model*.safetensors"))
+        weights = weights or sorted((entry.path / "unet").glob("diffusion_pytorch_model*"))
+        return weights[0] if weights else None
+
+    def _cached_sha256(self, path: Path) -> str | None:
+        hit = self._read_cache().get(str(path.resolve()))
+        stat = path.stat()
+        if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+            return str(hit["sha256"])
+        return None
+
+    def _read_cache(self) -> dict[str, Any]:
+        try:
+            cache: dict[str, Any] = json.loads(
+                (self.models_dir / _HASH_CACHE).read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError):
+            return {}
+        return cache
 
     def _sha256(self, path: Path) -> str:
         """Whole-file sha256, cached in models/.aidraw-hashes.json by size and mtime."""
+        cached = self._cached_sha256(path)
+        if cached is not None:
+            return cached
         cache_file = self.models_dir / _HASH_CACHE
-        try:
-            cache: dict[str, Any] = json.loads(cache_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            cache = {}
+        cache = self._read_cache()
         stat = path.stat()
         key = str(path.resolve())
-        hit = cache.get(key)
-        if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
-            return str(hit["sha256"])
         digest = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

@@ -24,6 +24,9 @@ class GenerationRequest:
         seed: seed of the first image; image i uses seed + i. None draws a random seed.
         sampler: A1111 sampler name, e.g. "Euler a".
         model: registry name of the model; None = the engine's current default model.
+        model_hash: A1111's hash of the model to draw with (a pasted infotext's `Model hash`:
+            10 hex digits, or A1111's old 8); the engine picks the model with this hash first,
+            then `model` by name. Requests the engine has resolved carry None.
         clip_skip: A1111 clip skip (1 = last CLIP layer, 2 = penultimate, as NAI).
         batch_size: number of images (seeds seed, seed+1, …).
         requester: opaque id of who asked, e.g. "telegram:1234".
@@ -48,6 +51,7 @@ class GenerationRequest:
     seed: int | None = None
     sampler: str | None = None
     model: str | None = None
+    model_hash: str | None = None
     clip_skip: int | None = None
     batch_size: int = 1
     requester: str = ""

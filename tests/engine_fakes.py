@@ -48,6 +48,15 @@ class FakeRegistry:
                 return entry
         raise ModelNotFound(name, suggestions=[n for n in self.models if n[0] == name[:1]])
 
+    def warm_hashes(self) -> None:
+        return None
+
+    def by_hash(self, model_hash: str) -> FakeEntry | None:
+        """A fake model's hash is its name's first 10 letters, padded with zeros."""
+        return next(
+            (e for n, e in self.models.items() if n[:10].ljust(10, "0") == model_hash), None
+        )
+
 
 class FakeLoader:
     """Loads FakeModels, recording names and threads; names in `broken` fail."""

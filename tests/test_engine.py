@@ -151,6 +151,33 @@ async def test_model_names_are_resolved_at_the_door(h: Harness) -> None:
     assert engine.submit(req("x", model="BETA")).request.model == "beta"
 
 
+@pytest.mark.parametrize(
+    ("model", "model_hash", "picked"),
+    [
+        ("alpha", "gamma00000", "gamma"),  # the hash wins over the name, as A1111's paste
+        ("Beta", "0123456789", "beta"),  # a hash that is not here: the name
+        (None, "beta000000", "beta"),
+    ],
+)
+async def test_a_pasted_infotexts_model_is_picked_by_hash_then_name(
+    h: Harness, model: str | None, model_hash: str, picked: str
+) -> None:
+    engine = h.engine(paused=True)
+    job = engine.submit(req("x", model=model, model_hash=model_hash))
+    assert job.request.model == picked and job.request.model_hash is None
+
+
+async def test_an_infotexts_model_that_is_not_here_is_refused_listing_the_models(
+    h: Harness,
+) -> None:
+    engine = h.engine(paused=True)
+    with pytest.raises(InvalidRequest, match=r"The model 'nai' \(hash 925997e9\) is not here\. "):
+        engine.submit(req("x", model="nai", model_hash="925997e9"))
+    with pytest.raises(InvalidRequest, match=r"Models here: alpha, beta, gamma; add --model NAME"):
+        engine.submit(req("x", model_hash="925997e9"))
+    assert engine.jobs() == []
+
+
 async def test_the_engine_lists_its_models_and_their_entries(h: Harness) -> None:
     engine = h.engine(paused=True)
     assert engine.models() == ["alpha", "beta", "gamma"]  # the registry's order

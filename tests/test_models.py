@@ -400,3 +400,18 @@ def test_model_hash_is_a1111_sha256_and_follows_file_changes(tmp_path: Path) -> 
     second = registry.model_hash(entry)
     assert second == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
     assert second != first
+
+
+def test_models_are_found_by_a1111_hashes_new_and_old(
+    demo_models_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    shutil.copytree(demo_models_dir / "aidraw-demo", tmp_path / "mine")
+    registry = ModelRegistry(tmp_path)
+    entry = registry.get("mine")
+    old = registry.legacy_hash(entry)  # NAI-era infotexts: 8 hex from 64 KiB at 1 MiB
+    assert len(old) == 8 and registry.by_hash(old) is entry
+    new = ModelRegistry(tmp_path).model_hash(entry)
+    assert registry.by_hash(new) is entry and registry.by_hash(new.upper()) is entry
+    assert registry.by_hash("0123456789") is None and registry.by_hash("12") is None

@@ -172,6 +172,7 @@ def test_a1111_docstring_infotext_is_read_as_a1111_reads_it() -> None:
         rng="GPU",
         emphasis="Original",
         requester="u",
+        model_hash="45dee52b",  # the model A1111 drew it with, picked if it is here
     )
 
 
@@ -205,6 +206,15 @@ def test_pasted_infotext_notes_what_is_not_used() -> None:
         "Ignored infotext settings this bot does not use: Denoising strength, Hires upscale."
         in (notes)
     )
+
+
+def test_a_pasted_infotexts_model_is_asked_for_unless_model_is_given() -> None:
+    text = A1111_DOCSTRING + ", Model: animefull"
+    parsed = read_request(text)
+    assert (parsed.request.model, parsed.request.model_hash) == ("animefull", "45dee52b")
+    assert "Drawing with the infotext's model 'animefull' 45dee52b" in " ".join(parsed.notes)
+    chosen = read_request(text + " --model aidraw-demo").request
+    assert (chosen.model, chosen.model_hash) == ("aidraw-demo", None)
 
 
 def test_emphasis_mode_comes_from_the_infotext() -> None:
