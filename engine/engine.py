@@ -418,8 +418,10 @@ class Engine(Generic[M]):
                 self._journal.mark_running(job.id)
             r = job.request
             log.info(
-                "job %d started: %s %dx%d %d steps %s, %d image(s), batch of %d, waited %.1f s",
+                "job %d started for %s: %s %dx%d %d steps %s, %d image(s), batch of %d, "
+                "waited %.1f s",
                 job.id,
+                job.requester or "-",
                 job.model,
                 r.width,
                 r.height,
@@ -547,8 +549,9 @@ class Engine(Generic[M]):
         now = self._clock()
         started = job._started_at if job._started_at is not None else now
         log.info(
-            "job %d %s after %.1f s drawing, %.1f s waiting%s",
+            "job %d for %s %s after %.1f s drawing, %.1f s waiting%s",
             job.id,
+            job.requester or "-",
             state,
             now - started,
             started - job.queued_at,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
+import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -828,3 +830,20 @@ async def test_a_finished_row_that_cannot_be_read_is_not_handed_out(h: Harness) 
     assert [r.id for r in again.history()] == [jobs[1].id]
     await again.close()
     assert [job.id for job in h.engine().recovered()] == [jobs[1].id]  # the bad one stays out
+
+
+async def test_one_log_line_per_job_start_and_end_names_who_and_how_long(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine.engine")
+    engine = h.engine()
+    job = engine.submit(req("x", "telegram:42"))
+    await job.result()
+    lines = [r.getMessage() for r in caplog.records if f"job {job.id} " in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        rf"job {job.id} started for telegram:42: alpha .*waited \d+\.\d s", lines[0]
+    )
+    assert re.fullmatch(
+        rf"job {job.id} for telegram:42 done after \d+\.\d s drawing, \d+\.\d s waiting", lines[1]
+    )
