@@ -186,9 +186,15 @@ def load(path: Path | None = None) -> Settings:
         if not env and not path.is_file():
             return Settings()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # Windows Notepad (before 2019) starts UTF-8 files with a BOM, which TOML refuses.
+        data = tomllib.loads(path.read_text(encoding="utf-8").removeprefix("\ufeff"))
     except OSError as e:
         raise SettingsError(f"{path}: cannot read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SettingsError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+            "save it as UTF-8"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise SettingsError(f"{path}: not valid TOML: {e}") from e
     return from_dict(data, source=str(path), root=path.resolve().parent)

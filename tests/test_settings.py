@@ -77,3 +77,35 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AIDRAW_SETTINGS", str(tmp_path / "missing.toml"))
     with pytest.raises(SettingsError, match="missing.toml: cannot read"):
         load()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # Latin-1 "é" from an old editor, and a file PowerShell 5 wrote (UTF-16 with its BOM).
+        (
+            '[engine]\nmodels_dir = "mod\xe8les"\n'.encode("latin-1"),
+            r"settings\.toml is not UTF-8 text \(byte 0xe8 at position 26\); save it as UTF-8$",
+        ),
+        (
+            '[engine]\nmodels_dir = "m"\n'.encode("utf-16"),
+            r"settings\.toml is not UTF-8 text \(byte 0xff at position 0\); save it as UTF-8$",
+        ),
+    ],
+    ids=["latin-1", "utf-16"],
+)
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_bytes(content)
+    with pytest.raises(SettingsError, match=message) as error:
+        load(path)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # Windows Notepad (before 2019) saves UTF-8 with a BOM, which tomllib refuses.
+    path = tmp_path / "settings.toml"
+    path.write_bytes('\ufeff[engine]\nmodels_dir = "modèles"\n'.encode())
+    assert load(path).models_dir == tmp_path / "modèles"

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from yarl import URL
 from bot.messages import LOCALES, text
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
-from bot.web.chat import USER, WebChat, apology, browser_locale
+from bot.web.chat import USER, WebChat, WebReply, apology, browser_locale
 from engine.engine import Engine
 from engine.errors import EngineClosed, GenerationFailed, InvalidRequest, JobCancelled, QueueFull
 
@@ -34,6 +35,8 @@ TOKEN_ENV = "AIDRAW_WEB_TOKEN"
 COOKIE = "aidraw_web_token"
 STATIC = Path(__file__).with_name("static")
 _STATUS = {InvalidRequest: 400, JobCancelled: 409, QueueFull: 429, EngineClosed: 503}
+_NUMBER = re.compile(r"[1-9][0-9]*")
+_MAX_NUMBER = 2**63 - 1  # job ids are SQLite INTEGERs; a bigger one cannot even be looked up
 
 CHAT = web.AppKey("chat", WebChat)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,11 +101,22 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _number(value: str) -> int | None:
+    """A job or image number as the page writes it: 1, 2, … up to SQLite's largest INTEGER.
+    Not int(): it also reads "-1", "01", "1_0", " 1" and "١", each of which would name
+    another (or, as a list index, the last) job or image."""
+    if _NUMBER.fullmatch(value) is None or int(value) > _MAX_NUMBER:
+        return None
+    return int(value)
+
+
 def _job_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["job"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
+    value = request.match_info["job"]
+    job_id = _number(value)
+    if job_id is None:
+        shown = value if len(value) <= 30 else value[:29] + "…"
+        raise InvalidRequest(f"There is no job #{shown}.", field="job")
+    return job_id
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -139,7 +153,7 @@ async def post_reroll(request: web.Request) -> web.Response:
 async def post_variations(request: web.Request) -> web.Response:
     chat = request.app[CHAT]
     image = (await _body(request)).get("image", 1)
-    if not isinstance(image, int):
+    if not isinstance(image, int) or isinstance(image, bool):  # JSON true is no image 1
         raise web.HTTPBadRequest(text="image must be a number")
     job = chat.variations(_job_id(request), image)
     return web.json_response({"job": chat.snapshot(job, chat.locale(request))})
@@ -181,10 +195,12 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     chat = request.app[CHAT]
     try:
         record = chat.finished(_job_id(request))
-        path = Path(record.images[int(request.match_info["index"]) - 1].path)
-    except (InvalidRequest, IndexError, ValueError):
+    except InvalidRequest:
         raise web.HTTPNotFound() from None
-    return web.FileResponse(path, headers={"Content-Type": "image/png"})
+    index = _number(request.match_info["index"])
+    if index is None or index > len(record.images):
+        raise web.HTTPNotFound()
+    return web.FileResponse(record.images[index - 1].path, headers={"Content-Type": "image/png"})
 
 
 async def get_socket(request: web.Request) -> web.WebSocketResponse:
@@ -239,7 +255,7 @@ def create_app(
     app.router.add_get("/images/{job}/{index}.png", get_image)
     app.on_shutdown.append(_close_sockets)
     for job in engine.recovered():  # replies owed from before a restart
-        if job.reply_to == USER:
+        if WebReply.parse(job.reply_to) is not None:
             chat.watch(job)
     return app
 

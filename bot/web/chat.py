@@ -11,9 +11,11 @@ import base64
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +41,43 @@ HISTORY = 20  # finished drawings shown when the page opens
 PREF_FIELDS = tuple(name for name in FIELDS if name != "send_as_document")
 _DRAW = re.compile(r"/draw(?:@\w+)?(?=\s|$)\s*")
 _COMMAND = re.compile(r"/[A-Za-z]\w*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebReply:
+    """A web job's `reply_to` in the journal: what the chat showed for the job, so that a
+    reload or a restart shows the same (its request keeps only the expanded prompt)."""
+
+    said: str | None = None  # the chat text as typed, for a drawing from the composer
+    of: int | None = None  # the job whose reroll or variations button made this one
+    image: int | None = None  # that job's image, for variations
+
+    def __str__(self) -> str:
+        kept = {name: value for name, value in vars(self).items() if value is not None}
+        return f"{USER}:{json.dumps(kept, ensure_ascii=False)}"
+
+    @classmethod
+    def parse(cls, value: str) -> WebReply | None:
+        """None if `value` is another frontend's; a bare USER = a job from before WebReply."""
+        if value == USER:
+            return cls()
+        if not value.startswith(f"{USER}:"):
+            return None
+        try:
+            data = json.loads(value.removeprefix(f"{USER}:"))
+            return cls(**{name: data[name] for name in ("said", "of", "image") if name in data})
+        except (ValueError, TypeError):
+            log.warning("web chat: unreadable reply_to %r", value)
+            return cls()
+
+    @classmethod
+    def view(cls, reply_to: str, request: GenerationRequest) -> dict[str, Any]:
+        """The user's bubble ("said"; a job from before WebReply shows its prompt) and the
+        button that made the job ("origin")."""
+        reply = cls.parse(reply_to) or cls()
+        legacy = reply.said is None and reply.of is None
+        origin = None if reply.of is None else {"job": reply.of, "image": reply.image}
+        return {"said": request.prompt if legacy else reply.said, "origin": origin}
 
 
 class WebChat:
@@ -85,10 +124,10 @@ class WebChat:
             settings=prefs.prompt_settings(self.settings.prompt),
             max_chars=self.settings.limits.max_prompt_chars,
         )
-        return self.submit(parsed.request), list(parsed.notes)
+        return self.submit(parsed.request, WebReply(said=chat_text)), list(parsed.notes)
 
-    def submit(self, request: GenerationRequest) -> Job:
-        job = self.engine.submit(request, reply_to=USER)
+    def submit(self, request: GenerationRequest, reply: WebReply) -> Job:
+        job = self.engine.submit(request, reply_to=str(reply))
         self.watch(job)
         return job
 
@@ -102,7 +141,8 @@ class WebChat:
     def reroll(self, job_id: int) -> Job:
         """The same request with a new seed (nothing is parsed again)."""
         record = self.finished(job_id)
-        return self.submit(dataclasses.replace(record.request, seed=None, requester=USER))
+        request = dataclasses.replace(record.request, seed=None, requester=USER)
+        return self.submit(request, WebReply(of=job_id))
 
     def variations(self, job_id: int, image: int) -> Job:
         """Image `image` (1-based) of a job, varied: its seed, a random variation seed."""
@@ -116,7 +156,7 @@ class WebChat:
             subseed_strength=self.settings.bot.variation_strength,
             requester=USER,
         )
-        return self.submit(request)
+        return self.submit(request, WebReply(of=job_id, image=image))
 
     def watch(self, job: Job) -> None:
         """Tell every open page about the job until it ends, then confirm the reply."""
@@ -150,7 +190,7 @@ class WebChat:
             await self.broadcast(
                 lambda locale: {
                     "type": "done",
-                    "job": self.done_view(job.id, job.request, results, locale),
+                    "job": self.done_view(job.id, job.request, job.reply_to, results, locale),
                 }
             )
         with contextlib.suppress(EngineClosed):
@@ -229,7 +269,9 @@ class WebChat:
             },
             "models": self.engine.models(),
             "model": self.engine.default_model,
-            "history": [self.done_view(r.id, r.request, r.images, locale) for r in records],
+            "history": [
+                self.done_view(r.id, r.request, r.reply_to, r.images, locale) for r in records
+            ],
             "jobs": [self.snapshot(job, locale) for job in self.engine.jobs(USER)],
         }
 
@@ -241,6 +283,7 @@ class WebChat:
             "id": job.id,
             "state": progress.state,
             "request": request_view(job.request),
+            **WebReply.view(job.reply_to, job.request),
             "position": progress.position,
             "step": progress.step,
             "total": progress.total,
@@ -257,16 +300,19 @@ class WebChat:
         self,
         job_id: int,
         request: GenerationRequest,
+        reply_to: str,
         images: Sequence[GenerationResult | SavedImage],
         locale: Locale,
     ) -> dict[str, Any]:
         """A finished job: just drawn (its results) or from the journal (its saved images)."""
+        said = WebReply.view(reply_to, request)
         if images:  # the seed drawn, where the request left it to chance
             request = dataclasses.replace(request, seed=images[0].seed)
         return {
             "id": job_id,
             "state": "done",
             "request": request_view(request),
+            **said,
             "status": text("done", locale),
             "images": [
                 image_view(job_id, i, image.seed, image.infotext, request, locale)

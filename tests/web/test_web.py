@@ -21,6 +21,7 @@ from bot.web import app as web
 from bot.web.chat import PREF_FIELDS, USER
 from engine.engine import Engine
 from engine.queue import QueueConfig
+from engine.request import GenerationRequest
 from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
 
 TIMEOUT_S = 60  # generous: the machine may be busy with other test runs
@@ -344,6 +345,49 @@ async def test_images_outside_the_history_are_not_found(chat: Chat) -> None:
         assert (await client.get(path)).status == 404
 
 
+async def test_only_a_jobs_own_image_numbers_serve_its_images(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "cat --seed 5 --n 2 --steps 1"}))["job"]
+    await until(ws, of(job["id"], "done"))
+    for index, seed in [("1", 5), ("2", 6)]:
+        png = await client.get(f"/images/{job['id']}/{index}.png")
+        assert png.status == 200 and (await png.read()).endswith(b"|%d" % seed)
+    # 1-based: 0 and -1 must not be Python's last image, nor another spelling of 1 be served.
+    for index in ("0", "-1", "-2", "3", "01", "+1", "1_0", "\u0661", " 1", "99999999999999999999"):
+        response = await client.get(f"/images/{job['id']}/{index}.png")
+        assert response.status == 404, index
+    for job_id in (f"0{job['id']}", f"+{job['id']}", "99999999999999999999999"):
+        assert (await client.get(f"/images/{job_id}/1.png")).status == 404, job_id
+
+
+@pytest.mark.parametrize("job_id", ["99999999999999999999999", "9223372036854775808", "x", "1_0"])
+@pytest.mark.parametrize("action", ["cancel", "reroll", "variations"])
+async def test_a_job_number_that_cannot_be_a_job_is_a_chat_error(
+    chat: Chat, action: str, job_id: str
+) -> None:
+    client = await chat.start()
+    error = await post(client, f"/api/jobs/{job_id}/{action}", {}, status=400)
+    assert error == {"error": f"Error: There is no job #{job_id}."}
+
+
+async def test_a_long_job_number_is_cut_in_the_error(chat: Chat) -> None:
+    client = await chat.start()
+    error = await post(client, f"/api/jobs/{'9' * 500}/cancel", {}, status=400)
+    assert error == {"error": f"Error: There is no job #{'9' * 29}…."}
+
+
+async def test_variations_of_image_true_are_refused(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "cat --seed 5 --steps 1"}))["job"]
+    await until(ws, of(job["id"], "done"))
+    # JSON true is a Python int: it must not mean image 1.
+    refused = await client.post(f"/api/jobs/{job['id']}/variations", json={"image": True})
+    assert refused.status == 400
+    assert chat.engine is not None and chat.engine.jobs() == []
+
+
 async def test_history_and_running_jobs_come_back_when_the_page_opens(chat: Chat) -> None:
     client = await chat.start()
     ws = await socket(client)
@@ -358,6 +402,43 @@ async def test_history_and_running_jobs_come_back_when_the_page_opens(chat: Chat
     assert state["history"][0]["images"][0]["url"] == f"/images/{job['id']}/1.png"
     assert [(j["id"], j["state"]) for j in state["jobs"]] == [(waiting["id"], "running")]
     await fresh.close()
+
+
+async def test_history_shows_what_was_typed_also_after_a_restart(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    typed = "/draw cat，smile --seed 2 --n 2"
+    job = (await post(client, "/api/draw", {"text": typed}))["job"]
+    assert job["request"]["prompt"] == "masterpiece, best quality, cat,smile"  # expanded
+    assert (job["said"], job["origin"]) == (typed, None)
+    await until(ws, of(job["id"], "done"))
+    reroll = (await post(client, f"/api/jobs/{job['id']}/reroll", {}))["job"]
+    await until(ws, of(reroll["id"], "done"))
+    assert chat.engine is not None and chat.task is not None
+    chat.engine.pause()
+    varied = (await post(client, f"/api/jobs/{job['id']}/variations", {"image": 2}))["job"]
+    await ws.close()
+    await client.close()
+    await chat.engine.close()
+    await chat.task
+    client = await chat.start(paused=True)  # the same journal
+    state = await (await client.get("/api/state")).json()
+    assert [(h["id"], h["said"], h["origin"]) for h in state["history"]] == [
+        (job["id"], typed, None),
+        (reroll["id"], None, {"job": job["id"], "image": None}),  # a button: nothing typed
+    ]
+    [waiting] = state["jobs"]
+    assert (waiting["id"], waiting["said"]) == (varied["id"], None)
+    assert waiting["origin"] == {"job": job["id"], "image": 2}
+
+
+async def test_history_from_before_typed_text_was_kept_shows_the_prompt(chat: Chat) -> None:
+    client = await chat.start()
+    assert chat.engine is not None
+    request = GenerationRequest(prompt="old cat", seed=1, requester=USER)
+    await chat.engine.submit(request, reply_to=USER).result()
+    state = await (await client.get("/api/state")).json()
+    assert [(h["said"], h["origin"]) for h in state["history"]] == [("old cat", None)]
 
 
 # --- settings and models -----------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`aidraw run` with no bot token, on the demo model, driven in headless Chromium as a new user
-would: a bad flag, a drawing and its PNG infotext, a reroll, progress, cancelling. Writes the
+would: a bad flag, a drawing and its PNG infotext, a reroll, progress, cancelling; and the chat
+keeping its newest message in view, at desktop and phone widths. `make screenshot` writes the
 README's docs/screenshot.png."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,37 @@ def server(tmp_path: Path, demo_models_dir: Path) -> Iterator[str]:
     assert code == 0, "".join(output)
 
 
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# The chat log scrolled to its end, with the end of its newest message inside it.
+NEWEST_IN_VIEW = """() => {
+    const log = document.querySelector("#log");
+    const newest = log.lastElementChild.getBoundingClientRect();
+    const shown = log.getBoundingClientRect();
+    const left = log.scrollHeight - log.scrollTop - log.clientHeight;
+    return left <= 2 && newest.bottom > shown.top && newest.bottom <= shown.bottom + 1;
+}"""
+
+
+def late_images(route: Any) -> None:
+    """Images that arrive after the chat has drawn (and scrolled): a busy server's."""
+    response = route.fetch()
+    time.sleep(0.3)
+    route.fulfill(response=response)
+
+
+def settle(page: Any) -> None:
+    """Every image in the chat has loaded (its height known), then two frames went by."""
+    page.wait_for_function("() => [...document.images].every(image => image.complete)")
+    page.evaluate(
+        "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+    )
+
+
+def scroll_top(page: Any) -> float:
+    return float(page.locator("#log").evaluate("log => log.scrollTop"))
+
+
 def send(page: Any, text: str) -> None:
     page.fill("#input", text)
     page.press("#input", "Enter")
@@ -186,6 +219,74 @@ def test_a_new_user_draws_rerolls_and_cancels_in_the_browser(server: str, tmp_pa
             long.locator("button.cancel").click()
             expect(long).to_have_attribute("data-state", "cancelled")
             assert long.locator("img.result").count() == 0
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_the_newest_message_stays_in_view_unless_the_user_scrolled_up(server: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_S * 1000)
+    typed = ["1girl, smile --seed 1 --steps 4", "/draw cat ears --seed 2 --steps 4"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=DESKTOP, locale="en-US")
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.route("**/images/**", late_images)
+            page.goto(server)
+            jobs = page.locator(".job")
+            # History that overflows the log at both widths even before its images load: a
+            # drawing, its reroll and another drawing.
+            send(page, typed[0])
+            expect(jobs.nth(0)).to_have_attribute("data-state", "done")
+            jobs.nth(0).locator("button.reroll").click()
+            expect(jobs.nth(1)).to_have_attribute("data-state", "done")
+            send(page, typed[1])
+            expect(jobs.nth(2)).to_have_attribute("data-state", "done")
+            settle(page)
+            assert page.evaluate(NEWEST_IN_VIEW), "a new drawing landed out of view"
+
+            for viewport, count in [(DESKTOP, 3), (PHONE, 4)]:
+                page.set_viewport_size(viewport)
+                page.reload()
+                # History shows what was typed, not the prompt with its quality tags; a reroll
+                # is a button's job, as before the reload.
+                expect(jobs).to_have_count(count)
+                expect(page.locator(".msg.user")).to_have_text(typed)
+                expect(jobs.nth(1).locator(".title")).to_contain_text("new seed for job 1")
+                settle(page)
+                log = page.locator("#log")
+                assert log.evaluate("log => log.scrollHeight > log.clientHeight + 400")
+                assert page.evaluate(NEWEST_IN_VIEW), f"{viewport}: reloaded out of view"
+
+                # Scrolled up to reroll an old drawing: its answer does not pull the user down,
+                # a button points at it.
+                log.hover()
+                page.mouse.wheel(0, -10000)
+                page.wait_for_function("() => document.querySelector('#log').scrollTop === 0")
+                old = jobs.nth(0).locator("button.reroll")
+                old.scroll_into_view_if_needed()
+                reading = scroll_top(page)
+                old.click()
+                expect(jobs.nth(count)).to_have_attribute("data-state", "done")
+                settle(page)
+                assert scroll_top(page) == reading, f"{viewport}: yanked down"
+                expect(page.locator("#newer")).to_be_visible()
+                page.locator("#newer").click()
+                expect(page.locator("#newer")).to_be_hidden()
+                settle(page)
+                assert page.evaluate(NEWEST_IN_VIEW), f"{viewport}: the reroll is out of view"
+
+                # What the user sends, and its answer, is in view wherever they had scrolled.
+                page.mouse.wheel(0, -10000)
+                page.wait_for_function("() => document.querySelector('#log').scrollTop === 0")
+                send(page, "1girl --sed 5")
+                expect(page.locator(".msg.error")).to_have_count(1)
+                settle(page)
+                assert page.evaluate(NEWEST_IN_VIEW), f"{viewport}: the error is out of view"
             assert errors == []
         finally:
             browser.close()

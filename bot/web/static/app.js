@@ -5,13 +5,14 @@ const page = {
   strings: {},
   state: null,
   jobs: new Map(), // job id -> its <article>
-  labels: new Map(), // job id -> "new seed for job 3", before its bubble exists
   retryMs: 500,
   follow: true, // keep the newest message in view, unless the user scrolled up
+  shownTop: 0, // log.scrollTop where we last saw or left it
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const log = $("#log");
+const newer = $("#newer");
 
 function t(key, values = {}) {
   let template = page.strings[key] ?? key;
@@ -47,19 +48,52 @@ async function api(path, body) {
 
 // --- the chat log ---------------------------------------------------------------------------
 
+// Only the user moves the view up: content that grows (an image's height arriving late) or
+// shrinks at the end never does. So moving up stops following; reaching the end resumes it.
+function noticeScroll() {
+  if (log.scrollHeight - log.scrollTop - log.clientHeight < 80) {
+    page.follow = true;
+    newer.hidden = true;
+  } else if (log.scrollTop < page.shownTop) {
+    page.follow = false;
+  }
+  page.shownTop = log.scrollTop;
+}
+
 function keepBottom() {
+  noticeScroll(); // a scroll up whose event has not arrived yet still counts
   if (page.follow) {
     log.scrollTop = log.scrollHeight;
+    page.shownTop = log.scrollTop;
   }
 }
 
-log.addEventListener("scroll", () => {
-  page.follow = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-});
+// Something new at the end: shown, or pointed at if the user is reading further up.
+function announce() {
+  keepBottom();
+  if (!page.follow) {
+    newer.hidden = false;
+  }
+}
+
+function jumpToEnd() {
+  log.scrollTop = log.scrollHeight;
+  page.shownTop = log.scrollTop;
+  page.follow = true;
+  newer.hidden = true;
+}
+
+// Heights that change after a message is shown (images, previews, infotext opened) and the
+// log's own (window, phone keyboard, composer) keep the end in view; layout runs first.
+const resized = new ResizeObserver(keepBottom);
+resized.observe(log);
+log.addEventListener("scroll", noticeScroll);
+newer.addEventListener("click", jumpToEnd);
 
 function append(element) {
   log.append(element);
-  keepBottom();
+  resized.observe(element);
+  announce();
   return element;
 }
 
@@ -101,11 +135,22 @@ function jobBubble(view) {
   return append(bubble);
 }
 
+function origin(view) {
+  const from = view.origin;
+  if (!from) {
+    return "";
+  }
+  if (from.image === null) {
+    return t("web_reroll_of", { job: from.job });
+  }
+  return t("web_variations_of", { job: from.job, image: from.image });
+}
+
 function renderJob(view) {
   const bubble = jobBubble(view);
-  const label = page.labels.get(view.id);
-  const title = [t("web_job", { job: view.id }), label, describe(view.request)];
+  const title = [t("web_job", { job: view.id }), origin(view), describe(view.request)];
   $(".title", bubble).textContent = title.filter(Boolean).join(" · ");
+  const changed = bubble.dataset.state !== view.state;
   bubble.dataset.state = view.state;
   $(".status", bubble).textContent = view.status;
   const bar = $(".bar", bubble);
@@ -113,11 +158,9 @@ function renderJob(view) {
   bubble.dataset.step = view.step ?? 0;
   if (view.preview) {
     const preview = $(".preview", bubble);
-    preview.onload = keepBottom;
     preview.src = view.preview;
     preview.hidden = false;
   }
-  keepBottom();
   if (view.images && !bubble.dataset.images) {
     bubble.dataset.images = String(view.images.length);
     for (const image of view.images) {
@@ -127,6 +170,11 @@ function renderJob(view) {
   const running = view.state === "queued" || view.state === "running";
   $(".cancel", bubble).hidden = !running;
   $(".reroll", bubble).hidden = running;
+  if (changed) {
+    announce(); // after the images: their room counts
+  } else {
+    keepBottom();
+  }
 }
 
 function renderImage(jobId, image) {
@@ -134,7 +182,6 @@ function renderImage(jobId, image) {
   translate(figure);
   figure.dataset.seed = image.seed;
   $(".open", figure).href = image.url;
-  $("img.result", figure).addEventListener("load", keepBottom);
   $("img.result", figure).src = image.url;
   $("img.result", figure).alt = image.caption;
   $("figcaption", figure).textContent = image.caption;
@@ -161,10 +208,9 @@ async function draw(text) {
   }
 }
 
-async function startFrom(path, body, label) {
+async function startFrom(path, body) {
   try {
     const reply = await api(path, body);
-    page.labels.set(reply.job.id, label);
     renderJob(reply.job);
   } catch (error) {
     say(error.message, "error");
@@ -172,12 +218,11 @@ async function startFrom(path, body, label) {
 }
 
 function reroll(jobId) {
-  return startFrom(`/api/jobs/${jobId}/reroll`, {}, t("web_reroll_of", { job: jobId }));
+  return startFrom(`/api/jobs/${jobId}/reroll`, {});
 }
 
 function variations(jobId, index) {
-  const label = t("web_variations_of", { job: jobId, image: index });
-  return startFrom(`/api/jobs/${jobId}/variations`, { image: index }, label);
+  return startFrom(`/api/jobs/${jobId}/variations`, { image: index });
 }
 
 async function cancel(jobId, button) {
@@ -316,13 +361,12 @@ function applyState(state) {
   if (first) {
     say(t("web_welcome"), "info");
   }
-  for (const view of state.history) {
-    if (!page.jobs.has(view.id)) {
-      say(view.request.prompt, "user");
+  // What the user typed (the request has the prompt with its quality tags); nothing for a
+  // button's job.
+  for (const view of [...state.history, ...state.jobs]) {
+    if (!page.jobs.has(view.id) && view.said !== null) {
+      say(view.said, "user");
     }
-    renderJob(view);
-  }
-  for (const view of state.jobs) {
     renderJob(view);
   }
 }
@@ -360,6 +404,7 @@ function send(event) {
   const text = input.value;
   if (!text.trim()) return;
   input.value = "";
+  jumpToEnd(); // as chat apps do: what you send, and its answer, is what you want to see
   draw(text);
 }
 
