@@ -154,7 +154,7 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
 def explain(parsed: ParsedRequest, settings: Settings) -> str:
     """How chat text is read: the request, each prompt's schedule, weights and token chunks."""
     from engine.prompting import format_weight, parse_attention, prompt_schedule
-    from engine.prompting.conditioning import prompt_chunks
+    from engine.prompting.chunks import prompt_chunks
     from engine.prompting.tokenizer import build_tokenizer
 
     request = parsed.request

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bot.parse import PromptSettings
+from engine.checks import check_request
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions
 from engine.errors import InvalidRequest
 from engine.queue import QueueConfig
-from engine.request import Limits, RequestDefaults
+from engine.request import GenerationRequest, Limits, RequestDefaults
 
 SETTINGS_ENV = "AIDRAW_SETTINGS"
 
@@ -229,10 +230,6 @@ def _check_meaning(settings: Settings, source: str) -> None:
             f"{source}: device.device: {settings.device.device!r} is not allowed; "
             "allowed: auto, cpu, cuda, cuda:N, mps"
         )
-    # Imported here: it pulls in torch and diffusers, which a bare settings read does not need.
-    from engine.generate import check_request
-    from engine.request import GenerationRequest
-
     try:
         check_request(GenerationRequest(prompt=""), settings.limits, settings.defaults)
     except InvalidRequest as e:

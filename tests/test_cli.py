@@ -215,3 +215,25 @@ def test_a_broken_model_file_is_one_line_and_exit_code_2(
         err = capsys.readouterr().err
         assert err.startswith(f"aidraw: error: Cannot load model '{name}' ({file}): "), err
         assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["draw", "a cat --sede 4"],  # a flag error
+        ["draw", "1girl, (smile:1.2) --steps 20 --size portrait", "--explain"],
+    ],
+)
+def test_a_flag_error_and_explain_answer_without_torch(tmp_path: Path, args: list[str]) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text('[engine]\nmodels_dir = "empty"\n', encoding="utf-8")
+    code = (
+        "import sys\n"
+        "from bot.cli import main\n"
+        f"main(['--settings', {str(settings)!r}, *{args!r}])\n"
+        "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_offline_env()
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

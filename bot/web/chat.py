@@ -25,6 +25,7 @@ from bot.messages import LOCALES, Locale, locale_of, text
 from bot.parse import ParseError, read_request
 from bot.prefs import FIELDS, UserPrefs, UserSettingsStore
 from bot.settings import Settings
+from engine.checks import check_request
 from engine.config import ConfigError, build
 from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, InvalidRequest, JobCancelled
@@ -220,7 +221,6 @@ class WebChat:
             prefs = build(UserPrefs, values, "settings", base=self.store.get(USER))
         except ConfigError as e:
             raise InvalidRequest(str(e).removeprefix("settings.")) from None
-        from engine.generate import check_request  # torch: already loaded by the engine
 
         check = dataclasses.replace(prefs.request_defaults(USER), prompt="x")
         check_request(check, self.settings.limits, self.model_defaults())

@@ -19,123 +19,11 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from engine.prompting.chunks import COMMA_BACKTRACK, empty_chunk, prompt_chunks, special_ids
 from engine.prompting.syntax import (
-    BREAK,
     check_emphasis,
-    parse_attention,
     prompt_schedule,
 )
-
-# --- 75-token chunks ---------------------------------------------------------------------------
-
-CHUNK_LENGTH = 75  # CLIP's 77-token context less BOS and EOS
-COMMA_BACKTRACK = 20  # A1111 `comma_padding_backtrack` default
-
-
-@dataclass(frozen=True)
-class PromptChunk:
-    """77 token ids (BOS, 75 tokens or padding, EOS) and each token's weight."""
-
-    tokens: tuple[int, ...]
-    multipliers: tuple[float, ...]
-    used: int  # how many of the 75 are prompt tokens (the rest is padding)
-
-
-def prompt_chunks(
-    tokenizer: CLIPTokenizer,
-    text: str,
-    *,
-    emphasis: str = "Original",
-    comma_backtrack: int = COMMA_BACKTRACK,
-) -> list[PromptChunk]:
-    """Split a prompt into 75-token chunks as A1111's `tokenize_line` does.
-
-    A full chunk moves the tokens after its last comma to the next chunk if that comma is within
-    `comma_backtrack` tokens of the end; BREAK closes a chunk at once; an empty prompt is one
-    chunk of padding. Emphasis "None" reads brackets as plain text.
-    """
-    check_emphasis(emphasis)
-    segments = parse_attention(text) if emphasis != "None" else [(text, 1.0)]
-    ids = _special_ids(tokenizer)
-    # verbose=False: long prompts are the point here, not a mistake worth a warning.
-    tokenized = tokenizer(
-        [segment for segment, _ in segments],
-        truncation=False,
-        add_special_tokens=False,
-        verbose=False,
-    )["input_ids"]
-    chunks: list[PromptChunk] = []
-    tokens: list[int] = []
-    weights: list[float] = []
-    last_comma = -1
-
-    def close_chunk() -> None:
-        nonlocal tokens, weights, last_comma
-        used = len(tokens)
-        padding = CHUNK_LENGTH - used
-        chunks.append(
-            PromptChunk(
-                tokens=(ids.start, *tokens, *[ids.end] * padding, ids.end),
-                multipliers=(1.0, *weights, *[1.0] * padding, 1.0),
-                used=used,
-            )
-        )
-        tokens, weights, last_comma = [], [], -1
-
-    for token_ids, (segment, weight) in zip(tokenized, segments, strict=True):
-        if (segment, weight) == BREAK:
-            close_chunk()
-            continue
-        for token in token_ids:
-            if token == ids.comma:
-                last_comma = len(tokens)
-            elif (
-                comma_backtrack
-                and len(tokens) == CHUNK_LENGTH
-                and last_comma != -1
-                and len(tokens) - last_comma <= comma_backtrack
-            ):
-                split = last_comma + 1
-                moved, moved_weights = tokens[split:], weights[split:]
-                tokens, weights = tokens[:split], weights[:split]
-                close_chunk()
-                tokens, weights = moved, moved_weights
-            if len(tokens) == CHUNK_LENGTH:
-                close_chunk()
-            tokens.append(token)
-            weights.append(weight)
-    if tokens or not chunks:
-        close_chunk()
-    return chunks
-
-
-@dataclass(frozen=True)
-class _SpecialIds:
-    start: int
-    end: int
-    pad: int
-    comma: int | None
-
-
-def _special_ids(tokenizer: CLIPTokenizer) -> _SpecialIds:
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
-    return _SpecialIds(
-        start=int(tokenizer.bos_token_id),
-        end=int(tokenizer.eos_token_id),
-        pad=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        comma=None if comma == tokenizer.unk_token_id else int(comma),
-    )
-
-
-def empty_chunk(tokenizer: CLIPTokenizer) -> PromptChunk:
-    """A chunk of padding only (A1111 `empty_chunk`), which fills shorter prompts of a batch."""
-    ids = _special_ids(tokenizer)
-    return PromptChunk(
-        tokens=(ids.start, *[ids.end] * (CHUNK_LENGTH + 1)),
-        multipliers=(1.0,) * (CHUNK_LENGTH + 2),
-        used=0,
-    )
-
 
 # --- Encoding -----------------------------------------------------------------------------------
 
@@ -283,7 +171,7 @@ def encode_prompts(
         for t in texts
     ]
     padding = empty_chunk(tokenizer)
-    ids = _special_ids(tokenizer)
+    ids = special_ids(tokenizer)
     zs = []
     for i in range(max(len(chunks) for chunks in per_text)):
         batch = [chunks[i] if i < len(chunks) else padding for chunks in per_text]

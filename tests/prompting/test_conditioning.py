@@ -10,12 +10,12 @@ import torch
 
 from engine.demo.model import TRAINED_TEXT_CONFIG
 from engine.generate import generate
+from engine.prompting.chunks import prompt_chunks
 from engine.prompting.conditioning import (
     apply_emphasis,
     encode_conditioning,
     encode_prompts,
     encode_tokens,
-    prompt_chunks,
 )
 from engine.prompting.tokenizer import build_tokenizer
 from engine.request import GenerationRequest, Limits
