@@ -184,6 +184,8 @@ class Journal:
 
     def get(self, job_id: int) -> JobRecord | None:
         """The job's record; None if there is none, or it cannot be read back (logged)."""
+        if not 0 < job_id < 2**63:  # SQLite's integer range: no such job, not an OverflowError
+            return None
         records = _readable(self._select("WHERE id = ?", (job_id,)))
         return records[0] if records else None
 

@@ -847,3 +847,11 @@ async def test_one_log_line_per_job_start_and_end_names_who_and_how_long(
     assert re.fullmatch(
         rf"job {job.id} for telegram:42 done after \d+\.\d s drawing, \d+\.\d s waiting", lines[1]
     )
+
+
+async def test_cancelling_a_job_number_beyond_sqlites_range_says_there_is_no_such_job(
+    h: Harness,
+) -> None:
+    engine = h.engine(paused=True)
+    with pytest.raises(InvalidRequest, match=r"There is no job #100000000000000000000000\."):
+        engine.cancel(10**23, by="u1")

@@ -126,3 +126,9 @@ def test_a_journal_in_use_is_still_refused_as_before(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     with contextlib.closing(Journal(path)), pytest.raises(JournalError, match="another aidraw"):
         Journal(path)
+
+
+@pytest.mark.parametrize("job_id", [0, -1, 2**63, 10**23])
+def test_a_job_number_beyond_sqlites_range_is_no_job(journal: Journal, job_id: int) -> None:
+    journal.add(req("x"), reply_to="", submitted_at=0.0)
+    assert journal.get(job_id) is None  # not an OverflowError from sqlite3
