@@ -14,6 +14,7 @@ from engine.errors import (
     GenerationFailed,
     InvalidRequest,
     JobCancelled,
+    Phrase,
     QueueFull,
 )
 
@@ -33,15 +34,6 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "done": {"en": "Done.", "zh": "完成。"},
     "cancelled": {"en": "Cancelled.", "zh": "已取消。"},
     "error": {"en": "Error: {message}", "zh": "出错了：{message}"},
-    "queue_full": {
-        "en": "The queue is full ({position} of {limit}); try again later.",
-        "zh": "队列已满（{position}/{limit}），请稍后再试。",
-    },
-    "queue_full_user": {
-        "en": "You already have {position} unfinished drawings (the limit is {limit}); "
-        "wait for one to finish.",
-        "zh": "你已有 {position} 个未完成的绘制（上限 {limit}），请等其中一个完成。",
-    },
     "failed": {
         "en": "Sorry, something went wrong while drawing. The admins have been told.",
         "zh": "抱歉，绘制时出错了，已通知管理员。",
@@ -500,6 +492,136 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     },
 }
 
+# --- errors -----------------------------------------------------------------------------------
+# The engine's and the chat parser's errors in Chinese, by the error's (or Phrase's) `key`.
+# Their English is the message at the raise site (`str(e)`, which the CLI and logs show too), so
+# it is not repeated here; each template's placeholders are that site's params.
+# tests/test_messages.py checks both (and that no English is left in these).
+LIST_SEPARATOR: dict[Locale, str] = {"en": ", ", "zh": "、"}
+ERRORS_ZH: dict[str, str] = {
+    # words and phrases inside messages
+    "word_prompt": "提示词",
+    "word_negative_prompt": "反向提示词",
+    "word_width": "宽度",
+    "word_height": "高度",
+    "word_model": "模型",
+    "word_vae": "VAE",
+    "did_you_mean": "你是不是想写 {suggestion}？",
+    "too_wide": "宽",
+    "too_tall": "高",
+    "stage_denoising": "去噪",
+    "stage_vae": "VAE 解码",
+    "disk_full": "：磁盘已满",
+    "no_model": "无",
+    "file_empty": "文件是空的",
+    "folder_lacks": "文件夹里没有 {parts}",
+    "not_safetensors": "不是可读的 .safetensors 文件（{detail}）",
+    "model_and_hash": "{model!r}（哈希 {hash}）",
+    "model_hash_only": "哈希为 {hash} 的",
+    "feature_hypernetworks": "超网络",
+    "feature_img2img": "以图生图",
+    "feature_hires_fix": "高清修复",
+    "no_closing_quote": "引号没有闭合",
+    "no_escaped_character": "反斜杠后面缺少字符",
+    "help_seed": "种子（-1 = 随机）",
+    "help_steps": "采样步数",
+    "help_scale": "CFG 提示词相关性",
+    "help_size": "宽x高，或 {sizes}…",
+    "help_ar": "宽高比 宽:高，例如 2:3",
+    "help_sampler": "采样器名称，例如 {example}",
+    "help_negative": "反向提示词",
+    "help_uc": "反向预设：{choices} 之一",
+    "help_no_quality": "不加质量标签",
+    "help_syntax": "{choices} 之一",
+    "help_clip_skip": "CLIP 跳过层数，例如 2",
+    "help_ensd": "噪声种子偏移（ENSD），例如 31337",
+    "help_model": "模型名称",
+    "help_count": "图片数量",
+    # chat text (bot/parse.py)
+    "needs_whole_number": "{flag} 需要一个整数，而不是 {value!r}。",
+    "needs_number": "{flag} 需要一个数字，而不是 {value!r}。",
+    "needs_finite_number": "{flag} 需要一个有限的数字，而不是 {value!r}。",
+    "needs_size": "{flag} 需要 宽x高（例如 512x768）或 NAI 尺寸：{sizes}；而不是 {value!r}。",
+    "needs_ratio": "{flag} 需要 宽:高（例如 2:3），而不是 {value!r}。",
+    "ratio_too_far": "{flag} {width}:{height} 太{shape}了：比例请在 1:{max} 到 {max}:1 之间。",
+    "flag_problem": "{flag}：{problem}",
+    "needs_syntax": "{flag} 需要 {choices} 之一，而不是 {value!r}。",
+    "empty_prompt": "提示词是空的：请在参数前写要画的内容。",
+    "prompt_too_long": "{name}有 {length} 个字符：最多允许 {max} 个。",
+    "size_and_ratio": "--size 和 --ar 只能用一个。",
+    "flags_unreadable": "无法读取参数：{problem}（请检查引号）。",
+    "not_yet": "{flag}（{feature}）在此版本中暂不可用。",
+    "unknown_flag": "未知参数 {flag}。{hint}已知参数：{flags}。",
+    "unexpected_word": "{after} 后面多了 {word!r}：请把提示词写在参数前面，含空格的值要加引号。",
+    "takes_no_value": "{flag} 不接受值（{help}）。",
+    "needs_value": "{flag} 需要一个值（{help}）。",
+    "infotext_emphasis": "图片信息中的强调模式 {emphasis!r} 未知：请用 {modes} 之一。",
+    # request checks (engine/checks.py, engine/generate.py, engine/prompting/, engine/infotext.py)
+    "side_range": "{side} {value} 不可用：请用 8 的倍数，范围 {min} 到 {max}。",
+    "size_too_large": "{width}x{height} 太大了：最多 {max_pixels:,} 像素（例如 {example}）。",
+    "steps_range": "步数 {steps} 不可用：请用 1 到 {max}。",
+    "cfg_range": "CFG 系数 {scale} 不可用：请用 1 到 {max}。",
+    "count_range": "数量 {count} 不可用：请用 1 到 {max}。",
+    "seed_range": "种子 {seed} 不可用：请用 0 到 {max}，或 -1 表示随机。",
+    "clip_skip_range": "CLIP 跳过层数 {clip_skip} 不可用：请用 1 到 {max}。",
+    "clip_skip_model": "CLIP 跳过层数 {clip_skip} 不适用于 {model}：请用 1 到 {max}。",
+    "extra_network": "{tag}：此版本暂不支持 LoRA 和超网络，请删除该标签。",
+    "ensd_range": "ENSD {ensd} 不可用：请用 0 到 {max}。",
+    "rng_source": "随机数来源 {rng!r} 不可用：请用 GPU、CPU 或 NV。",
+    "subseed_range": "变异种子 {seed} 不可用：请用 0 到 {max}，或 -1 表示随机。",
+    "subseed_strength_range": "变异强度 {strength} 不可用：请用 0 到 1。",
+    "seed_resize_range": (
+        "种子缩放尺寸 {width}x{height} 不可用：边长请在 {min} 到 {max} 之间，或用 0x0 关闭。"
+    ),
+    "weight_not_number": "{token!r} 中的权重不是数字：权重的写法如 (词:1.2)。",
+    "weight_too_large": "{token!r} 中的权重太大了。",
+    "weight_out_of_range": (
+        "{name}中 {text!r} 的权重是 {weight:.3g}：权重必须在 -{max:g} 到 {max:g} 之间"
+        "（嵌套的括号会相乘）。"
+    ),
+    "unknown_emphasis": "未知的强调模式 {emphasis!r}：请用 {modes} 之一。",
+    "unknown_syntax": "未知的提示词语法 {syntax!r}：请用 {choices} 之一。",
+    "unknown_uc_preset": "未知的反向预设 {name!r}：请用 {choices} 之一。",
+    "unknown_size": "未知的尺寸 {name!r}：请用 宽x高 或以下之一：{sizes}。",
+    "unknown_sampler": "未知的采样器 {name!r}。{hint}可选：{samplers}。",
+    "infotext_not_number": "图片信息中的 {name} {value!r} 不是数字。",
+    # models (engine/contracts.py, engine/models.py, engine/model_slot.py)
+    "unknown_model": "未知的{kind}：{name!r}。{hint}",
+    "model_not_here": (
+        "这里没有{named}模型。这里的模型有：{models}；加上 --model 名称 即可用其中一个来画。"
+    ),
+    "no_models": "还没有安装模型；请让管理员添加一个。",
+    "model_name_is_path": "无效的模型名 {name!r}：请用模型列表中的名称，而不是路径。",
+    "cannot_load_model": "无法加载模型 {name!r}（{file}）：{problem}",
+    "unsafe_pickle": (
+        "拒绝加载 {file}：它是一个不只包含权重的 pickle 文件，可能会运行代码。"
+        "请用你信任的工具把它转换成 .safetensors。"
+    ),
+    "model_not_loaded": "模型 {model} 无法加载；管理员可以在日志中查看详情。",
+    "swap_failed": "无法加载 {model}：{error_type}: {reason}。当前模型仍为：{serving}。",
+    # the queue and the drawing (engine/errors.py, engine/engine.py, engine/generate.py,
+    # engine/results.py)
+    "queue_full": "队列已满（{position}/{limit}），请稍后再试。",
+    "queue_full_user": "你已有 {position} 个未完成的绘制（上限 {limit}），请等其中一个完成。",
+    "shutting_down": "机器人正在关闭；请一分钟后再试。",
+    "shutting_down_now": "机器人正在关闭。",
+    "restarting": "机器人正在重启；你的绘制仍在队列中，重启后会发给你。",
+    "no_such_job": "没有任务 #{job}。",
+    "not_your_job": "只有提交任务 #{job} 的人或管理员可以取消它。",
+    "admin_only_model": "只有管理员可以更换模型。",
+    "cancelled": "已取消。",
+    "cancelled_by_admin": "已被管理员取消。",
+    "stopped": "绘制中断了；请再试一次。",
+    "drawing_crashed": "绘制时出错了；管理员可以在日志中查看详情。",
+    "went_wrong": "绘制出了问题；请再试一次。",
+    "cannot_save": "无法保存图片{full}；已在日志中告知管理员。",
+    "nan_image": (
+        "图片在{stage}时变成了空白（NaN）：请降低提示词权重或 CFG 系数，或换一个采样器或种子。"
+    ),
+    "out_of_memory": "显存不足：请用更小的尺寸，或一次少画几张。",
+    "image_lost": "图片在重启中丢失了；请重新画一次。",
+}
+
 
 def locale_of(code: str | None) -> Locale:
     """A chat client's language code ("zh-CN", "zh-hans", "en-US", None) → our locale."""
@@ -514,10 +636,33 @@ def text(key: str, locale: Locale = "en", **values: object) -> str:
 def error_text(error: EngineError, locale: Locale = "en") -> str:
     """What to tell a user about an engine error (their fault, the queue, or ours)."""
     if isinstance(error, QueueFull):
-        key = "queue_full_user" if error.per_user else "queue_full"
-        return text(key, locale, position=error.position, limit=error.limit)
+        return error_message(error, locale)
     if isinstance(error, InvalidRequest | JobCancelled | EngineClosed | GenerationFailed):
-        # The engine's message is user-safe and names the problem (the restart, out of memory);
-        # only the frame is translated.
-        return text("error", locale, message=str(error))
+        # The engine's message is user-safe and names the problem (the restart, out of memory).
+        return text("error", locale, message=error_message(error, locale))
     return text("failed", locale)
+
+
+def error_message(part: EngineError | Phrase, locale: Locale = "en") -> str:
+    """An error's message, or a phrase inside one, in `locale`: English is `str(part)`; another
+    locale formats the template of the part's key with its params (a param that is a phrase, an
+    error or a list is said in `locale` too), or falls back to the English without one."""
+    template = ERRORS_ZH.get(part.key) if locale == "zh" and part.key else None
+    if template is None:
+        if locale != "en" and part.key:
+            log.warning("no %s text for error key %r; said in English", locale, part.key)
+        return str(part)
+    values = {name: _param(value, locale) for name, value in part.params.items()}
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        log.warning("%s text for %r does not fit its params %s: %r", locale, part.key, values, e)
+        return str(part)
+
+
+def _param(value: object, locale: Locale) -> object:
+    if isinstance(value, EngineError | Phrase):
+        return error_message(value, locale)
+    if isinstance(value, list | tuple):
+        return LIST_SEPARATOR[locale].join(str(_param(item, locale)) for item in value)
+    return value  # numbers keep their format specs ({max_pixels:,})

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.errors import InvalidRequest
+from engine.errors import NEGATIVE_PROMPT, NOTHING, PROMPT, InvalidRequest, Phrase
 from engine.infotext import parse_infotext, request_from_infotext
 from engine.prompting import (
     EMPHASIS_MODES,
@@ -80,7 +80,7 @@ class Flag:
 
     field: str
     read: Callable[[str, str], Any]
-    help: str
+    help: Phrase
     words: Literal["one", "many", "none"] = "one"
 
 
@@ -88,16 +88,34 @@ def _int(flag: str, value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ParseError(f"{flag} needs a whole number, not {value!r}.", field=flag) from None
+        raise ParseError(
+            f"{flag} needs a whole number, not {value!r}.",
+            field=flag,
+            key="needs_whole_number",
+            flag=flag,
+            value=value,
+        ) from None
 
 
 def _float(flag: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ParseError(f"{flag} needs a number, not {value!r}.", field=flag) from None
+        raise ParseError(
+            f"{flag} needs a number, not {value!r}.",
+            field=flag,
+            key="needs_number",
+            flag=flag,
+            value=value,
+        ) from None
     if not math.isfinite(number):
-        raise ParseError(f"{flag} needs a finite number, not {value!r}.", field=flag)
+        raise ParseError(
+            f"{flag} needs a finite number, not {value!r}.",
+            field=flag,
+            key="needs_finite_number",
+            flag=flag,
+            value=value,
+        )
     return number
 
 
@@ -117,19 +135,36 @@ def _size(flag: str, value: str) -> tuple[int, int]:
             f"{flag} needs WIDTHxHEIGHT, e.g. 512x768, or a NAI size: "
             f"{', '.join(NAI_SIZES)}; not {value!r}.",
             field=flag,
+            key="needs_size",
+            flag=flag,
+            sizes=list(NAI_SIZES),
+            value=value,
         ) from None
 
 
 def _ratio(flag: str, value: str) -> tuple[float, float]:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)", value.strip())
     if not match or not float(match[1]) or not float(match[2]):
-        raise ParseError(f"{flag} needs WIDTH:HEIGHT, e.g. 2:3, not {value!r}.", field=flag)
+        raise ParseError(
+            f"{flag} needs WIDTH:HEIGHT, e.g. 2:3, not {value!r}.",
+            field=flag,
+            key="needs_ratio",
+            flag=flag,
+            value=value,
+        )
     width, height = float(match[1]), float(match[2])
     if max(width / height, height / width) > MAX_RATIO:
+        shape = Phrase("wide", "too_wide") if width > height else Phrase("tall", "too_tall")
         raise ParseError(
-            f"{flag} {match[1]}:{match[2]} is too {'wide' if width > height else 'tall'}: "
+            f"{flag} {match[1]}:{match[2]} is too {shape}: "
             f"use a ratio from 1:{MAX_RATIO} to {MAX_RATIO}:1.",
             field=flag,
+            key="ratio_too_far",
+            flag=flag,
+            width=match[1],
+            height=match[2],
+            shape=shape,
+            max=MAX_RATIO,
         )
     return width, height
 
@@ -142,12 +177,21 @@ def _uc(flag: str, value: str) -> str:
     try:
         return uc_preset_name(value)
     except InvalidRequest as e:
-        raise ParseError(f"{flag}: {e}", field=flag) from None
+        raise ParseError(
+            f"{flag}: {e}", field=flag, key="flag_problem", flag=flag, problem=e
+        ) from None
 
 
 def _syntax(flag: str, value: str) -> str:
     if value.lower() not in SYNTAXES:
-        raise ParseError(f"{flag} needs {' or '.join(SYNTAXES)}, not {value!r}.", field=flag)
+        raise ParseError(
+            f"{flag} needs {' or '.join(SYNTAXES)}, not {value!r}.",
+            field=flag,
+            key="needs_syntax",
+            flag=flag,
+            choices=list(SYNTAXES),
+            value=value,
+        )
     return value.lower()
 
 
@@ -155,30 +199,64 @@ def _switch(flag: str, value: str) -> bool:
     return True
 
 
+_SCALE = Phrase("CFG scale", "help_scale")
+_NEGATIVE = Phrase("negative prompt", "help_negative")
 FLAGS: dict[str, Flag] = {
-    "--seed": Flag("seed", _seed, "seed (-1 = random)"),
-    "--steps": Flag("num_inference_steps", _int, "denoising steps"),
-    "--scale": Flag("guidance_scale", _float, "CFG scale"),
-    "--cfg": Flag("guidance_scale", _float, "CFG scale"),
-    "--size": Flag("size", _size, "WIDTHxHEIGHT or portrait, landscape, square…", "many"),
-    "--ar": Flag("ratio", _ratio, "aspect ratio WIDTH:HEIGHT, e.g. 2:3"),
-    "--sampler": Flag("sampler", _text, "sampler name, e.g. 'Euler a'", "many"),
-    "--neg": Flag("negative_prompt", _text, "negative prompt", "many"),
-    "--no": Flag("negative_prompt", _text, "negative prompt", "many"),
-    "--uc": Flag("uc_preset", _uc, "undesired-content preset: lqba, lq or none", "many"),
-    "--no-quality": Flag("no_quality", _switch, "leave out the quality tags", "none"),
-    "--syntax": Flag("syntax", _syntax, "a1111 or nai"),
-    "--clip-skip": Flag("clip_skip", _int, "A1111 clip skip, e.g. 2"),
-    "--ensd": Flag("ensd", _int, "eta noise seed delta, e.g. 31337"),
-    "--model": Flag("model", _text, "model name"),
-    "--n": Flag("batch_size", _int, "number of images"),
+    "--seed": Flag("seed", _seed, Phrase("seed (-1 = random)", "help_seed")),
+    "--steps": Flag("num_inference_steps", _int, Phrase("denoising steps", "help_steps")),
+    "--scale": Flag("guidance_scale", _float, _SCALE),
+    "--cfg": Flag("guidance_scale", _float, _SCALE),
+    "--size": Flag(
+        "size",
+        _size,
+        Phrase(
+            "WIDTHxHEIGHT or portrait, landscape, square…",
+            "help_size",
+            sizes=["portrait", "landscape", "square"],
+        ),
+        "many",
+    ),
+    "--ar": Flag("ratio", _ratio, Phrase("aspect ratio WIDTH:HEIGHT, e.g. 2:3", "help_ar")),
+    "--sampler": Flag(
+        "sampler",
+        _text,
+        Phrase("sampler name, e.g. 'Euler a'", "help_sampler", example="'Euler a'"),
+        "many",
+    ),
+    "--neg": Flag("negative_prompt", _text, _NEGATIVE, "many"),
+    "--no": Flag("negative_prompt", _text, _NEGATIVE, "many"),
+    "--uc": Flag(
+        "uc_preset",
+        _uc,
+        Phrase(
+            "undesired-content preset: lqba, lq or none",
+            "help_uc",
+            choices=["lqba", "lq", "none"],
+        ),
+        "many",
+    ),
+    "--no-quality": Flag(
+        "no_quality", _switch, Phrase("leave out the quality tags", "help_no_quality"), "none"
+    ),
+    "--syntax": Flag(
+        "syntax", _syntax, Phrase("a1111 or nai", "help_syntax", choices=list(SYNTAXES))
+    ),
+    "--clip-skip": Flag("clip_skip", _int, Phrase("A1111 clip skip, e.g. 2", "help_clip_skip")),
+    "--ensd": Flag("ensd", _int, Phrase("eta noise seed delta, e.g. 31337", "help_ensd")),
+    "--model": Flag("model", _text, Phrase("model name", "help_model")),
+    "--n": Flag("batch_size", _int, Phrase("number of images", "help_count")),
 }
 # DESIGN §4 flags whose feature is not built yet: typed, they say so; they are never advertised
 # (not in hints, /help or Known flags) until they work.
-NOT_YET: dict[str, str] = {
-    "--hn": "hypernetworks",
-    "--strength": "img2img",
-    "--hires": "hires fix",
+NOT_YET: dict[str, Phrase] = {
+    "--hn": Phrase("hypernetworks", "feature_hypernetworks"),
+    "--strength": Phrase("img2img", "feature_img2img"),
+    "--hires": Phrase("hires fix", "feature_hires_fix"),
+}
+# shlex's complaints, for "Cannot read the flags".
+_QUOTE_PROBLEMS = {
+    "No closing quotation": Phrase("No closing quotation", "no_closing_quote"),
+    "No escaped character": Phrase("No escaped character", "no_escaped_character"),
 }
 _FLAG_START = re.compile(r"(?:^|(?<=\s))--[A-Za-z]")
 # Set by flags but not request fields: they shape the prompt and size.
@@ -268,14 +346,20 @@ def read_request(
     prompt = _without_extra_networks(info.prompt, notes)
     if not prompt.strip():
         raise ParseError(
-            "The prompt is empty: write what to draw before the flags.", field="prompt"
+            "The prompt is empty: write what to draw before the flags.",
+            field="prompt",
+            key="empty_prompt",
         )
     negative = ", ".join(n for n in (info.negative_prompt, values.get("negative_prompt")) if n)
-    for name, typed in (("prompt", info.prompt), ("negative prompt", negative)):
+    for name, typed in ((PROMPT, info.prompt), (NEGATIVE_PROMPT, negative)):
         if len(typed) > max_chars:
             raise ParseError(
                 f"The {name} is {len(typed)} characters long: at most {max_chars} are allowed.",
                 field="prompt",
+                key="prompt_too_long",
+                name=name,
+                length=len(typed),
+                max=max_chars,
             )
     fields: dict[str, Any] = {}
     if pasted:
@@ -301,7 +385,11 @@ def read_request(
     if "model" in values:  # --model wins over a pasted infotext's model
         fields["model_hash"] = None
     if "size" in values and "ratio" in values:
-        raise ParseError("Use either --size or --ar, not both.", field="--ar")
+        raise ParseError(
+            "Use either --size or --ar, not both.",
+            field="--ar",
+            key="size_and_ratio",
+        )
     if "size" in values:
         fields["width"], fields["height"] = values["size"]
     if "ratio" in values:
@@ -344,7 +432,12 @@ def _split_flags(text: str) -> tuple[str, str, list[str]]:
             try:
                 words += shlex.split(norm[cut:].translate(_CURLY_QUOTES))
             except ValueError as e:
-                raise ParseError(f"Cannot read the flags: {e} (check your quotes).") from None
+                problem = _QUOTE_PROBLEMS.get(str(e), Phrase(str(e)))
+                raise ParseError(
+                    f"Cannot read the flags: {problem} (check your quotes).",
+                    key="flags_unreadable",
+                    problem=problem,
+                ) from None
     return "\n".join(raw), "\n".join(normalized), words
 
 
@@ -365,12 +458,16 @@ def _read_flags(words: list[str]) -> dict[str, Any]:
         name, equals, inline = words[i].partition("=")
         flag = FLAGS.get(name.lower())
         if name.lower() in NOT_YET:
+            feature = NOT_YET[name.lower()]
             raise ParseError(
-                f"{name} ({NOT_YET[name.lower()]}) is not available in this version yet.",
+                f"{name} ({feature}) is not available in this version yet.",
                 field=name,
+                key="not_yet",
+                flag=name,
+                feature=feature,
             )
         if flag is None:
-            raise ParseError(_unknown(words[i]), field=name)
+            raise _unknown(name)
         taken = [inline] if equals else []
         i += 1
         while i < len(words) and not words[i].startswith("--"):
@@ -380,25 +477,48 @@ def _read_flags(words: list[str]) -> dict[str, Any]:
                     f"Unexpected {words[i]!r} after {after}: put the prompt before the flags, "
                     "and quote values that have spaces.",
                     field=name,
+                    key="unexpected_word",
+                    word=words[i],
+                    after=after,
                 )
             taken.append(words[i])
             i += 1
         if flag.words == "none":
             if equals:
-                raise ParseError(f"{name} takes no value ({flag.help}).", field=name)
+                raise ParseError(
+                    f"{name} takes no value ({flag.help}).",
+                    field=name,
+                    key="takes_no_value",
+                    flag=name,
+                    help=flag.help,
+                )
             values[flag.field] = flag.read(name, "")
             continue
         if not taken or not " ".join(taken).strip():
-            raise ParseError(f"{name} needs a value ({flag.help}).", field=name)
+            raise ParseError(
+                f"{name} needs a value ({flag.help}).",
+                field=name,
+                key="needs_value",
+                flag=name,
+                help=flag.help,
+            )
         values[flag.field] = flag.read(name, " ".join(taken))
     return values
 
 
-def _unknown(word: str) -> str:
-    name = word.partition("=")[0]
+def _unknown(name: str) -> ParseError:
     close = difflib.get_close_matches(name.lower(), list(FLAGS), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]}?" if close else ""
-    return f"Unknown flag {name}.{hint} Known flags: {', '.join(FLAGS)}."
+    hint = NOTHING
+    if close:
+        hint = Phrase(f" Did you mean {close[0]}?", "did_you_mean", suggestion=close[0])
+    return ParseError(
+        f"Unknown flag {name}.{hint} Known flags: {', '.join(FLAGS)}.",
+        field=name,
+        key="unknown_flag",
+        flag=name,
+        hint=hint,
+        flags=list(FLAGS),
+    )
 
 
 def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
@@ -406,7 +526,7 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
     try:
         request = request_from_infotext(info)
     except InvalidRequest as e:
-        raise ParseError(str(e), field=e.field) from None
+        raise _parse_error(e, e.field) from None
     skip = {"prompt", "negative_prompt", "requester", "batch_size"}
     fields = {
         f.name: getattr(request, f.name)
@@ -418,6 +538,9 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
         raise ParseError(
             f"The infotext's Emphasis {emphasis!r} is unknown: use {', '.join(EMPHASIS_MODES)}.",
             field="infotext",
+            key="infotext_emphasis",
+            emphasis=emphasis,
+            modes=list(EMPHASIS_MODES),
         )
     fields["emphasis"] = emphasis
     model, model_hash = info.params.get("Model"), info.params.get("Model hash")
@@ -447,7 +570,7 @@ def _convert(text: str, syntax: str, notes: list[str]) -> str:
     try:
         converted = to_a1111(text, syntax)
     except InvalidRequest as e:
-        raise ParseError(str(e), field="prompt") from None
+        raise _parse_error(e, "prompt") from None
     if converted != text:
         note = f"Wrote NAI emphasis as A1111 weights: {converted}"
         notes.append(note if len(note) <= 300 else note[:299] + "…")
@@ -459,7 +582,12 @@ def _check_weights(prompt: str, negative: str) -> None:
         try:
             parse_attention(text)
         except InvalidRequest as e:
-            raise ParseError(str(e), field="prompt") from None
+            raise _parse_error(e, "prompt") from None
+
+
+def _parse_error(error: InvalidRequest, field: str | None) -> ParseError:
+    """The engine's error as a ParseError for `field`, with its message key."""
+    return ParseError(str(error), field=field, key=error.key, **error.params)
 
 
 def _size_for_ratio(ratio: tuple[float, float], base: GenerationRequest) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.errors import InvalidRequest
+from engine.errors import NEGATIVE_PROMPT, PROMPT, InvalidRequest, Phrase
 from engine.infotext import format_number
 from engine.prompting import check_weights, extra_networks
 from engine.request import RNG_SOURCES, GenerationRequest, Limits, RequestDefaults
@@ -16,6 +16,7 @@ from engine.sampling.samplers import canonical_sampler
 
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
+_WIDTH, _HEIGHT = Phrase("width", "word_width"), Phrase("height", "word_height")
 
 
 def check_request(
@@ -26,60 +27,93 @@ def check_request(
     assert req.width is not None and req.height is not None
     assert req.num_inference_steps is not None and req.guidance_scale is not None
     assert req.sampler is not None and req.clip_skip is not None
-    for side, value in (("width", req.width), ("height", req.height)):
+    for side, value in ((_WIDTH, req.width), (_HEIGHT, req.height)):
         if value % 8 or not MIN_SIDE <= value <= limits.max_side:
             raise InvalidRequest(
                 f"{side} {value} is not allowed: use a multiple of 8 "
                 f"from {MIN_SIDE} to {limits.max_side}.",
-                field=side,
+                field=str(side),
+                key="side_range",
+                side=side,
+                value=value,
+                min=MIN_SIDE,
+                max=limits.max_side,
             )
     if req.width * req.height > limits.max_pixels:
+        example = _largest_square(limits.max_pixels)
         raise InvalidRequest(
             f"{req.width}x{req.height} is too large: at most {limits.max_pixels:,} pixels "
-            f"(e.g. {_largest_square(limits.max_pixels)}).",
+            f"(e.g. {example}).",
             field="size",
+            key="size_too_large",
+            width=req.width,
+            height=req.height,
+            max_pixels=limits.max_pixels,
+            example=example,
         )
     if not 1 <= req.num_inference_steps <= limits.max_steps:
         raise InvalidRequest(
             f"steps {req.num_inference_steps} is not allowed: use 1 to {limits.max_steps}.",
             field="num_inference_steps",
+            key="steps_range",
+            steps=req.num_inference_steps,
+            max=limits.max_steps,
         )
     if not 1.0 <= req.guidance_scale <= MAX_GUIDANCE:
+        scale, most = format_number(req.guidance_scale), format_number(MAX_GUIDANCE)
         raise InvalidRequest(
-            f"CFG scale {format_number(req.guidance_scale)} is not allowed: "
-            f"use 1 to {format_number(MAX_GUIDANCE)}.",
+            f"CFG scale {scale} is not allowed: use 1 to {most}.",
             field="guidance_scale",
+            key="cfg_range",
+            scale=scale,
+            max=most,
         )
     if not 1 <= req.batch_size <= limits.max_batch_size:
         raise InvalidRequest(
             f"count {req.batch_size} is not allowed: use 1 to {limits.max_batch_size}.",
             field="batch_size",
+            key="count_range",
+            count=req.batch_size,
+            max=limits.max_batch_size,
         )
     if req.seed is not None and not 0 <= req.seed < 2**32:
         raise InvalidRequest(
             f"seed {req.seed} is not allowed: use 0 to {2**32 - 1}, or -1 for random.",
             field="seed",
+            key="seed_range",
+            seed=req.seed,
+            max=2**32 - 1,
         )
     if not 1 <= req.clip_skip <= 12:
         raise InvalidRequest(
-            f"clip skip {req.clip_skip} is not allowed: use 1 to 12.", field="clip_skip"
+            f"clip skip {req.clip_skip} is not allowed: use 1 to 12.",
+            field="clip_skip",
+            key="clip_skip_range",
+            clip_skip=req.clip_skip,
+            max=12,
         )
-    for name, text in (("prompt", req.prompt), ("negative prompt", req.negative_prompt)):
+    for name, text in ((PROMPT, req.prompt), (NEGATIVE_PROMPT, req.negative_prompt)):
         if len(text) > limits.max_prompt_chars:
             raise InvalidRequest(
                 f"The {name} is {len(text)} characters long: at most "
                 f"{limits.max_prompt_chars} are allowed.",
                 field="prompt",
+                key="prompt_too_long",
+                name=name,
+                length=len(text),
+                max=limits.max_prompt_chars,
             )
     if (req.emphasis or "Original") in ("Original", "No norm"):  # the modes that use weights
         check_weights(req.prompt, req.num_inference_steps)
-        check_weights(req.negative_prompt, req.num_inference_steps, "negative prompt")
+        check_weights(req.negative_prompt, req.num_inference_steps, NEGATIVE_PROMPT)
     _, networks = extra_networks(req.prompt)
     if networks:
+        tag = f"<{networks[0][0]}:{':'.join(networks[0][1])}>"
         raise InvalidRequest(
-            f"<{networks[0][0]}:{':'.join(networks[0][1])}>: LoRA and hypernetworks are not "
-            "available in this version yet; remove the tag.",
+            f"{tag}: LoRA and hypernetworks are not available in this version yet; remove the tag.",
             field="prompt",
+            key="extra_network",
+            tag=tag,
         )
     _check_noise(req, limits)
     return dataclasses.replace(req, sampler=canonical_sampler(req.sampler))
@@ -88,20 +122,35 @@ def check_request(
 def _check_noise(req: GenerationRequest, limits: Limits) -> None:
     """Validate the seed-related fields (ENSD, RNG source, variation, seed resize)."""
     if req.ensd is not None and not 0 <= req.ensd < 2**32:
-        raise InvalidRequest(f"ENSD {req.ensd} is not allowed: use 0 to {2**32 - 1}.", field="ensd")
+        raise InvalidRequest(
+            f"ENSD {req.ensd} is not allowed: use 0 to {2**32 - 1}.",
+            field="ensd",
+            key="ensd_range",
+            ensd=req.ensd,
+            max=2**32 - 1,
+        )
     if req.rng is not None and req.rng not in ("auto", *RNG_SOURCES):
         raise InvalidRequest(
-            f"RNG source {req.rng!r} is not allowed: use GPU, CPU or NV.", field="rng"
+            f"RNG source {req.rng!r} is not allowed: use GPU, CPU or NV.",
+            field="rng",
+            key="rng_source",
+            rng=req.rng,
         )
     if req.subseed is not None and not 0 <= req.subseed < 2**32:
         raise InvalidRequest(
             f"variation seed {req.subseed} is not allowed: use 0 to {2**32 - 1}, or -1 for random.",
             field="subseed",
+            key="subseed_range",
+            seed=req.subseed,
+            max=2**32 - 1,
         )
     if not 0.0 <= req.subseed_strength <= 1.0:
+        strength = format_number(req.subseed_strength)
         raise InvalidRequest(
-            f"variation strength {format_number(req.subseed_strength)} is not allowed: use 0 to 1.",
+            f"variation strength {strength} is not allowed: use 0 to 1.",
             field="subseed_strength",
+            key="subseed_strength_range",
+            strength=strength,
         )
     resize = (req.seed_resize_from_w, req.seed_resize_from_h)
     if resize != (0, 0) and not all(MIN_SIDE <= side <= limits.max_side for side in resize):
@@ -109,6 +158,11 @@ def _check_noise(req: GenerationRequest, limits: Limits) -> None:
             f"seed resize from {resize[0]}x{resize[1]} is not allowed: use sides from "
             f"{MIN_SIDE} to {limits.max_side}, or 0x0 for off.",
             field="seed_resize_from",
+            key="seed_resize_range",
+            width=resize[0],
+            height=resize[1],
+            min=MIN_SIDE,
+            max=limits.max_side,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from engine.errors import InvalidRequest
+from engine.errors import InvalidRequest, Phrase
 from engine.preview import PreviewMap
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
@@ -58,19 +58,27 @@ def pick_model(registry: Registry, request: GenerationRequest, default: str) -> 
         if found is not None:
             return found
         if not request.model or request.model.lower() not in map(str.lower, registry.models):
+            model, model_hash = request.model, request.model_hash
             named = (
-                f"{request.model!r} (hash {request.model_hash})"
-                if request.model
-                else (f"with hash {request.model_hash}")
+                Phrase(
+                    f"{model!r} (hash {model_hash})", "model_and_hash", model=model, hash=model_hash
+                )
+                if model
+                else Phrase(f"with hash {model_hash}", "model_hash_only", hash=model_hash)
             )
             raise InvalidRequest(
                 f"The model {named} is not here. Models here: {', '.join(registry.models)}; "
                 "add --model NAME to draw with one of them.",
                 field="model",
+                key="model_not_here",
+                named=named,
+                models=list(registry.models),
             )
     name = request.model or default
     if not name:
-        raise InvalidRequest("No model is installed yet; ask the admin to add one.", field="model")
+        raise InvalidRequest(
+            "No model is installed yet; ask the admin to add one.", field="model", key="no_models"
+        )
     return registry.get(name)
 
 

@@ -187,7 +187,9 @@ class Engine(Generic[M]):
                 queued. Logged already; its message names the file, so it is not for users.
         """
         if self._closing:
-            raise EngineClosed("The bot is shutting down; try again in a minute.")
+            raise EngineClosed(
+                "The bot is shutting down; try again in a minute.", key="shutting_down"
+            )
         resolved = self._resolve(request)
         user = resolved.requester
         if not self.is_admin(user) and user not in self.config.priority_users:
@@ -221,12 +223,18 @@ class Engine(Generic[M]):
         if job is None:
             record = self._journal.get(job_id)
             if record is None:
-                raise InvalidRequest(f"There is no job #{job_id}.", field="job")
+                raise InvalidRequest(
+                    f"There is no job #{job_id}.", field="job", key="no_such_job", job=job_id
+                )
             self._check_owner(record.requester, by, job_id)
             return False
         self._check_owner(job.requester, by, job_id)
-        message = "Cancelled." if by == job.requester else "Cancelled by an admin."
-        self._finish(job, "cancelled", JobCancelled(message))
+        cancelled = (
+            JobCancelled("Cancelled.", key="cancelled")
+            if by == job.requester
+            else JobCancelled("Cancelled by an admin.", key="cancelled_by_admin")
+        )
+        self._finish(job, "cancelled", cancelled)
         return True
 
     def job(self, job_id: int) -> Job | None:
@@ -292,9 +300,11 @@ class Engine(Generic[M]):
         and this raises GenerationFailed with the reason. Queued jobs keep their own model.
         """
         if not self.is_admin(by):
-            raise InvalidRequest("Only an admin can change the model.", field="model")
+            raise InvalidRequest(
+                "Only an admin can change the model.", field="model", key="admin_only_model"
+            )
         if self._closing:
-            raise EngineClosed("The bot is shutting down.")
+            raise EngineClosed("The bot is shutting down.", key="shutting_down_now")
         entry = self._registry.get(name)
         await self._slot.swap(entry.name, by)
         self._default_model = entry.name
@@ -388,7 +398,7 @@ class Engine(Generic[M]):
                 # On failure (logged) the row stays "running": the try counts as a crash.
                 with contextlib.suppress(JournalError):
                     self._journal.mark_queued(job.id, undo_attempt=True)
-            job.end(job.state, EngineClosed(RESTARTING))
+            job.end(job.state, EngineClosed(RESTARTING, key="restarting"))
         kept = len(self._jobs)
         self._jobs.clear()
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -467,7 +477,8 @@ class Engine(Generic[M]):
             # Every job of the call was cancelled (each is finished already), or shutdown.
             for job in live:
                 if not job.done() and not self._interrupt:
-                    self._finish(job, "failed", GenerationFailed("The drawing stopped; try again."))
+                    stopped = GenerationFailed("The drawing stopped; try again.", key="stopped")
+                    self._finish(job, "failed", stopped)
             return
         except Exception as e:
             if self._interrupt:
@@ -484,7 +495,9 @@ class Engine(Generic[M]):
                 e
                 if isinstance(e, EngineError)
                 else GenerationFailed(
-                    "Something went wrong while drawing; the admin can find the details in the log."
+                    "Something went wrong while drawing; "
+                    "the admin can find the details in the log.",
+                    key="drawing_crashed",
                 )
             )
             log.warning("jobs %s failed: %r", [job.id for job in pending], e, exc_info=e)
@@ -495,7 +508,8 @@ class Engine(Generic[M]):
         if len(results) != sum(job.images for job in live):
             log.error("generate() returned %d images for %d jobs", len(results), len(live))
             for job in live:
-                self._finish(job, "failed", GenerationFailed("The drawing went wrong; try again."))
+                wrong = GenerationFailed("The drawing went wrong; try again.", key="went_wrong")
+                self._finish(job, "failed", wrong)
             return
         start = 0
         for job in live:
@@ -572,12 +586,17 @@ class Engine(Generic[M]):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise EngineClosed("The bot is shutting down; try again in a minute.")
+            raise EngineClosed(
+                "The bot is shutting down; try again in a minute.", key="shutting_down"
+            )
 
     def _check_owner(self, requester: str, by: str, job_id: int) -> None:
         if by != requester and not self.is_admin(by):
             raise InvalidRequest(
-                f"Only whoever asked for job #{job_id}, or an admin, can cancel it.", field="job"
+                f"Only whoever asked for job #{job_id}, or an admin, can cancel it.",
+                field="job",
+                key="not_your_job",
+                job=job_id,
             )
 
     def _enqueue(self, job: Job) -> None:

@@ -1,28 +1,95 @@
-"""Engine exceptions. `str(e)` of InvalidRequest and QueueFull is safe to show users."""
+"""Engine exceptions. `str(e)` of InvalidRequest and QueueFull is safe to show users.
+
+Every error a user may see carries a message `key` and the `params` its English was made from,
+so a frontend can say it in another language (bot/messages.py holds the translations); `str(e)`
+stays the English. A part of a message that needs its own words (a hint that is there only
+sometimes, a flag's help) is a `Phrase` param.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+
+class Phrase:
+    """A piece of an error message with its own message key ("Did you mean --seed?", "width").
+
+    `str()` is the English; `key` and `params` work as an EngineError's do. Without a key it
+    is the same text in every language (e.g. a model's own error line, or nothing at all).
+    """
+
+    __slots__ = ("english", "key", "params")
+
+    def __init__(self, english: str, key: str | None = None, /, **params: Any) -> None:
+        self.english = english
+        self.key = key
+        self.params: dict[str, Any] = params
+
+    def __str__(self) -> str:
+        return self.english
+
+    def __repr__(self) -> str:
+        return f"Phrase({self.english!r}, {self.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Phrase):
+            return NotImplemented
+        return (self.english, self.key, self.params) == (other.english, other.key, other.params)
+
+
+NOTHING = Phrase("")  # an optional part that is absent, in every language
+PROMPT = Phrase("prompt", "word_prompt")
+NEGATIVE_PROMPT = Phrase("negative prompt", "word_negative_prompt")
 
 
 class EngineError(Exception):
-    """Base of every error the engine raises on purpose."""
+    """Base of every error the engine raises on purpose.
+
+    `key` names the message's translation and `params` are the values it is formatted with
+    (None: the English is shown in every language).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, **params: Any) -> None:
+        super().__init__(message)
+        self.key = key
+        self.params: dict[str, Any] = params
 
 
 class InvalidRequest(EngineError):
     """The request cannot run as asked; the message says what was wrong and what is allowed."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, field: str | None = None, key: str | None = None, **params: Any
+    ) -> None:
+        super().__init__(message, key=key, **params)
         self.field = field
+
+
+_KINDS = {"model": Phrase("model", "word_model"), "VAE": Phrase("VAE", "word_vae")}
 
 
 class ModelNotFound(InvalidRequest):
     """The named model (or VAE, hypernetwork…) is not in the registry."""
 
     def __init__(self, name: str, *, kind: str = "model", suggestions: Sequence[str] = ()) -> None:
-        hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"Unknown {kind} {name!r}.{hint}", field=kind)
+        hint = (
+            Phrase(
+                f" Did you mean: {', '.join(suggestions)}?",
+                "did_you_mean",
+                suggestion=list(suggestions),
+            )
+            if suggestions
+            else NOTHING
+        )
+        super().__init__(
+            f"Unknown {kind} {name!r}.{hint}",
+            field=kind,
+            key="unknown_model",
+            kind=_KINDS.get(kind, Phrase(kind)),
+            name=name,
+            hint=hint,
+        )
         self.name = name
         self.kind = kind
         self.suggestions = tuple(suggestions)
@@ -33,13 +100,20 @@ class QueueFull(EngineError):
 
     def __init__(self, position: int, limit: int, *, per_user: bool = False) -> None:
         if per_user:
-            message = (
+            super().__init__(
                 f"You already have {position} unfinished drawings (the limit is {limit}); "
-                "wait for one to finish."
+                "wait for one to finish.",
+                key="queue_full_user",
+                position=position,
+                limit=limit,
             )
         else:
-            message = f"The queue is full ({position} of {limit}); try again later."
-        super().__init__(message)
+            super().__init__(
+                f"The queue is full ({position} of {limit}); try again later.",
+                key="queue_full",
+                position=position,
+                limit=limit,
+            )
         self.position = position
         self.limit = limit
         self.per_user = per_user

@@ -14,7 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from engine.checks import check_request
-from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
+from engine.errors import GenerationFailed, InvalidRequest, JobCancelled, Phrase
 from engine.infotext import create_infotext
 from engine.models import LoadedModel
 from engine.prompting.conditioning import encode_conditioning
@@ -36,11 +36,14 @@ from engine.version import __version__
 
 log = logging.getLogger(__name__)
 
+# Where a NaN showed up, in the error's words.
+_DENOISING, _VAE = Phrase("denoising", "stage_denoising"), Phrase("the VAE", "stage_vae")
+
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each denoising step with (step done, total steps, denoised latents x0)."""
 
 
-def _check_finite(images: torch.Tensor, stage: str) -> None:
+def _check_finite(images: torch.Tensor, stage: Phrase) -> None:
     """A1111 `devices.test_for_nans`, stricter: any NaN or inf in an image fails it (it would
     come out black or blotched), instead of being sent as a success."""
     bad = ~torch.isfinite(images.flatten(1)).all(dim=1)
@@ -48,7 +51,9 @@ def _check_finite(images: torch.Tensor, stage: str) -> None:
         log.warning("%s made NaN/inf in image(s) %s", stage, bad.nonzero().flatten().tolist())
         raise GenerationFailed(
             f"The picture came out empty (NaN) in {stage}: lower the prompt weights or the CFG "
-            "scale, or try another sampler or seed."
+            "scale, or try another sampler or seed.",
+            key="nan_image",
+            stage=stage,
         )
 
 
@@ -89,6 +94,10 @@ def generate(
         raise InvalidRequest(
             f"clip skip {first.clip_skip} is not allowed for {model.name}: use 1 to {layers}.",
             field="clip_skip",
+            key="clip_skip_model",
+            clip_skip=first.clip_skip,
+            model=model.name,
+            max=layers,
         )
 
     # 2. Seeds (A1111): a random seed (and variation seed) where none was given; image i of a
@@ -151,7 +160,7 @@ def generate(
                     # The denoised prediction, not the noisy x: what A1111's live preview shows.
                     on_step(step + 1, total, denoised)
                 if cancelled is not None and cancelled():
-                    raise JobCancelled("cancelled")
+                    raise JobCancelled("cancelled", key="cancelled")
 
             latents = sample(
                 row,
@@ -164,13 +173,13 @@ def generate(
                 sources=[spec.source for _, spec in items],
             )
             t2 = time.perf_counter()
-            _check_finite(latents, "denoising")
+            _check_finite(latents, _DENOISING)
 
             # 7. Decode with the VAE.
             decoded = pipe.vae.decode(
                 latents.to(model.dtype) / pipe.vae.config.scaling_factor, return_dict=False
             )[0]
-            _check_finite(decoded, "the VAE")
+            _check_finite(decoded, _VAE)
             images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
             t3 = time.perf_counter()
     except torch.cuda.OutOfMemoryError as e:
@@ -178,7 +187,7 @@ def generate(
             "out of memory drawing %d images at %dx%d", len(items), first.width, first.height
         )
         raise GenerationFailed(
-            "Out of GPU memory: try a smaller size or fewer images at once."
+            "Out of GPU memory: try a smaller size or fewer images at once.", key="out_of_memory"
         ) from e
 
     # 8. Encode PNGs with their infotext.

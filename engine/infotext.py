@@ -315,7 +315,11 @@ def _number(params: Mapping[str, str], key: str, kind: type[int] | type[float]) 
         return kind(float(value)) if kind is int and "." in value else kind(value)
     except ValueError:
         raise InvalidRequest(
-            f"The infotext's {key} {value!r} is not a number.", field="infotext"
+            f"The infotext's {key} {value!r} is not a number.",
+            field="infotext",
+            key="infotext_not_number",
+            name=key,
+            value=value,
         ) from None
 
 

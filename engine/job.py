@@ -98,7 +98,9 @@ class Job:
             except OSError as e:
                 log.warning("job %d: its image is gone (%s)", record.id, e)
                 job._state = "failed"
-                job._error = GenerationFailed("The image was lost in a restart; please draw again.")
+                job._error = GenerationFailed(
+                    "The image was lost in a restart; please draw again.", key="image_lost"
+                )
         elif record.state == "cancelled":
             job._error = JobCancelled(record.error or "Cancelled.")
         else:

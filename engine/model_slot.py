@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic
 
 from engine.contracts import GenerateFn, M
-from engine.errors import GenerationFailed
+from engine.errors import GenerationFailed, Phrase
 from engine.request import GenerationRequest, Limits
 from engine.timing import Timing
 
@@ -70,7 +70,9 @@ class ModelSlot(Generic[M]):
             except Exception as e:
                 log.error("cannot load model %s", name, exc_info=e)
                 raise GenerationFailed(
-                    f"The model {name} could not be loaded; the admin can find details in the log."
+                    f"The model {name} could not be loaded; the admin can find details in the log.",
+                    key="model_not_loaded",
+                    model=name,
                 ) from e
             self._set(model, previous)
             return model
@@ -85,9 +87,14 @@ class ModelSlot(Generic[M]):
                     model = await self._run_in_worker(self._load_and_warm_up, name)
                 except Exception as e:
                     log.error("admin %s: cannot load model %s", by, name, exc_info=e)
+                    serving = previous or Phrase("no model", "no_model")
                     raise GenerationFailed(
-                        f"Could not load {name}: {type(e).__name__}: {e}. "
-                        f"Still serving {previous or 'no model'}."
+                        f"Could not load {name}: {type(e).__name__}: {e}. Still serving {serving}.",
+                        key="swap_failed",
+                        model=name,
+                        error_type=type(e).__name__,
+                        reason=e,  # an EngineError's own translation, or the raw line
+                        serving=serving,
                     ) from e
                 self._set(model, previous)
 

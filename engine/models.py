@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile
-from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound
+from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.tokenizer import build_tokenizer
 from engine.request import RequestDefaults
@@ -118,7 +118,7 @@ class ModelRegistry:
             return
         try:
             defaults, config, preview = self._read_sidecar(name)
-        except (InvalidRequest, tomllib.TOMLDecodeError) as e:
+        except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             self.problems.append(f"{name}.toml: {e}")
             log.error("skipping model %s: %s", name, e)
             return
@@ -166,6 +166,8 @@ class ModelRegistry:
             raise InvalidRequest(
                 f"Invalid model name {name!r}: use a name from the model list, not a path.",
                 field="model",
+                key="model_name_is_path",
+                name=name,
             )
         entry = self.models.get(name)
         if entry is None:
@@ -287,8 +289,13 @@ class ModelRegistry:
                 )
         except Exception as e:  # any reason at all: the file is not a model we can load
             log.debug("cannot load model %s from %s", name, entry.path, exc_info=e)
+            problem = load_problem(e, entry.path)
             raise GenerationFailed(
-                f"Cannot load model {name!r} ({entry.path.name}): {load_problem(e, entry.path)}"
+                f"Cannot load model {name!r} ({entry.path.name}): {problem}",
+                key="cannot_load_model",
+                name=name,
+                file=entry.path.name,
+                problem=problem,
             ) from e
         if vae is not None:
             pipe.vae = self.load_vae(vae, dtype)
@@ -324,10 +331,10 @@ class ModelRegistry:
         return vae
 
 
-def load_problem(error: BaseException, path: Path) -> str:
+def load_problem(error: BaseException, path: Path) -> Phrase:
     """Why a model would not load, in one short line (the file's name instead of its path)."""
     if path.is_file() and path.stat().st_size == 0:
-        return "the file is empty"
+        return Phrase("the file is empty", "file_empty")
     if path.is_dir() and (path / "model_index.json").is_file():
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
         missing = [
@@ -336,13 +343,16 @@ def load_problem(error: BaseException, path: Path) -> str:
             if isinstance(value, list) and value and value[0] and not (path / part).is_dir()
         ]
         if missing:
-            return f"the folder has no {', '.join(missing)}"
+            return Phrase(f"the folder has no {', '.join(missing)}", "folder_lacks", parts=missing)
     cause: BaseException | None = error
     while cause is not None:  # the safetensors reader's own words are the clearest
         if type(cause).__name__ == "SafetensorError":
-            return f"not a readable .safetensors file ({_one_line(cause, path)})"
+            detail = _one_line(cause, path)
+            return Phrase(
+                f"not a readable .safetensors file ({detail})", "not_safetensors", detail=detail
+            )
         cause = cause.__cause__ or cause.__context__
-    return f"{type(error).__name__}: {_one_line(error, path)}"
+    return Phrase(f"{type(error).__name__}: {_one_line(error, path)}")  # the library's words
 
 
 def _one_line(error: BaseException, path: Path) -> str:
@@ -361,5 +371,7 @@ def check_ckpt(path: Path) -> None:
         log.warning("refused %s: %s", path, e)
         raise InvalidRequest(
             f"Refusing {path.name}: it is a pickle with more than plain weights, which could run "
-            "code. Convert it to .safetensors with a tool you trust."
+            "code. Convert it to .safetensors with a tool you trust.",
+            key="unsafe_pickle",
+            file=path.name,
         ) from e

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine.errors import GenerationFailed
+from engine.errors import NOTHING, GenerationFailed, Phrase
 from engine.journal import SavedImage
 from engine.request import GenerationResult
 
@@ -47,11 +47,11 @@ class ResultFiles:
             # The job fails, so none of its files is wanted (a half-written .tmp, the images
             # written before this one, or an earlier try's): they would only hold the space.
             self._unlink([*paths, *(path.with_suffix(".tmp") for path in paths)])
-            full = e.errno in DISK_FULL
+            full = Phrase(": the disk is full", "disk_full") if e.errno in DISK_FULL else NOTHING
             raise GenerationFailed(
-                "Could not save the picture"
-                + (": the disk is full" if full else "")
-                + "; the admin has been told in the log."
+                f"Could not save the picture{full}; the admin has been told in the log.",
+                key="cannot_save",
+                full=full,
             ) from e
         return saved
 

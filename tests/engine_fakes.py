@@ -144,7 +144,8 @@ class FakeGenerate:
         images = sum(r.batch_size for r in requests)
         if self.oom_above is not None and images > self.oom_above:
             raise GenerationFailed(
-                "Out of GPU memory: try a smaller size or fewer images at once."
+                "Out of GPU memory: try a smaller size or fewer images at once.",
+                key="out_of_memory",  # as generate() says it
             ) from MemoryError("CUDA out of memory")
         if any(r.prompt in self.failing for r in requests):
             raise RuntimeError("kaput: /secret/path/model.safetensors")

@@ -64,10 +64,13 @@ def uc_preset_name(name: str) -> str:
     key = re.sub(r"[^a-z]", "", name.lower())
     if key in _UC_ALIASES:
         return _UC_ALIASES[key]
+    lqba, lq, none = f'"{LOW_QUALITY_BAD_ANATOMY}" (lqba)', '"Low Quality" (lq)', '"None"'
     raise InvalidRequest(
-        f"Unknown undesired-content preset {name!r}: use "
-        f'"{LOW_QUALITY_BAD_ANATOMY}" (lqba), "Low Quality" (lq) or "None".',
+        f"Unknown undesired-content preset {name!r}: use {lqba}, {lq} or {none}.",
         field="uc_preset",
+        key="unknown_uc_preset",
+        name=name,
+        choices=[lqba, lq, none],
     )
 
 
@@ -94,6 +97,9 @@ def nai_size(name: str) -> tuple[int, int]:
     raise InvalidRequest(
         f"Unknown size {name!r}: use WIDTHxHEIGHT or one of {', '.join(NAI_SIZES)}.",
         field="size",
+        key="unknown_size",
+        name=name,
+        sizes=list(NAI_SIZES),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InvalidRequest
+from engine.errors import PROMPT, InvalidRequest, Phrase
 
 # --- Extra-network tags <lora:name:1> -------------------------------------------------------
 
@@ -151,9 +151,16 @@ def _weight(number: str, token: str) -> float:
         raise InvalidRequest(
             f"The weight in {token!r} is not a number: write weights like (word:1.2).",
             field="prompt",
+            key="weight_not_number",
+            token=token,
         ) from None
     if not math.isfinite(weight):
-        raise InvalidRequest(f"The weight in {token!r} is too large.", field="prompt")
+        raise InvalidRequest(
+            f"The weight in {token!r} is too large.",
+            field="prompt",
+            key="weight_too_large",
+            token=token,
+        )
     return weight
 
 
@@ -204,6 +211,9 @@ def check_emphasis(emphasis: str) -> None:
         raise InvalidRequest(
             f"Unknown emphasis mode {emphasis!r}: use {', '.join(EMPHASIS_MODES)}.",
             field="emphasis",
+            key="unknown_emphasis",
+            emphasis=emphasis,
+            modes=list(EMPHASIS_MODES),
         )
 
 
@@ -212,7 +222,7 @@ def check_emphasis(emphasis: str) -> None:
 MAX_WEIGHT = 100.0
 
 
-def check_weights(text: str, steps: int, name: str = "prompt") -> None:
+def check_weights(text: str, steps: int, name: Phrase = PROMPT) -> None:
     """InvalidRequest if a weight in any scheduled form of `text` is beyond ±MAX_WEIGHT (nested
     brackets multiply: 49 pairs of `( )` are already 107)."""
     for _, scheduled in prompt_schedule(text, steps):
@@ -223,6 +233,11 @@ def check_weights(text: str, steps: int, name: str = "prompt") -> None:
                     f"The weight of {shown!r} in the {name} is {weight:.3g}: weights must be "
                     f"from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g} (nested brackets multiply).",
                     field="prompt",
+                    key="weight_out_of_range",
+                    text=shown,
+                    name=name,
+                    weight=weight,
+                    max=MAX_WEIGHT,
                 )
 
 
@@ -363,7 +378,11 @@ def _same_weights(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> boo
 def _check_syntax(syntax: str) -> None:
     if syntax not in SYNTAXES:
         raise InvalidRequest(
-            f"Unknown prompt syntax {syntax!r}: use {' or '.join(SYNTAXES)}.", field="syntax"
+            f"Unknown prompt syntax {syntax!r}: use {' or '.join(SYNTAXES)}.",
+            field="syntax",
+            key="unknown_syntax",
+            syntax=syntax,
+            choices=list(SYNTAXES),
         )
 
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.errors import InvalidRequest
+from engine.errors import NOTHING, InvalidRequest, Phrase
 
 # A1111's "second_order" samplers: two model calls per step, so prompt-editing schedules are
 # built for twice the steps (A1111 `SamplerData.total_steps`, `p.step_multiplier`).
@@ -118,9 +118,16 @@ def canonical_sampler(name: str) -> str:
     found = _BY_KEY.get(_key(name))
     if found is None:
         close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=1, cutoff=0.5)
-        hint = f" Did you mean {_BY_KEY[close[0]]!r}?" if close else ""
+        hint = NOTHING
+        if close:
+            suggestion = repr(_BY_KEY[close[0]])
+            hint = Phrase(f" Did you mean {suggestion}?", "did_you_mean", suggestion=suggestion)
         raise InvalidRequest(
             f"Unknown sampler {name!r}.{hint} Choose one of: {', '.join(SAMPLERS)}.",
             field="sampler",
+            key="unknown_sampler",
+            name=name,
+            hint=hint,
+            samplers=list(SAMPLERS),
         )
     return found
