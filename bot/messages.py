@@ -42,6 +42,12 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "Only the bot's admins can do that.",
         "zh": "只有管理员可以这样做。",
     },
+    "size_warning": {
+        "en": "Heads-up: {size} is {times} times this model's own {native}. On a CPU that is "
+        "slow{eta}, and the model draws best near {native}.",
+        "zh": "提示：{size} 是此模型原生尺寸 {native} 的 {times} 倍。在 CPU 上会很慢{eta}，"
+        "而且模型在接近 {native} 时画得最好。",
+    },
     "caption": {
         "en": "Seed {seed} · {model} · {steps} steps",
         "zh": "种子 {seed} · {model} · {steps} 步",
@@ -407,7 +413,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "web_welcome": {
         "en": (
             "Type a prompt and press Enter, e.g.\n"
-            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size portrait\n"
+            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size {size}\n"
             "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
             "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
             "--n COUNT, --model NAME, --clip-skip N. /draw in front works too, and so does a "
@@ -415,7 +421,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         ),
         "zh": (
             "输入提示词后按回车，例如：\n"
-            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size portrait\n"
+            "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size {size}\n"
             "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
             "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
             "--n 数量、--model 名称、--clip-skip N。前面加 /draw 也可以，粘贴 A1111 图片信息也行。"

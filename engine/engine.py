@@ -88,6 +88,7 @@ class EngineStatus:
     queued: int
     running: tuple[int, ...]
     swaps: int
+    device: str  # the loaded model's device type: "cpu", "cuda", "mps"
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -333,6 +334,7 @@ class Engine(Generic[M]):
             queued=len(self._queue),
             running=tuple(job.id for job in self._running if not job.done()),
             swaps=self._slot.swaps,
+            device=self._slot.device_type,
         )
 
     async def run_in_worker(self, fn: Callable[..., R], *args: Any) -> R:

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bot import messages
+from bot.advice import size_warning
 from bot.messages import LOCALES, Locale, locale_of, text
 from bot.parse import ParseError, read_request
 from bot.prefs import FIELDS, UserPrefs, UserSettingsStore
@@ -125,7 +126,9 @@ class WebChat:
             settings=prefs.prompt_settings(self.settings.prompt),
             max_chars=self.settings.limits.max_prompt_chars,
         )
-        return self.submit(parsed.request, WebReply(said=chat_text)), list(parsed.notes)
+        job = self.submit(parsed.request, WebReply(said=chat_text))
+        warning = size_warning(self.engine, job, locale)
+        return job, [*parsed.notes, *([warning] if warning else [])]
 
     def submit(self, request: GenerationRequest, reply: WebReply) -> Job:
         job = self.engine.submit(request, reply_to=str(reply))

@@ -242,7 +242,7 @@ async def test_a_pasted_infotext_and_full_width_commas_come_back_as_notes(chat: 
     ("lang", "text", "error"),
     [
         ("en", "cat --sed 5", "Error: Unknown flag --sed. Did you mean --seed? Known flags: "),
-        ("zh-CN", "cat --sed 5", "出错了：Unknown flag --sed. Did you mean --seed?"),
+        ("zh-CN", "cat --sed 5", "出错了：未知参数 --sed。你是不是想写 --seed？"),
         ("en", "cat --steps 51", "Error: steps 51 is not allowed: use 1 to 50"),
         ("en", "cat --model zeta", "Error: Unknown model 'zeta'."),
         ("en", "--seed 3", "Error: The prompt is empty"),
@@ -688,3 +688,13 @@ def test_the_web_table_is_checked_at_start_up(table: dict[str, Any], message: st
     with pytest.raises(SettingsError, match=message):
         from_dict({"web": table})
     assert from_dict({}).web == WebSettings(host="127.0.0.1", port=7860, local_admin=True)
+
+
+async def test_a_size_far_above_the_models_own_is_flagged_before_drawing(chat: Chat) -> None:
+    client = await chat.start()
+    reply = await post(client, "/api/draw", {"text": "1girl --size 256x256 --steps 2"})
+    [warning] = reply["notes"]
+    assert warning.startswith("Heads-up: 256x256 is 16 times this model's own 64x64.")
+    assert "On a CPU that is slow" in warning
+    small = await post(client, "/api/draw", {"text": "1girl --size 128x128 --steps 2"})
+    assert small["notes"] == []  # 4 times: fine

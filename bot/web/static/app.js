@@ -359,7 +359,8 @@ function applyState(state) {
   $("#model-select").replaceChildren(...state.models.map((name) => new Option(name, name)));
   showModel(state.model);
   if (first) {
-    say(t("web_welcome"), "info");
+    // The example's size is the current model's own (the demo model draws 128x128).
+    say(t("web_welcome", { size: `${state.defaults.width}x${state.defaults.height}` }), "info");
   }
   // What the user typed (the request has the prompt with its quality tags); nothing for a
   // button's job.
