@@ -2,14 +2,15 @@
 
 A job's one message (see `bot.discord.reply.Reply`) shows its queue position and ETA, then its
 steps and preview, then the images with their buttons; a job the journal hands back after a
-restart is delivered in its channel. A job is marked delivered once its result is shown.
+restart is delivered in its channel. A job is marked delivered once its result is shown. The
+result is tried again through transient failures (`Reply.show(retry=True)`); progress edits
+are best effort (the next one comes anyway), and never hold up the result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import discord
 
 from bot.discord.client import AidrawBot
-from bot.discord.reply import Reply
+from bot.discord.reply import TRANSIENT, Attachment, Reply
 from bot.discord.views import job_view
 from bot.messages import Locale, error_text, text
 from bot.wordlist import find_word
@@ -93,7 +94,7 @@ class Delivery:
         except EngineClosed:
             return  # shutting down: the journal keeps the job and close() said so
         except asyncio.CancelledError:
-            with contextlib.suppress(discord.HTTPException, TimeoutError):
+            with contextlib.suppress(discord.HTTPException, *TRANSIENT):
                 restarting = text("discord_restarting", locale)
                 await asyncio.wait_for(reply.show(restarting, files=[], view=None), SHUTDOWN_EDIT_S)
             raise
@@ -103,10 +104,7 @@ class Delivery:
         except EngineError as e:
             await self._finish(reply, job, error_text(e, locale), [], None)
             return
-        files = [
-            discord.File(io.BytesIO(r.png), f"aidraw-{job.id}-{r.seed}.png", spoiler=spoiler)
-            for r in results
-        ]
+        files = [Attachment(f"aidraw-{job.id}-{r.seed}.png", r.png, spoiler) for r in results]
         view = job_view(("reroll", "vary", "edit", "delete"), job.id, locale)
         seeds = [r.seed for r in results]
         content = caption(job.id, results[0].request, seeds, notes, locale)
@@ -117,16 +115,16 @@ class Delivery:
         reply: Reply,
         job: Job,
         content: str,
-        files: list[discord.File],
+        files: list[Attachment],
         view: discord.ui.View | None,
     ) -> None:
         try:
-            await reply.show(content, files=files, view=view)
+            await reply.show(content, files=files, view=view, retry=True)
         except (discord.Forbidden, discord.NotFound) as e:
             log.warning("discord: job %d: cannot reply to %s: %s", job.id, job.reply_to, e)
-        except discord.HTTPException as e:
+        except (discord.HTTPException, *TRANSIENT) as e:
             # Left undelivered: after the next restart the journal hands the job out again.
-            log.warning("discord: job %d: reply failed, kept for later: %s", job.id, e)
+            log.error("discord: job %d: reply failed, kept for later: %r", job.id, e)
             return
         with contextlib.suppress(EngineClosed):
             self.engine.mark_delivered(job.id)
@@ -152,11 +150,11 @@ class Delivery:
             preview = progress.preview
             files = None
             if preview is not None and (shown is None or preview != shown[1]):
-                files = [discord.File(io.BytesIO(preview), "preview.png")]
+                files = [Attachment("preview.png", preview)]
             try:
                 await reply.show(content, files=files, view=view)
-            except discord.HTTPException as e:  # progress is best effort; the result is not
-                log.warning("discord: job %d: status edit failed: %s", job.id, e)
+            except (discord.HTTPException, *TRANSIENT) as e:  # best effort; the result is not
+                log.warning("discord: job %d: status edit failed: %r", job.id, e)
             shown = (content, preview)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), self.settings.bot.progress_interval_s)

@@ -2,19 +2,71 @@
 
 A job's status message is the interaction's own reply while its token lasts (15 minutes), then a
 channel message that mentions the requester.
+
+discord.py tries a request again after a 429, after some 5xx (REST: 500, 502, 504, 524; the
+interaction webhooks: any 5xx) and after a reset connection on BSD and Windows only (errno 54,
+10054; Linux says 104), five tries with 1-9 s waits. Anything else is raised at once: a 503
+from the REST API, a refused, reset or dropped connection, a timeout. `Reply.show(retry=True)`
+covers those with its own bounded backoff (`RETRY`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
+import logging
+import random
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import aiohttp
 import discord
 from discord.ext import commands
 
+log = logging.getLogger(__name__)
+
 # Interaction tokens last 15 minutes; this long before that, replies move to the channel.
 TOKEN_MARGIN_S = 60.0
+
+# What is worth another try: Discord failing (after discord.py's own tries), or the network.
+TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Waits between the tries of a reply after transient failures: capped exponential, with
+    jitter, for at most `total_s` after the first failure (bot/telegram/replies.py keeps the
+    same schedule for Telegram)."""
+
+    first_s: float = 0.5
+    max_s: float = 8.0
+    total_s: float = 60.0
+
+    def wait(self, failures: int) -> float:
+        """Half the capped exponential step, plus up to as much again at random ("equal
+        jitter", AWS Architecture Blog, "Exponential Backoff And Jitter", 2015)."""
+        step = min(self.max_s, self.first_s * 2**failures)
+        return step / 2 + random.uniform(0, step / 2)
+
+
+RETRY = Backoff()
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file for a message, kept as bytes: every try sends a new discord.File (one that was
+    sent is spent)."""
+
+    filename: str
+    data: bytes
+    spoiler: bool = False
+
+    def file(self) -> discord.File:
+        return discord.File(io.BytesIO(self.data), self.filename, spoiler=self.spoiler)
 
 
 def clip(content: str, limit: int = 2000) -> str:
@@ -43,9 +95,54 @@ class Reply:
         self.message: discord.Message | None = None
 
     async def show(
-        self, content: str, *, files: list[discord.File] | None, view: discord.ui.View | None
+        self,
+        content: str,
+        *,
+        files: Sequence[Attachment] | None,
+        view: discord.ui.View | None,
+        retry: bool = False,
     ) -> None:
-        """Edit the message to this (files None: keep its attachments), or send it."""
+        """Edit the message to this (files None: keep its attachments), or send it.
+
+        With `retry`, a transient failure (`TRANSIENT`) is tried again with RETRY's backoff,
+        then raised. Every try is safe to repeat: an edit sets the same message again, and a
+        new channel message keeps one nonce over its tries, which Discord enforces (a repeat
+        returns the first message instead of posting another).
+        """
+        nonce = secrets.randbits(63)
+        loop = asyncio.get_running_loop()
+        failures = 0
+        deadline = 0.0
+        while True:
+            try:
+                await self._show(content, files, view, nonce)
+                return
+            except TRANSIENT as e:
+                if not retry:
+                    raise
+                if not failures:
+                    deadline = loop.time() + RETRY.total_s
+                wait = RETRY.wait(failures)
+                failures += 1
+                if loop.time() + wait > deadline:
+                    raise
+                log.warning(
+                    "discord: reply to %d failed (%r): try %d in %.1f s",
+                    self.channel_id,
+                    e,
+                    failures + 1,
+                    wait,
+                )
+            await asyncio.sleep(wait)
+
+    async def _show(
+        self,
+        content: str,
+        attachments: Sequence[Attachment] | None,
+        view: discord.ui.View | None,
+        nonce: int,
+    ) -> None:
+        files = None if attachments is None else [a.file() for a in attachments]
         interaction = self.interaction
         if interaction is not None:
             left = interaction.expires_at - discord.utils.utcnow()
@@ -70,7 +167,7 @@ class Reply:
         extra = {"view": view} if view is not None else {}
         channel = self.bot.get_partial_messageable(self.channel_id)
         self.message = await channel.send(
-            content, files=files or [], allowed_mentions=mentions, **extra
+            content, files=files or [], allowed_mentions=mentions, nonce=nonce, **extra
         )
 
     @property

@@ -2,8 +2,9 @@
 
 `run_telegram()` is what `aidraw run` starts (bot/launcher.py); `register(app)` adds the
 handlers of bot/telegram/handlers.py, and `resume_recovered` follows the jobs from before a
-restart. AIDRAW_TELEGRAM_API_URL points the bot at another Bot API server (a local one, or the
-tests' fake).
+restart. Updates come from bot/telegram/polling.py's `Poller`, not PTB's Updater: it confirms
+an update to Telegram only once its job is journaled. AIDRAW_TELEGRAM_API_URL points the bot
+at another Bot API server (a local one, or the tests' fake).
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterable
-from typing import Any, TypeAlias
+from typing import Any
 
 from telegram import Bot, BotCommand, BotCommandScopeChat, Update
 from telegram.error import BadRequest
 from telegram.ext import (
-    Application,
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
@@ -47,7 +47,8 @@ from bot.telegram.handlers import (
     settings_command,
     text_message,
 )
-from bot.telegram.replies import PREFIX, Deps, ReplyTo, follow
+from bot.telegram.polling import Poller
+from bot.telegram.replies import PREFIX, App, Deps, ReplyTo, follow
 from engine.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,17 @@ log = logging.getLogger(__name__)
 API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
 COMMANDS = ("draw", "help", "queue", "cancel", "settings", "history", "start")
 ADMIN_COMMANDS = ("model", "pause", "resume")
-
-App: TypeAlias = "Application[Any, Any, Any, Any, Any, Any]"
+UPDATES = ("message", "callback_query")
 
 
 def register(app: App) -> None:
-    """Add every handler. Handlers that wait for a job run with block=False, so one user's
-    drawing never holds up anyone else's updates."""
+    """Add every handler. The ones that submit a job block only until it is journaled (the
+    update is confirmed after that: bot/telegram/polling.py) and follow it in a task; slow
+    ones that journal nothing run with block=False. So one user's drawing never holds up
+    anyone else's updates."""
     app.add_handler(TypeHandler(Update, gate), group=-1)
     app.add_handler(CommandHandler(("start", "help"), help_command))
-    app.add_handler(CommandHandler("draw", draw_command, block=False))
+    app.add_handler(CommandHandler("draw", draw_command))
     app.add_handler(CommandHandler("queue", queue_command))
     app.add_handler(CommandHandler("cancel", cancel_command))
     app.add_handler(CommandHandler("history", history_command))
@@ -72,12 +74,11 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler("model", model_command, block=False))
     app.add_handler(CommandHandler(("pause", "resume"), pause_command))
     app.add_handler(CommandHandler(("vae", "hypernetwork"), not_available_command))
-    app.add_handler(
-        CallbackQueryHandler(button, pattern=r"^(c:\d+|r:\d+|[vd]:\d+:\d+)$", block=False)
-    )
+    app.add_handler(CallbackQueryHandler(button, pattern=r"^(r:\d+|v:\d+:\d+)$"))
+    app.add_handler(CallbackQueryHandler(button, pattern=r"^(c:\d+|d:\d+:\d+)$", block=False))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))
     prompts = filters.TEXT & ~filters.COMMAND & (filters.ChatType.PRIVATE | filters.REPLY)
-    app.add_handler(MessageHandler(prompts, text_message, block=False))
+    app.add_handler(MessageHandler(prompts, text_message))
     app.add_error_handler(on_error)
 
 
@@ -88,7 +89,9 @@ def file_url(base_url: str) -> str:
 
 
 def build_application(token: str) -> App:
-    builder = ApplicationBuilder().token(token)
+    # No Updater: the Poller fetches updates (it confirms them only after their jobs are
+    # journaled, which the Updater cannot).
+    builder = ApplicationBuilder().token(token).updater(None)
     if base_url := os.environ.get(API_URL_ENV, "").strip():
         builder = builder.base_url(base_url).base_file_url(file_url(base_url))
     return builder.build()
@@ -110,6 +113,12 @@ async def set_commands(bot: Bot, admins: Iterable[str]) -> None:
                 await bot.set_my_commands(commands + extra, scope=scope, language_code=language)
             except BadRequest as e:  # the admin has not opened a chat with the bot yet
                 log.info("no admin commands for %s: %s", admin, e.message)
+
+
+def journaled_updates(deps: Deps) -> set[int]:
+    """The update ids that the journal's unanswered Telegram jobs came from."""
+    replies = (ReplyTo.parse(job.reply_to) for job in deps.engine.recovered())
+    return {reply.update_id for reply in replies if reply is not None and reply.update_id}
 
 
 def resume_recovered(app: App, deps: Deps) -> int:
@@ -139,14 +148,13 @@ async def run_telegram(
     async with app:
         await set_commands(app.bot, engine.config.admins)
         await app.start()
-        assert app.updater is not None
-        await app.updater.start_polling(allowed_updates=["message", "callback_query"])
+        poller = Poller(app, UPDATES, journaled_updates(deps))
         recovered = resume_recovered(app, deps)
         log.info("telegram: polling as @%s; %d job(s) from before", app.bot.username, recovered)
         try:
-            await asyncio.Event().wait()  # until the launcher cancels us
+            await poller.run()  # until the launcher cancels us
         finally:
-            await app.updater.stop()
+            await poller.confirm()
             # Followers wait for jobs, and the engine closes only after the frontends: stop
             # them (the journal keeps their jobs), or app.stop() would wait for the jobs.
             deps.closing = True

@@ -1,8 +1,8 @@
 """Telegram handlers: prompts by message or /draw, commands, buttons, admin, the one on_error.
 
 A prompt goes parse → policy → `start_job` (bot/telegram/replies.py: status message, submit,
-progress, pictures). Handlers stay thin; errors go to the one `on_error`. bot/telegram/app.py
-registers them and keeps their `Deps` in `bot_data[DEPS_KEY]`.
+then progress and pictures in a task). Handlers stay thin; errors go to the one `on_error`.
+bot/telegram/app.py registers them and keeps their `Deps` in `bot_data[DEPS_KEY]`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from bot.telegram.replies import (
 )
 from bot.telegram.settings_text import read_settings, show_settings, typed_settings
 from bot.wordlist import find_word
+from engine.checks import check_request
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
-from engine.generate import check_request
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ async def _draw(update: Update, context: Context, prompt: str) -> None:
     spoiler = check_policy(deps.settings.telegram, parsed.request.prompt, locale)
     await start_job(
         deps,
-        context.bot,
+        context.application,
+        update,
         parsed.request,
         chat_id=chat.id,
         reply_to=message.message_id,
@@ -400,7 +401,8 @@ async def button(update: Update, context: Context) -> None:
     await query.answer()
     await start_job(
         deps,
-        context.bot,
+        context.application,
+        update,
         request,
         chat_id=chat_id,
         reply_to=message.message_id,

@@ -1,9 +1,11 @@
 """What a Telegram chat sees of a job: one status message, then the pictures.
 
-`start_job` sends the status message and submits; `follow` edits the status with queue position
-and progress at most every progress_interval_s (flood control only delays it), then sends each
-image as a photo with its buttons and deletes the status. Buttons carry only a job id
-("r:12", "v:12:0"), so they work after a restart: the job is looked up in the journal.
+`start_job` sends the status message and submits, then leaves the job to `follow` in a task;
+`follow` edits the status with queue position and progress at most every progress_interval_s
+(flood control only delays it), then sends each image as a photo with its buttons and deletes
+the status. Buttons carry only a job id ("r:12", "v:12:0"), so they work after a restart: the job
+is looked up in the journal. Replies that matter go through bot/telegram/retries.py's
+`send_retrying` (flood control, 5xx and network failures; it says which calls are tried again).
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, cast
 
 from telegram import (
     Bot,
@@ -25,12 +26,15 @@ from telegram import (
     InputMediaPhoto,
     Message,
     ReplyParameters,
+    Update,
 )
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
+from telegram.ext import Application
 
 from bot.messages import Locale, error_text, text
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings
+from bot.telegram.retries import retry_seconds, send_retrying
 from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.job import Job
@@ -41,8 +45,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "telegram:"
 MAX_CAPTION = 1024  # Telegram counts UTF-16 code units
-SEND_ATTEMPTS = 5  # flood-control waits before a reply is given up
-T = TypeVar("T")
+App: TypeAlias = "Application[Any, Any, Any, Any, Any, Any]"
 
 
 @dataclass
@@ -58,22 +61,29 @@ class Deps:
 
 @dataclass(frozen=True)
 class ReplyTo:
-    """Where a job's reply goes; the engine keeps `str(reply)` in its journal as `reply_to`."""
+    """Where a job's reply goes; the engine keeps `str(reply)` in its journal as `reply_to`.
+
+    `update_id` is the update that asked for the job (0: not known, as in journals written
+    before it was kept): bot/telegram/polling.py skips it if Telegram sends it again.
+    """
 
     chat_id: int
     message_id: int  # the message the pictures answer
-    status_id: int  # the status message edited meanwhile
+    status_id: int  # the status message edited meanwhile (0: none yet, the job sends one)
     locale: Locale
+    update_id: int = 0
 
     def __str__(self) -> str:
-        return f"{PREFIX}{self.chat_id}:{self.message_id}:{self.status_id}:{self.locale}"
+        base = f"{PREFIX}{self.chat_id}:{self.message_id}:{self.status_id}:{self.locale}"
+        return f"{base}:{self.update_id}" if self.update_id else base
 
     @classmethod
     def parse(cls, value: str) -> ReplyTo | None:
-        match = re.fullmatch(r"telegram:(-?\d+):(\d+):(\d+):(en|zh)", value)
+        match = re.fullmatch(r"telegram:(-?\d+):(\d+):(\d+):(en|zh)(?::(\d+))?", value)
         if match is None:
             return None
-        return cls(int(match[1]), int(match[2]), int(match[3]), cast(Locale, match[4]))
+        chat, message, status, locale = int(match[1]), int(match[2]), int(match[3]), match[4]
+        return cls(chat, message, status, cast(Locale, locale), int(match[5] or 0))
 
     @property
     def group(self) -> bool:
@@ -148,27 +158,6 @@ def variation(record: JobRecord, index: int, strength: float) -> GenerationReque
     """A1111's variation seed: image `index`'s seed, moved `strength` toward random noise."""
     seed = record.images[index].seed
     return dataclasses.replace(record.request, seed=seed, subseed=None, subseed_strength=strength)
-
-
-def retry_seconds(error: RetryAfter) -> float:
-    """RetryAfter.retry_after in seconds: an int, or a timedelta with PTB_TIMEDELTA=true."""
-    value = error.retry_after
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-async def send_retrying(call: Callable[[], Awaitable[T]], what: str) -> T:
-    """`call()`, repeated after each flood-control wait Telegram asks for (RetryAfter)."""
-    attempt = 1
-    while True:
-        try:
-            return await call()
-        except RetryAfter as e:
-            if attempt >= SEND_ATTEMPTS:
-                raise
-            wait = retry_seconds(e)
-            log.info("flood control on %s: trying again in %.1f s", what, wait)
-            await asyncio.sleep(wait)
-            attempt += 1
 
 
 def replying(message_id: int) -> ReplyParameters:
@@ -264,14 +253,15 @@ class StatusMessage:
         if self.photo:
             await self.delete()  # a preview photo: a text message replaces it
         self.previews = self.photo = False
+        show = functools.partial(self._show, body, None, None)
         try:
-            await send_retrying(functools.partial(self._show, body, None, None), "status")
+            await send_retrying(show, "status", idempotent=self.message_id != 0)  # an edit
         except BadRequest as e:
             if "not modified" in e.message:
                 return
             log.info("status message in chat %d is gone (%s)", self.reply.chat_id, e.message)
             self.message_id = 0
-            await send_retrying(functools.partial(self._show, body, None, None), "status")
+            await send_retrying(show, "status")
 
     async def delete(self) -> None:
         if self.message_id:
@@ -279,15 +269,17 @@ class StatusMessage:
             self.message_id = 0
 
     async def _delete(self, message_id: int) -> None:
+        delete = functools.partial(self.bot.delete_message, self.reply.chat_id, message_id)
         try:
-            await self.bot.delete_message(self.reply.chat_id, message_id)
+            await send_retrying(delete, "delete", idempotent=True)
         except TelegramError as e:  # already gone, or too old to delete: nothing to clean up
             log.info("status message %d not deleted: %r", message_id, e)
 
 
 async def start_job(
     deps: Deps,
-    bot: Bot,
+    app: App,
+    update: Update,
     request: GenerationRequest,
     *,
     chat_id: int,
@@ -296,24 +288,34 @@ async def start_job(
     notes: tuple[str, ...] = (),
     spoiler: bool = False,
 ) -> None:
-    """Send the status message, submit (its id goes into the journal), then follow the job."""
-    status = await send_retrying(
-        functools.partial(
-            bot.send_message,
-            chat_id,
-            status_text(None, locale, notes),
-            reply_parameters=replying(reply_to),
-        ),
-        "status",
-    )
-    reply = ReplyTo(chat_id, reply_to, status.message_id, locale)
+    """Send the status message and submit (the journal keeps the status message's id and the
+    update's), then follow the job in a task of `app`: its errors reach on_error as a
+    handler's would.
+
+    Returns once the job is journaled, not when it is drawn: bot/telegram/polling.py confirms
+    the update to Telegram only after this returned, so nothing here waits long. A status
+    message that cannot be sent now (flood control, the network) is left to the job, which
+    sends one as soon as it can.
+    """
+    bot = app.bot
+    try:
+        status: Message | None = await bot.send_message(
+            chat_id, status_text(None, locale, notes), reply_parameters=replying(reply_to)
+        )
+    except (RetryAfter, NetworkError) as e:
+        if isinstance(e, BadRequest):
+            raise
+        log.info("status message in chat %d not sent now (%s); the job sends it", chat_id, e)
+        status = None
+    reply = ReplyTo(chat_id, reply_to, status.message_id if status else 0, locale, update.update_id)
     try:
         job = deps.engine.submit(request, reply_to=str(reply))
     except EngineError as e:
-        await send_retrying(functools.partial(status.edit_text, error_text(e, locale)), "status")
+        await StatusMessage(bot, reply, previews=False, spoiler=False).last(error_text(e, locale))
         return
     log.info("telegram job %d from %s in chat %d", job.id, request.requester, chat_id)
-    await follow(deps, bot, job, reply, spoiler=spoiler, notes=notes)
+    following = follow(deps, bot, job, reply, spoiler=spoiler, notes=notes)
+    app.create_task(following, update=update, name=f"telegram job {job.id}")
 
 
 async def follow(
@@ -354,7 +356,16 @@ async def follow(
             await status.last(words)
             deps.engine.mark_delivered(job.id)
             return
-        await send_results(deps, bot, job, results, reply, spoiler=spoiler, notes=notes)
+        try:
+            await send_results(deps, bot, job, results, reply, spoiler=spoiler, notes=notes)
+        except TelegramError as e:
+            log.error(
+                "job %d: pictures not delivered (%s); the journal keeps the job undelivered, "
+                "and the next start sends them",
+                job.id,
+                e,
+            )
+            raise
         deps.engine.mark_delivered(job.id)  # before the clean-up: the pictures are what counts
         await status.delete()
     finally:

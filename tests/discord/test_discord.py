@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from bot.discord import reply
 from bot.discord.bot import run_discord
 from bot.prefs import UserSettingsStore
 from bot.settings import BotSettings, DiscordSettings, Settings
@@ -430,6 +431,56 @@ async def test_429_on_edits_is_retried_and_the_job_delivered(world: World, dc: F
     assert dc.count("webhook_message_edit", status=429) == 2
     assert engine.record(1).delivered  # type: ignore[union-attr]
     assert infotext_of(dc.attachment_data(message["attachments"][0])).endswith("Version: test")
+
+
+async def test_dropped_connections_neither_lose_nor_repeat_the_result(
+    world: World, dc: FakeDiscord
+) -> None:
+    world.interval_s = 30.0  # one status edit, then the result
+    engine = await world.start()
+    world.gen.hold()
+    dc.stall_next("webhook_message_edit", "drop")  # the status edit: best effort, skipped
+    slash = await dc.slash("draw", {"prompt": "a cat --seed 3"})
+    await dc.wait_for("webhook_message_edit", status=0)
+    dc.stall_next("webhook_message_edit", "drop_done")  # the result is shown; the answer lost
+    world.gen.release()
+    message = await final(dc, slash, "-3.png")
+    await dc.wait_until(lambda: engine.record(1).delivered)  # type: ignore[union-attr]
+    assert [c.status for c in dc.calls if c.route == "webhook_message_edit"] == [0, 0, 200]
+    assert message["content"].startswith("Job 1 · Seed 3 · alpha")
+    assert len(message["attachments"]) == 1
+
+
+async def test_a_reply_that_keeps_failing_is_left_for_the_restart_and_sent_once(
+    world: World,
+    dc: FakeDiscord,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(reply, "RETRY", reply.Backoff(first_s=0.02, max_s=0.05, total_s=0.3))
+    world.interval_s = 30.0
+    engine = await world.start()
+    world.gen.hold()
+    await dc.slash("draw", {"prompt": "a cat --seed 3"})
+    await dc.wait_for("webhook_message_edit")  # the status
+    dc.stall_next("webhook_message_edit", "drop", times=100)
+    world.gen.release()
+    await dc.wait_until(lambda: "reply failed, kept for later" in caplog.text)
+    assert dc.count("webhook_message_edit", status=0) > 2
+    record = engine.record(1)
+    assert record is not None and record.state == "done" and not record.delivered
+
+    dc.clear_faults()
+    # After the restart, a 503 (discord.py does not retry it on the REST API), then a message
+    # that is posted but whose answer is lost: the next try's nonce makes Discord return it.
+    dc.fail_next("message_send", 503, 0, "Service Unavailable")
+    dc.stall_next("message_send", "drop_done")
+    engine = await world.restart()
+    await dc.wait_until(lambda: engine.record(1).delivered, timeout=10)  # type: ignore[union-attr]
+    assert [c.status for c in dc.calls if c.route == "message_send"] == [503, 0, 200]
+    (posted,) = [m for m in dc.messages.values() if not m.get("interaction_metadata")]
+    assert posted["content"].startswith(f"<@{USER_ID}> Job 1 · Seed 3 · alpha")
+    assert posted["attachments"][0]["filename"] == "aidraw-1-3.png"
 
 
 async def test_progress_edits_at_most_every_interval(

@@ -10,7 +10,7 @@ import struct
 from collections import defaultdict, deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self
 
 from aiohttp import web
 
@@ -33,6 +33,20 @@ class Canned(NamedTuple):
     status: int
     body: dict[str, Any]
     headers: dict[str, str]
+
+
+class Stall(NamedTuple):
+    """A queued network fault: the request waits `seconds` (inf: until the client gives up),
+    then `then` happens. "answer": it is handled and answered normally (a slow server);
+    "drop": the connection closes with no answer and nothing done (a lost request); "drop_done":
+    the method takes effect, then the connection closes (only the answer was lost, so the client
+    cannot tell whether it worked). A call that got no answer is recorded with status 0."""
+
+    seconds: float
+    then: Literal["answer", "drop", "drop_done"]
+
+
+NO_ANSWER = 0  # the status recorded for a call whose connection was dropped
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
@@ -61,6 +75,7 @@ async def read_form(request: web.Request) -> tuple[dict[str, str], list[Upload]]
     for name, value in form.items():
         if isinstance(value, web.FileField):
             uploads.append(Upload(name, value.filename, value.content_type, value.file.read()))
+            value.file.close()  # aiohttp closes it when the answer is sent: not if we drop it
         elif isinstance(value, bytes | bytearray):
             fields[name] = bytes(value).decode()
         else:
@@ -208,9 +223,42 @@ class FakeServer:
         return sum(1 for c in self.calls if c[0] == name and self._status_matches(c, status))
 
     # --- canned failures ---------------------------------------------------------------------
-    def _fail_next(self, name: str, canned: Canned) -> None:
+    def _fail_next(self, name: str, canned: Canned | Stall) -> None:
         self._canned[name].append(canned)
 
-    def _take_canned(self, name: str) -> Canned | None:
+    def _take_canned(self, name: str) -> Canned | Stall | None:
         queue = self._canned.get(name)
         return queue.popleft() if queue else None
+
+    def clear_faults(self) -> None:
+        """Forget every queued error answer and stall."""
+        self._canned.clear()
+
+    def stall_next(
+        self,
+        name: str,
+        then: Literal["answer", "drop", "drop_done"],
+        *,
+        seconds: float = 0.0,
+        times: int = 1,
+    ) -> None:
+        """The next `times` calls named `name` stall (see `Stall`; queued with the canned
+        errors, one per call)."""
+        for _ in range(times):
+            self._fail_next(name, Stall(seconds, then))
+
+    @staticmethod
+    async def _stall(request: web.Request, seconds: float) -> None:
+        """Hold a request `seconds` (inf: until the client disconnects, which cancels us)."""
+        if seconds == float("inf"):
+            await asyncio.Event().wait()
+        await asyncio.sleep(seconds)
+
+    @staticmethod
+    async def _drop(request: web.Request) -> web.Response:
+        """Close the connection without an answer; the client sees it reset or disconnected."""
+        if request.transport is not None:
+            request.transport.close()
+        # Closing the transport cancels this handler (handler_cancellation); wait for that.
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.base import Canned, FakeServer, Upload, png_size, read_form
+from tests.fakes.base import NO_ANSWER, Canned, FakeServer, Stall, Upload, png_size, read_form
 from tests.fakes.discord_schema import command_data
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class FakeDiscord(FakeServer):
         self._seq = 0
         self._last_snowflake = 0
         self._dm_channels: dict[int, int] = {}
+        self._nonces: dict[str, int] = {}  # enforce_nonce: message id by nonce
 
     # --- addresses -----------------------------------------------------------------------------
     @property
@@ -251,9 +252,19 @@ class FakeDiscord(FakeServer):
                 record(401)
                 return _json({"message": "401: Unauthorized", "code": 0}, 401)
             canned = self._take_canned(name)
-            if canned is not None:
+            if isinstance(canned, Canned):
                 record(canned.status)
                 return _json(canned.body, canned.status, canned.headers)
+            if isinstance(canned, Stall) and canned.then != "answer":
+                record(NO_ANSWER)
+                if canned.then == "drop_done":
+                    with contextlib.suppress(DiscordError):  # failed or not, nobody is told
+                        func(payload, uploads, params, query)
+                    self._notify()
+                await self._stall(request, canned.seconds)
+                return await self._drop(request)
+            if isinstance(canned, Stall):
+                await self._stall(request, canned.seconds)
             try:
                 result = func(payload, uploads, params, query)
             except DiscordError as exc:
@@ -1028,9 +1039,18 @@ class FakeDiscord(FakeServer):
         channel = self.channels.get(channel_id) or self._channel(channel_id, GUILD_ID, 0, None)
         guild_id = int(channel["guild_id"]) if channel.get("guild_id") else None
         body = payload or {}
+        nonce = str(body.get("nonce") or "")
+        if nonce and body.get("enforce_nonce") and nonce in self._nonces:
+            # Discord: a second message with the same nonce returns the first (for a few minutes).
+            known = self.messages.get(self._nonces[nonce])
+            if known is not None:
+                return known
         message = self._new_message(
             body, uploads, channel_id=channel_id, guild_id=guild_id, flags=0, interaction=None
         )
+        if nonce:
+            message["nonce"] = nonce
+            self._nonces[nonce] = int(message["id"])
         if reference := body.get("message_reference"):
             message["message_reference"] = reference
             message["type"] = 19

@@ -14,6 +14,7 @@ callback_data > 64 bytes, answering a callback query twice). Photos are stored a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mimetypes
 import time
@@ -22,7 +23,16 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from tests.fakes.base import Canned, FakeServer, Upload, decode_json_field, png_size, read_form
+from tests.fakes.base import (
+    NO_ANSWER,
+    Canned,
+    FakeServer,
+    Stall,
+    Upload,
+    decode_json_field,
+    png_size,
+    read_form,
+)
 
 TOKEN = "123456:TEST-TOKEN"
 BOT_ID = 123456
@@ -113,6 +123,7 @@ class FakeTelegram(FakeServer):
         self._file_paths: dict[str, str] = {}
         self._callbacks: dict[str, bool] = {}  # callback query id -> answered
         self._poller = 0
+        self._confirm_watch: tuple[int, Callable[[], None], bool] | None = None
         self._methods: dict[str, Callable[[dict[str, Any], dict[str, Upload]], Any]] = {
             "getMe": lambda p, f: self._get_me(),
             "logOut": lambda p, f: True,
@@ -181,6 +192,20 @@ class FakeTelegram(FakeServer):
         if parameters:
             body["parameters"] = parameters
         self._fail_next(method, Canned(error_code, body, {}))
+
+    def hang_next(self, method: str, *, done: bool = False, times: int = 1) -> None:
+        """The next `times` `method` calls get no answer until the client gives up (its read
+        timeout); with `done`, Telegram did the call anyway (e.g. the photo is in the chat)."""
+        self.stall_next(method, "drop_done" if done else "drop", seconds=float("inf"), times=times)
+
+    def on_confirm(self, update_id: int, action: Callable[[], None], *, lost: bool = False) -> None:
+        """Run `action` once, as soon as a getUpdates arrives whose offset confirms `update_id`
+        (the moment Telegram would forget the update), before anything else happens to it.
+
+        `lost=True` then drops that getUpdates unanswered and unapplied, as if it never reached
+        Telegram: the update stays pending and is sent again to the next poller.
+        """
+        self._confirm_watch = (update_id, action, lost)
 
     # --- users and updates ---------------------------------------------------------------------
     def _user(self, user_id: int, language_code: str | None = None) -> dict[str, Any]:
@@ -332,10 +357,16 @@ class FakeTelegram(FakeServer):
         files = {u.field: u for u in uploads}
 
         canned = self._take_canned(method)
-        if canned is not None:
+        if isinstance(canned, Canned):
             self._record(Call(method, params, files, canned.status))
             return web.json_response(canned.body, status=canned.status, headers=canned.headers)
+        if isinstance(canned, Stall):
+            if canned.then != "answer":
+                return await self._stall_then_drop(request, canned, method, params, files)
+            await self._stall(request, canned.seconds)
         if method == "getUpdates":
+            if self._confirms_watched(params):
+                return await self._drop(request)
             self._record(Call(method, params, files))
             try:
                 result = await self._get_updates(params)
@@ -353,6 +384,38 @@ class FakeTelegram(FakeServer):
             return _error(exc.error_code, exc.description)
         self._record(Call(method, params, files))
         return web.json_response({"ok": True, "result": result})
+
+    async def _stall_then_drop(
+        self,
+        request: web.Request,
+        stall: Stall,
+        method: str,
+        params: dict[str, Any],
+        files: dict[str, Upload],
+    ) -> web.Response:
+        """A request that never gets an answer; with "drop_done" it takes effect first."""
+        self._record(Call(method, params, files, NO_ANSWER))
+        handler = self._methods.get(method)
+        if stall.then == "drop_done" and handler is not None:
+            with contextlib.suppress(ApiError):  # failed or not, the client is not told
+                handler(params, files)
+            self._notify()
+        await self._stall(request, stall.seconds)
+        return await self._drop(request)
+
+    def _confirms_watched(self, params: dict[str, Any]) -> bool:
+        """Run the `on_confirm` action if this getUpdates confirms the watched update; True if
+        the request is then to be lost."""
+        if self._confirm_watch is None:
+            return False
+        update_id, action, lost = self._confirm_watch
+        if int(params.get("offset") or 0) <= update_id:
+            return False
+        self._confirm_watch = None
+        action()
+        if lost:
+            self._record(Call("getUpdates", params, {}, NO_ANSWER))
+        return lost
 
     async def _handle_file(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:

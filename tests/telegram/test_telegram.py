@@ -21,8 +21,9 @@ from telegram.warnings import PTBDeprecationWarning
 from bot.messages import text
 from bot.prefs import UserPrefs, UserSettingsStore
 from bot.settings import BotSettings, Settings, TelegramSettings
+from bot.telegram import retries
 from bot.telegram.app import file_url, run_telegram
-from bot.telegram.replies import cut, retry_seconds
+from bot.telegram.replies import ReplyTo, cut, retry_seconds
 from bot.telegram.settings_text import read_settings
 from bot.wordlist import find_word
 from engine.engine import Engine
@@ -107,12 +108,20 @@ class Harness:
             await engine_task
         self.store.close()
 
-    async def reply(self, chat_id: int, predicate: Callable[[str], bool] | None = None) -> str:
+    async def reply(
+        self,
+        chat_id: int,
+        predicate: Callable[[str], bool] | None = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the deadline for the whole wait, like wait_for's
+    ) -> str:
         """The text of the bot's next sendMessage to `chat_id` matching `predicate` (by
         default: any but a job's first status message)."""
         wanted = predicate or (lambda text: text not in STATUS)
         call = await self.tg.wait_for(
-            "sendMessage", lambda c: c.params["chat_id"] == chat_id and wanted(c.params["text"])
+            "sendMessage",
+            lambda c: c.params["chat_id"] == chat_id and wanted(c.params["text"]),
+            timeout=timeout,
         )
         return str(call.params["text"])
 
@@ -375,6 +384,119 @@ async def test_cancel_while_queued(h: Harness) -> None:
         assert record is not None and record.state == "cancelled"
 
 
+# --- transient failures: what is tried again, what is left for the restart ----------------------
+
+
+async def test_photo_is_sent_once_through_5xx_answers(h: Harness) -> None:
+    engine = await h.start()
+    h.tg.fail_next("sendPhoto", 500, "Internal Server Error")
+    h.tg.fail_next("sendPhoto", 502, "Bad Gateway")
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.files["photo"].data == (QUALITY + "a cat|1").encode()
+    assert [c.status for c in h.tg.calls if c.method == "sendPhoto"] == [500, 502, 200]
+    assert len([m for m in h.tg.sent(USER) if "photo" in m]) == 1
+    await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
+
+
+async def test_a_photo_that_may_have_arrived_is_not_sent_again(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = await h.start()
+    h.tg.stall_next("sendPhoto", "drop_done")  # Telegram took the photo; its answer is lost
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.tg.wait_for("sendPhoto", status=0)
+    apology = await h.reply(USER, lambda t: t.startswith("Sorry"))  # on_error, as before
+    assert apology == text("failed")
+    assert h.tg.count("sendPhoto", status=None) == 1
+    assert len([m for m in h.tg.sent(USER) if "photo" in m]) == 1
+    record = engine.record(1)
+    assert record is not None and record.state == "done" and not record.delivered
+    assert "job 1: pictures not delivered" in caplog.text
+
+
+@pytest.mark.timeout(30)
+async def test_a_timed_out_photo_is_not_sent_again(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = await h.start()
+    h.tg.hang_next("sendPhoto", done=True)  # done, but no answer within PTB's read timeout
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.reply(USER, lambda t: t.startswith("Sorry"), timeout=15)
+    assert h.tg.count("sendPhoto", status=None) == 1
+    assert len([m for m in h.tg.sent(USER) if "photo" in m]) == 1
+    record = engine.record(1)
+    assert record is not None and not record.delivered
+    assert "job 1: pictures not delivered (Timed out)" in caplog.text
+
+
+async def test_dropped_edits_and_deletes_are_tried_again(h: Harness) -> None:
+    engine = await h.start(paused=True)
+    h.tg.push_text(USER, USER, "a dog")
+    status = await h.tg.wait_for("editMessageText", lambda c: "Queued: #1" in c.params["text"])
+    h.tg.stall_next("editMessageText", "drop")
+    h.tg.push_callback(USER, USER, status.params["message_id"], "c:1")
+    await h.tg.wait_for("editMessageText", status=0)
+    await h.tg.wait_for("editMessageText", lambda c: c.params["text"] == "Cancelled.")
+    await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
+
+    engine.resume()
+    h.tg.stall_next("deleteMessage", "drop_done")  # deleted, but the answer is lost
+    h.tg.stall_next("deleteMessage", "drop")
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.tg.wait_for("sendPhoto")
+    await h.tg.wait_for("deleteMessage", status=400)  # the third try: "not found", i.e. done
+    assert [m.get("text") for m in h.tg.sent(USER)] == ["Cancelled.", None]  # no status left
+
+
+async def test_photo_retries_give_up_and_leave_the_job_for_the_restart(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(retries, "RETRY", retries.Backoff(first_s=0.02, max_s=0.05, total_s=0.3))
+    engine = await h.start()
+    for _ in range(100):
+        h.tg.fail_next("sendPhoto", 500, "Internal Server Error")
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.reply(USER, lambda t: t.startswith("Sorry"))
+    assert h.tg.count("sendPhoto", status=500) > 2 and h.tg.count("sendPhoto") == 0
+    record = engine.record(1)
+    assert record is not None and record.state == "done" and not record.delivered
+    assert "job 1: pictures not delivered (Internal Server Error)" in caplog.text
+    assert "the next start sends them" in caplog.text
+
+    await h.stop()
+    h.tg.clear_faults()  # Telegram is back
+    engine = await h.start()
+    photo = await h.tg.wait_for("sendPhoto")
+    assert photo.files["photo"].data == (QUALITY + "a cat|1").encode()
+    await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
+    assert h.tg.count("sendPhoto") == 1 and h.fake.prompts == [[QUALITY + "a cat"]]
+
+
+async def test_flood_control_on_the_first_status_holds_up_no_update(h: Harness) -> None:
+    # The update is confirmed only after its job is journaled (bot/telegram/polling.py), so
+    # the handler does not wait out flood control: the job goes on and sends its status later.
+    engine = await h.start()
+    h.tg.rate_limit_next("sendMessage", retry_after=30)
+    h.tg.push_text(USER, USER, "a cat --seed 1")
+    await h.tg.wait_for("sendMessage", status=429)
+    h.tg.push_text(OTHER, OTHER, "/help")
+    assert (await h.reply(OTHER)).startswith("Send me a prompt")
+    await h.tg.wait_for("sendPhoto")
+    await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
+    record = engine.record(1)
+    assert record is not None
+    assert ReplyTo.parse(record.reply_to) == ReplyTo(USER, 1, 0, "en", update_id=1)
+
+
+def test_reply_to_keeps_the_update_and_reads_old_journals() -> None:
+    reply = ReplyTo(USER, 5, 6, "zh", update_id=99)
+    assert str(reply) == f"telegram:{USER}:5:6:zh:99"
+    assert ReplyTo.parse(str(reply)) == reply
+    assert ReplyTo.parse(f"telegram:{GROUP}:5:6:en") == ReplyTo(GROUP, 5, 6, "en", update_id=0)
+    assert ReplyTo.parse(f"discord:{USER}:5") is None
+
+
 # --- flood control and limits --------------------------------------------------------------------
 
 
@@ -555,7 +677,7 @@ def test_read_settings() -> None:
 async def test_chinese_users_get_chinese_replies(h: Harness) -> None:
     await h.start()
     h.tg.push_text(USER, USER, "a cat --sede 5", language_code="zh-hans")
-    assert (await h.reply(USER)).startswith("出错了：Unknown flag --sede.")
+    assert (await h.reply(USER)).startswith("出错了：未知参数 --sede。你是不是想写 --seed？")
     h.tg.push_text(USER, USER, "/help", language_code="zh-hans")
     assert (await h.reply(USER)).startswith("发给我提示词就画")
     h.tg.push_text(USER, USER, "a cat --seed 8", language_code="zh")
