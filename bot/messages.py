@@ -6,6 +6,7 @@ Each frontend keeps its own keys in its own section below; shared keys come firs
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 from engine.errors import (
@@ -17,6 +18,8 @@ from engine.errors import (
     Phrase,
     QueueFull,
 )
+from engine.infotext import format_number, parse_infotext
+from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "caption": {
         "en": "Seed {seed} · {model} · {steps} steps",
         "zh": "种子 {seed} · {model} · {steps} 步",
+    },
+    "caption_variation": {
+        "en": " · variation seed {subseed} at {strength}",
+        "zh": " · 变体种子 {subseed}，强度 {strength}",
     },
     # --- discord ----------------------------------------------------------------------------
     "discord_cmd_draw": {
@@ -442,7 +449,8 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     },
     "web_waiting": {"en": "Waiting…", "zh": "等待中…"},
     "web_reroll": {"en": "↻ Reroll", "zh": "↻ 换种子"},
-    "web_variations": {"en": "⇄ Variations", "zh": "⇄ 变体"},
+    "web_variations": {"en": "⇄ Vary (subtle)", "zh": "⇄ 微调变体"},
+    "web_variations_strong": {"en": "⇄ Vary (strong)", "zh": "⇄ 大幅变体"},
     "web_cancel": {"en": "✖ Cancel", "zh": "✖ 取消"},
     "web_download": {"en": "⬇ PNG", "zh": "⬇ 原图"},
     "web_infotext": {"en": "Infotext", "zh": "图片信息"},
@@ -637,6 +645,29 @@ def locale_of(code: str | None) -> Locale:
 def text(key: str, locale: Locale = "en", **values: object) -> str:
     """The message `key` in `locale`, formatted with `values`."""
     return MESSAGES[key][locale].format(**values)
+
+
+def caption(
+    request: GenerationRequest, seeds: Sequence[int], infotexts: Sequence[str], locale: Locale
+) -> str:
+    """A result's line, on every frontend: seeds, model, steps, and for variations their
+    variation seeds and strength (read from the images' infotexts, as A1111 wrote them)."""
+    line = text(
+        "caption",
+        locale,
+        seed=", ".join(map(str, seeds)),
+        model=request.model,
+        steps=request.num_inference_steps,
+    )
+    subseeds = [
+        params["Variation seed"]
+        for params in (parse_infotext(infotext).params for infotext in infotexts)
+        if "Variation seed" in params
+    ]
+    if subseeds and request.subseed_strength:
+        strength = format_number(request.subseed_strength)
+        line += text("caption_variation", locale, subseed=", ".join(subseeds), strength=strength)
+    return line
 
 
 def error_text(error: EngineError, locale: Locale = "en") -> str:

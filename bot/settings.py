@@ -47,11 +47,14 @@ class BotSettings:
 
     Args:
         progress_interval_s: edit a status message at most this often (chat rate limits).
-        variation_strength: how far a "variations" button moves from the image (0 to 1).
+        variation_strength: how far the "Vary (subtle)" button moves from the image (A1111
+            variation strength, 0 to 1).
+        strong_variation_strength: the same for "Vary (strong)".
     """
 
     progress_interval_s: float = 2.0
-    variation_strength: float = 0.3
+    variation_strength: float = 0.35
+    strong_variation_strength: float = 0.7
 
 
 # What the [telegram] table judges NSFW: these words or tags in the (positive) prompt.
@@ -171,6 +174,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "queue.max_attempts": (1, 100),
     "bot.progress_interval_s": (0.1, 3600.0),
     "bot.variation_strength": (0.0, 1.0),
+    "bot.strong_variation_strength": (0.0, 1.0),
     "telegram.group_progress_interval_s": (0.1, 3600.0),
     "discord.daily_quota": (0, 1_000_000),
     "discord.cooldown_s": (0.0, 86_400.0),

@@ -212,3 +212,19 @@ def test_nan_latents_fail_the_job_instead_of_a_black_png(
 def test_extra_network_tags_never_reach_clip_from_any_caller(demo_model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidRequest, match=r"<lora:foo:1>: LoRA and hypernetworks are not"):
         draw(demo_model, prompt="1girl <lora:foo:1>")
+
+
+def test_strong_variations_move_further_than_subtle_ones(demo_model) -> None:  # type: ignore[no-untyped-def]
+    from bot.settings import BotSettings
+
+    bot = BotSettings()
+    subtle, strong = [], []
+    for seed in (1, 2, 3):
+        source = png_pixels(draw(demo_model, seed=seed)[0].png)
+        for strength, found in (
+            (bot.variation_strength, subtle),
+            (bot.strong_variation_strength, strong),
+        ):
+            varied = draw(demo_model, seed=seed, subseed=seed + 100, subseed_strength=strength)
+            found.append(np.abs(png_pixels(varied[0].png) - source).mean())
+    assert 0 < np.mean(subtle) < np.mean(strong)

@@ -152,10 +152,13 @@ async def post_reroll(request: web.Request) -> web.Response:
 
 async def post_variations(request: web.Request) -> web.Response:
     chat = request.app[CHAT]
-    image = (await _body(request)).get("image", 1)
+    body = await _body(request)
+    image, strength = body.get("image", 1), body.get("strength", "subtle")
     if not isinstance(image, int) or isinstance(image, bool):  # JSON true is no image 1
-        raise web.HTTPBadRequest(text="image must be a number")
-    job = chat.variations(_job_id(request), image)
+        raise InvalidRequest("image must be a number, e.g. 1.", field="image")
+    if strength not in ("subtle", "strong"):
+        raise InvalidRequest("strength must be subtle or strong.", field="strength")
+    job = chat.variations(_job_id(request), image, strong=strength == "strong")
     return web.json_response({"job": chat.snapshot(job, chat.locale(request))})
 
 

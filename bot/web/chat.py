@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bot import messages
 from bot.advice import size_warning
-from bot.messages import LOCALES, Locale, locale_of, text
+from bot.messages import LOCALES, Locale, caption, locale_of, text
 from bot.parse import ParseError, read_request
 from bot.prefs import FIELDS, UserPrefs, UserSettingsStore
 from bot.settings import Settings
@@ -148,16 +148,18 @@ class WebChat:
         request = dataclasses.replace(record.request, seed=None, requester=USER)
         return self.submit(request, WebReply(of=job_id))
 
-    def variations(self, job_id: int, image: int) -> Job:
-        """Image `image` (1-based) of a job, varied: its seed, a random variation seed."""
+    def variations(self, job_id: int, image: int, *, strong: bool = False) -> Job:
+        """Image `image` (1-based) of a job, varied subtly or strongly: its seed, a random
+        variation seed at [bot] variation_strength or strong_variation_strength."""
         record = self.finished(job_id)
         if not 1 <= image <= len(record.images):
             raise InvalidRequest(f"Job {job_id} has no image {image}.", field="image")
+        bot = self.settings.bot
         request = dataclasses.replace(
             record.request,
             seed=record.images[image - 1].seed,
             subseed=None,
-            subseed_strength=self.settings.bot.variation_strength,
+            subseed_strength=bot.strong_variation_strength if strong else bot.variation_strength,
             requester=USER,
         )
         return self.submit(request, WebReply(of=job_id, image=image))
@@ -339,15 +341,12 @@ def request_view(request: GenerationRequest) -> dict[str, Any]:
 def image_view(
     job_id: int, index: int, seed: int, infotext: str, request: GenerationRequest, locale: Locale
 ) -> dict[str, Any]:
-    caption = text(
-        "caption", locale, seed=seed, model=request.model, steps=request.num_inference_steps
-    )
     return {
         "index": index,
         "url": f"/images/{job_id}/{index}.png",
         "filename": f"aidraw-{job_id}-{index}-{seed}.png",
         "seed": seed,
-        "caption": caption,
+        "caption": caption(request, [seed], [infotext], locale),
         "infotext": infotext,
     }
 

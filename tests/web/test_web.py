@@ -698,3 +698,37 @@ async def test_a_size_far_above_the_models_own_is_flagged_before_drawing(chat: C
     assert "On a CPU that is slow" in warning
     small = await post(client, "/api/draw", {"text": "1girl --size 128x128 --steps 2"})
     assert small["notes"] == []  # 4 times: fine
+
+
+async def test_vary_subtle_and_strong_use_their_strengths_and_say_so(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "cat --seed 5 --steps 2"}))["job"]
+    await until(ws, of(job["id"], "done"))
+    bot = Settings().bot
+    for strength, expected in (("subtle", bot.variation_strength), ("strong", None)):
+        body = {"image": 1, "strength": strength}
+        varied = (await post(client, f"/api/jobs/{job['id']}/variations", body))["job"]
+        assert chat.engine is not None
+        record = chat.engine.record(varied["id"])
+        assert record is not None
+        assert record.request.subseed_strength == (expected or bot.strong_variation_strength)
+    assert bot.variation_strength < bot.strong_variation_strength
+    refused = await post(
+        client, f"/api/jobs/{job['id']}/variations", {"strength": "wild"}, status=400
+    )
+    assert "strength must be subtle or strong" in str(refused)
+
+
+def test_a_variations_caption_names_its_variation_seed_and_strength() -> None:
+    from bot.messages import caption
+    from engine.request import GenerationRequest
+
+    request = GenerationRequest(
+        prompt="x", model="alpha", num_inference_steps=20, subseed_strength=0.7
+    )
+    infotext = "x\\nSteps: 20, Seed: 5, Variation seed: 77, Variation seed strength: 0.7"
+    assert caption(request, [5], [infotext], "en") == (
+        "Seed 5 · alpha · 20 steps · variation seed 77 at 0.7"
+    )
+    assert caption(request, [5], [infotext], "zh").endswith("变体种子 77，强度 0.7")

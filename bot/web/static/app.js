@@ -190,6 +190,9 @@ function renderImage(jobId, image) {
   download.href = image.url;
   download.download = image.filename;
   $(".variations", figure).addEventListener("click", () => variations(jobId, image.index));
+  $(".variations-strong", figure).addEventListener("click", () =>
+    variations(jobId, image.index, "strong"),
+  );
   return figure;
 }
 
@@ -221,8 +224,8 @@ function reroll(jobId) {
   return startFrom(`/api/jobs/${jobId}/reroll`, {});
 }
 
-function variations(jobId, index) {
-  return startFrom(`/api/jobs/${jobId}/variations`, { image: index });
+function variations(jobId, index, strength = "subtle") {
+  return startFrom(`/api/jobs/${jobId}/variations`, { image: index, strength });
 }
 
 async function cancel(jobId, button) {
