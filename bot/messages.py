@@ -600,7 +600,8 @@ ERRORS_ZH: dict[str, str] = {
     "unknown_sampler": "未知的采样器 {name!r}。{hint}可选：{samplers}。",
     "infotext_not_number": "图片信息中的 {name} {value!r} 不是数字。",
     # models (engine/contracts.py, engine/models.py, engine/model_slot.py)
-    "unknown_model": "未知的{kind}：{name!r}。{hint}",
+    "unknown_model": "未知的{kind}：{name!r}。{hint}{installed}",
+    "installed": "已安装：{names}。",
     "model_not_here": (
         "这里没有{named}模型。这里的模型有：{models}；加上 --model 名称 即可用其中一个来画。"
     ),

@@ -70,9 +70,23 @@ _KINDS = {"model": Phrase("model", "word_model"), "VAE": Phrase("VAE", "word_vae
 
 
 class ModelNotFound(InvalidRequest):
-    """The named model (or VAE, hypernetwork…) is not in the registry."""
+    """The named model (or VAE, hypernetwork…) is not in the registry: close names, and what is
+    installed (as an unknown sampler lists the samplers)."""
 
-    def __init__(self, name: str, *, kind: str = "model", suggestions: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        kind: str = "model",
+        suggestions: Sequence[str] = (),
+        installed: Sequence[str] = (),
+    ) -> None:
+        shown = [*installed[:20], *(["…"] if len(installed) > 20 else [])]
+        listed = (
+            Phrase(f" Installed: {', '.join(shown)}.", "installed", names=shown)
+            if installed
+            else NOTHING
+        )
         hint = (
             Phrase(
                 f" Did you mean: {', '.join(suggestions)}?",
@@ -83,12 +97,13 @@ class ModelNotFound(InvalidRequest):
             else NOTHING
         )
         super().__init__(
-            f"Unknown {kind} {name!r}.{hint}",
+            f"Unknown {kind} {name!r}.{hint}{listed}",
             field=kind,
             key="unknown_model",
             kind=_KINDS.get(kind, Phrase(kind)),
             name=name,
             hint=hint,
+            installed=listed,
         )
         self.name = name
         self.kind = kind

@@ -175,7 +175,9 @@ class ModelRegistry:
             if name.lower() in lowered:
                 return self.models[lowered[name.lower()]]
             close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.4)
-            raise ModelNotFound(name, suggestions=[lowered[c] for c in close])
+            raise ModelNotFound(
+                name, suggestions=[lowered[c] for c in close], installed=list(self.models)
+            )
         return entry
 
     def model_hash(self, entry: ModelEntry) -> str:
@@ -317,7 +319,7 @@ class ModelRegistry:
         path = self.vaes.get(name)
         if path is None:
             close = difflib.get_close_matches(name, list(self.vaes), n=3)
-            raise ModelNotFound(name, kind="VAE", suggestions=close)
+            raise ModelNotFound(name, kind="VAE", suggestions=close, installed=list(self.vaes))
         if path.is_dir():
             vae: AutoencoderKL = AutoencoderKL.from_pretrained(
                 str(path), dtype=dtype, local_files_only=True

@@ -46,7 +46,8 @@ class FakeRegistry:
         for key, entry in self.models.items():
             if key.lower() == name.lower():
                 return entry
-        raise ModelNotFound(name, suggestions=[n for n in self.models if n[0] == name[:1]])
+        close = [n for n in self.models if n[0] == name[:1]]
+        raise ModelNotFound(name, suggestions=close, installed=list(self.models))
 
     def warm_hashes(self) -> None:
         return None

@@ -137,6 +137,11 @@ async def test_submit_returns_a_queued_job_and_the_result_follows(h: Harness) ->
         ({"num_inference_steps": 51}, InvalidRequest, r"steps 51 is not allowed: use 1 to 50"),
         ({"width": 100}, InvalidRequest, r"width 100 is not allowed: use a multiple of 8"),
         ({"model": "bta"}, ModelNotFound, r"Unknown model 'bta'. Did you mean: beta\?"),
+        (
+            {"model": "zeta"},
+            ModelNotFound,
+            r"^Unknown model 'zeta'\. Installed: alpha, beta, gamma\.$",
+        ),
     ],
 )
 async def test_bad_requests_are_refused_at_the_door(

@@ -314,7 +314,8 @@ async def test_reroll_and_variations(world: World, dc: FakeDiscord) -> None:
     await final(dc, vary)
     varied = engine.record(3)
     assert varied is not None and varied.request.seed == 42
-    assert varied.request.subseed is None and varied.request.subseed_strength == 0.3
+    assert varied.request.subseed is None
+    assert varied.request.subseed_strength == BotSettings().variation_strength
     info = parse_infotext(varied.images[0].infotext)
     assert info.params["Seed"] == "42" and "Variation seed strength" in info.params
 

@@ -308,7 +308,7 @@ async def test_buttons_still_work_after_a_restart(h: Harness) -> None:
     await h.tg.wait_for("answerCallbackQuery")
     await h.tg.wait_for("sendPhoto")
     variation = h.fake.calls[2][0]
-    assert (variation.seed, variation.subseed_strength) == (9, 0.3)
+    assert (variation.seed, variation.subseed_strength) == (9, BotSettings().variation_strength)
     assert variation.requester == f"telegram:{OTHER}"
 
     h.tg.push_callback(USER, USER, result["message_id"], "d:1:0")
@@ -605,7 +605,9 @@ async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
     assert status.endswith("\nModels: alpha, beta, gamma")
     h.tg.push_text(ADMIN, ADMIN, "/model gama")
     assert await h.reply(ADMIN) == "Loading gama…"
-    assert await h.reply(ADMIN) == "Error: Unknown model 'gama'. Did you mean: gamma?"
+    assert await h.reply(ADMIN) == (
+        "Error: Unknown model 'gama'. Did you mean: gamma? Installed: alpha, beta, gamma."
+    )
     h.tg.push_text(ADMIN, ADMIN, "/hypernetwork x")
     assert await h.reply(ADMIN) == "/hypernetwork is not available in this version yet."
 
