@@ -7,6 +7,9 @@ PNG Info reads it; a prompt full of `(tag:1.2)` weights is a prompt.
 NAI emphasis (`{x}`, and `[x]` in "nai" syntax) is written as A1111 weights, NAI's quality tags
 and undesired-content preset are added (both settings), and full-width punctuation is made
 ASCII; `read_request` says which of these it did, for the reply.
+
+Longer than the house's ~500 lines: the flag table with its readers and the infotext paste are
+parts of the one grammar, and splitting them would make the grammar harder to read as a whole.
 """
 
 from __future__ import annotations
