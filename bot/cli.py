@@ -155,10 +155,10 @@ def explain(parsed: ParsedRequest, settings: Settings) -> str:
     """How chat text is read: the request, each prompt's schedule, weights and token chunks."""
     from engine.prompting import format_weight, parse_attention, prompt_schedule
     from engine.prompting.chunks import prompt_chunks
-    from engine.prompting.tokenizer import build_tokenizer
+    from engine.prompting.tokenizer import ClipBpe
 
     request = parsed.request
-    tokenizer = build_tokenizer()
+    tokenizer = ClipBpe()
     steps = request.num_inference_steps or settings.defaults.num_inference_steps
     emphasis = request.emphasis or settings.defaults.emphasis
     unset = GenerationRequest(prompt="")

@@ -224,14 +224,16 @@ def test_a_broken_model_file_is_one_line_and_exit_code_2(
         ["draw", "1girl, (smile:1.2) --steps 20 --size portrait", "--explain"],
     ],
 )
-def test_a_flag_error_and_explain_answer_without_torch(tmp_path: Path, args: list[str]) -> None:
+def test_a_flag_error_and_explain_answer_without_torch_or_transformers(
+    tmp_path: Path, args: list[str]
+) -> None:
     settings = tmp_path / "settings.toml"
     settings.write_text('[engine]\nmodels_dir = "empty"\n', encoding="utf-8")
     code = (
         "import sys\n"
         "from bot.cli import main\n"
         f"main(['--settings', {str(settings)!r}, *{args!r}])\n"
-        "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=_offline_env()

@@ -6,13 +6,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from engine.prompting.syntax import BREAK, check_emphasis, parse_attention
 
-if TYPE_CHECKING:
-    from transformers import CLIPTokenizer
+
+class Tokenizer(Protocol):
+    """What chunking asks of a CLIP tokenizer (transformers' CLIPTokenizer, or `ClipBpe`)."""
+
+    bos_token_id: Any
+    eos_token_id: Any
+    pad_token_id: Any
+    unk_token_id: Any
+
+    def __call__(
+        self, texts: Sequence[str], *, truncation: bool, add_special_tokens: bool, verbose: bool
+    ) -> Any: ...
+
+    def convert_tokens_to_ids(self, token: str) -> Any: ...
+
 
 CHUNK_LENGTH = 75  # CLIP's 77-token context less BOS and EOS
 COMMA_BACKTRACK = 20  # A1111 `comma_padding_backtrack` default
@@ -28,7 +42,7 @@ class PromptChunk:
 
 
 def prompt_chunks(
-    tokenizer: CLIPTokenizer,
+    tokenizer: Tokenizer,
     text: str,
     *,
     emphasis: str = "Original",
@@ -105,7 +119,7 @@ class SpecialIds:
     comma: int | None
 
 
-def special_ids(tokenizer: CLIPTokenizer) -> SpecialIds:
+def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     return SpecialIds(
         start=int(tokenizer.bos_token_id),
@@ -115,7 +129,7 @@ def special_ids(tokenizer: CLIPTokenizer) -> SpecialIds:
     )
 
 
-def empty_chunk(tokenizer: CLIPTokenizer) -> PromptChunk:
+def empty_chunk(tokenizer: Tokenizer) -> PromptChunk:
     """A chunk of padding only (A1111 `empty_chunk`), which fills shorter prompts of a batch."""
     ids = special_ids(tokenizer)
     return PromptChunk(

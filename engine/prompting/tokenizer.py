@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 VOCAB_SIZE = 49408
 MODEL_MAX_LENGTH = 77
@@ -69,6 +72,8 @@ def _cached_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def build_tokenizer() -> CLIPTokenizer:
     """A fresh CLIPTokenizer with CLIP's 49,408 tokens and a 77-token context (BOS + 75 + EOS)."""
+    from transformers import CLIPTokenizer
+
     vocab, merges = _cached_vocab()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MODEL_MAX_LENGTH)
 
@@ -76,3 +81,57 @@ def build_tokenizer() -> CLIPTokenizer:
 def save_tokenizer(folder: Path) -> None:
     """Write the tokenizer in diffusers' `tokenizer/` layout."""
     build_tokenizer().save_pretrained(str(folder))
+
+
+class ClipBpe:
+    """CLIP's tokenizer on the `tokenizers` library alone, set up as transformers' CLIPTokenizer
+    sets it up (transformers 5 `models/clip/tokenization_clip.py`: NFC, whitespace, lowercase;
+    CLIP's split pattern; byte-level BPE with `</w>`), for what only tokenizes (`aidraw draw
+    --explain`): importing transformers alone costs about a second of CPU. The pipelines use
+    `build_tokenizer()`; tests/prompting/test_tokenizer.py checks both give the same ids."""
+
+    def __init__(self) -> None:
+        from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+        from tokenizers.models import BPE
+
+        vocab, merges = _cached_vocab()
+        end = "<|endoftext|>"
+        bpe = BPE(
+            vocab=dict(vocab),
+            merges=list(merges),
+            continuing_subword_prefix="",
+            end_of_word_suffix="</w>",
+            fuse_unk=False,
+            unk_token=end,
+        )
+        self._tokenizer = Tokenizer(bpe)
+        self._tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+        )
+        split = (
+            r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+            r"|[^\s\p{L}\p{N}]+"
+        )
+        self._tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="removed", invert=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        )
+        self.bos_token_id = vocab["<|startoftext|>"]
+        self.eos_token_id = self.pad_token_id = self.unk_token_id = vocab[end]
+
+    def __call__(
+        self, texts: Sequence[str], *, truncation: bool, add_special_tokens: bool, verbose: bool
+    ) -> dict[str, list[list[int]]]:
+        """Token ids of each text, as CLIPTokenizer's `__call__` gives them (no specials)."""
+        assert not truncation and not add_special_tokens
+        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return {"input_ids": [encoding.ids for encoding in encoded]}
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        found = self._tokenizer.token_to_id(token)
+        return self.unk_token_id if found is None else found
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self._tokenizer.id_to_token(i) or "" for i in ids]

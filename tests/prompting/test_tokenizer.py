@@ -64,3 +64,16 @@ def test_known_ids() -> None:
 def test_pads_to_77_with_eos() -> None:
     ids = build_tokenizer()("1girl", padding="max_length", max_length=77).input_ids
     assert len(ids) == 77 and ids[-1] == 49407 and ids[3:] == [49407] * 74
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_the_light_tokenizer_gives_the_pipelines_ids_and_chunks(prompt: str) -> None:
+    from engine.prompting.chunks import prompt_chunks
+    from engine.prompting.tokenizer import ClipBpe
+
+    light, full = ClipBpe(), build_tokenizer()
+    ids = light([prompt], truncation=False, add_special_tokens=False, verbose=False)
+    assert ids["input_ids"] == [full(prompt, add_special_tokens=False).input_ids]
+    long = ", ".join([prompt] * 12) + " BREAK (cat:1.3)"
+    assert prompt_chunks(light, long) == prompt_chunks(full, long)
+    assert light.convert_ids_to_tokens([320, 1125]) == full.convert_ids_to_tokens([320, 1125])
