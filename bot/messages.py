@@ -1,6 +1,7 @@
 """Every user-facing string, in English and Chinese. `text(key, locale, **values)`.
 
-Each frontend keeps its own keys in its own section below; shared keys come first.
+Each frontend keeps its own keys in its own section below; shared keys come first. Long on
+purpose: it is the string table (the code is `text`, `caption` and the error renderers).
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "任务 {job} 等得较久，将在下方的新消息中继续。",
     },
     "discord_button_reroll": {"en": "Reroll", "zh": "换种子"},
-    "discord_button_vary": {"en": "Variations", "zh": "变体"},
+    "discord_button_vary": {"en": "Vary (subtle)", "zh": "微调变体"},
+    "discord_button_vary_strong": {"en": "Vary (strong)", "zh": "大幅变体"},
     "discord_button_edit": {"en": "Edit", "zh": "编辑"},
     "discord_button_delete": {"en": "Delete", "zh": "删除"},
     "discord_button_cancel": {"en": "Cancel", "zh": "取消"},
@@ -197,13 +199,13 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "任务 {job} · {when} · 种子 {seed} · {prompt}",
     },
     "discord_settings_show": {
-        "en": "Your defaults for /draw:\n{values}",
-        "zh": "你的 /draw 默认设置：\n{values}",
+        "en": "What /draw uses for you (✎ = saved by you):\n{values}",
+        "zh": "/draw 对你使用的设置（✎ = 你保存的）：\n{values}",
     },
-    "discord_settings_none": {"en": "(none: the bot's defaults)", "zh": "（无：使用机器人默认）"},
+    "discord_settings_empty": {"en": "(none)", "zh": "（无）"},
     "discord_settings_reset": {
-        "en": "Your settings are back to the bot's defaults.",
-        "zh": "你的设置已恢复为默认。",
+        "en": "Your saved settings are cleared.",
+        "zh": "已清除你保存的设置。",
     },
     "discord_help": {
         "en": (
@@ -211,8 +213,9 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "Flags in the prompt: {flags}.\n"
             "A line `Negative prompt: …` and a whole pasted A1111 infotext work too; the "
             "options of /draw set the same things.\n"
-            "Buttons: 🎲 same request, new seed · 🔀 variations of the first image · ✏️ edit "
-            "the prompt and draw again (same seed) · 🗑 delete · ❌ cancel while waiting.\n"
+            "Buttons: 🎲 same request, new seed · 🔀 Vary (subtle) / Vary (strong): the first "
+            "image with a new variation seed, at strength {subtle} / {strong} · ✏️ edit the "
+            "prompt and draw again (same seed) · 🗑 delete · ❌ cancel while waiting.\n"
             "Commands: /queue, /cancel [job], /settings, /history [job], /help."
         ),
         "zh": (
@@ -220,11 +223,12 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "提示词中的参数：{flags}。\n"
             "也可以写一行 `Negative prompt: …`，或粘贴完整的 A1111 图片信息；/draw 的选项"
             "设置的是同样的内容。\n"
-            "按钮：🎲 同样的请求换种子 · 🔀 第一张图的变体 · ✏️ 编辑提示词后重画（同种子）"
-            " · 🗑 删除 · ❌ 排队时取消。\n"
+            "按钮：🎲 同样的请求换种子 · 🔀 微调变体 / 大幅变体：第一张图加新的变体种子，强度 "
+            "{subtle} / {strong} · ✏️ 编辑提示词后重画（同种子） · 🗑 删除 · ❌ 排队时取消。\n"
             "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
         ),
     },
+    "discord_help_flag": {"en": "`{flag}` ({help})", "zh": "`{flag}`（{help}）"},
     "discord_models": {
         "en": "Models (★ default for new jobs, ● loaded):\n{models}",
         "zh": "模型（★ 新任务默认，● 已加载）：\n{models}",
@@ -280,8 +284,19 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "tg_waiting": {"en": "Queued…", "zh": "排队中…"},
     "tg_button_cancel": {"en": "✖ Cancel", "zh": "✖ 取消"},
     "tg_button_reroll": {"en": "🎲 Reroll", "zh": "🎲 换种子"},
-    "tg_button_variations": {"en": "🔀 Variations", "zh": "🔀 变体"},
+    "tg_button_vary_subtle": {"en": "🔀 Vary (subtle)", "zh": "🔀 微调变体"},
+    "tg_button_vary_strong": {"en": "🔀 Vary (strong)", "zh": "🔀 大幅变体"},
     "tg_button_png": {"en": "📄 PNG", "zh": "📄 原图"},
+    "tg_button_album_subtle": {"en": "{n} 🔀 subtle", "zh": "{n} 🔀 微调"},
+    "tg_button_album_strong": {"en": "{n} 🔀 strong", "zh": "{n} 🔀 大幅"},
+    "tg_button_album_png": {"en": "{n} 📄 PNG", "zh": "{n} 📄 原图"},
+    "tg_album_buttons": {
+        "en": "Job {job}, pictures {first}–{last}, numbered in the album's order:",
+        "zh": "任务 {job}，第 {first}–{last} 张图，按相册中的顺序编号：",
+    },
+    "tg_caption_job": {"en": "Job {job} · {caption}", "zh": "任务 {job} · {caption}"},
+    "tg_caption_uc": {"en": "UC: {preset}", "zh": "反向预设：{preset}"},
+    "tg_caption_negative": {"en": "Negative prompt: {negative}", "zh": "反向提示词：{negative}"},
     "tg_start": {
         "en": "Hi! I draw anime pictures with Stable Diffusion.\n\n{help}",
         "zh": "你好！我用 Stable Diffusion 画动漫图。\n\n{help}",
@@ -294,8 +309,8 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
             "--n COUNT, --model NAME, --clip-skip N.\n"
             'A second line "Negative prompt: …" and a pasted A1111 infotext work too.\n\n'
-            "Under each picture: 🎲 same prompt, new seed; 🔀 variations of that image; "
-            "📄 the original PNG with its infotext.\n"
+            "Under each picture: 🎲 same prompt, new seed; 🔀 Vary (subtle or strong): that "
+            "image, changed a little or a lot; 📄 the original PNG with its infotext.\n"
             "Commands: /queue, /cancel [job|all], /settings, /history, /help."
         ),
         "zh": (
@@ -305,7 +320,8 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
             "--n 数量、--model 名称、--clip-skip N。\n"
             '第二行写 "Negative prompt: …"，或粘贴 A1111 的图片信息，也可以。\n\n'
-            "图片下的按钮：🎲 同提示词换种子；🔀 这张图的变体；📄 带图片信息的 PNG 原图。\n"
+            "图片下的按钮：🎲 同提示词换种子；🔀 微调/大幅变体：这张图小改或大改；"
+            "📄 带图片信息的 PNG 原图。\n"
             "命令：/queue、/cancel [任务号|all]、/settings、/history、/help。"
         ),
     },
@@ -359,19 +375,20 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     },
     "tg_settings": {
         "en": (
-            "Your settings ({default} = the bot's default):\n{values}\n\n"
+            "Your settings ({mark} = saved by you, the rest are the bot's):\n{values}\n\n"
             'Change: /settings steps=20 size=512x768 sampler="DPM++ 2M Karras" '
             'scale=7 neg="lowres" uc=lq quality=off syntax=nai doc=on lang=zh\n'
-            'A value of "default" clears one; /settings reset clears all.'
+            "steps=default drops a value of yours (the bot's applies again); /settings reset "
+            "drops them all."
         ),
         "zh": (
-            "你的设置（{default} = 机器人默认）：\n{values}\n\n"
+            "你的设置（{mark} = 你保存的，其余为机器人的）：\n{values}\n\n"
             '修改：/settings steps=20 size=512x768 sampler="DPM++ 2M Karras" '
             'scale=7 neg="lowres" uc=lq quality=off syntax=nai doc=on lang=zh\n'
-            '值写 "default" 清除一项；/settings reset 全部清除。'
+            "steps=default 删除你保存的一项（恢复机器人的）；/settings reset 全部删除。"
         ),
     },
-    "tg_settings_default": {"en": "default", "zh": "默认"},
+    "tg_settings_empty": {"en": "(none)", "zh": "（无）"},
     "tg_settings_saved": {"en": "Saved: {changes}.", "zh": "已保存：{changes}。"},
     "tg_settings_reset": {
         "en": "Your settings are back to the bot's defaults.",
@@ -635,6 +652,12 @@ ERRORS_ZH: dict[str, str] = {
     ),
     "out_of_memory": "显存不足：请用更小的尺寸，或一次少画几张。",
     "image_lost": "图片在重启中丢失了；请重新画一次。",
+    # the Telegram bot's own (bot/telegram/)
+    "tg_cancel_usage": "请写 {forms}：取消你最新的任务、某个编号的任务或你的全部任务。",
+    "tg_settings_unreadable": "无法读取设置：{problem}（请检查引号）。",
+    "tg_unknown_setting": "未知设置 {name!r}。{hint}可用的设置：{known}。",
+    "tg_setting_usage": "请写 {name}=值，例如 {name}={example}。",
+    "tg_setting_choices": "{name} 需要 {choices} 之一，而不是 {value!r}。",
 }
 
 

@@ -29,12 +29,15 @@ from bot.discord.interactions import (
     size_choices,
 )
 from bot.discord.reply import clip
-from bot.discord.views import job_view
+from bot.discord.views import RESULT_ACTIONS, job_view
 from bot.messages import Locale, text
 from bot.parse import read_request
 from engine.checks import check_request
+from engine.errors import InvalidRequest
+from engine.infotext import format_number
 from engine.job import Job
 from engine.journal import SavedImage
+from engine.request import RequestDefaults
 from engine.sampling.samplers import SAMPLERS
 
 
@@ -125,13 +128,40 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         }
         self._save_settings(user, size, {k: v for k, v in changes.items() if v is not None})
         locale = interaction_locale(self.store, interaction)
-        prefs = dataclasses.asdict(self.store.get(user))
-        values = "\n".join(f"{k} = {v}" for k, v in prefs.items() if v is not None)
+        values = "\n".join(self._effective(user, locale))
         message = text("discord_settings_show", locale, values=values)
-        if not values:
-            key = "discord_settings_reset" if reset else "discord_settings_none"
-            message = text("discord_settings_show", locale, values=text(key, locale))
+        if reset:
+            message = "\n".join([text("discord_settings_reset", locale), message])
         await interaction.response.send_message(clip(message), ephemeral=True)
+
+    def _effective(self, user: str, locale: Locale) -> list[str]:
+        """Each option of /settings with what /draw uses: the user's saved value (marked ✎),
+        else the current model's own default, else the bot's [defaults] and [prompt]."""
+        prefs = self.store.get(user)
+        model = self._model_defaults()
+        prompt = self.settings.prompt
+        size = None
+        if prefs.width or prefs.height:
+            size = f"{prefs.width or model.width}x{prefs.height or model.height}"
+        rows: list[tuple[str, object, object]] = [
+            ("size", size, f"{model.width}x{model.height}"),
+            ("steps", prefs.num_inference_steps, model.num_inference_steps),
+            ("scale", prefs.guidance_scale, model.guidance_scale),
+            ("sampler", prefs.sampler, model.sampler),
+            ("negative", prefs.negative_prompt or None, text("discord_settings_empty", locale)),
+            ("uc_preset", prefs.uc_preset, prompt.uc_preset),
+            ("quality_tags", prefs.quality_tags, prompt.quality_tags),
+            ("syntax", prefs.syntax, prompt.syntax),
+            ("language", prefs.locale, locale),
+        ]
+        return [_setting_line(name, saved, default) for name, saved, default in rows]
+
+    def _model_defaults(self) -> RequestDefaults:
+        """What /draw fills in from the current model (its sidecar over [defaults])."""
+        try:
+            return self.engine.model_info(self.engine.default_model).defaults
+        except InvalidRequest:  # no model installed (yet)
+            return self.settings.defaults
 
     def _save_settings(self, user: str, size: str | None, changes: dict[str, Any]) -> None:
         """Check that /draw will accept these defaults (InvalidRequest says why not), save."""
@@ -184,13 +214,20 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         files = await asyncio.to_thread(_saved_files, job, record.images)
         if not files:
             raise NotAllowed(text("discord_gone", locale, job=job))
-        view = job_view(("reroll", "vary", "edit", "delete"), job, locale)
+        view = job_view(RESULT_ACTIONS, job, locale)
         seeds = [image.seed for image in record.images]
-        content = caption(job, record.request, seeds, (), locale)
+        infotexts = [image.infotext for image in record.images]
+        content = caption(job, record.request, seeds, infotexts, (), locale)
         await interaction.response.send_message(content, files=files, view=view, ephemeral=True)
 
 
 _REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
+
+
+def _setting_line(name: str, saved: object, default: object) -> str:
+    value = default if saved is None else saved
+    shown = format_number(value) if isinstance(value, float) else value
+    return f"{name} = {shown}" + ("" if saved is None else " ✎")
 
 
 def _job_line(job: Job, locale: Locale) -> str:

@@ -2,9 +2,11 @@
 
 A job's one message (see `bot.discord.reply.Reply`) shows its queue position and ETA, then its
 steps and preview, then the images with their buttons; a job the journal hands back after a
-restart is delivered in its channel. A job is marked delivered once its result is shown. The
-result is tried again through transient failures (`Reply.show(retry=True)`); progress edits
-are best effort (the next one comes anyway), and never hold up the result.
+restart is delivered in its channel. The status lines carry the parser's notes and the size
+warning (`bot.advice.size_warning`); the result keeps the notes. A job is marked delivered once
+its result is shown. The result is tried again through transient failures
+(`Reply.show(retry=True)`); progress edits are best effort (the next one comes anyway), and
+never hold up the result.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any
 
 import discord
 
+from bot.advice import size_warning
 from bot.discord.client import AidrawBot
 from bot.discord.reply import TRANSIENT, Attachment, Reply
-from bot.discord.views import job_view
+from bot.discord.views import RESULT_ACTIONS, job_view
 from bot.messages import Locale, error_text, text
+from bot.messages import caption as result_line
 from bot.wordlist import find_word
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.job import Job
@@ -46,8 +50,11 @@ class Delivery:
     def follow(
         self, reply: Reply, job: Job, notes: Iterable[str], locale: Locale, spoiler: bool
     ) -> None:
-        """Follow a job just submitted, in the background."""
-        self._spawn(self._deliver(reply, job, tuple(notes), locale, spoiler))
+        """Follow a job just submitted, in the background; its status warns about a size far
+        above the model's own."""
+        warning = size_warning(self.engine, job, locale)
+        advice = (warning,) if warning else ()
+        self._spawn(self._deliver(reply, job, tuple(notes), locale, spoiler, advice))
 
     def recover(self) -> None:
         """Follow the Discord jobs from before a restart that were not delivered."""
@@ -74,10 +81,13 @@ class Delivery:
         notes: tuple[str, ...],
         locale: Locale,
         spoiler: bool,
+        advice: tuple[str, ...] = (),
     ) -> None:
-        """Status edits while the job waits and draws, then the result in the same message."""
+        """Status edits while the job waits and draws (with the notes and `advice` under
+        them), then the result in the same message (with the notes)."""
         finished = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(reply, job, notes, locale, finished))
+        status_notes = (*notes, *advice)
+        watcher = asyncio.create_task(self._watch(reply, job, status_notes, locale, finished))
         try:
             try:
                 results = await job.result()
@@ -105,9 +115,10 @@ class Delivery:
             await self._finish(reply, job, error_text(e, locale), [], None)
             return
         files = [Attachment(f"aidraw-{job.id}-{r.seed}.png", r.png, spoiler) for r in results]
-        view = job_view(("reroll", "vary", "edit", "delete"), job.id, locale)
+        view = job_view(RESULT_ACTIONS, job.id, locale)
         seeds = [r.seed for r in results]
-        content = caption(job.id, results[0].request, seeds, notes, locale)
+        infotexts = [r.infotext for r in results]
+        content = caption(job.id, results[0].request, seeds, infotexts, notes, locale)
         await self._finish(reply, job, content, files, view)
 
     async def _finish(
@@ -173,14 +184,14 @@ class Delivery:
 def caption(
     job_id: int,
     request: GenerationRequest,
-    seeds: Iterable[int],
+    seeds: Sequence[int],
+    infotexts: Sequence[str],
     notes: Iterable[str],
     locale: Locale,
 ) -> str:
-    """What a result's images say: job, seeds, model and steps (also /history's)."""
-    seed = ", ".join(map(str, seeds))
-    steps = request.num_inference_steps
-    line = text("caption", locale, seed=seed, model=request.model, steps=steps)
+    """What a result's images say (also /history's): the job, then every frontend's result
+    line (seeds, model, steps, a variation's seed and strength), then the notes."""
+    line = result_line(request, seeds, infotexts, locale)
     return "\n".join([text("discord_job_line", locale, job=job_id, text=line), *notes])
 
 

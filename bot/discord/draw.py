@@ -35,13 +35,13 @@ from bot.discord.interactions import (
     requester_of,
     size_choices,
 )
-from bot.discord.reply import Reply, clip
+from bot.discord.reply import TRANSIENT, Reply, clip
 from bot.discord.views import DRAW_COG, EditModal
-from bot.messages import Locale, error_text, text
+from bot.messages import LIST_SEPARATOR, Locale, error_message, error_text, text
 from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
 from bot.wordlist import find_word
 from engine.errors import EngineError
-from engine.infotext import infotext_from_image
+from engine.infotext import format_number, infotext_from_image
 from engine.request import GenerationRequest
 from engine.sampling.samplers import SAMPLERS
 
@@ -191,6 +191,11 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         except discord.HTTPException as e:  # the interaction expired: answer in the channel
             log.warning("discord: job %d: cannot defer (%s); replying in the channel", job.id, e)
             reply.interaction = None
+        except TRANSIENT as e:
+            # No answer: the defer may have landed or not. The job is queued either way, so
+            # follow it: if Discord never got the defer, the first edit of the interaction's
+            # message is a 404 and Reply goes on in the channel.
+            log.warning("discord: job %d: defer unanswered (%r); following anyway", job.id, e)
         self.delivery.follow(reply, job, notes, locale, spoiler)
 
     def _admit(
@@ -246,7 +251,9 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
             if action == "reroll":
                 request = dataclasses.replace(request, seed=None, subseed=None, subseed_strength=0)
             else:  # variations of the first image: its seed, a new variation seed (as A1111)
-                strength = request.subseed_strength or self.settings.bot.variation_strength
+                bot = self.settings.bot
+                strong = action == "vary_strong"
+                strength = bot.strong_variation_strength if strong else bot.variation_strength
                 request = dataclasses.replace(request, subseed=None, subseed_strength=strength)
             await self._start(interaction, request)
 
@@ -304,8 +311,19 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
 
     @app_commands.command(name="help", description=description("discord_cmd_help"))
     async def help(self, interaction: discord.Interaction) -> None:
-        flags = ", ".join(f"`{name}` ({flag.help})" for name, flag in FLAGS.items())
-        message = text("discord_help", self._locale(interaction), flags=flags)
+        locale = self._locale(interaction)
+        flags = LIST_SEPARATOR[locale].join(
+            text("discord_help_flag", locale, flag=name, help=error_message(flag.help, locale))
+            for name, flag in FLAGS.items()
+        )
+        bot = self.settings.bot
+        message = text(
+            "discord_help",
+            locale,
+            flags=flags,
+            subtle=format_number(bot.variation_strength),
+            strong=format_number(bot.strong_variation_strength),
+        )
         await interaction.response.send_message(clip(message), ephemeral=True)
 
     def _locale(self, interaction: discord.Interaction) -> Locale:

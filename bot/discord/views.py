@@ -42,10 +42,12 @@ class JobActions(Protocol):
     ) -> None: ...
 
 
-CUSTOM_ID = r"aidraw:(?P<action>reroll|vary|edit|delete|cancel):(?P<job>[0-9]+)"
+# "vary" is the subtle variation: the one 🔀 of messages posted before "vary_strong" existed.
+CUSTOM_ID = r"aidraw:(?P<action>reroll|vary|vary_strong|edit|delete|cancel):(?P<job>[0-9]+)"
 BUTTONS: dict[str, tuple[str, discord.ButtonStyle]] = {
     "reroll": ("🎲", discord.ButtonStyle.primary),
     "vary": ("🔀", discord.ButtonStyle.secondary),
+    "vary_strong": ("🔀", discord.ButtonStyle.secondary),
     "edit": ("✏️", discord.ButtonStyle.secondary),
     "delete": ("🗑️", discord.ButtonStyle.danger),
     "cancel": ("❌", discord.ButtonStyle.danger),
@@ -82,6 +84,9 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], temp
         cog = cast(commands.Bot, interaction.client).get_cog(DRAW_COG)
         if isinstance(cog, JobActions):
             await cog.guard(interaction, cog.on_button(interaction, self.action, self.job_id))
+
+
+RESULT_ACTIONS = ("reroll", "vary", "vary_strong", "edit", "delete")  # under a job's images
 
 
 def job_view(actions: Iterable[str], job_id: int, locale: Locale) -> discord.ui.View:

@@ -1,210 +1,31 @@
-"""The Discord frontend end to end: the real discord.py client (bot.discord.bot.run_discord)
-against tests/fakes/discord.py, over a real Engine whose generate() is a fast fake that makes
-real PNGs with an A1111 infotext (one test draws with the real demo model)."""
+"""The Discord frontend end to end (tests/discord/world.py): /draw, its status and result,
+rate limits, dropped connections, restarts and long waits, and the safety settings."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import io
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from bot.discord import reply
-from bot.discord.bot import run_discord
-from bot.prefs import UserSettingsStore
-from bot.settings import BotSettings, DiscordSettings, Settings
-from engine.engine import Engine
-from engine.infotext import create_infotext, infotext_from_image, parse_infotext
-from engine.job import Job
-from engine.queue import QueueConfig
-from engine.request import GenerationRequest, GenerationResult, Limits
-from tests.engine_fakes import FakeGenerate, FakeLoader, FakeModel, FakeRegistry
-from tests.fakes import FakeDiscord, point_at
-from tests.fakes.discord import ADMINISTRATOR, USER_ID
+from bot.settings import DiscordSettings
+from engine.infotext import parse_infotext
+from tests.discord.world import (
+    ADMIN_ID,
+    OTHER_ID,
+    USER,
+    World,
+    final,
+    infotext_of,
+    last_sent,
+    status_edits,
+)
+from tests.fakes import FakeDiscord
+from tests.fakes.discord import USER_ID
 
 pytestmark = pytest.mark.timeout(10)
-
-ADMIN_ID = 1300000000000000009
-OTHER_ID = 1300000000000000005
-USER = f"discord:{USER_ID}"
-ADMIN = f"discord:{ADMIN_ID}"
-
-
-class PngGenerate(FakeGenerate):
-    """FakeGenerate whose images are real PNGs carrying an A1111 infotext, and whose steps hand
-    the engine latents (so it makes previews)."""
-
-    def __init__(self) -> None:
-        super().__init__(latents=True)
-
-    def __call__(  # type: ignore[override]
-        self,
-        model: FakeModel,
-        requests: Sequence[GenerationRequest],
-        *,
-        limits: Limits,
-        on_step: Callable[[int, int, Any], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> list[GenerationResult]:
-        results = super().__call__(
-            model, requests, limits=limits, on_step=on_step, cancelled=cancelled
-        )
-        return [_with_png(result) for result in results]
-
-
-def _with_png(result: GenerationResult) -> GenerationResult:
-    request = result.request
-    infotext = create_infotext(
-        request,
-        seed=result.seed,
-        subseed=request.subseed if request.subseed_strength else None,
-        model_hash="0123456789",
-        model_name=request.model or "",
-        uses_ensd=False,
-        schedule_type=None,
-        version="test",
-    )
-    info = PngInfo()
-    info.add_text("parameters", infotext)
-    buffer = io.BytesIO()
-    color = (result.seed % 256, 80, 160)
-    Image.new("RGB", (request.width or 8, request.height or 8), color).save(
-        buffer, format="PNG", pnginfo=info
-    )
-    return dataclasses.replace(result, png=buffer.getvalue(), infotext=infotext)
-
-
-def infotext_of(png: bytes) -> str:
-    with Image.open(io.BytesIO(png)) as image:
-        text = infotext_from_image(image)
-    assert text is not None
-    return text
-
-
-@dataclass
-class World:
-    """A fake Discord, and the bot with its engine, started and restarted over one journal."""
-
-    dc: FakeDiscord
-    tmp: Path
-    gen: PngGenerate = field(default_factory=PngGenerate)
-    discord: DiscordSettings = field(default_factory=DiscordSettings)
-    interval_s: float = 0.05
-    engine: Engine[Any] | None = None
-    store: UserSettingsStore | None = None
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def settings(self) -> Settings:
-        queue = QueueConfig(
-            journal=str(self.tmp / "journal.sqlite3"),
-            results_dir=str(self.tmp / "results"),
-            warm_up=False,
-            max_batch=1,
-            preview_every_steps=1,
-            admins=(ADMIN,),
-        )
-        bot = BotSettings(progress_interval_s=self.interval_s)
-        return Settings(queue=queue, bot=bot, discord=self.discord, root=self.tmp)
-
-    async def start(self, *, paused: bool = False) -> Engine[Any]:
-        settings = self.settings
-        engine: Engine[Any] = Engine(
-            settings.queue,
-            registry=FakeRegistry(),
-            load=FakeLoader(),
-            generate=self.gen,
-            limits=Limits(max_steps=50),
-        )
-        if paused:
-            engine.pause()
-        self.engine = engine
-        self.store = UserSettingsStore(self.tmp / "users.sqlite3")
-        self._tasks = [
-            asyncio.create_task(engine.run()),
-            asyncio.create_task(
-                run_discord(
-                    engine,
-                    settings,
-                    self.store,
-                    self.dc.token,
-                    guild_ready_timeout=0.05,
-                )
-            ),
-        ]
-        await self.dc.wait_for("gateway_identify")
-        return engine
-
-    async def stop(self) -> None:
-        """What the launcher does: the frontend first, then the engine."""
-        engine_task, bot_task = self._tasks
-        bot_task.cancel()
-        await asyncio.wait({bot_task})
-        assert bot_task.cancelled(), bot_task.exception()
-        assert self.engine is not None and self.store is not None
-        await self.engine.close()
-        await engine_task
-        self.store.close()
-        self._tasks = []
-
-    async def restart(self, *, paused: bool = False) -> Engine[Any]:
-        await self.stop()
-        return await self.start(paused=paused)
-
-    @property
-    def jobs(self) -> list[Job]:
-        assert self.engine is not None
-        return self.engine.jobs()
-
-
-@pytest.fixture
-async def dc(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(heartbeat_interval=0.5) as fake:
-        point_at(monkeypatch, fake)
-        yield fake
-
-
-@pytest.fixture
-async def world(dc: FakeDiscord, tmp_path: Path) -> AsyncIterator[World]:
-    w = World(dc, tmp_path)
-    yield w
-    w.gen.release()
-    if w._tasks:
-        await w.stop()
-
-
-def status_edits(dc: FakeDiscord, slash: dict[str, Any]) -> list[str]:
-    return [
-        c.payload["content"]
-        for c in dc.calls
-        if c.route == "webhook_message_edit"
-        and c.params["token"] == slash["token"]
-        and c.status == 200
-    ]
-
-
-async def final(dc: FakeDiscord, interaction: dict[str, Any], what: str = ".png") -> dict[str, Any]:
-    """The interaction's message once it holds a result whose file name ends with `what`."""
-
-    def done() -> bool:
-        message = dc.original(interaction)
-        return message is not None and any(
-            "aidraw-" in a["filename"] and a["filename"].endswith(what)
-            for a in message["attachments"]
-        )
-
-    await dc.wait_until(done)
-    message = dc.original(interaction)
-    assert message is not None
-    return message
 
 
 # --- /draw ---------------------------------------------------------------------------------------
@@ -242,7 +63,13 @@ async def test_draw_defers_shows_progress_then_the_png(world: World, dc: FakeDis
     assert info.params["Seed"] == "42" and info.params["Steps"] == "3"
     assert message["content"].startswith("Job 1 · Seed 42 · alpha · 3 steps")
     ids = [c["custom_id"] for row in message["components"] for c in row["components"]]
-    assert ids == ["aidraw:reroll:1", "aidraw:vary:1", "aidraw:edit:1", "aidraw:delete:1"]
+    assert ids == [
+        "aidraw:reroll:1",
+        "aidraw:vary:1",
+        "aidraw:vary_strong:1",
+        "aidraw:edit:1",
+        "aidraw:delete:1",
+    ]
     edits = status_edits(dc, slash)
     assert "Queued: #1" in edits[0] and len(edits) == len(set(edits))  # each status once
     assert engine.record(1) is not None and engine.record(1).delivered  # type: ignore[union-attr]
@@ -293,127 +120,39 @@ async def test_chinese_locale(world: World, dc: FakeDiscord) -> None:
     assert draw["description_localizations"]["zh-CN"].startswith("画一张图")
 
 
-# --- buttons -------------------------------------------------------------------------------------
-
-
-async def test_reroll_and_variations(world: World, dc: FakeDiscord) -> None:
-    engine = await world.start()
-    slash = await dc.slash("draw", {"prompt": "a cat --seed 42"})
-    message = await final(dc, slash)
-
-    reroll = await dc.click(message, "aidraw:reroll:1", user_id=OTHER_ID)
-    assert (await dc.wait_for("interaction_callback", dc.of(reroll))).payload == {"type": 5}
-    rerolled = await final(dc, reroll)
-    first = engine.record(2)
-    assert first is not None and first.requester == f"discord:{OTHER_ID}"
-    assert first.request.seed is None  # a new seed (the fake draws 1000 for "random")
-    assert rerolled["attachments"][0]["filename"] == "aidraw-2-1000.png"
-    assert first.request.prompt == "masterpiece, best quality, a cat"
-
-    vary = await dc.click(message, "aidraw:vary:1")
-    await final(dc, vary)
-    varied = engine.record(3)
-    assert varied is not None and varied.request.seed == 42
-    assert varied.request.subseed is None
-    assert varied.request.subseed_strength == BotSettings().variation_strength
-    info = parse_infotext(varied.images[0].infotext)
-    assert info.params["Seed"] == "42" and "Variation seed strength" in info.params
-
-
-async def test_edit_modal_draws_the_edited_prompt_with_the_same_seed(
+async def test_a_size_far_above_the_models_own_is_flagged_with_the_queued_status(
     world: World, dc: FakeDiscord
 ) -> None:
-    engine = await world.start()
-    slash = await dc.slash("draw", {"prompt": "a cat --seed 42", "negative": "lowres"})
-    message = await final(dc, slash)
-    click = await dc.click(message, "aidraw:edit:1")
-    opened = await dc.wait_for("interaction_callback", dc.of(click))
-    assert opened.payload["type"] == 9
-    inputs = [
-        c.get("component") or c["components"][0] for c in opened.payload["data"]["components"]
-    ]
-    assert [i["value"] for i in inputs][0] == "masterpiece, best quality, a cat"
-    submit = await dc.submit_modal(click, {inputs[0]["custom_id"]: "a dog --steps 2"})
-    await final(dc, submit)
-    record = engine.record(2)
-    assert record is not None and record.request.prompt == "a dog"
-    assert record.request.seed == 42 and record.request.num_inference_steps == 2
-    assert record.request.negative_prompt == inputs[1]["value"]  # kept as it was
-
-
-async def test_buttons_work_after_a_restart(world: World, dc: FakeDiscord) -> None:
-    await world.start()
-    slash = await dc.slash("draw", {"prompt": "a cat --seed 42"})
-    message = await final(dc, slash)
-
-    engine = await world.restart()  # a new client and a new Engine over the same journal
-    click = await dc.click(message, "aidraw:reroll:1")
-    rerolled = await final(dc, click)
-    assert rerolled["attachments"][0]["filename"] == "aidraw-2-1000.png"
-    record = engine.record(2)
-    assert record is not None and record.request.prompt == "masterpiece, best quality, a cat"
-    assert dc.count("message_send") == 0  # job 1 was delivered: nothing re-sent
-
-
-async def test_reroll_reads_the_infotext_when_the_journal_forgot_the_job(
-    world: World, dc: FakeDiscord
-) -> None:
-    await world.start()
-    slash = await dc.slash("draw", {"prompt": "a cat --seed 42 --steps 3"})
-    message = await final(dc, slash)
-    world.tmp.joinpath("journal.sqlite3").unlink()  # e.g. trimmed by history_size
-    for suffix in ("-wal", "-shm"):
-        world.tmp.joinpath("journal.sqlite3" + suffix).unlink(missing_ok=True)
-    engine = await world.restart()
-    assert engine.record(1) is None
-    click = await dc.click(message, "aidraw:vary:1")
-    await final(dc, click)
-    (record,) = engine.history()
-    assert record.request.prompt == "masterpiece, best quality, a cat"
-    assert record.request.seed == 42 and record.request.num_inference_steps == 3
-
-
-async def test_cancel_button_while_queued(world: World, dc: FakeDiscord) -> None:
     engine = await world.start(paused=True)
-    slash = await dc.slash("draw", {"prompt": "a cat"})
-    await dc.wait_until(lambda: bool(status_edits(dc, slash)))
-    status = dc.original(slash)
-    assert status is not None
-
-    refused = await dc.click(status, "aidraw:cancel:1", user_id=OTHER_ID)
-    answer = await dc.wait_for("interaction_callback", dc.of(refused))
-    assert answer.payload["data"]["flags"] == 64
-    assert answer.payload["data"]["content"].startswith("Error: Only whoever asked for job #1")
-    assert engine.jobs()
-
-    click = await dc.click(status, "aidraw:cancel:1")
-    answer = await dc.wait_for("interaction_callback", dc.of(click))
-    assert answer.payload["type"] == 7
-    assert not engine.jobs() and engine.record(1).state == "cancelled"  # type: ignore[union-attr]
-    await dc.wait_until(lambda: engine.record(1).delivered)  # type: ignore[union-attr]
-    assert status["content"] == "Cancelled." and status["components"] == []
+    big = await dc.slash("draw", {"prompt": "a cat --seed 3", "size": "256x256"})
+    small = await dc.slash("draw", {"prompt": "a dog", "size": "128x128"})  # 4 times: fine
+    await dc.wait_until(lambda: bool(status_edits(dc, big) and status_edits(dc, small)))
+    queued, *_ = status_edits(dc, big)
+    assert queued.startswith("Job 1 · Queued: #1 in line")
+    assert "\nHeads-up: 256x256 is 16 times this model's own 64x64." in queued
+    assert "Heads-up" not in status_edits(dc, small)[0]
     engine.resume()
-    assert not world.gen.calls
+    message = await final(dc, big, "-3.png")
+    assert "Heads-up" not in message["content"]  # the result is there: no more need to warn
 
 
-async def test_delete_only_by_the_owner_or_an_admin(world: World, dc: FakeDiscord) -> None:
-    await world.start()
-    mine = await final(dc, await dc.slash("draw", {"prompt": "a cat"}))
-    other = await final(dc, await dc.slash("draw", {"prompt": "a dog"}))
-
-    refused = await dc.click(mine, "aidraw:delete:1", user_id=OTHER_ID)
-    answer = await dc.wait_for("interaction_callback", dc.of(refused))
-    assert answer.payload["data"]["flags"] == 64
-    assert "Only whoever asked for this drawing" in answer.payload["data"]["content"]
-    assert int(mine["id"]) in dc.messages
-
-    await dc.click(mine, "aidraw:delete:1")
-    await dc.wait_for("webhook_message_delete")
-    assert int(mine["id"]) not in dc.messages
-
-    await dc.click(other, "aidraw:delete:2", user_id=ADMIN_ID)
-    await dc.wait_for("webhook_message_delete")
-    assert int(other["id"]) not in dc.messages
+@pytest.mark.parametrize("then", ["drop", "drop_done"])
+async def test_a_defer_without_an_answer_still_delivers_the_job(
+    world: World, dc: FakeDiscord, then: str
+) -> None:
+    engine = await world.start()
+    dc.stall_next("interaction_callback", then)  # type: ignore[arg-type]
+    slash = await dc.slash("draw", {"prompt": "a cat --seed 3"})
+    await dc.wait_until(lambda: engine.record(1) is not None and engine.record(1).delivered)  # type: ignore[union-attr]
+    if then == "drop":  # Discord never got the defer: the job goes on in the channel
+        message = last_sent(dc)
+        assert message["content"].startswith(f"<@{USER_ID}> Job 1 · Seed 3 · alpha")
+    else:  # it did (only its answer was lost): the result replaces "thinking…"
+        message = dc.original(slash)
+        assert message is not None and message["content"].startswith("Job 1 · Seed 3 · alpha")
+        assert dc.count("message_send") == 0
+    assert message["attachments"][0]["filename"] == "aidraw-1-3.png"
+    assert dc.count("interaction_callback") == 0  # and no apology on top
 
 
 # --- rate limits, restarts, long waits -----------------------------------------------------------
@@ -525,14 +264,10 @@ async def test_unfinished_job_is_posted_after_a_restart(world: World, dc: FakeDi
     assert "before the restart" in sent.payload["content"]
     assert sent.payload["allowed_mentions"]["users"] == [USER_ID]
     await dc.wait_until(lambda: engine.record(1).delivered)  # type: ignore[union-attr]
-    message = _last_sent(dc)
+    message = last_sent(dc)
     assert message["content"].startswith(f"<@{USER_ID}> Job 1 · Seed 5 · alpha")
     assert message["attachments"][0]["filename"] == "aidraw-1-5.png"
     assert [m for m in dc.messages.values() if not m.get("interaction_metadata")] == [message]
-
-
-def _last_sent(dc: FakeDiscord) -> dict[str, Any]:
-    return [m for m in dc.messages.values() if not m.get("interaction_metadata")][-1]
 
 
 async def test_after_the_token_expires_replies_go_to_the_channel(
@@ -542,133 +277,12 @@ async def test_after_the_token_expires_replies_go_to_the_channel(
     engine = await world.start()
     slash = await dc.slash("draw", {"prompt": "a cat --seed 9"})
     await dc.wait_until(lambda: engine.record(1) is not None and engine.record(1).delivered)  # type: ignore[union-attr]
-    message = _last_sent(dc)
+    message = last_sent(dc)
     assert message["content"].startswith(f"<@{USER_ID}> Job 1 · Seed 9")
     assert message["attachments"][0]["filename"] == "aidraw-1-9.png"
     thinking = dc.original(slash)  # its token is about to expire: it points below
     assert thinking is not None
     assert thinking["content"] == "Job 1 took a while: it goes on in a new message below."
-
-
-# --- other commands ------------------------------------------------------------------------------
-
-
-async def test_settings_are_saved_and_used_by_the_next_draw(world: World, dc: FakeDiscord) -> None:
-    engine = await world.start()
-    options = {"steps": 7, "sampler": "DPM++ 2M", "size": "512x512", "negative": "lowres"}
-    saved = await dc.slash("settings", options | {"quality_tags": False})
-    answer = await dc.wait_for("interaction_callback", dc.of(saved))
-    assert answer.payload["data"]["flags"] == 64
-    assert "num_inference_steps = 7" in answer.payload["data"]["content"]
-
-    engine = await world.restart()  # stored in SQLite, not in the bot
-    slash = await dc.slash("draw", {"prompt": "a cat"})
-    await final(dc, slash)
-    record = engine.record(1)
-    assert record is not None
-    r = record.request
-    assert (r.num_inference_steps, r.sampler, r.width, r.height) == (7, "DPM++ 2M", 512, 512)
-    assert r.prompt == "a cat" and r.negative_prompt.endswith("lowres")
-    assert world.store is not None and world.store.get(USER).num_inference_steps == 7
-
-    bad = await dc.slash("settings", {"steps": 500})  # over the bot's max_steps
-    answer = await dc.wait_for("interaction_callback", dc.of(bad))
-    assert "steps 500 is not allowed" in answer.payload["data"]["content"]
-    reset = await dc.slash("settings", {"reset": True})
-    answer = await dc.wait_for("interaction_callback", dc.of(reset))
-    assert "back to the bot's defaults" in answer.payload["data"]["content"]
-    assert world.store.get(USER).num_inference_steps is None
-
-
-async def test_queue_cancel_history_and_help(world: World, dc: FakeDiscord) -> None:
-    engine = await world.start(paused=True)
-    for prompt in ("a cat", "a dog"):
-        await dc.slash("draw", {"prompt": prompt})
-    await dc.wait_until(lambda: len(engine.jobs()) == 2)
-
-    queue = await dc.slash("queue")
-    text = (await dc.wait_for("interaction_callback", dc.of(queue))).payload["data"]["content"]
-    assert "Job 1: #1 in line" in text and "Job 2: #2 in line" in text
-    assert "2 job(s) waiting in all (paused)." in text
-
-    cancel = await dc.slash("cancel")  # the newest
-    text = (await dc.wait_for("interaction_callback", dc.of(cancel))).payload["data"]["content"]
-    assert text == "Cancelled job 2." and [j.id for j in engine.jobs()] == [1]
-    again = await dc.slash("cancel", {"job": 2})
-    text = (await dc.wait_for("interaction_callback", dc.of(again))).payload["data"]["content"]
-    assert text == "Job 2 has already finished."
-
-    engine.resume()
-    await dc.wait_until(lambda: not engine.jobs() and bool(engine.history()))
-    history = await dc.slash("history")
-    text = (await dc.wait_for("interaction_callback", dc.of(history))).payload["data"]["content"]
-    assert text.startswith("Job 1 · <t:") and "seed 1000" in text
-    one = await dc.slash("history", {"job": 1})
-    answer = await dc.wait_for("interaction_callback", dc.of(one))
-    assert answer.payload["data"]["flags"] == 64
-    assert answer.files[0].data == (world.tmp / "results" / "000001-1.png").read_bytes()
-    theirs = await dc.slash("history", {"job": 1}, user_id=OTHER_ID)
-    answer = await dc.wait_for("interaction_callback", dc.of(theirs))
-    assert "no longer in the history" in answer.payload["data"]["content"]
-
-    help_ = await dc.slash("help")
-    text = (await dc.wait_for("interaction_callback", dc.of(help_))).payload["data"]["content"]
-    assert "--seed" in text and "/settings" in text and len(text) <= 2000
-
-
-# --- admin ---------------------------------------------------------------------------------------
-
-
-async def test_admin_commands_need_an_admin(world: World, dc: FakeDiscord) -> None:
-    engine = await world.start()
-    await dc.wait_for("commands_put")
-    admin = {c["name"]: c for c in dc.commands}
-    for name in ("model", "queue-admin", "quota"):
-        assert int(admin[name]["default_member_permissions"]) == 1 << 5  # Manage Server
-    assert admin["draw"].get("default_member_permissions") is None
-
-    refused = await dc.slash("model swap", {"name": "beta"})
-    answer = await dc.wait_for("interaction_callback", dc.of(refused))
-    assert answer.payload["data"]["flags"] == 64
-    assert answer.payload["data"]["content"] == "Only the bot's admins can do that."
-    assert engine.status().default_model == "alpha"
-
-    swap = await dc.slash(
-        "model swap", {"name": "beta"}, user_id=ADMIN_ID, permissions=ADMINISTRATOR
-    )
-    await dc.wait_for("interaction_callback", dc.of(swap))
-    done = await dc.wait_for("followup_send", dc.of(swap))
-    assert done.payload["content"] == "New jobs now draw with beta."
-    assert engine.status().default_model == "beta"
-
-    listed = await dc.slash("model list", user_id=ADMIN_ID)
-    text = (await dc.wait_for("interaction_callback", dc.of(listed))).payload["data"]["content"]
-    assert "★ beta ●" in text and "alpha" in text
-
-
-async def test_admin_queue_pause_resume_clear(
-    world: World, dc: FakeDiscord, caplog: pytest.LogCaptureFixture
-) -> None:
-    engine = await world.start()
-    caplog.set_level("INFO", logger="bot.discord.admin")
-    pause = await dc.slash("queue-admin pause", user_id=ADMIN_ID)
-    await dc.wait_for("interaction_callback", dc.of(pause))
-    assert engine.status().paused
-    for prompt in ("a cat", "a dog"):
-        await dc.slash("draw", {"prompt": prompt})
-    await dc.wait_until(lambda: len(engine.jobs()) == 2)
-    refused = await dc.slash("queue-admin clear")
-    await dc.wait_for("interaction_callback", dc.of(refused))
-    assert len(engine.jobs()) == 2
-    clear = await dc.slash("queue-admin clear", user_id=ADMIN_ID)
-    text = (await dc.wait_for("interaction_callback", dc.of(clear))).payload["data"]["content"]
-    assert text == "Cancelled 2 waiting job(s)." and not engine.jobs()
-    resume = await dc.slash("queue-admin resume", user_id=ADMIN_ID)
-    await dc.wait_for("interaction_callback", dc.of(resume))
-    assert not engine.status().paused
-    logged = [r.getMessage() for r in caplog.records if r.name == "bot.discord.admin"]
-    assert f"discord: admin {ADMIN}: /queue-admin clear " in logged
-    assert f"discord: refused /queue-admin clear to {USER} (not an admin)" in logged
 
 
 # --- safety --------------------------------------------------------------------------------------
