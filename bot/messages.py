@@ -325,6 +325,12 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "命令：/queue、/cancel [任务号|all]、/settings、/history、/help。"
         ),
     },
+    "tg_unknown_command": {
+        "en": "There is no {command} command. Mine: /draw, /queue, /cancel, /settings, /history, "
+        "/help; any other text is a prompt.",
+        "zh": "没有 {command} 这个命令。可用命令：/draw、/queue、/cancel、/settings、/history、"
+        "/help；其他文字都会当作提示词来画。",
+    },
     "tg_draw_usage": {
         "en": "Write what to draw after /draw, e.g. /draw 1girl, silver hair --seed 42",
         "zh": "请在 /draw 后写要画的内容，例如：/draw 1girl, silver hair --seed 42",

@@ -46,7 +46,9 @@ from bot.telegram.handlers import (
     queue_command,
     settings_command,
     text_message,
+    unknown_command,
 )
+from bot.telegram.markup import JOB_BUTTONS, OTHER_BUTTONS
 from bot.telegram.polling import Poller
 from bot.telegram.replies import PREFIX, App, Deps, ReplyTo, follow
 from engine.engine import Engine
@@ -74,11 +76,13 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler("model", model_command, block=False))
     app.add_handler(CommandHandler(("pause", "resume"), pause_command))
     app.add_handler(CommandHandler(("vae", "hypernetwork"), not_available_command))
-    app.add_handler(CallbackQueryHandler(button, pattern=r"^(r:\d+|v:\d+:\d+)$"))
-    app.add_handler(CallbackQueryHandler(button, pattern=r"^(c:\d+|d:\d+:\d+)$", block=False))
+    app.add_handler(CallbackQueryHandler(button, pattern=JOB_BUTTONS))
+    app.add_handler(CallbackQueryHandler(button, pattern=OTHER_BUTTONS, block=False))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))
     prompts = filters.TEXT & ~filters.COMMAND & (filters.ChatType.PRIVATE | filters.REPLY)
     app.add_handler(MessageHandler(prompts, text_message))
+    # Last: only a command that no handler above took.
+    app.add_handler(MessageHandler(filters.COMMAND & filters.ChatType.PRIVATE, unknown_command))
     app.add_error_handler(on_error)
 
 

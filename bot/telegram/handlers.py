@@ -22,20 +22,20 @@ from bot.messages import Locale, error_text, locale_of, text
 from bot.parse import read_request
 from bot.prefs import UserPrefs
 from bot.settings import TelegramSettings
-from bot.telegram.replies import (
-    PREFIX,
-    Deps,
-    cut,
-    replying,
-    reroll,
-    send_png,
-    start_job,
-    variation,
+from bot.telegram.captions import cut
+from bot.telegram.markup import Press, replying
+from bot.telegram.replies import PREFIX, Deps, reroll, start_job, variation
+from bot.telegram.results import send_png
+from bot.telegram.settings_text import (
+    bot_defaults,
+    read_settings,
+    show_settings,
+    typed_settings,
 )
-from bot.telegram.settings_text import read_settings, show_settings, typed_settings
 from bot.wordlist import find_word
 from engine.checks import check_request
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
+from engine.request import RequestDefaults
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,12 @@ async def cancel_command(update: Update, context: Context) -> None:
         targets = mine
     elif arg:
         if not arg.isdigit():
-            raise InvalidRequest("Write /cancel, /cancel JOB (a number) or /cancel all.")
+            raise InvalidRequest(
+                "Write /cancel (your newest job), /cancel JOB (its number, e.g. 12) or "
+                "/cancel all.",
+                key="tg_cancel_usage",
+                forms=["/cancel", "/cancel 12", "/cancel all"],
+            )
         targets = [int(arg)]
     else:
         targets = [max(mine)] if mine else []
@@ -271,7 +276,7 @@ async def settings_command(update: Update, context: Context) -> None:
     requester, prefs, locale = _who(deps, update.effective_user)
     args = _after_command(message.text).strip()
     if not args:
-        await message.reply_text(show_settings(prefs, locale))
+        await message.reply_text(show_settings(prefs, _defaults(deps, locale), locale))
         return
     if args.lower() == "reset":
         deps.store.reset(requester)
@@ -282,11 +287,27 @@ async def settings_command(update: Update, context: Context) -> None:
     # Checked as a request now, so that a bad default never breaks a later prompt.
     candidate = dataclasses.replace(prefs, **values)
     template = dataclasses.replace(candidate.request_defaults(requester), prompt="x")
-    check_request(template, deps.settings.limits, deps.settings.defaults)
+    check_request(template, deps.settings.limits, _model_defaults(deps))
     saved = deps.store.update(requester, **values)
-    locale = saved.locale or locale
-    changes = ", ".join(f"{name}={value}" for name, value in typed_settings(saved, locale, values))
+    user = update.effective_user
+    locale = saved.locale or locale_of(user.language_code if user else None)
+    typed = typed_settings(saved, _defaults(deps, locale), values, locale=locale)
+    changes = ", ".join(f"{name}={value}" for name, value, _ in typed)
     await message.reply_text(text("tg_settings_saved", locale, changes=changes))
+
+
+def _model_defaults(deps: Deps) -> RequestDefaults:
+    """The default model's own defaults (size, steps…), else [defaults]."""
+    try:
+        return deps.engine.model_info(deps.engine.default_model).defaults
+    except InvalidRequest:  # no model installed
+        return deps.settings.defaults
+
+
+def _defaults(deps: Deps, locale: Locale) -> UserPrefs:
+    """What a user gets for each setting they did not save."""
+    s = deps.settings
+    return bot_defaults(_model_defaults(deps), s.prompt, s.telegram, locale)
 
 
 async def model_command(update: Update, context: Context) -> None:
@@ -350,6 +371,16 @@ async def not_available_command(update: Update, context: Context) -> None:
         await message.reply_text(text("tg_not_available", locale, command=command))
 
 
+async def unknown_command(update: Update, context: Context) -> None:
+    """A command this bot does not have, in a private chat (in a group it may be another
+    bot's): say so, and which it has, rather than nothing."""
+    message = update.effective_message
+    assert message is not None
+    _, _, locale = _who(_deps(context), update.effective_user)
+    command = (message.text or "").split(None, 1)[0].split("@")[0]
+    await message.reply_text(text("tg_unknown_command", locale, command=command))
+
+
 async def _admin(deps: Deps, requester: str, message: Message, locale: Locale) -> bool:
     if deps.engine.is_admin(requester):
         return True
@@ -359,7 +390,8 @@ async def _admin(deps: Deps, requester: str, message: Message, locale: Locale) -
 
 
 async def button(update: Update, context: Context) -> None:
-    """Inline buttons: c:JOB cancel, r:JOB reroll, v:JOB:I variations, d:JOB:I the PNG.
+    """Inline buttons (bot/telegram/markup.py): c:JOB cancel, r:JOB reroll, v:JOB:I and
+    v:JOB:I:s subtle and strong variations, d:JOB:I the PNG.
 
     Everything that can refuse runs before the query is answered, so a refusal is the answer
     (an alert, from on_error).
@@ -368,8 +400,8 @@ async def button(update: Update, context: Context) -> None:
     query = update.callback_query
     assert query is not None and query.data is not None
     requester, _, locale = _who(deps, query.from_user)
-    kind, job_text, index_text = [*query.data.split(":"), "0"][:3]
-    job_id, index = int(job_text), int(index_text)
+    press = Press.parse(query.data)
+    kind, job_id, index = press.kind, press.job_id, press.index
     if kind == "c":
         if deps.engine.cancel(job_id, requester):
             await query.answer(text("cancelled", locale))
@@ -394,7 +426,8 @@ async def button(update: Update, context: Context) -> None:
         saved = (png, image.seed, image.infotext)
         await send_png(context.bot, job_id, saved, chat_id, message.message_id)
         return
-    strength = deps.settings.bot.variation_strength
+    bot = deps.settings.bot
+    strength = bot.strong_variation_strength if press.strong else bot.variation_strength
     request = reroll(record.request) if kind == "r" else variation(record, index, strength)
     request = dataclasses.replace(request, requester=requester)
     spoiler = check_policy(deps.settings.telegram, request.prompt, locale)

@@ -2,10 +2,11 @@
 
 `start_job` sends the status message and submits, then leaves the job to `follow` in a task;
 `follow` edits the status with queue position and progress at most every progress_interval_s
-(flood control only delays it), then sends each image as a photo with its buttons and deletes
-the status. Buttons carry only a job id ("r:12", "v:12:0"), so they work after a restart: the job
-is looked up in the journal. Replies that matter go through bot/telegram/retries.py's
-`send_retrying` (flood control, 5xx and network failures; it says which calls are tried again).
+(flood control only delays it), then sends the pictures (bot/telegram/results.py) and deletes
+the status. The status is text until the first preview, then one photo for the rest of the job
+(its last words too): it never switches back, so it is re-sent at most once. Replies that
+matter go through bot/telegram/retries.py's `send_retrying` (flood control, 5xx and network
+failures; it says which calls are tried again).
 """
 
 from __future__ import annotations
@@ -15,36 +16,30 @@ import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
-from telegram import (
-    Bot,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    InputMediaPhoto,
-    Message,
-    ReplyParameters,
-    Update,
-)
+from telegram import Bot, InlineKeyboardMarkup, InputMediaPhoto, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import Application
 
+from bot.advice import size_warning
 from bot.messages import Locale, error_text, text
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings
+from bot.telegram.captions import cut, status_text
+from bot.telegram.markup import cancel_keyboard, replying
+from bot.telegram.results import send_results
 from bot.telegram.retries import retry_seconds, send_retrying
 from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.job import Job
 from engine.journal import JobRecord
-from engine.request import GenerationRequest, GenerationResult, Progress
+from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
 PREFIX = "telegram:"
-MAX_CAPTION = 1024  # Telegram counts UTF-16 code units
 App: TypeAlias = "Application[Any, Any, Any, Any, Any, Any]"
 
 
@@ -90,64 +85,6 @@ class ReplyTo:
         return self.chat_id < 0  # Telegram's group and channel ids are negative
 
 
-def _utf16_len(value: str) -> int:
-    return len(value.encode("utf-16-le")) // 2
-
-
-def cut(value: str, limit: int = MAX_CAPTION) -> str:
-    """`value` within `limit` UTF-16 code units (as Telegram counts), ending in … if cut."""
-    if _utf16_len(value) <= limit:
-        return value
-    kept = value[: limit - 1]
-    while _utf16_len(kept) > limit - 1:
-        kept = kept[:-1]
-    return kept + "…"
-
-
-def caption(result: GenerationResult, locale: Locale, notes: Iterable[str] = ()) -> str:
-    """A summary line, the parser's notes, then the A1111 infotext, cut to Telegram's limit."""
-    r = result.request
-    head = text("caption", locale, seed=result.seed, model=r.model, steps=r.num_inference_steps)
-    return cut("\n\n".join([head, *notes, result.infotext]))
-
-
-def status_text(progress: Progress | None, locale: Locale, notes: Iterable[str] = ()) -> str:
-    if progress is None or (progress.state == "queued" and progress.position is None):
-        line = text("tg_waiting", locale)
-    elif progress.state == "queued":
-        line = text("queued", locale, position=progress.position, eta=_eta(progress, locale))
-    else:
-        eta = _eta(progress, locale)
-        line = text("drawing", locale, step=progress.step, total=progress.total, eta=eta)
-    return "\n".join([line, *notes])
-
-
-def _eta(progress: Progress, locale: Locale) -> str:
-    if progress.eta_s is None:
-        return ""
-    return text("eta", locale, seconds=max(1, round(progress.eta_s)))
-
-
-def cancel_keyboard(job_id: int, locale: Locale) -> InlineKeyboardMarkup:
-    button = InlineKeyboardButton(text("tg_button_cancel", locale), callback_data=f"c:{job_id}")
-    return InlineKeyboardMarkup([[button]])
-
-
-def result_keyboard(job_id: int, index: int, locale: Locale, *, png: bool) -> InlineKeyboardMarkup:
-    """Reroll (same request, new seed), variations of this image, and its original PNG."""
-    row = [
-        InlineKeyboardButton(text("tg_button_reroll", locale), callback_data=f"r:{job_id}"),
-        InlineKeyboardButton(
-            text("tg_button_variations", locale), callback_data=f"v:{job_id}:{index}"
-        ),
-    ]
-    if png:
-        row.append(
-            InlineKeyboardButton(text("tg_button_png", locale), callback_data=f"d:{job_id}:{index}")
-        )
-    return InlineKeyboardMarkup([row])
-
-
 def reroll(request: GenerationRequest) -> GenerationRequest:
     """The same request with a new seed (and a new variation seed, if it was a variation)."""
     subseed = None if request.subseed_strength else request.subseed
@@ -160,15 +97,13 @@ def variation(record: JobRecord, index: int, strength: float) -> GenerationReque
     return dataclasses.replace(record.request, seed=seed, subseed=None, subseed_strength=strength)
 
 
-def replying(message_id: int) -> ReplyParameters:
-    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)
-
-
 # --- following a job ---------------------------------------------------------------------------
 
 
 class StatusMessage:
-    """The one message a job's progress shows in: text, or a photo once a preview exists.
+    """The one message a job's progress shows in: text until the first preview, then a photo
+    for the rest of the job, its last words too. It never switches back to text, so it is
+    sent anew at most once (unless someone deletes it: then it is sent again as it was).
 
     Edits are best effort: flood control (RetryAfter) skips them until Telegram allows
     again, and a status message that is gone is sent anew.
@@ -181,6 +116,7 @@ class StatusMessage:
         self.previews = previews
         self.spoiler = spoiler
         self.photo = False
+        self.preview: bytes | None = None  # the picture of the photo, once it is one
         self.shown: tuple[str, bytes | None] | None = None
         self.not_before = 0.0
 
@@ -189,6 +125,8 @@ class StatusMessage:
     ) -> None:
         loop = asyncio.get_running_loop()
         preview = preview if self.previews else None
+        if preview is None and self.photo:
+            preview = self.preview  # no new preview (yet): the photo keeps its picture
         if (body, preview) == self.shown or loop.time() < self.not_before:
             return
         try:
@@ -210,9 +148,14 @@ class StatusMessage:
     async def _show(
         self, body: str, keyboard: InlineKeyboardMarkup | None, preview: bytes | None
     ) -> None:
+        """Edit the status in place; send it anew only if there is none yet, or to turn the
+        text into a photo (once: the text is deleted then)."""
         chat, message_id = self.reply.chat_id, self.message_id
-        if preview is not None and not self.photo or not message_id:
-            if preview is not None:
+        if message_id and (preview is None or self.photo):
+            await self._edit(body, keyboard, preview)
+            return
+        if preview is not None:
+            try:
                 message: Message = await self.bot.send_photo(
                     chat,
                     preview,
@@ -221,21 +164,32 @@ class StatusMessage:
                     has_spoiler=self.spoiler,
                     reply_parameters=replying(self.reply.message_id),
                 )
-            else:
-                message = await self.bot.send_message(
-                    chat,
-                    body,
-                    reply_markup=keyboard,
-                    reply_parameters=replying(self.reply.message_id),
-                )
-            self.message_id, self.photo = message.message_id, preview is not None
-            if message_id:
-                await self._delete(message_id)
-        elif preview is not None and (self.shown is None or preview != self.shown[1]):
+            except BadRequest as e:  # Telegram takes no photo of this size: stay text
+                log.info("chat %d: no preview photo (%s); the status stays text", chat, e.message)
+                self.previews = False
+                await self._show(body, keyboard, None)
+                return
+        else:
+            message = await self.bot.send_message(
+                chat,
+                body,
+                reply_markup=keyboard,
+                reply_parameters=replying(self.reply.message_id),
+            )
+        self.message_id, self.photo, self.preview = message.message_id, preview is not None, preview
+        if message_id:
+            await self._delete(message_id)
+
+    async def _edit(
+        self, body: str, keyboard: InlineKeyboardMarkup | None, preview: bytes | None
+    ) -> None:
+        chat, message_id = self.reply.chat_id, self.message_id
+        if self.photo and preview is not None and preview != self.preview:
             media = InputMediaPhoto(preview, caption=cut(body), has_spoiler=self.spoiler)
             await self.bot.edit_message_media(
                 media, chat_id=chat, message_id=message_id, reply_markup=keyboard
             )
+            self.preview = preview
         elif self.photo:
             await self.bot.edit_message_caption(
                 chat_id=chat, message_id=message_id, caption=cut(body), reply_markup=keyboard
@@ -246,13 +200,12 @@ class StatusMessage:
             )
 
     async def last(self, body: str) -> None:
-        """The final words (cancelled, failed): wait out flood control, show, no keyboard."""
+        """The final words (cancelled, failed): wait out flood control, show, no keyboard. A
+        preview photo keeps its picture and gets the words as its caption."""
         wait = self.not_before - asyncio.get_running_loop().time()
         if wait > 0:
             await asyncio.sleep(wait)
-        if self.photo:
-            await self.delete()  # a preview photo: a text message replaces it
-        self.previews = self.photo = False
+        self.previews = False
         show = functools.partial(self._show, body, None, None)
         try:
             await send_retrying(show, "status", idempotent=self.message_id != 0)  # an edit
@@ -314,7 +267,9 @@ async def start_job(
         await StatusMessage(bot, reply, previews=False, spoiler=False).last(error_text(e, locale))
         return
     log.info("telegram job %d from %s in chat %d", job.id, request.requester, chat_id)
-    following = follow(deps, bot, job, reply, spoiler=spoiler, notes=notes)
+    # The size warning (bot/advice.py) is for before the drawing: the status, not the caption.
+    warning = size_warning(deps.engine, job, locale)
+    following = follow(deps, bot, job, reply, spoiler=spoiler, notes=notes, warning=warning)
     app.create_task(following, update=update, name=f"telegram job {job.id}")
 
 
@@ -326,8 +281,13 @@ async def follow(
     *,
     spoiler: bool,
     notes: tuple[str, ...] = (),
+    warning: str | None = None,
 ) -> None:
-    """Show a job's progress in its status message, then send its pictures (or why not)."""
+    """Show a job's progress in its status message, then send its pictures (or why not).
+
+    `notes` (the parser's) are shown in the status and the first caption; `warning` in the
+    status only.
+    """
     task = asyncio.current_task()
     if deps.closing or task is None:
         return  # the job stays in the journal and is answered after the restart
@@ -338,13 +298,13 @@ async def follow(
         tg.group_progress_interval_s if reply.group else deps.settings.bot.progress_interval_s
     )
     keyboard = cancel_keyboard(job.id, reply.locale)
+    status_notes = (*notes, warning) if warning else notes
     result = asyncio.ensure_future(job.result())
     try:
         while not result.done():
             progress = job.progress
-            await status.show(
-                status_text(progress, reply.locale, notes), keyboard, progress.preview
-            )
+            words = status_text(progress, reply.locale, status_notes)
+            await status.show(words, keyboard, progress.preview)
             await asyncio.wait({result}, timeout=interval)
         try:
             results = result.result()
@@ -357,7 +317,18 @@ async def follow(
             deps.engine.mark_delivered(job.id)
             return
         try:
-            await send_results(deps, bot, job, results, reply, spoiler=spoiler, notes=notes)
+            as_document = deps.store.get(job.requester).send_as_document
+            await send_results(
+                bot,
+                job.id,
+                results,
+                chat_id=reply.chat_id,
+                reply_to=reply.message_id,
+                locale=reply.locale,
+                spoiler=spoiler,
+                as_document=tg.send_as_document if as_document is None else as_document,
+                notes=notes,
+            )
         except TelegramError as e:
             log.error(
                 "job %d: pictures not delivered (%s); the journal keeps the job undelivered, "
@@ -371,67 +342,3 @@ async def follow(
     finally:
         result.cancel()
         deps.followers.discard(task)
-
-
-async def send_results(
-    deps: Deps,
-    bot: Bot,
-    job: Job,
-    results: list[GenerationResult],
-    reply: ReplyTo,
-    *,
-    spoiler: bool,
-    notes: tuple[str, ...] = (),
-) -> None:
-    """Each image as a photo with its keyboard; the original PNG too if the user wants it."""
-    prefs = deps.store.get(job.requester)
-    as_document = prefs.send_as_document
-    if as_document is None:
-        as_document = deps.settings.telegram.send_as_document
-    locale = reply.locale
-    for index, result in enumerate(results):
-        words = caption(result, locale, notes if index == 0 else ())
-        keyboard = result_keyboard(job.id, index, locale, png=not as_document)
-        send = functools.partial(
-            bot.send_photo,
-            reply.chat_id,
-            result.png,
-            caption=words,
-            reply_markup=keyboard,
-            has_spoiler=spoiler,
-            reply_parameters=replying(reply.message_id),
-        )
-        try:
-            photo = await send_retrying(send, "photo")
-        except BadRequest as e:  # e.g. a side ratio over 20: Telegram takes it as a file only
-            log.warning("job %d: photo refused (%s); sending the PNG as a file", job.id, e.message)
-            await send_png(bot, job.id, result, reply.chat_id, reply.message_id, keyboard)
-            continue
-        if as_document:
-            await send_png(bot, job.id, result, reply.chat_id, photo.message_id)
-
-
-async def send_png(
-    bot: Bot,
-    job_id: int,
-    result: GenerationResult | tuple[bytes, int, str],
-    chat_id: int,
-    reply_to: int,
-    keyboard: InlineKeyboardMarkup | None = None,
-) -> None:
-    """The original PNG (with its infotext chunk) as a file, so Telegram does not re-encode it."""
-    png, seed, infotext = (
-        (result.png, result.seed, result.infotext)
-        if isinstance(result, GenerationResult)
-        else result
-    )
-    send = functools.partial(
-        bot.send_document,
-        chat_id,
-        png,
-        filename=f"aidraw-{job_id}-{seed}.png",
-        caption=cut(infotext),
-        reply_markup=keyboard,
-        reply_parameters=replying(reply_to),
-    )
-    await send_retrying(send, "document")

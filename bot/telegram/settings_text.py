@@ -2,18 +2,28 @@
 
 The values are read by the prompt parser's own flags (bot/parse.py), so /settings accepts what
 a prompt's flags accept; `settings_command` (bot/telegram/handlers.py) checks and saves them.
+Shown back, each setting has the value a prompt gets now: the user's own, else the bot's
+(`bot_defaults`: the default model's size and steps, [defaults], [prompt], [telegram]).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from bot.messages import LOCALES, Locale, text
-from bot.parse import FLAGS
+from bot.parse import _CURLY_QUOTES, _QUOTE_PROBLEMS, FLAGS, PromptSettings
 from bot.prefs import UserPrefs
-from engine.errors import InvalidRequest
+from bot.settings import TelegramSettings
+from engine.errors import NOTHING, InvalidRequest, Phrase
+from engine.infotext import format_number
+from engine.request import RequestDefaults
+
+_ON_OFF = ["on", "off"]
+MINE = "✎"  # marks, in /settings, a value the user saved
 
 
 def _bool(key: str, value: str) -> bool:
@@ -22,28 +32,42 @@ def _bool(key: str, value: str) -> bool:
         return True
     if lowered in ("off", "false", "no", "0"):
         return False
-    raise InvalidRequest(f"{key} needs on or off, not {value!r}.", field=key)
+    raise InvalidRequest(
+        f"{key} needs on or off, not {value!r}.",
+        field=key,
+        key="tg_setting_choices",
+        name=key,
+        choices=_ON_OFF,
+        value=value,
+    )
 
 
 def _locale_value(key: str, value: str) -> str:
     if value.lower() not in LOCALES:
-        raise InvalidRequest(f"{key} needs {' or '.join(LOCALES)}, not {value!r}.", field=key)
+        raise InvalidRequest(
+            f"{key} needs {' or '.join(LOCALES)}, not {value!r}.",
+            field=key,
+            key="tg_setting_choices",
+            name=key,
+            choices=list(LOCALES),
+            value=value,
+        )
     return value.lower()
 
 
-# Setting name → (UserPrefs fields, reader of the value → those fields' values). The readers
-# are the parser's own flags, so /settings accepts what a prompt's flags accept.
-_SETTINGS: dict[str, tuple[tuple[str, ...], Callable[[str, str], Any]]] = {
-    "size": (("width", "height"), FLAGS["--size"].read),
-    "steps": (("num_inference_steps",), FLAGS["--steps"].read),
-    "scale": (("guidance_scale",), FLAGS["--scale"].read),
-    "sampler": (("sampler",), FLAGS["--sampler"].read),
-    "neg": (("negative_prompt",), FLAGS["--neg"].read),
-    "uc": (("uc_preset",), FLAGS["--uc"].read),
-    "quality": (("quality_tags",), _bool),
-    "syntax": (("syntax",), FLAGS["--syntax"].read),
-    "doc": (("send_as_document",), _bool),
-    "lang": (("locale",), _locale_value),
+# Setting name → (UserPrefs fields, reader of the value → those fields' values, an example).
+# The readers are the parser's own flags, so /settings accepts what a prompt's flags accept.
+_SETTINGS: dict[str, tuple[tuple[str, ...], Callable[[str, str], Any], str]] = {
+    "size": (("width", "height"), FLAGS["--size"].read, "512x768"),
+    "steps": (("num_inference_steps",), FLAGS["--steps"].read, "20"),
+    "scale": (("guidance_scale",), FLAGS["--scale"].read, "7"),
+    "sampler": (("sampler",), FLAGS["--sampler"].read, '"DPM++ 2M Karras"'),
+    "neg": (("negative_prompt",), FLAGS["--neg"].read, '"lowres, bad hands"'),
+    "uc": (("uc_preset",), FLAGS["--uc"].read, "lq"),
+    "quality": (("quality_tags",), _bool, "off"),
+    "syntax": (("syntax",), FLAGS["--syntax"].read, "nai"),
+    "doc": (("send_as_document",), _bool, "on"),
+    "lang": (("locale",), _locale_value, "zh"),
 }
 _ALIASES = {
     "cfg": "scale",
@@ -56,27 +80,37 @@ _ALIASES = {
     "document": "doc",
     "send_as_document": "doc",
     "locale": "lang",
+    "language": "lang",
 }
 
 
 def read_settings(args: str) -> dict[str, Any]:
     """`steps=20 size=512x768 sampler="DPM++ 2M"` → UserPrefs fields; "default" clears one."""
     try:
-        words = shlex.split(args)
+        words = shlex.split(args.translate(_CURLY_QUOTES))  # phones type “curly” quotes
     except ValueError as e:
-        raise InvalidRequest(f"Cannot read the settings: {e} (check your quotes).") from None
+        problem = _QUOTE_PROBLEMS.get(str(e), Phrase(str(e)))
+        raise InvalidRequest(
+            f"Cannot read the settings: {problem} (check your quotes).",
+            key="tg_settings_unreadable",
+            problem=problem,
+        ) from None
     values: dict[str, Any] = {}
     for word in words:
         key, equals, value = word.partition("=")
         key = key.strip().lower()
         name = _ALIASES.get(key, key)
         if name not in _SETTINGS:
-            raise InvalidRequest(
-                f"Unknown setting {key!r}; known: {', '.join(_SETTINGS)}.", field=key
-            )
+            raise _unknown(key)
+        fields, read, example = _SETTINGS[name]
         if not equals or not value.strip():
-            raise InvalidRequest(f"Write {name}=VALUE, e.g. steps=20.", field=key)
-        fields, read = _SETTINGS[name]
+            raise InvalidRequest(
+                f"Write {name}=VALUE, e.g. {name}={example}.",
+                field=key,
+                key="tg_setting_usage",
+                name=name,
+                example=example,
+            )
         if value.strip().lower() == "default":
             values.update(dict.fromkeys(fields, None))
             continue
@@ -87,29 +121,77 @@ def read_settings(args: str) -> dict[str, Any]:
     return values
 
 
-def show_settings(prefs: UserPrefs, locale: Locale) -> str:
-    lines = "\n".join(f"{name}: {value}" for name, value in typed_settings(prefs, locale))
-    return text("tg_settings", locale, default=text("tg_settings_default", locale), values=lines)
+def _unknown(key: str) -> InvalidRequest:
+    names = [*_SETTINGS, *_ALIASES]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = NOTHING
+    if close:
+        suggestion = _ALIASES.get(close[0], close[0])
+        hint = Phrase(f" Did you mean {suggestion}?", "did_you_mean", suggestion=suggestion)
+    return InvalidRequest(
+        f"Unknown setting {key!r}.{hint} Known: {', '.join(_SETTINGS)}.",
+        field=key,
+        key="tg_unknown_setting",
+        name=key,
+        hint=hint,
+        known=list(_SETTINGS),
+    )
+
+
+def bot_defaults(
+    model: RequestDefaults, prompt: PromptSettings, telegram: TelegramSettings, locale: Locale
+) -> UserPrefs:
+    """Every setting as the bot sets it for a user who saved none: the default model's
+    defaults (or [defaults]), [prompt], [telegram], and the chat client's language."""
+    return UserPrefs(
+        width=model.width,
+        height=model.height,
+        num_inference_steps=model.num_inference_steps,
+        guidance_scale=model.guidance_scale,
+        sampler=model.sampler,
+        negative_prompt="",
+        uc_preset=prompt.uc_preset,
+        quality_tags=prompt.quality_tags,
+        syntax=prompt.syntax,
+        locale=locale,
+        send_as_document=telegram.send_as_document,
+    )
+
+
+def show_settings(prefs: UserPrefs, defaults: UserPrefs, locale: Locale) -> str:
+    """Each setting's value now (the user's, marked, else the bot's), then how to change."""
+    lines = "\n".join(
+        f"{name}: {value}{' ' + MINE if mine else ''}"
+        for name, value, mine in typed_settings(prefs, defaults, locale=locale)
+    )
+    return text("tg_settings", locale, values=lines, mark=MINE)
 
 
 def typed_settings(
-    prefs: UserPrefs, locale: Locale, fields: Iterable[str] | None = None
-) -> list[tuple[str, str]]:
-    """(setting, value as typed) of each setting, or of those that set one of `fields`."""
+    prefs: UserPrefs,
+    defaults: UserPrefs,
+    fields: Iterable[str] | None = None,
+    *,
+    locale: Locale = "en",
+) -> list[tuple[str, str, bool]]:
+    """(setting, its value as typed, whether the user saved it) of each setting, or of those
+    that set one of `fields`; a value the user did not save is `defaults`'."""
     wanted = None if fields is None else set(fields)
+    mine = {k: v for k, v in dataclasses.asdict(prefs).items() if v is not None}
+    effective = dataclasses.replace(defaults, **mine)
     shown = []
-    for name, (names, _) in _SETTINGS.items():
+    for name, (names, _, _) in _SETTINGS.items():
         if wanted is not None and not wanted & set(names):
             continue
-        values = [getattr(prefs, f) for f in names]
-        if all(v is None for v in values):
-            shown.append((name, text("tg_settings_default", locale)))
-        else:
-            shown.append((name, "x".join(_typed(v) for v in values)))
+        values = [getattr(effective, f) for f in names]
+        typed = "x".join(_typed(v) for v in values) or text("tg_settings_empty", locale)
+        shown.append((name, typed, any(f in mine for f in names)))
     return shown
 
 
 def _typed(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    return str(value)
+    if isinstance(value, float):
+        return format_number(value)  # 7, not 7.0
+    return "" if value is None else str(value)

@@ -5,10 +5,12 @@ Point PTB at it with `ApplicationBuilder().base_url(fake.base_url)` and
 See shared/notes/chat-testing.md.
 
 What it emulates beyond echoing: long polling (offset, timeout, limit, 409 for a second poller),
-bot_command entities, increasing message ids, edits of stored messages, file downloads, and the
-Bot API's 400s that real bots trip over ("message is not modified", caption > 1024, text > 4096,
-callback_data > 64 bytes, answering a callback query twice). Photos are stored as uploaded
-(real Telegram re-encodes them to JPEG); parse_mode is accepted but entities are not parsed.
+bot_command entities, increasing message ids, edits of stored messages, file downloads, albums
+(sendMediaGroup: 2 to 10 uploads by attach://, one message each), and the Bot API's 400s that
+real bots trip over ("message is not modified", caption > 1024, text > 4096, callback_data > 64
+bytes, answering a callback query twice, documents mixed with photos in an album). Photos are
+stored as uploaded (real Telegram re-encodes them to JPEG); parse_mode is accepted but entities
+are not parsed.
 """
 
 from __future__ import annotations
@@ -619,6 +621,9 @@ class FakeTelegram(FakeServer):
         media = params.get("media") or []
         if not 2 <= len(media) <= 10:
             raise ApiError(400, "Bad Request: wrong number of messages in a media group")
+        if len({item["type"] == "document" for item in media}) > 1:
+            # Telegram: documents can be grouped only with documents.
+            raise ApiError(400, "Bad Request: document can't be mixed with other media types")
         group_id = str(self._next_id())
         messages = []
         for item in media:
@@ -628,6 +633,7 @@ class FakeTelegram(FakeServer):
                 "chat_id": params["chat_id"],
                 "caption": item.get("caption"),
                 "has_spoiler": item.get("has_spoiler"),
+                "reply_parameters": params.get("reply_parameters"),  # each one answers it
             }
             messages.append(
                 self._bot_message(

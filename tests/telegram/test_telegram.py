@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 import io
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,146 +21,30 @@ from bot.prefs import UserPrefs, UserSettingsStore
 from bot.settings import BotSettings, Settings, TelegramSettings
 from bot.telegram import retries
 from bot.telegram.app import file_url, run_telegram
-from bot.telegram.replies import ReplyTo, cut, retry_seconds
+from bot.telegram.captions import cut
+from bot.telegram.replies import ReplyTo
+from bot.telegram.retries import retry_seconds
 from bot.telegram.settings_text import read_settings
 from bot.wordlist import find_word
 from engine.engine import Engine
 from engine.errors import InvalidRequest
 from engine.queue import QueueConfig
-from engine.request import Limits
-from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
+from tests.engine_fakes import FakeGenerate
 from tests.fakes import FakeTelegram
+from tests.telegram.harness import (
+    ADMIN,
+    GROUP,
+    OTHER,
+    QUALITY,
+    STATUS,
+    USER,
+    Harness,
+    buttons,
+    eventually,
+    png,
+)
 
 pytestmark = pytest.mark.timeout(10)
-
-USER = 42  # a private chat's id is the user's id
-OTHER = 43
-ADMIN = 7
-GROUP = -1001234
-QUALITY = "masterpiece, best quality, "
-STATUS = ("Queued…", "排队中…")  # a job's status message as first sent
-
-
-@dataclass
-class Harness:
-    """One bot as `aidraw run` starts it: engine task + run_telegram task, stopped in order."""
-
-    tg: FakeTelegram
-    tmp_path: Path
-    fake: FakeGenerate = field(default_factory=FakeGenerate)
-    engine: Engine[Any] | None = None
-    store: UserSettingsStore | None = None
-    settings: Settings = field(default_factory=Settings)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def start(
-        self,
-        *,
-        admins: tuple[str, ...] = (),
-        paused: bool = False,
-        queue: dict[str, Any] | None = None,
-        **telegram: Any,
-    ) -> Engine[Any]:
-        limits = Limits(max_steps=50)
-        config = QueueConfig(
-            journal=str(self.tmp_path / "journal.sqlite3"),
-            results_dir=str(self.tmp_path / "results"),
-            warm_up=False,
-            max_batch=1,
-            admins=admins,
-            **(queue or {}),
-        )
-        engine: Engine[Any] = Engine(
-            config, registry=FakeRegistry(), load=FakeLoader(), generate=self.fake, limits=limits
-        )
-        if paused:
-            engine.pause()
-        self.settings = Settings(
-            limits=limits,
-            bot=BotSettings(progress_interval_s=0.1),
-            telegram=TelegramSettings(**telegram),
-            root=self.tmp_path,
-        )
-        self.engine = engine
-        self.store = UserSettingsStore(self.tmp_path / "users.sqlite3")
-        polls = self.tg.count("getUpdates")
-        self._tasks = [
-            asyncio.create_task(engine.run()),
-            asyncio.create_task(run_telegram(engine, self.settings, self.store, self.tg.token)),
-        ]
-        await self.tg.wait_until(lambda: self.tg.count("getUpdates") > polls)
-        return engine
-
-    async def stop(self) -> None:
-        """As bot/launcher.py: the frontend first, then the engine."""
-        if not self._tasks:
-            return
-        engine_task, bot_task = self._tasks
-        self._tasks = []
-        bot_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bot_task
-        assert self.engine is not None and self.store is not None
-        await self.engine.close(grace_s=0)
-        with contextlib.suppress(asyncio.CancelledError):
-            await engine_task
-        self.store.close()
-
-    async def reply(
-        self,
-        chat_id: int,
-        predicate: Callable[[str], bool] | None = None,
-        *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - the deadline for the whole wait, like wait_for's
-    ) -> str:
-        """The text of the bot's next sendMessage to `chat_id` matching `predicate` (by
-        default: any but a job's first status message)."""
-        wanted = predicate or (lambda text: text not in STATUS)
-        call = await self.tg.wait_for(
-            "sendMessage",
-            lambda c: c.params["chat_id"] == chat_id and wanted(c.params["text"]),
-            timeout=timeout,
-        )
-        return str(call.params["text"])
-
-
-@pytest.fixture
-async def tg(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeTelegram]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # httpx honours proxies for loopback
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("PTB_TIMEDELTA", "true")  # else RetryAfter warns (filterwarnings=error)
-    async with FakeTelegram() as fake:
-        monkeypatch.setenv("AIDRAW_TELEGRAM_API_URL", fake.base_url)
-        yield fake
-
-
-@pytest.fixture
-async def h(tg: FakeTelegram, tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = Harness(tg, tmp_path)
-    try:
-        yield harness
-    finally:
-        await harness.stop()
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll a condition of the bot's own state, which no fake call announces."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition still false"
-        await asyncio.sleep(0.01)
-
-
-def buttons(call: Any) -> list[str]:
-    """The callback_data of every inline button a call sent."""
-    markup = call.params.get("reply_markup") or {}
-    return [b["callback_data"] for row in markup.get("inline_keyboard", []) for b in row]
-
-
-def png(width: int = 64, height: int = 64) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --- prompts -------------------------------------------------------------------------------------
@@ -195,7 +77,10 @@ async def test_private_prompt_shows_progress_then_photo_and_png(h: Harness) -> N
     assert request.negative_prompt.startswith("lowres, ") and request.seed == 5
     assert request.requester == f"telegram:{USER}"
     infotext = QUALITY + "1girl, smile\nSeed: 5"  # FakeGenerate's infotext
-    assert photo.params["caption"] == f"Seed 5 · alpha · 4 steps\n\n{infotext}"
+    assert photo.params["caption"] == (
+        "Job 1 · Seed 5 · alpha · 4 steps\nUC: Low Quality + Bad Anatomy\n\n"
+        f"{QUALITY}1girl, smile\nNegative prompt: lowres"
+    )
     assert document.params["caption"] == infotext
     assert (
         photo.files["photo"].data
@@ -203,7 +88,7 @@ async def test_private_prompt_shows_progress_then_photo_and_png(h: Harness) -> N
         == b"%s|5" % ((QUALITY + "1girl, smile").encode())
     )
     assert document.files["document"].filename == "aidraw-1-5.png"
-    assert buttons(photo) == ["r:1", "v:1:0"]  # no PNG button: the PNG came as a file
+    assert buttons(photo) == ["r:1", "v:1:0", "v:1:0:s"]  # no PNG button: it came as a file
     assert "has_spoiler" not in photo.params or not photo.params["has_spoiler"]
     # Only the photo and its file are left: the status message is gone.
     assert [("photo" in m, "document" in m) for m in h.tg.sent(USER)] == [
@@ -259,17 +144,6 @@ async def test_pasted_infotext_is_drawn_as_written(h: Harness) -> None:
     assert (request.prompt, request.negative_prompt) == ("1girl, {smile}", "lowres")
     assert (request.num_inference_steps, request.sampler, request.seed) == (3, "Euler", 77)
     assert (request.width, request.height, request.guidance_scale) == (64, 96, 7.0)
-
-
-async def test_each_image_gets_its_own_buttons(h: Harness) -> None:
-    await h.start()
-    h.tg.push_text(USER, USER, "a cat --seed 10 --n 2")
-    first = await h.tg.wait_for("sendPhoto")
-    second = await h.tg.wait_for("sendPhoto")
-    assert first.params["caption"].startswith("Seed 10 ·")
-    assert second.params["caption"].startswith("Seed 11 ·")
-    assert buttons(first) == ["r:1", "v:1:0", "d:1:0"]
-    assert buttons(second) == ["r:1", "v:1:1", "d:1:1"]
 
 
 async def test_a_failed_drawing_is_told_in_the_status(h: Harness) -> None:
@@ -524,7 +398,9 @@ async def test_caption_is_cut_at_1024_utf16_units(h: Harness) -> None:
     photo = await h.tg.wait_for("sendPhoto")
     caption = photo.params["caption"]
     assert len(caption.encode("utf-16-le")) // 2 <= 1024 and caption.endswith("…")
-    assert caption.startswith("Seed 1 · alpha · 4 steps\n\n" + QUALITY + "🐱 cat, ")
+    assert caption.startswith(
+        "Job 1 · Seed 1 · alpha · 4 steps\nUC: Low Quality + Bad Anatomy\n\n" + QUALITY + "🐱 cat, "
+    )
     assert cut("x" * 1024) == "x" * 1024 and cut("x" * 1025) == "x" * 1023 + "…"
     assert cut("🐱" * 600, 10) == "🐱" * 4 + "…"
 
@@ -643,17 +519,17 @@ async def test_settings_are_saved_and_applied(h: Harness) -> None:
         ("/settings steps=abc", "Error: steps needs a whole number, not 'abc'."),
         ("/settings steps=99", "Error: steps 99 is not allowed: use 1 to 50."),
         ("/settings sampler=eulr", "Error: Unknown sampler 'eulr'. Did you mean 'Euler'?"),
-        ("/settings colour=red", "Error: Unknown setting 'colour'; known: size, steps, scale,"),
+        ("/settings colour=red", "Error: Unknown setting 'colour'. Known: size, steps, scale,"),
         ("/settings quality=maybe", "Error: quality needs on or off, not 'maybe'."),
     ]:
         h.tg.push_text(USER, USER, command)
         assert (await h.reply(USER)).startswith(error)
     h.tg.push_text(USER, USER, "/settings")
     shown = await h.reply(USER)
-    assert "steps: 3\n" in shown and "size: 64x128\n" in shown and "scale: default\n" in shown
-    assert "doc: on\n" in shown and "quality: default\n" in shown
+    assert "steps: 3 ✎\n" in shown and "size: 64x128 ✎\n" in shown and "scale: 11\n" in shown
+    assert "doc: on ✎\n" in shown and "quality: on\n" in shown
     h.tg.push_text(USER, USER, "/settings steps=default lang=zh")
-    assert await h.reply(USER) == "已保存：steps=默认, lang=zh。"
+    assert await h.reply(USER) == "已保存：steps=4, lang=zh。"  # the model's 4 steps again
     h.tg.push_text(USER, USER, "/settings reset")
     assert await h.reply(USER) == "Your settings are back to the bot's defaults."
     assert h.store.get(f"telegram:{USER}") == UserPrefs()
@@ -686,9 +562,12 @@ async def test_chinese_users_get_chinese_replies(h: Harness) -> None:
     status = await h.tg.wait_for("sendMessage", lambda c: c.params["text"] in STATUS)
     assert status.params["text"] == "排队中…"
     photo = await h.tg.wait_for("sendPhoto")
-    assert photo.params["caption"].startswith("种子 8 · alpha · 4 步")
-    keyboard = photo.params["reply_markup"]["inline_keyboard"][0]
-    assert [b["text"] for b in keyboard] == ["🎲 换种子", "🔀 变体", "📄 原图"]
+    assert photo.params["caption"].startswith("任务 1 · 种子 8 · alpha · 4 步\n反向预设：")
+    keyboard = photo.params["reply_markup"]["inline_keyboard"]
+    assert [[b["text"] for b in row] for row in keyboard] == [
+        ["🎲 换种子", "📄 原图"],
+        ["🔀 微调变体", "🔀 大幅变体"],
+    ]
 
 
 async def test_history_lists_drawings_with_buttons(h: Harness) -> None:
@@ -726,10 +605,11 @@ async def test_preview_replaces_the_status_text_in_private_chats(
         edit = await tg.wait_for("editMessageMedia")
         assert edit.params["media"]["caption"].startswith("Drawing… step 2/4")
         h.fake.release()
-        result = await tg.wait_for("sendPhoto", lambda c: c.params["caption"].startswith("Seed"))
+        result = await tg.wait_for("sendPhoto", lambda c: c.params["caption"].startswith("Job"))
         assert result.files["photo"].data == (QUALITY + "a cat|1").encode()
         await tg.wait_for("deleteMessage")  # the status photo
-        assert [m["caption"].split("\n")[0] for m in tg.sent(USER)] == ["Seed 1 · alpha · 4 steps"]
+        [shown] = [m["caption"].split("\n")[0] for m in tg.sent(USER)]
+        assert shown == "Job 1 · Seed 1 · alpha · 4 steps"
     finally:
         await h.stop()
 
@@ -799,4 +679,7 @@ async def test_demo_model_photo_carries_the_infotext(
     assert infotext.startswith(QUALITY + "1girl, smile\nNegative prompt: lowres, ")
     assert "Steps: 2, Sampler: Euler a, CFG scale: 11, Seed: 7, Size: 64x64" in infotext
     assert document.params["caption"] == infotext
-    assert photo.params["caption"] == f"Seed 7 · aidraw-demo · 2 steps\n\n{infotext}"
+    assert photo.params["caption"] == (
+        "Job 1 · Seed 7 · aidraw-demo · 2 steps\nUC: Low Quality + Bad Anatomy\n\n"
+        f"{QUALITY}1girl, smile\nNegative prompt: lowres"
+    )

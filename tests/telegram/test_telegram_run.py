@@ -60,7 +60,9 @@ async def test_aidraw_run_draws_on_telegram_and_stops_on_sigterm(
             output, _ = await asyncio.wait_for(proc.communicate(), 60)
     log = output.decode(errors="replace")
     assert proc.returncode == 0, log
-    assert photo.params["caption"].startswith("Seed 3 · aidraw-demo · 2 steps\n\nmasterpiece, ")
+    assert photo.params["caption"].startswith(
+        "Job 1 · Seed 3 · aidraw-demo · 2 steps\nUC: Low Quality + Bad Anatomy\n\nmasterpiece, "
+    )
     assert photo.files["photo"].data.startswith(b"\x89PNG")
     commands = {method for method, *_ in tg.calls}
     assert {"getMe", "setMyCommands", "deleteWebhook", "sendMessage", "editMessageText"} <= commands
@@ -130,7 +132,7 @@ async def test_a_kill_when_telegram_forgets_the_prompt_loses_nothing_and_draws_o
     output = log.read_text(errors="replace")
     assert bot.returncode == 0, output
     captions = [c.params["caption"] for c in tg.calls if c.method == "sendPhoto"]
-    assert [caption.split(" · ")[0] for caption in captions] == ["Seed 3", "Seed 4"], output
+    assert [caption.split(" · ")[1] for caption in captions] == ["Seed 3", "Seed 4"], output
     journal = Journal(tmp_path / "data" / "journal.sqlite3")
     records = [journal.get(job_id) for job_id in (1, 2, 3)]
     journal.close()
