@@ -433,15 +433,31 @@ def _split_flags(text: str) -> tuple[str, str, list[str]]:
             normalized.append(norm[:cut])
         if start is not None:
             try:
-                words += shlex.split(norm[cut:].translate(_CURLY_QUOTES))
-            except ValueError as e:
-                problem = _QUOTE_PROBLEMS.get(str(e), Phrase(str(e)))
+                words += shell_words(norm[cut:])
+            except QuoteError as e:
                 raise ParseError(
-                    f"Cannot read the flags: {problem} (check your quotes).",
+                    f"Cannot read the flags: {e.problem} (check your quotes).",
                     key="flags_unreadable",
-                    problem=problem,
+                    problem=e.problem,
                 ) from None
     return "\n".join(raw), "\n".join(normalized), words
+
+
+class QuoteError(ValueError):
+    """Shell quoting that cannot be read; `problem` says what, in every language."""
+
+    def __init__(self, problem: Phrase) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def shell_words(text: str) -> list[str]:
+    """Words with shell quoting, as phones type it too (“curly” quotes count as straight
+    ones); QuoteError if a quote is left open."""
+    try:
+        return shlex.split(text.translate(_CURLY_QUOTES))
+    except ValueError as e:
+        raise QuoteError(_QUOTE_PROBLEMS.get(str(e), Phrase(str(e)))) from None
 
 
 def _flag_parts(text: str) -> str:

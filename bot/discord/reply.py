@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ import aiohttp
 import discord
 from discord.ext import commands
 
+from bot.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 # Interaction tokens last 15 minutes; this long before that, replies move to the channel.
@@ -34,23 +35,6 @@ TOKEN_MARGIN_S = 60.0
 
 # What is worth another try: Discord failing (after discord.py's own tries), or the network.
 TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, TimeoutError)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Waits between the tries of a reply after transient failures: capped exponential, with
-    jitter, for at most `total_s` after the first failure (bot/telegram/replies.py keeps the
-    same schedule for Telegram)."""
-
-    first_s: float = 0.5
-    max_s: float = 8.0
-    total_s: float = 60.0
-
-    def wait(self, failures: int) -> float:
-        """Half the capped exponential step, plus up to as much again at random ("equal
-        jitter", AWS Architecture Blog, "Exponential Backoff And Jitter", 2015)."""
-        step = min(self.max_s, self.first_s * 2**failures)
-        return step / 2 + random.uniform(0, step / 2)
 
 
 RETRY = Backoff()

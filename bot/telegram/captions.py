@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from bot import messages
 from bot.messages import Locale, text
-from engine.prompting.presets import UC_PRESETS
+from engine.prompting.presets import uc_preset_of
 from engine.request import GenerationRequest, GenerationResult, Progress
 
 MAX_CAPTION = 1024  # Telegram counts UTF-16 code units
@@ -29,20 +29,6 @@ def cut(value: str, limit: int = MAX_CAPTION) -> str:
     while _utf16_len(kept) > limit - 1:
         kept = kept[:-1]
     return kept + "…"
-
-
-def uc_preset_of(negative_prompt: str) -> tuple[str | None, str]:
-    """(the UC preset a negative prompt starts with, the rest): the inverse of
-    engine/prompting/presets.py `with_uc_preset`, so a caption can name the preset."""
-    # Longest first: no preset's text may hide a longer one that starts the same way.
-    for name, preset in sorted(UC_PRESETS.items(), key=lambda item: -len(item[1])):
-        if not preset:
-            continue
-        if negative_prompt == preset:
-            return name, ""
-        if negative_prompt.startswith(preset + ", "):
-            return name, negative_prompt[len(preset) + 2 :]
-    return None, negative_prompt
 
 
 def result_caption(

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 import httpx
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
+
+from bot.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +28,6 @@ def retry_seconds(error: RetryAfter) -> float:
     """RetryAfter.retry_after in seconds: an int, or a timedelta with PTB_TIMEDELTA=true."""
     value = error.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Waits between the tries of a call after transient failures: capped exponential, with
-    jitter, for at most `total_s` after the first failure."""
-
-    first_s: float = 0.5
-    max_s: float = 8.0
-    total_s: float = 60.0
-
-    def wait(self, failures: int) -> float:
-        """Half the capped exponential step, plus up to as much again at random ("equal
-        jitter", AWS Architecture Blog, "Exponential Backoff And Jitter", 2015)."""
-        step = min(self.max_s, self.first_s * 2**failures)
-        return step / 2 + random.uniform(0, step / 2)
 
 
 RETRY = Backoff()

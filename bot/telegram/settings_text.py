@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import shlex
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from bot.messages import LOCALES, Locale, text
-from bot.parse import _CURLY_QUOTES, _QUOTE_PROBLEMS, FLAGS, PromptSettings
+from bot.parse import FLAGS, PromptSettings, QuoteError, shell_words
 from bot.prefs import UserPrefs
 from bot.settings import TelegramSettings
 from engine.errors import NOTHING, InvalidRequest, Phrase
@@ -87,13 +86,12 @@ _ALIASES = {
 def read_settings(args: str) -> dict[str, Any]:
     """`steps=20 size=512x768 sampler="DPM++ 2M"` → UserPrefs fields; "default" clears one."""
     try:
-        words = shlex.split(args.translate(_CURLY_QUOTES))  # phones type “curly” quotes
-    except ValueError as e:
-        problem = _QUOTE_PROBLEMS.get(str(e), Phrase(str(e)))
+        words = shell_words(args)
+    except QuoteError as e:
         raise InvalidRequest(
-            f"Cannot read the settings: {problem} (check your quotes).",
+            f"Cannot read the settings: {e.problem} (check your quotes).",
             key="tg_settings_unreadable",
-            problem=problem,
+            problem=e.problem,
         ) from None
     values: dict[str, Any] = {}
     for word in words:

@@ -82,6 +82,20 @@ def with_uc_preset(negative_prompt: str, preset: str) -> str:
     return text or negative_prompt
 
 
+def uc_preset_of(negative_prompt: str) -> tuple[str | None, str]:
+    """(the UC preset a negative prompt starts with, the rest): the inverse of `with_uc_preset`,
+    so a caption can name the preset instead of repeating its text."""
+    # Longest first: no preset's text may hide a longer one that starts the same way.
+    for name, preset in sorted(UC_PRESETS.items(), key=lambda item: -len(item[1])):
+        if not preset:
+            continue
+        if negative_prompt == preset:
+            return name, ""
+        if negative_prompt.startswith(preset + ", "):
+            return name, negative_prompt[len(preset) + 2 :]
+    return None, negative_prompt
+
+
 def nai_size(name: str) -> tuple[int, int]:
     """(width, height) of a NAI size name: "portrait", "large landscape", "wallpaper-portrait"…"""
     words = [w for w in re.split(r"[\s_\-()]+", name.lower()) if w]

@@ -10,6 +10,7 @@ from engine.prompting.presets import (
     nai_size,
     nai_size_names,
     uc_preset_name,
+    uc_preset_of,
     with_quality_tags,
     with_uc_preset,
 )
@@ -101,3 +102,14 @@ def test_sizes_are_multiples_of_64_and_filter_by_pixels() -> None:
     fitting = nai_size_names(1024 * 1024)
     assert "large-square" in fitting and "wallpaper-landscape" not in fitting
     assert nai_size_names() == list(NAI_SIZES)
+
+
+@pytest.mark.parametrize("negative", ["", "hat, (blurry:1.2)"])
+@pytest.mark.parametrize("preset", ["Low Quality + Bad Anatomy", "Low Quality"])
+def test_a_uc_preset_is_read_back_by_name(preset: str, negative: str) -> None:
+    assert uc_preset_of(with_uc_preset(negative, preset)) == (preset, negative)
+
+
+def test_a_negative_prompt_without_a_preset_has_none() -> None:
+    assert uc_preset_of("lowres, hat") == (None, "lowres, hat")
+    assert uc_preset_of(with_uc_preset("hat", "None")) == (None, "hat")
