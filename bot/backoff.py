@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -20,3 +21,12 @@ class Backoff:
         jitter", AWS Architecture Blog, "Exponential Backoff And Jitter", 2015)."""
         step = min(self.max_s, self.first_s * 2**failures)
         return step / 2 + random.uniform(0, step / 2)
+
+    def waits(self, clock: Callable[[], float]) -> Iterator[float]:
+        """The wait before each next try; it ends where the next try would start more than
+        `total_s` after the first failure (the first `next()`, on the `clock`)."""
+        deadline = clock() + self.total_s
+        failures = 0
+        while (wait := self.wait(failures)) + clock() <= deadline:
+            failures += 1
+            yield wait

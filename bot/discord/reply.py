@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import logging
 import secrets
 from collections.abc import Sequence
@@ -94,27 +95,20 @@ class Reply:
         returns the first message instead of posting another).
         """
         nonce = secrets.randbits(63)
-        loop = asyncio.get_running_loop()
-        failures = 0
-        deadline = 0.0
-        while True:
+        waits = RETRY.waits(asyncio.get_running_loop().time)
+        for attempt in itertools.count(2):
             try:
                 await self._show(content, files, view, nonce)
                 return
             except TRANSIENT as e:
-                if not retry:
-                    raise
-                if not failures:
-                    deadline = loop.time() + RETRY.total_s
-                wait = RETRY.wait(failures)
-                failures += 1
-                if loop.time() + wait > deadline:
+                wait = next(waits, None) if retry else None
+                if wait is None:
                     raise
                 log.warning(
                     "discord: reply to %d failed (%r): try %d in %.1f s",
                     self.channel_id,
                     e,
-                    failures + 1,
+                    attempt,
                     wait,
                 )
             await asyncio.sleep(wait)

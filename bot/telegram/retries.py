@@ -68,9 +68,8 @@ async def send_retrying(
     answer came) only if it is `idempotent`: an edit or a delete done twice is done once, but
     a sendPhoto sent twice is two photos, so such a failure of a send is raised at once.
     """
-    loop = asyncio.get_running_loop()
+    waits = RETRY.waits(asyncio.get_running_loop().time)
     floods = failures = 0
-    deadline = 0.0
     while True:
         try:
             return await call()
@@ -83,11 +82,9 @@ async def send_retrying(
         except NetworkError as e:  # BadRequest is one: Telegram refused the call itself
             if isinstance(e, BadRequest) or not idempotent and may_be_done(e):
                 raise
-            if not failures:
-                deadline = loop.time() + RETRY.total_s
-            wait = RETRY.wait(failures)
             failures += 1
-            if loop.time() + wait > deadline:
+            if (backoff := next(waits, None)) is None:
                 raise
+            wait = backoff
             log.warning("%s failed (%s): try %d in %.1f s", what, e, failures + 1, wait)
         await asyncio.sleep(wait)
