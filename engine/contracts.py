@@ -6,10 +6,11 @@ engine.generate in the bot, fakes without torch in the tests.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from engine.errors import InvalidRequest, Phrase
+from engine.errors import InvalidRequest, ModelNotFound, Phrase
 from engine.preview import PreviewMap
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
@@ -57,23 +58,23 @@ def pick_model(registry: Registry, request: GenerationRequest, default: str) -> 
         found = registry.by_hash(request.model_hash)
         if found is not None:
             return found
-        if not request.model or request.model.lower() not in map(str.lower, registry.models):
-            model, model_hash = request.model, request.model_hash
-            named = (
-                Phrase(
-                    f"{model!r} (hash {model_hash})", "model_and_hash", model=model, hash=model_hash
-                )
-                if model
-                else Phrase(f"with hash {model_hash}", "model_hash_only", hash=model_hash)
-            )
-            raise InvalidRequest(
-                f"The model {named} is not here. Models here: {', '.join(registry.models)}; "
-                "add --model NAME to draw with one of them.",
-                field="model",
-                key="model_not_here",
-                named=named,
-                models=list(registry.models),
-            )
+        if request.model:
+            with contextlib.suppress(ModelNotFound):
+                return registry.get(request.model)  # the registry's own name rules
+        model, model_hash = request.model, request.model_hash
+        named = (
+            Phrase(f"{model!r} (hash {model_hash})", "model_and_hash", model=model, hash=model_hash)
+            if model
+            else Phrase(f"with hash {model_hash}", "model_hash_only", hash=model_hash)
+        )
+        raise InvalidRequest(
+            f"The model {named} is not here. Models here: {', '.join(registry.models)}; "
+            "add --model NAME to draw with one of them.",
+            field="model",
+            key="model_not_here",
+            named=named,
+            models=list(registry.models),
+        )
     name = request.model or default
     if not name:
         raise InvalidRequest(

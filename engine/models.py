@@ -201,13 +201,14 @@ class ModelRegistry:
         wanted = model_hash.strip().lower()
         if len(wanted) < 8:
             return None
+        cache = self._read_cache()
         for entry in self.models.values():
             target = self._hash_target(entry)
             if target is None:
                 continue
             if len(wanted) == 8 and self.legacy_hash(entry) == wanted:
                 return entry
-            full = self._cached_sha256(target)
+            full = self._cached_sha256(target, cache)
             if full is not None and full.startswith(wanted):
                 return entry
         return None
@@ -224,8 +225,8 @@ class ModelRegistry:
         weights = weights or sorted((entry.path / "unet").glob("diffusion_pytorch_model*"))
         return weights[0] if weights else None
 
-    def _cached_sha256(self, path: Path) -> str | None:
-        hit = self._read_cache().get(str(path.resolve()))
+    def _cached_sha256(self, path: Path, cache: dict[str, Any]) -> str | None:
+        hit = cache.get(str(path.resolve()))
         stat = path.stat()
         if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
             return str(hit["sha256"])
@@ -242,11 +243,11 @@ class ModelRegistry:
 
     def _sha256(self, path: Path) -> str:
         """Whole-file sha256, cached in models/.aidraw-hashes.json by size and mtime."""
-        cached = self._cached_sha256(path)
+        cache = self._read_cache()
+        cached = self._cached_sha256(path, cache)
         if cached is not None:
             return cached
         cache_file = self.models_dir / _HASH_CACHE
-        cache = self._read_cache()
         stat = path.stat()
         key = str(path.resolve())
         digest = hashlib.sha256()
