@@ -8,13 +8,25 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bot.parse import PromptSettings
 from engine.config import ConfigError, build
 from engine.errors import InvalidRequest
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, RequestDefaults
 from engine.sampling.samplers import canonical_sampler
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
+
+
+def model_defaults(engine: Engine[Any], fallback: RequestDefaults) -> RequestDefaults:
+    """What a request that sets nothing gets from the current default model (its sidecar over
+    [defaults]): what /settings shows and checks against; `fallback` while no model is here."""
+    try:
+        return engine.model_info(engine.default_model).defaults
+    except InvalidRequest:  # no model installed (yet)
+        return fallback
 
 
 @dataclass(frozen=True, kw_only=True)

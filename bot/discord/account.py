@@ -32,12 +32,11 @@ from bot.discord.reply import clip
 from bot.discord.views import RESULT_ACTIONS, job_view
 from bot.messages import Locale, text
 from bot.parse import read_request
+from bot.prefs import model_defaults
 from engine.checks import check_request
-from engine.errors import InvalidRequest
 from engine.infotext import format_number
 from engine.job import Job
 from engine.journal import SavedImage
-from engine.request import RequestDefaults
 from engine.sampling.samplers import SAMPLERS
 
 
@@ -138,7 +137,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         """Each option of /settings with what /draw uses: the user's saved value (marked ✎),
         else the current model's own default, else the bot's [defaults] and [prompt]."""
         prefs = self.store.get(user)
-        model = self._model_defaults()
+        model = model_defaults(self.engine, self.settings.defaults)
         prompt = self.settings.prompt
         size = None
         if prefs.width or prefs.height:
@@ -155,13 +154,6 @@ class AccountCog(PlaceCheckedCog, name="Account"):
             ("language", prefs.locale, locale),
         ]
         return [_setting_line(name, saved, default) for name, saved, default in rows]
-
-    def _model_defaults(self) -> RequestDefaults:
-        """What /draw fills in from the current model (its sidecar over [defaults])."""
-        try:
-            return self.engine.model_info(self.engine.default_model).defaults
-        except InvalidRequest:  # no model installed (yet)
-            return self.settings.defaults
 
     def _save_settings(self, user: str, size: str | None, changes: dict[str, Any]) -> None:
         """Check that /draw will accept these defaults (InvalidRequest says why not), save."""

@@ -20,7 +20,7 @@ from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from bot.messages import Locale, error_text, locale_of, text
 from bot.parse import read_request
-from bot.prefs import UserPrefs
+from bot.prefs import UserPrefs, model_defaults
 from bot.settings import TelegramSettings
 from bot.telegram.captions import cut
 from bot.telegram.markup import Press, replying
@@ -35,7 +35,6 @@ from bot.telegram.settings_text import (
 from bot.wordlist import find_word
 from engine.checks import check_request
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
-from engine.request import RequestDefaults
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +286,9 @@ async def settings_command(update: Update, context: Context) -> None:
     # Checked as a request now, so that a bad default never breaks a later prompt.
     candidate = dataclasses.replace(prefs, **values)
     template = dataclasses.replace(candidate.request_defaults(requester), prompt="x")
-    check_request(template, deps.settings.limits, _model_defaults(deps))
+    check_request(
+        template, deps.settings.limits, model_defaults(deps.engine, deps.settings.defaults)
+    )
     saved = deps.store.update(requester, **values)
     user = update.effective_user
     locale = saved.locale or locale_of(user.language_code if user else None)
@@ -296,18 +297,12 @@ async def settings_command(update: Update, context: Context) -> None:
     await message.reply_text(text("tg_settings_saved", locale, changes=changes))
 
 
-def _model_defaults(deps: Deps) -> RequestDefaults:
-    """The default model's own defaults (size, steps…), else [defaults]."""
-    try:
-        return deps.engine.model_info(deps.engine.default_model).defaults
-    except InvalidRequest:  # no model installed
-        return deps.settings.defaults
-
-
 def _defaults(deps: Deps, locale: Locale) -> UserPrefs:
     """What a user gets for each setting they did not save."""
     s = deps.settings
-    return bot_defaults(_model_defaults(deps), s.prompt, s.telegram, locale)
+    return bot_defaults(
+        model_defaults(deps.engine, deps.settings.defaults), s.prompt, s.telegram, locale
+    )
 
 
 async def model_command(update: Update, context: Context) -> None:

@@ -24,7 +24,7 @@ from bot import messages
 from bot.advice import size_warning
 from bot.messages import LOCALES, Locale, caption, locale_of, text
 from bot.parse import ParseError, read_request
-from bot.prefs import FIELDS, UserPrefs, UserSettingsStore
+from bot.prefs import FIELDS, UserPrefs, UserSettingsStore, model_defaults
 from bot.settings import Settings
 from engine.checks import check_request
 from engine.config import ConfigError, build
@@ -33,7 +33,7 @@ from engine.errors import EngineClosed, EngineError, InvalidRequest, JobCancelle
 from engine.job import Job
 from engine.journal import JobRecord, SavedImage
 from engine.prompting.presets import LOW_QUALITY_BAD_ANATOMY
-from engine.request import GenerationRequest, GenerationResult, Progress, RequestDefaults
+from engine.request import GenerationRequest, GenerationResult, Progress
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +228,10 @@ class WebChat:
             raise InvalidRequest(str(e).removeprefix("settings.")) from None
 
         check = dataclasses.replace(prefs.request_defaults(USER), prompt="x")
-        check_request(check, self.settings.limits, self.model_defaults())
+        check_request(
+            check, self.settings.limits, model_defaults(self.engine, self.settings.defaults)
+        )
         return self.store.update(USER, **values)
-
-    def model_defaults(self) -> RequestDefaults:
-        try:
-            return self.engine.model_info(self.engine.default_model).defaults
-        except InvalidRequest:
-            return self.settings.defaults
 
     async def swap_model(self, name: str) -> str:
         swapped = await self.engine.swap_model(name, by=USER)
@@ -249,7 +245,7 @@ class WebChat:
         from engine.sampling.samplers import SAMPLERS
 
         prefs = self.store.get(USER)
-        defaults = self.model_defaults()
+        defaults = model_defaults(self.engine, self.settings.defaults)
         records = reversed(self.engine.history(USER, HISTORY))
         return {
             "type": "state",
