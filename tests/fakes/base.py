@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 # Real chat APIs accept uploads far above aiohttp's 1 MiB default (Telegram 50 MB, Discord 10+ MiB).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -66,20 +66,25 @@ def decode_json_field(value: str) -> Any:
 
 
 async def read_form(request: web.Request) -> tuple[dict[str, str], list[Upload]]:
-    """Text fields and file parts of a urlencoded or multipart body (empty for other bodies)."""
+    """Text fields and file parts of a urlencoded or multipart body (empty for other bodies).
+
+    Multipart bodies are read part by part into memory, not with `request.post()`: that spools
+    file parts to temporary files which nobody closes when the server stops mid-upload.
+    """
     fields: dict[str, str] = {}
     uploads: list[Upload] = []
-    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return fields, uploads
-    form = await request.post()
-    for name, value in form.items():
-        if isinstance(value, web.FileField):
-            uploads.append(Upload(name, value.filename, value.content_type, value.file.read()))
-            value.file.close()  # aiohttp closes it when the answer is sent: not if we drop it
-        elif isinstance(value, bytes | bytearray):
-            fields[name] = bytes(value).decode()
-        else:
-            fields[name] = value
+    if request.content_type == "application/x-www-form-urlencoded":
+        fields.update((name, str(value)) for name, value in (await request.post()).items())
+    elif request.content_type == "multipart/form-data":
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            assert isinstance(part, BodyPartReader), "nested multipart bodies are not expected"
+            name = part.name or ""
+            if part.filename is not None:
+                data = await part.read(decode=True)
+                uploads.append(Upload(name, part.filename, part.headers.get("Content-Type"), data))
+            else:
+                fields[name] = await part.text()
     return fields, uploads
 
 
