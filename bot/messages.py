@@ -543,6 +543,9 @@ ERRORS_ZH: dict[str, str] = {
     "word_height": "高度",
     "word_model": "模型",
     "word_vae": "VAE",
+    "word_hypernetwork": "超网络",
+    "word_lora": "LoRA",
+    "word_embedding": "嵌入",
     "did_you_mean": "你是不是想写 {suggestion}？",
     "too_wide": "宽",
     "too_tall": "高",
@@ -631,6 +634,7 @@ ERRORS_ZH: dict[str, str] = {
     "no_models": "还没有安装模型；请让管理员添加一个。",
     "model_name_is_path": "无效的模型名 {name!r}：请用模型列表中的名称，而不是路径。",
     "cannot_load_model": "无法加载模型 {name!r}（{file}）：{problem}",
+    "bad_addon_file": "无法使用{kind} {file}：{problem}。",
     "unsafe_pickle": (
         "拒绝加载 {file}：它是一个不只包含权重的 pickle 文件，可能会运行代码。"
         "请用你信任的工具把它转换成 .safetensors。"

@@ -66,7 +66,13 @@ class InvalidRequest(EngineError):
         self.field = field
 
 
-_KINDS = {"model": Phrase("model", "word_model"), "VAE": Phrase("VAE", "word_vae")}
+_KINDS = {
+    "model": Phrase("model", "word_model"),
+    "VAE": Phrase("VAE", "word_vae"),
+    "hypernetwork": Phrase("hypernetwork", "word_hypernetwork"),
+    "LoRA": Phrase("LoRA", "word_lora"),
+    "embedding": Phrase("embedding", "word_embedding"),
+}
 
 
 class ModelNotFound(InvalidRequest):
@@ -108,6 +114,23 @@ class ModelNotFound(InvalidRequest):
         self.name = name
         self.kind = kind
         self.suggestions = tuple(suggestions)
+
+
+class BadAddonFile(InvalidRequest):
+    """An add-on file (VAE, hypernetwork, LoRA, embedding) that cannot be used, in one line:
+    `kind` as in ModelNotFound, `file` its name (never its path), `problem` what is wrong."""
+
+    def __init__(self, kind: str, file: str, problem: str | Phrase) -> None:
+        super().__init__(
+            f"Cannot use the {kind} {file}: {problem}.",
+            field=kind,
+            key="bad_addon_file",
+            kind=_KINDS.get(kind, Phrase(kind)),
+            file=file,
+            problem=problem,
+        )
+        self.kind = kind
+        self.file = file
 
 
 class QueueFull(EngineError):

@@ -1,4 +1,4 @@
-"""The model registry over `models/`: what can be drawn with, and loading it offline."""
+"""Checkpoints: the registry over `models/` (what can be drawn with) and loading a model offline."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,16 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
+from engine.models.hashes import HashCache
+from engine.models.weights import check_ckpt
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.tokenizer import build_tokenizer
 from engine.request import RequestDefaults
 
 log = logging.getLogger(__name__)
 
-SD15_CONFIG = Path(__file__).parent / "sd_configs" / "sd15"
+SD15_CONFIG = Path(__file__).parent.parent / "sd_configs" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-_HASH_CACHE = ".aidraw-hashes.json"
 
 # Loading bars from the libraries would interleave with the bots' logs and the CLI's own bar.
 diffusers.utils.logging.disable_progress_bar()
@@ -88,6 +88,7 @@ class ModelRegistry:
     problems: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
+        self.hashes = HashCache(self.models_dir)
         self.scan()
 
     def scan(self) -> None:
@@ -183,7 +184,7 @@ class ModelRegistry:
     def model_hash(self, entry: ModelEntry) -> str:
         """A1111's model hash: sha256 of the file, first 10 hex (a folder: its UNet weights)."""
         target = self._hash_target(entry)
-        return "0000000000" if target is None else self._sha256(target)[:10]
+        return "0000000000" if target is None else self.hashes.sha256(target)[:10]
 
     def legacy_hash(self, entry: ModelEntry) -> str:
         """A1111's old 8-hex `model_hash` (what NAI-era infotexts name): sha256 of the 64 KiB
@@ -201,14 +202,14 @@ class ModelRegistry:
         wanted = model_hash.strip().lower()
         if len(wanted) < 8:
             return None
-        cache = self._read_cache()
+        cache = self.hashes.read()
         for entry in self.models.values():
             target = self._hash_target(entry)
             if target is None:
                 continue
             if len(wanted) == 8 and self.legacy_hash(entry) == wanted:
                 return entry
-            full = self._cached_sha256(target, cache)
+            full = self.hashes.cached(target, cache)
             if full is not None and full.startswith(wanted):
                 return entry
         return None
@@ -224,48 +225,6 @@ class ModelRegistry:
         weights = sorted((entry.path / "unet").glob("diffusion_pytorch_model*.safetensors"))
         weights = weights or sorted((entry.path / "unet").glob("diffusion_pytorch_model*"))
         return weights[0] if weights else None
-
-    def _cached_sha256(self, path: Path, cache: dict[str, Any]) -> str | None:
-        hit = cache.get(str(path.resolve()))
-        stat = path.stat()
-        if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
-            return str(hit["sha256"])
-        return None
-
-    def _read_cache(self) -> dict[str, Any]:
-        try:
-            cache: dict[str, Any] = json.loads(
-                (self.models_dir / _HASH_CACHE).read_text(encoding="utf-8")
-            )
-        except (OSError, ValueError):
-            return {}
-        return cache
-
-    def _sha256(self, path: Path) -> str:
-        """Whole-file sha256, cached in models/.aidraw-hashes.json by size and mtime."""
-        cache = self._read_cache()
-        cached = self._cached_sha256(path, cache)
-        if cached is not None:
-            return cached
-        cache_file = self.models_dir / _HASH_CACHE
-        stat = path.stat()
-        key = str(path.resolve())
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        cache[key] = {
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "sha256": digest.hexdigest(),
-        }
-        tmp = cache_file.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
-            os.replace(tmp, cache_file)  # atomic: a crash never leaves a torn cache
-        except OSError as e:
-            log.warning("cannot write the hash cache %s: %s", cache_file, e)
-        return digest.hexdigest()
 
     def load(
         self, name: str, options: DeviceOptions | None = None, *, vae: str | None = None
@@ -364,17 +323,3 @@ def _one_line(error: BaseException, path: Path) -> str:
     for long in (str(path.resolve()), str(path)):
         line = line.replace(long, path.name)
     return line if len(line) <= 160 else line[:159] + "…"
-
-
-def check_ckpt(path: Path) -> None:
-    """Refuse a pickled .ckpt that holds anything but tensors (never unpickle code)."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or ValueError here
-        log.warning("refused %s: %s", path, e)
-        raise InvalidRequest(
-            f"Refusing {path.name}: it is a pickle with more than plain weights, which could run "
-            "code. Convert it to .safetensors with a tool you trust.",
-            key="unsafe_pickle",
-            file=path.name,
-        ) from e

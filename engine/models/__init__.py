@@ -1,0 +1,19 @@
+"""Model files under `models/`: checkpoints, and the add-ons A1111 applies beside them."""
+
+from engine.models.checkpoints import (
+    SD15_CONFIG,
+    LoadedModel,
+    ModelEntry,
+    ModelRegistry,
+    load_problem,
+)
+from engine.models.weights import check_ckpt
+
+__all__ = [
+    "SD15_CONFIG",
+    "LoadedModel",
+    "ModelEntry",
+    "ModelRegistry",
+    "check_ckpt",
+    "load_problem",
+]
