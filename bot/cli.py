@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     draw.set_defaults(func=cmd_draw)
 
-    models = sub.add_parser("models", help="list models and VAEs found under models/")
+    models = sub.add_parser(
+        "models", help="list models, VAEs, hypernetworks, LoRAs and embeddings under models/"
+    )
     models.set_defaults(func=cmd_models)
 
     run = sub.add_parser(
@@ -231,19 +233,29 @@ def _output_path(
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from engine.models import ModelRegistry
+    from engine.models.library import FOLDERS
 
     registry = ModelRegistry(settings.models_dir, settings.defaults)
     print(f"models in {settings.models_dir}:")
     for entry in registry.models.values():
         d = entry.defaults
         marker = " (default)" if entry.name == settings.engine.default_model else ""
+        addons = f", VAE {d.vae}" + (f", hypernet {d.hypernet}" if d.hypernet else "")
         print(
-            f"  {entry.name}{marker}  [{entry.kind}]  {d.width}x{d.height}, {d.sampler}, "
-            f"{d.num_inference_steps} steps, clip skip {d.clip_skip}"
+            f"  {entry.name}{marker}  [{entry.kind}] {registry.model_hash(entry)}  "
+            f"{d.width}x{d.height}, {d.sampler}, {d.num_inference_steps} steps, "
+            f"clip skip {d.clip_skip}{addons}"
         )
     if not registry.models:
         print("  (none: run `make demo` or `aidraw build-demo`)")
-    print("VAEs: " + (", ".join(registry.vaes) or "(none)"))
+    library = registry.addons
+    for kind, folder in FOLDERS.items():
+        files = library.files[kind]
+        print(f"{kind}s in {folder}/: " + ("" if files else "(none)"))
+        aliases = {stem: alias for alias, stem in library.lora_aliases.items()}
+        for name, file in files.items():
+            alias = f" (alias {aliases[name]})" if name in aliases else ""
+            print(f"  {name}{alias}  {library.short_hash(file)}")
     for problem in registry.problems:
         print(f"  problem: {problem}")
     return 0

@@ -28,10 +28,10 @@ from engine.infotext import parse_infotext, request_from_infotext
 from engine.prompting import (
     EMPHASIS_MODES,
     SYNTAXES,
-    extra_networks,
     parse_attention,
     to_a1111,
 )
+from engine.prompting.networks import networks_of, without_networks
 from engine.prompting.presets import (
     NAI_SIZES,
     nai_size,
@@ -198,6 +198,32 @@ def _syntax(flag: str, value: str) -> str:
     return value.lower()
 
 
+def _hypernet(flag: str, value: str) -> str:
+    """`--hn NAME[:STRENGTH]` as the `<hypernet:…>` tag A1111 reads."""
+    if not value.strip() or ">" in value or "<" in value or value.count(":") > 1:
+        raise ParseError(
+            f"{flag} needs NAME or NAME:STRENGTH, e.g. anime:0.8, not {value!r}.",
+            field=flag,
+            key="needs_hypernet",
+            flag=flag,
+            value=value,
+        )
+    tag = f"<hypernet:{value.strip()}>"
+    try:
+        networks_of(tag)
+    except InvalidRequest as e:
+        raise ParseError(
+            f"{flag}: {e}", field=flag, key="flag_problem", flag=flag, problem=e
+        ) from None
+    return tag
+
+
+def _vae(flag: str, value: str) -> str | None:
+    """`--vae NAME`; "auto"/"Automatic" = the model's default (None)."""
+    name = value.strip()
+    return None if name.lower() in ("auto", "automatic") else name
+
+
 def _switch(flag: str, value: str) -> bool:
     return True
 
@@ -247,12 +273,26 @@ FLAGS: dict[str, Flag] = {
     "--clip-skip": Flag("clip_skip", _int, Phrase("A1111 clip skip, e.g. 2", "help_clip_skip")),
     "--ensd": Flag("ensd", _int, Phrase("eta noise seed delta, e.g. 31337", "help_ensd")),
     "--model": Flag("model", _text, Phrase("model name", "help_model")),
+    "--hn": Flag(
+        "hypernet",
+        _hypernet,
+        Phrase(
+            "hypernetwork NAME or NAME:STRENGTH, e.g. anime:0.8", "help_hn", example="anime:0.8"
+        ),
+        "many",
+    ),
+    "--vae": Flag(
+        "vae",
+        _vae,
+        Phrase(
+            "VAE file, e.g. animevae.pt (None = the model's own)", "help_vae", example="animevae.pt"
+        ),
+    ),
     "--n": Flag("batch_size", _int, Phrase("number of images", "help_count")),
 }
 # DESIGN §4 flags whose feature is not built yet: typed, they say so; they are never advertised
 # (not in hints, /help or Known flags) until they work.
 NOT_YET: dict[str, Phrase] = {
-    "--hn": Phrase("hypernetworks", "feature_hypernetworks"),
     "--strength": Phrase("img2img", "feature_img2img"),
     "--hires": Phrase("hires fix", "feature_hires_fix"),
 }
@@ -263,7 +303,7 @@ _QUOTE_PROBLEMS = {
 }
 _FLAG_START = re.compile(r"(?:^|(?<=\s))--[A-Za-z]")
 # Set by flags but not request fields: they shape the prompt and size.
-_PROMPT_KEYS = ("size", "ratio", "uc_preset", "no_quality", "syntax", "negative_prompt")
+_PROMPT_KEYS = ("size", "ratio", "uc_preset", "no_quality", "syntax", "negative_prompt", "hypernet")
 
 # Full-width punctuation that CJK keyboards type; CLIP and the parser only know the ASCII.
 _FULL_WIDTH = str.maketrans(
@@ -297,6 +337,7 @@ _QUIET_KEYS = {
     "Version",
     "User",
     "VAE hash",
+    "VAE",
     "TI hashes",
     "Lora hashes",
     "Batch size",
@@ -346,8 +387,12 @@ def read_request(
     replaced = _full_width(_flag_parts(text) if pasted else text)
     if replaced:
         notes.append(f"Replaced full-width {' '.join(replaced)} with ASCII.")
-    prompt = _without_extra_networks(info.prompt, notes)
-    if not prompt.strip():
+    prompt = info.prompt
+    try:
+        networks_of(prompt)  # the tags' types and weights; the files are the engine's check
+    except InvalidRequest as e:
+        raise _parse_error(e, "prompt") from None
+    if not without_networks(prompt).strip():
         raise ParseError(
             "The prompt is empty: write what to draw before the flags.",
             field="prompt",
@@ -377,6 +422,7 @@ def read_request(
         prompt, negative = _convert(prompt, syntax, notes), _convert(negative, syntax, notes)
     if values.get("no_quality") is None and settings.quality_tags and not pasted:
         prompt = with_quality_tags(prompt)
+    prompt += values.get("hypernet", "")
     preset = values.get("uc_preset", None if pasted else settings.uc_preset)
     if preset is not None:
         negative = with_uc_preset(negative, preset)
@@ -571,18 +617,6 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
     if ignored:
         notes.append(f"Ignored infotext settings this bot does not use: {', '.join(ignored)}.")
     return fields
-
-
-def _without_extra_networks(prompt: str, notes: list[str]) -> str:
-    """The prompt without `<lora:…>`/`<hypernet:…>` tags (a pasted `Hypernet:` key becomes one),
-    which this version cannot apply: said in a note, and never drawn as text."""
-    text, networks = extra_networks(prompt)
-    if networks:
-        tags = ", ".join(f"<{kind}:{':'.join(args)}>" for kind, args in networks)
-        notes.append(
-            f"LoRA and hypernetworks are not available in this version yet; drew without {tags}."
-        )
-    return text
 
 
 def _convert(text: str, syntax: str, notes: list[str]) -> str:

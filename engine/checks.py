@@ -10,7 +10,8 @@ import dataclasses
 
 from engine.errors import NEGATIVE_PROMPT, PROMPT, InvalidRequest, Phrase
 from engine.infotext import format_number
-from engine.prompting import check_weights, extra_networks
+from engine.prompting import check_weights
+from engine.prompting.networks import networks_of, with_hypernet
 from engine.request import RNG_SOURCES, GenerationRequest, Limits, RequestDefaults
 from engine.sampling.samplers import canonical_sampler
 
@@ -23,6 +24,8 @@ def check_request(
     request: GenerationRequest, limits: Limits, defaults: RequestDefaults | None = None
 ) -> GenerationRequest:
     """Fill defaults and validate; InvalidRequest names what was wrong and what is allowed."""
+    if request.vae is not None and request.vae.lower() in ("automatic", "auto"):
+        request = dataclasses.replace(request, vae=None)  # the model's default
     req = (defaults or RequestDefaults()).apply(request)
     assert req.width is not None and req.height is not None
     assert req.num_inference_steps is not None and req.guidance_scale is not None
@@ -106,17 +109,18 @@ def check_request(
     if (req.emphasis or "Original") in ("Original", "No norm"):  # the modes that use weights
         check_weights(req.prompt, req.num_inference_steps)
         check_weights(req.negative_prompt, req.num_inference_steps, NEGATIVE_PROMPT)
-    _, networks = extra_networks(req.prompt)
-    if networks:
-        tag = f"<{networks[0][0]}:{':'.join(networks[0][1])}>"
+    networks_of(req.prompt)  # the tags' types and weights (their files: the registry's check)
+    if req.vae is not None and not req.vae.strip():
         raise InvalidRequest(
-            f"{tag}: LoRA and hypernetworks are not available in this version yet; remove the tag.",
-            field="prompt",
-            key="extra_network",
-            tag=tag,
+            "The VAE name is empty: name a file in models/VAE, or None for the model's own.",
+            field="vae",
+            key="vae_empty",
         )
     _check_noise(req, limits)
-    return dataclasses.replace(req, sampler=canonical_sampler(req.sampler))
+    hypernet = (defaults or RequestDefaults()).hypernet
+    return dataclasses.replace(
+        req, sampler=canonical_sampler(req.sampler), prompt=with_hypernet(req.prompt, hypernet)
+    )
 
 
 def _check_noise(req: GenerationRequest, limits: Limits) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from engine.errors import InvalidRequest, ModelNotFound, Phrase
 from engine.preview import PreviewMap
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
+
+AddonKind = Literal["VAE", "hypernetwork", "LoRA", "embedding"]
 
 
 class Device(Protocol):
@@ -47,6 +49,9 @@ class Registry(Protocol):
     def models(self) -> Mapping[str, ModelInfo]: ...
     def get(self, name: str) -> ModelInfo: ...
     def by_hash(self, model_hash: str) -> ModelInfo | None: ...
+    def check_addons(self, request: GenerationRequest) -> GenerationRequest: ...
+    def set_addon_defaults(self, name: str, **changes: str) -> ModelInfo: ...
+    def addon_names(self, kind: AddonKind) -> list[str]: ...
     def warm_hashes(self) -> None: ...
 
 

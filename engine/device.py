@@ -72,3 +72,20 @@ def apply_memory_profile(
     else:
         pipe.to(device)
     return tuple(applied)
+
+
+def place_vae(pipe: StableDiffusionPipeline, vram: Vram, device: torch.device) -> None:
+    """After `pipe.vae` was replaced (another VAE file): give it the memory profile the rest of
+    the pipeline has. Offload hooks are per component, so they are all set again."""
+    if vram != "normal":
+        pipe.vae.enable_slicing()
+    if vram == "lowvram":
+        pipe.vae.enable_tiling()
+    if vram != "normal" and device.type == "cuda":
+        pipe.remove_all_hooks()
+        if vram == "medvram":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.vae.to(device)

@@ -44,7 +44,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +52,7 @@ from typing import Any, Generic, TypeVar
 
 from engine.call import Call
 from engine.checks import check_request
-from engine.contracts import GenerateFn, M, ModelInfo, Registry, pick_model
+from engine.contracts import AddonKind, GenerateFn, M, ModelInfo, Registry, pick_model
 from engine.errors import (
     EngineClosed,
     EngineError,
@@ -64,6 +64,7 @@ from engine.errors import (
 from engine.job import Job
 from engine.journal import JobRecord, Journal, JournalError
 from engine.model_slot import ModelSlot
+from engine.prompting.networks import networks_of
 from engine.queue import AUTO_BATCH_PIXELS as AUTO_BATCH_PIXELS  # re-exported for bench/
 from engine.queue import FairQueue, QueueConfig, batch_limit
 from engine.recovery import replay
@@ -149,8 +150,11 @@ class Engine(Generic[M]):
             timing=self._timing,
             run_in_worker=self.run_in_worker,
             warm_up=lambda: self.config.warm_up,
-            changed=self._queue_changed,
+            changed=self._model_loaded,
         )
+        # The LoRA set merged into the loaded model (by the last batch): with the model, what
+        # the queue prefers next (a merge costs time, as a model load does).
+        self._merged: Hashable = ()
         self._files = ResultFiles(Path(config.results_dir))
         self._journal = Journal(config.journal)
         try:
@@ -290,6 +294,10 @@ class Engine(Generic[M]):
         """The names of the models requests may name, in the registry's order."""
         return list(self._registry.models)
 
+    def addon_names(self, kind: AddonKind) -> list[str]:
+        """The add-on files of a kind ("VAE", "hypernetwork", "LoRA", "embedding") by name."""
+        return self._registry.addon_names(kind)
+
     def model_info(self, name: str) -> ModelInfo:
         """The registry entry for `name` (e.g. its defaults); ModelNotFound if there is none."""
         return self._registry.get(name)
@@ -312,6 +320,62 @@ class Engine(Generic[M]):
         log.info("admin %s: default model is now %s", by, entry.name)
         self._queue_changed()
         return entry.name
+
+    async def set_addon_defaults(
+        self,
+        by: str,
+        *,
+        model: str | None = None,
+        vae: str | None = None,
+        hypernet: str | None = None,
+    ) -> ModelInfo:
+        """Admin: the VAE (`vae`: a file name, or "None" for the checkpoint's own) and/or the
+        hypernetwork (`hypernet`: "NAME[:STRENGTH]", "" for none) every prompt for `model`
+        (default: the default model) gets from now on; returns the updated model entry.
+
+        As a model swap: the model is loaded and draws one tiny image with the new choice
+        first; if that fails, nothing changes and this raises the reason (InvalidRequest for
+        a missing or bad file, GenerationFailed otherwise). Queued jobs keep their own.
+        """
+        if not self.is_admin(by):
+            raise InvalidRequest(
+                "Only an admin can change the model's VAE or hypernetwork.",
+                field="model",
+                key="admin_only_addons",
+            )
+        if self._closing:
+            raise EngineClosed("The bot is shutting down.", key="shutting_down_now")
+        entry = self._registry.get(model or self.default_model)
+        changes: dict[str, str] = {}
+        defaults = entry.defaults
+        if vae is not None:
+            changes["vae"] = vae
+            defaults = dataclasses.replace(defaults, vae=vae)
+        if hypernet is not None:
+            changes["hypernet"] = hypernet
+            defaults = dataclasses.replace(defaults, hypernet=hypernet)
+        trial = self._registry.check_addons(
+            check_request(
+                GenerationRequest(
+                    prompt="warm-up",
+                    width=64,
+                    height=64,
+                    num_inference_steps=1,
+                    seed=0,
+                    model=entry.name,
+                ),
+                self._limits,
+                defaults,
+            )
+        )
+        loaded = await self._slot.ensure(entry.name)
+        await self.run_in_worker(
+            functools.partial(self._generate, loaded, [trial], limits=self._limits)
+        )
+        updated = self._registry.set_addon_defaults(entry.name, **changes)
+        log.info("admin %s: %s now draws with %s", by, entry.name, changes)
+        self._queue_changed()
+        return updated
 
     def pause(self) -> None:
         """Admin: start no new batch (the drawing one finishes); jobs can still be queued."""
@@ -408,7 +472,7 @@ class Engine(Generic[M]):
         log.info("engine closed; %d unfinished job(s) stay in the journal", kept)
 
     def _take(self) -> list[Job]:
-        batch = self._queue.take(self._slot.name, self._clock(), self._batch_limit)
+        batch = self._queue.take(self._affinity(), self._clock(), self._batch_limit)
         if batch:
             self._queue_changed()
         return batch
@@ -423,6 +487,7 @@ class Engine(Generic[M]):
             return
         if self._closing:
             return  # never started: the jobs stay queued in the journal
+        self._merged = networks_of(batch[0].request.prompt).loras
         now = self._clock()
         for job in batch:
             # On failure (logged) the row stays "queued": this try is not counted.
@@ -580,11 +645,12 @@ class Engine(Generic[M]):
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
         entry = pick_model(self._registry, request, self.default_model)
-        return check_request(
+        checked = check_request(
             dataclasses.replace(request, model=entry.name, model_hash=None),
             self._limits,
             entry.defaults,
         )
+        return self._registry.check_addons(checked)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -607,6 +673,14 @@ class Engine(Generic[M]):
         self._wakeup.set()
         self._queue_changed()
 
+    def _model_loaded(self) -> None:
+        self._merged = ()  # a freshly loaded pipeline has no LoRA merged
+        self._queue_changed()
+
+    def _affinity(self) -> Hashable:
+        """The affinity of the weights now loaded (see `Job.affinity`)."""
+        return (self._slot.name, self._merged)
+
     def _queue_changed(self) -> None:
         """Queued jobs' positions and ETAs may have moved: wake their watchers."""
         self._plan_key = None
@@ -618,9 +692,9 @@ class Engine(Generic[M]):
 
     def _current_plan(self) -> list[list[Job]]:
         """The expected batches (cached; the model-wait rule changes it with time only)."""
-        key = (self._queue.version, self._slot.name, self._paused, int(self._clock()))
+        key = (self._queue.version, self._affinity(), self._paused, int(self._clock()))
         if key != self._plan_key:
-            self._plan = self._queue.plan(key[1], self._clock(), self._batch_limit)
+            self._plan = self._queue.plan(self._affinity(), self._clock(), self._batch_limit)
             self._plan_key = key
         return self._plan
 

@@ -17,7 +17,9 @@ from engine.checks import check_request
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled, Phrase
 from engine.infotext import create_infotext
 from engine.models import LoadedModel
+from engine.models.vae import decode
 from engine.prompting.conditioning import encode_conditioning
+from engine.prompting.networks import networks_of, without_networks
 from engine.request import (
     BATCH_KEYS,
     RNG_SOURCES,
@@ -84,6 +86,8 @@ def generate(
     first = reqs[0]
     for r in reqs[1:]:
         differing = [k for k in BATCH_KEYS if getattr(r, k) != getattr(first, k)]
+        if networks_of(r.prompt) != networks_of(first.prompt):
+            differing.append("extra networks")
         if differing:
             raise ValueError(f"requests cannot share a batch: they differ in {differing}")
     assert first.width is not None and first.height is not None
@@ -123,19 +127,23 @@ def generate(
 
     try:
         with torch.inference_mode():
-            # 5. Encode prompts: 75-token chunks, A1111 clip skip, emphasis after the encoder,
+            # 5. Add-ons: the batch's VAE, LoRAs and hypernetworks (loaded and checked first;
+            #    a bad file changes nothing). Encode prompts without their extra-network tags:
+            #    75-token chunks with embeddings, A1111 clip skip, emphasis after the encoder,
             #    one schedule per distinct prompt for prompt editing ([from:to:when], [a|b]).
             t0 = time.perf_counter()
+            in_use = model.addons.use(first)
             conditioning = encode_conditioning(
                 pipe.tokenizer,
                 pipe.text_encoder,
-                [r.prompt for r, _ in items],
+                [without_networks(r.prompt) for r, _ in items],
                 [r.negative_prompt for r, _ in items],
                 clip_skip=first.clip_skip,
                 # Second-order samplers count two model calls a step, as A1111 does.
                 steps=steps * row.conditioning_steps,
                 device=model.device,
                 emphasis=[r.emphasis or "Original" for r, _ in items],
+                embeddings=model.addons.embeddings(),
             )
             t1 = time.perf_counter()
 
@@ -175,10 +183,8 @@ def generate(
             t2 = time.perf_counter()
             _check_finite(latents, _DENOISING)
 
-            # 7. Decode with the VAE.
-            decoded = pipe.vae.decode(
-                latents.to(model.dtype) / pipe.vae.config.scaling_factor, return_dict=False
-            )[0]
+            # 7. Decode with the VAE (again in fp32 if fp16 made NaN: A1111's --no-half-vae).
+            decoded = decode(pipe.vae, latents)
             _check_finite(decoded, _VAE)
             images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
             t3 = time.perf_counter()
@@ -192,8 +198,16 @@ def generate(
 
     # 8. Encode PNGs with their infotext.
     results = []
-    for (req, spec), image in zip(items, images, strict=True):
-        text = infotext_for(req, spec, model)
+    for i, ((req, spec), image) in enumerate(zip(items, images, strict=True)):
+        in_prompt, in_negative = conditioning.embeddings_used(i)
+        text = infotext_for(
+            req,
+            spec,
+            model,
+            vae=in_use.vae,
+            lora_hashes=in_use.lora_hashes,
+            ti_hashes=model.addons.ti_hashes([*in_prompt, *in_negative]),
+        )
         info = PngInfo()  # PIL writes an iTXt chunk for text Latin-1 cannot hold (CJK)
         info.add_text("parameters", text)
         buf = io.BytesIO()
@@ -244,8 +258,9 @@ def noise_specs(req: GenerationRequest) -> list[NoiseSpec]:
     ]
 
 
-def infotext_for(req: GenerationRequest, spec: NoiseSpec, model: LoadedModel) -> str:
-    """The A1111 infotext of one image (A1111's key order)."""
+def infotext_for(req: GenerationRequest, spec: NoiseSpec, model: LoadedModel, **addons: Any) -> str:
+    """The A1111 infotext of one image (A1111's key order); `addons` are create_infotext's
+    `vae`, `lora_hashes` and `ti_hashes`."""
     row = SAMPLERS[canonical_sampler(req.sampler or "")]
     return create_infotext(
         req,
@@ -256,4 +271,5 @@ def infotext_for(req: GenerationRequest, spec: NoiseSpec, model: LoadedModel) ->
         uses_ensd=row.uses_ensd,
         schedule_type=row.schedule_type,
         version=f"aidraw {__version__}",
+        **addons,
     )

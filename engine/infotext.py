@@ -136,8 +136,14 @@ def create_infotext(
     uses_ensd: bool,
     schedule_type: str | None,
     version: str,
+    vae: tuple[str, str] | None = None,
+    lora_hashes: str | None = None,
+    ti_hashes: str | None = None,
 ) -> str:
     """The infotext of one image of a resolved request, keys in A1111 v1.9's order.
+
+    `vae` is (name, hash) of a VAE file used instead of the checkpoint's own; `lora_hashes`
+    and `ti_hashes` are A1111's "name: hash, …" lists of the LoRAs and embeddings used.
 
     `seed`/`subseed` are this image's; `uses_ensd` says whether the sampler draws ancestral
     noise (A1111 writes ENSD only then); `schedule_type` is written only where A1111 v1.9 would
@@ -156,6 +162,8 @@ def create_infotext(
         "Size": f"{req.width}x{req.height}",
         "Model hash": model_hash,
         "Model": model_name,
+        "VAE hash": vae[1] if vae else None,
+        "VAE": vae[0] if vae else None,
         "Variation seed": subseed if strength else None,
         "Variation seed strength": format_number(strength) if strength else None,
         "Seed resize from": (
@@ -165,6 +173,8 @@ def create_infotext(
         "ENSD": req.ensd if uses_ensd and req.ensd else None,
         "RNG": req.rng if req.rng not in (None, "GPU") else None,
         # A1111's extra_generation_params come after its fixed keys, in the order it adds them.
+        "Lora hashes": lora_hashes,
+        "TI hashes": ti_hashes,
         "Emphasis": req.emphasis if req.emphasis not in (None, "Original") else None,
         "Downcast alphas_cumprod": True if req.downcast_alphas_cumprod else None,
         "Version": version,
@@ -276,7 +286,8 @@ def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationReq
     """The request that reproduces an infotext (A1111's or ours); `changes` override fields.
 
     Keys A1111 leaves out mean its defaults: no `ENSD` is 0, no `Clip skip` is 1, no `RNG` is
-    GPU. `Model` is not mapped (model names differ between installs). Raises InvalidRequest
+    GPU; no `VAE` is the model's default. LoRAs and hypernetworks are tags in the prompt.
+    `Model` is not mapped (model names differ between installs). Raises InvalidRequest
     naming the key whose value cannot be read.
     """
     if isinstance(info, str):
@@ -300,6 +311,7 @@ def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationReq
         "seed_resize_from_h": _number(p, "Seed resize from-2", int) or 0,
         "downcast_alphas_cumprod": p.get("Downcast alphas_cumprod", "").lower() == "true",
         "emphasis": p.get("Emphasis"),
+        "vae": p.get("VAE"),
     }
     if fields["seed"] == -1:
         fields["seed"] = None

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from engine.errors import EngineError, GenerationFailed, JobCancelled
 from engine.journal import JobRecord
+from engine.prompting.networks import networks_of
 from engine.request import BATCH_KEYS, GenerationRequest, GenerationResult, JobState, Progress
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ class Job:
         self.submitted_at = submitted_at  # Unix time
         self.queued_at = queued_at  # engine clock
         self.model: str = request.model
-        self.batch_key: Hashable = tuple(getattr(request, key) for key in BATCH_KEYS)
+        networks = networks_of(request.prompt)
+        # Jobs for one model with other LoRAs wait together, as for another model (a merge).
+        self.affinity: Hashable = (request.model, networks.loras)
+        self.batch_key: Hashable = (*(getattr(request, key) for key in BATCH_KEYS), networks)
         self._engine = engine
         self._state: JobState = "queued"
         self._step = 0

@@ -85,6 +85,11 @@ class Queued(Protocol):
     @property
     def model(self) -> str: ...
     @property
+    def affinity(self) -> Hashable:
+        """What the loaded weights must be for the job: its model and its LoRA set."""
+        ...
+
+    @property
     def batch_key(self) -> Hashable: ...
     @property
     def images(self) -> int: ...
@@ -100,9 +105,10 @@ class FairQueue(Generic[T]):
 
     Scheduling, in order of precedence:
     1. Priority users' jobs go before everyone else's.
-    2. Model affinity: jobs for `current_model` go first, unless another model's oldest job
-       has waited `max_model_wait_s` (then that model, the longest-waiting first); with none
-       left for the current model, the model of the job round-robin would pick next.
+    2. Model affinity: jobs for `current` (the loaded model with the LoRAs merged into it: a
+       job's `affinity`) go first, unless another one's oldest job has waited
+       `max_model_wait_s` (then that one, the longest-waiting first); with none left for the
+       current one, the affinity of the job round-robin would pick next.
     3. Round-robin: the requester served least recently goes first (a new one before anyone
        already served), so a requester with many jobs delays another's first job by at most
        one batch. FIFO within a requester and model (a requester's jobs for another model may
@@ -153,50 +159,49 @@ class FairQueue(Generic[T]):
             self.remove(job.id)
         return jobs
 
-    def take(self, current_model: str | None, now: float, limit: Callable[[T], int]) -> list[T]:
+    def take(self, current: Hashable, now: float, limit: Callable[[T], int]) -> list[T]:
         """Remove and return the next batch (empty when nothing waits)."""
-        batch = self._select(self._state, current_model, now, limit)
+        batch = self._select(self._state, current, now, limit)
         for job in batch:
             del self._by_id[job.id]
         if batch:
             self.version += 1
         return batch
 
-    def plan(
-        self, current_model: str | None, now: float, limit: Callable[[T], int]
-    ) -> list[list[T]]:
+    def plan(self, current: Hashable, now: float, limit: Callable[[T], int]) -> list[list[T]]:
         """The batches `take()` would return, in order, if nothing changed meanwhile."""
         state = self._state.copy()
         batches: list[list[T]] = []
-        while batch := self._select(state, current_model, now, limit):
+        while batch := self._select(state, current, now, limit):
             batches.append(batch)
-            current_model = batch[0].model
+            current = batch[0].affinity
         return batches
 
     def _select(
-        self, state: _State[T], current_model: str | None, now: float, limit: Callable[[T], int]
+        self, state: _State[T], current: Hashable, now: float, limit: Callable[[T], int]
     ) -> list[T]:
         """Pick the next batch and remove it from `state`."""
         users = state.order()
         users = [u for u in users if u in self.priority_users] or users
         if not users:
             return []
-        model = self._choose_model(state, users, current_model, now)
-        # The leader: the job of the first requester in round-robin order with one for `model`.
+        chosen = self._choose(state, users, current, now)
+        # The leader: the job of the first requester in round-robin order with one for `chosen`.
         start = next(
-            i for i, u in enumerate(users) if any(j.model == model for j in state.lines[u])
+            i for i, u in enumerate(users) if any(j.affinity == chosen for j in state.lines[u])
         )
-        leader = next(j for j in state.lines[users[start]] if j.model == model)
+        leader = next(j for j in state.lines[users[start]] if j.affinity == chosen)
         cap = limit(leader)
         batch, images, taken = [leader], leader.images, {leader.id}
-        # Batch-mates: round-robin from the front of each requester's line for this model
+        # Batch-mates: round-robin from the front of each requester's line for this affinity
         # (the tier's requesters first); one whose next job does not fit stops contributing.
         tier = users[start + 1 :] + users[: start + 1]
         open_users = tier + [u for u in state.order() if u not in tier]
         while open_users and images < cap:
             for user in list(open_users):
                 nxt = next(
-                    (j for j in state.lines[user] if j.model == model and j.id not in taken), None
+                    (j for j in state.lines[user] if j.affinity == chosen and j.id not in taken),
+                    None,
                 )
                 if nxt is None or nxt.batch_key != leader.batch_key or images + nxt.images > cap:
                     open_users.remove(user)
@@ -210,25 +215,25 @@ class FairQueue(Generic[T]):
         state.mark_served(job.requester for job in batch)
         return batch
 
-    def _choose_model(
-        self, state: _State[T], users: list[str], current_model: str | None, now: float
-    ) -> str:
-        oldest: dict[str, T] = {}
+    def _choose(
+        self, state: _State[T], users: list[str], current: Hashable, now: float
+    ) -> Hashable:
+        oldest: dict[Hashable, T] = {}
         for user in users:
             for job in state.lines[user]:
-                best = oldest.get(job.model)
+                best = oldest.get(job.affinity)
                 if best is None or (job.queued_at, job.id) < (best.queued_at, best.id):
-                    oldest[job.model] = job
-        if current_model not in oldest:
-            return state.lines[users[0]][0].model
+                    oldest[job.affinity] = job
+        if current not in oldest:
+            return state.lines[users[0]][0].affinity
         starving = [
             job
-            for model, job in oldest.items()
-            if model != current_model and now - job.queued_at >= self.max_model_wait_s
+            for affinity, job in oldest.items()
+            if affinity != current and now - job.queued_at >= self.max_model_wait_s
         ]
         if not starving:
-            return current_model
-        return min(starving, key=lambda job: (job.queued_at, job.id)).model
+            return current
+        return min(starving, key=lambda job: (job.queued_at, job.id)).affinity
 
 
 class _State(Generic[T]):

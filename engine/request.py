@@ -40,6 +40,10 @@ class GenerationRequest:
         downcast_alphas_cumprod: fp16-rounded noise schedule, as A1111 before v1.7 drew.
         emphasis: A1111 emphasis mode: how (word:1.2) weighs the text encoder's output,
             "Original" (then restore the mean), "No norm", "Ignore" or "None" (no parsing).
+        vae: the VAE to decode with, by its file name under models/VAE (A1111's `VAE:` value,
+            e.g. "animevae.pt"; the stem works too); "None" = the checkpoint's own VAE; None =
+            the model's default. LoRAs and hypernetworks are `<lora:…>`/`<hypernet:…>` tags in
+            the prompt (A1111); embeddings are their file names in either prompt.
     """
 
     prompt: str
@@ -63,6 +67,7 @@ class GenerationRequest:
     seed_resize_from_h: int = 0
     downcast_alphas_cumprod: bool = False
     emphasis: str | None = None
+    vae: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +84,10 @@ class RequestDefaults:
         ensd: default A1111 eta noise seed delta (NAI: 31337).
         rng: default noise source: "auto" (GPU on CUDA, else NV), "GPU", "CPU" or "NV".
         emphasis: default A1111 emphasis mode ("Original", as A1111).
+        vae: default VAE: a file name under models/VAE, "None" (the checkpoint's own) or
+            "Automatic" (a `<checkpoint>.vae.pt|.vae.safetensors` beside it, else its own).
+        hypernet: a hypernetwork every prompt gets unless it names that one itself, "NAME" or
+            "NAME:STRENGTH" (A1111's `sd_hypernetwork` setting; NAI's recipe); "" = none.
     """
 
     width: int = 512
@@ -90,13 +99,15 @@ class RequestDefaults:
     ensd: int = 31337
     rng: Literal["auto", "GPU", "CPU", "NV"] = "auto"
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
+    vae: str = "Automatic"
+    hypernet: str = ""
 
     def apply(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill the request's None fields from these defaults."""
+        """Fill the request's None fields from these defaults (`hypernet` is check_request's)."""
         missing = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if getattr(request, f.name) is None
+            if hasattr(request, f.name) and getattr(request, f.name) is None
         }
         return dataclasses.replace(request, **missing) if missing else request
 
@@ -156,7 +167,10 @@ BATCH_KEYS = (
     "clip_skip",
     "model",
     "downcast_alphas_cumprod",
+    "vae",
 )
+# Requests whose prompts name different LoRAs or hypernetworks never share a batch either
+# (`engine.prompting.networks.networks_of(request.prompt)` is part of a job's batch key).
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.errors import GenerationFailed, JobCancelled, ModelNotFound
 from engine.preview import SD1_PREVIEW, PreviewMap
+from engine.prompting.networks import networks_of
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
 FAKE_DEFAULTS = RequestDefaults(width=64, height=64, num_inference_steps=4)
@@ -51,6 +52,18 @@ class FakeRegistry:
 
     def warm_hashes(self) -> None:
         return None
+
+    def addon_names(self, kind: str) -> list[str]:
+        return []
+
+    def set_addon_defaults(self, name: str, **changes: str) -> FakeEntry:
+        raise ModelNotFound(changes.get("vae") or changes.get("hypernet") or "", kind="VAE")
+
+    def check_addons(self, request: GenerationRequest) -> GenerationRequest:
+        """No add-on files here: the checkpoint's own VAE, and no LoRA or hypernetwork."""
+        if networks_of(request.prompt):
+            raise ModelNotFound("any", kind="LoRA")
+        return dataclasses.replace(request, vae="None")
 
     def by_hash(self, model_hash: str) -> FakeEntry | None:
         """A fake model's hash is its name's first 10 letters, padded with zeros."""

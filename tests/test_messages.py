@@ -48,11 +48,13 @@ ERROR_CLASSES = {
 }
 # Raise sites whose message is not for chat users, so it has no key: (file, why).
 NOT_FOR_USERS = {
-    "engine/models.py": "a model's .toml sidecar is wrong: logged for the admin at start-up",
+    "engine/models/checkpoints.py": "a model's .toml sidecar is wrong: logged for the admin",
     "engine/job.py": "the message a finished job left in the journal, in the words it was saved",
 }
 # Names that Chinese text uses as they are (formats, acronyms, A1111's terms).
 KEPT = {"CFG", "CLIP", "CPU", "ENSD", "GPU", "LoRA", "NAI", "NaN", "VAE", "pickle", "safetensors"}
+# What users type as it is: tag and setting names, folders, an example name.
+KEPT |= {"None", "models", "lora", "hypernet", "vram", "lowvram", "medvram", "anime"}
 FLAG = re.compile(r"--[a-z][a-z-]*")
 
 
@@ -213,7 +215,8 @@ SYNC_CASES: dict[str, Callable[[], object]] = {
     "open quote": parsed('cat --neg "ugly'),
     "lone backslash": parsed("cat --neg ugly\\"),
     "hires fix": parsed("cat --hires 2"),
-    "hypernetworks": parsed("cat --hn anime"),
+    "hypernetwork flag": parsed("cat --hn a:b:c"),
+    "hypernetwork strength": parsed("cat --hn anime:loud"),
     "img2img": parsed("cat --strength 0.5"),
     "word after a flag": parsed("cat --seed 1 dog"),
     "switch with a value": parsed("cat --no-quality=yes"),
@@ -236,7 +239,9 @@ SYNC_CASES: dict[str, Callable[[], object]] = {
         GenerationRequest(prompt="cat " * 30), Limits(max_prompt_chars=100)
     ),
     "weight out of range": checked(negative_prompt="(((((ugly:90)))))"),
-    "lora tag": checked(prompt="cat <lora:style:1>"),
+    "lora weight": checked(prompt="cat <lora:style:x>"),
+    "unknown tag": checked(prompt="cat <wildcard:style>"),
+    "empty vae": checked(vae=" "),
     "ensd": checked(ensd=-1),
     "rng": checked(rng="dice"),
     "variation seed": checked(subseed=-5),

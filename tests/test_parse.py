@@ -270,30 +270,43 @@ def test_a_settings_line_with_steps_is_a_pasted_infotext(settings: str) -> None:
 def test_flags_that_do_not_work_yet_are_never_advertised() -> None:
     with pytest.raises(ParseError) as unknown:
         parse_request("a cat --bogus 1")
-    for flag in ("--hn", "--strength", "--hires"):
+    for flag in ("--strength", "--hires"):
         assert flag not in FLAGS and flag not in str(unknown.value)
+    assert "--hn" in str(unknown.value) and "--vae" in str(unknown.value)
     with pytest.raises(ParseError, match=r"Did you mean --steps\?"):
         parse_request("a cat --strenght 0.5")  # a typo of a missing flag suggests a working one
 
 
 @pytest.mark.parametrize(
-    ("text", "prompt", "dropped"),
+    ("text", "prompt"),
     [
-        ("1girl, <lora:foo:0.8> smile", "1girl,  smile", "<lora:foo:0.8>"),
-        ("<hypernet:aini:1>1girl", "1girl", "<hypernet:aini:1>"),
+        # Tags stay in the prompt (A1111 keeps them in the infotext); CLIP never sees them.
+        ("1girl, <lora:foo:0.8> smile", "1girl, <lora:foo:0.8> smile"),
+        ("<hypernet:aini:1>1girl", "<hypernet:aini:1>1girl"),
         (  # a pasted NAI infotext's Hypernet key is a tag too (A1111 appends it to the prompt)
             "1girl\nSteps: 28, Seed: 1, Hypernet: aini, Hypernet strength: 0.6",
-            "1girl",
-            "<hypernet:aini:0.6>",
+            "1girl<hypernet:aini:0.6>",
         ),
+        ("1girl --hn anime", "1girl<hypernet:anime>"),  # strength 1 (A1111)
+        ("1girl --hn anime_3:0.6", "1girl<hypernet:anime_3:0.6>"),
     ],
 )
-def test_extra_network_tags_never_reach_clip_and_the_reply_says_so(
-    text: str, prompt: str, dropped: str
-) -> None:
+def test_extra_networks_are_read_from_the_prompt_and_hn(text: str, prompt: str) -> None:
     parsed = read_request(text, settings=PLAIN)
     assert parsed.request.prompt == prompt
-    assert any("not available in this version yet" in n and dropped in n for n in parsed.notes)
+    assert not any("not available" in note for note in parsed.notes)
+
+
+def test_vae_comes_from_the_flag_or_a_pasted_infotext() -> None:
+    assert parse_request("1girl --vae animevae.pt").vae == "animevae.pt"
+    assert parse_request("1girl --vae None").vae == "None"
+    assert parse_request("1girl --vae auto").vae is None  # the model's default
+    pasted = read_request("1girl\nSteps: 28, Seed: 1, VAE hash: 2f11e4e6b0, VAE: animevae.pt")
+    assert pasted.request.vae == "animevae.pt"
+    assert not any("Ignored" in note for note in pasted.notes)
+    # Extra-network tags in a negative prompt are text to A1111: left as they are.
+    negative = parse_request("1girl --neg <lora:foo:1>", settings=PLAIN)
+    assert negative.negative_prompt == "<lora:foo:1>"
 
 
 def test_extra_network_tags_are_read_as_a1111_reads_them() -> None:
@@ -328,7 +341,10 @@ def test_extra_network_tags_are_read_as_a1111_reads_them() -> None:
         ("a cat --syntax koishi", r"--syntax needs a1111 or nai, not 'koishi'"),
         ("a cat --steps", r"--steps needs a value \(denoising steps\)"),
         ("a cat --hires 2", r"--hires \(hires fix\) is not available in this version yet"),
-        ("a cat --hn anime", r"--hn \(hypernetworks\) is not available in this version yet"),
+        ("a cat --hn anime:loud", r"--hn: <hypernet:anime:loud>: the weight 'loud' is not"),
+        ("a cat --hn a:1:2", r"--hn needs NAME or NAME:STRENGTH, e\.g\. anime:0\.8"),
+        ("a cat <lora:x:1e9>", r"<lora:x:1e9>: the weight '1e9' is not allowed: use a number"),
+        ("a cat <lyco:x:2>, <embedding:y>", r"<embedding:y> is not an extra network here"),
         ("a cat --strength 0.5", r"--strength \(img2img\) is not available in this version"),
         ("<lora:foo:0.8>", r"The prompt is empty"),
         # lengths count what was typed, not the rewrite ({ x 10,000 becomes a short weight)

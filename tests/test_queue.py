@@ -19,6 +19,12 @@ class Item:
     images: int = 1
     queued_at: float = 0.0
     id: int = 0
+    loras: str = ""
+
+    @property
+    def affinity(self) -> Hashable:
+        """The model, or (model, LoRA set) as the engine's jobs have it."""
+        return (self.model, self.loras) if self.loras else self.model
 
     @property
     def label(self) -> str:
@@ -37,14 +43,12 @@ def queue(*items: Item, wait: float = 60.0, priority: tuple[str, ...] = ()) -> F
     return q
 
 
-def drain(
-    q: FairQueue[Item], model: str | None = "m1", now: float = 0.0, cap: int = 1
-) -> list[str]:
+def drain(q: FairQueue[Item], model: Hashable = "m1", now: float = 0.0, cap: int = 1) -> list[str]:
     """Requesters of each batch taken until empty, e.g. ['a', 'b', 'ab']."""
     out = []
     while batch := q.take(model, now, lambda item: cap):
         out.append("".join(item.requester for item in batch))
-        model = batch[0].model
+        model = batch[0].affinity
     return out
 
 
@@ -66,6 +70,20 @@ def test_plan_predicts_take() -> None:
         taken.append([i.id for i in batch])
         model = batch[0].model
     assert planned == taken and len(q) == 0
+
+
+def test_a_lora_set_is_served_like_a_model_of_its_own() -> None:
+    # a: plain, b: LoRA x, c: plain, d: LoRA x. With the plain model loaded, the plain jobs go
+    # first (no merge), then both LoRA jobs in one batch (one merge), not plain/x/plain/x.
+    items = [
+        Item(requester="a", id=next(_ids)),
+        Item(requester="b", id=next(_ids), loras="x", batch_key="x"),
+        Item(requester="c", id=next(_ids)),
+        Item(requester="d", id=next(_ids), loras="x", batch_key="x"),
+    ]
+    assert drain(queue(*items), cap=2) == ["ac", "bd"]
+    # With x merged (the last batch's), its jobs go first.
+    assert drain(queue(*items), model=("m1", "x"), cap=2) == ["bd", "ac"]
 
 
 def test_a_newcomer_goes_before_requesters_already_served() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import logging
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,21 +17,26 @@ from typing import Any, Literal
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
 from engine.config import ConfigError, build
-from engine.device import DeviceOptions, apply_memory_profile
+from engine.device import DeviceOptions, apply_memory_profile, place_vae
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
+from engine.models.addons import Addons
 from engine.models.hashes import HashCache
+from engine.models.library import AddonLibrary, Kind, is_paired_vae
 from engine.models.weights import check_ckpt
 from engine.preview import SD1_PREVIEW, PreviewMap
+from engine.prompting.networks import networks_of
 from engine.prompting.tokenizer import build_tokenizer
-from engine.request import RequestDefaults
+from engine.request import GenerationRequest, RequestDefaults
 
 log = logging.getLogger(__name__)
 
 SD15_CONFIG = Path(__file__).parent.parent / "sd_configs" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+OVERRIDES_NAME = ".aidraw-addons.json"  # admins' per-model VAE and hypernetwork choices
+AUTOMATIC = ("Automatic", "auto")
 
 # Loading bars from the libraries would interleave with the bots' logs and the CLI's own bar.
 diffusers.utils.logging.disable_progress_bar()
@@ -57,6 +65,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     scheduler_config: Any
+    addons: Addons
     memory: tuple[str, ...] = ()
 
     @property
@@ -74,44 +83,161 @@ class LoadedModel:
 
 @dataclass
 class ModelRegistry:
-    """Scans `models_dir`: diffusers folders, single-file checkpoints, and VAEs in `VAE/`.
+    """Scans `models_dir`: diffusers folders and single-file checkpoints; `addons` has the
+    VAEs, hypernetworks, LoRAs and embeddings.
 
     A model's name is its folder name or file stem. A file `models/<name>.toml` beside a model
-    holds its own defaults (`[defaults]` with RequestDefaults' keys) and, for single files of
-    another architecture than SD-1.x, `config = "<diffusers folder>"` relative to models/.
+    holds its own defaults (`[defaults]` with RequestDefaults' keys, `vae` and `hypernet`
+    included) and, for single files of another architecture than SD-1.x,
+    `config = "<diffusers folder>"` relative to models/. Admins' VAE and hypernetwork choices
+    (`set_addon_defaults`) are kept in models/.aidraw-addons.json and win over the file.
     """
 
     models_dir: Path
     base_defaults: RequestDefaults = field(default_factory=RequestDefaults)
     models: dict[str, ModelEntry] = field(default_factory=dict, init=False)
-    vaes: dict[str, Path] = field(default_factory=dict, init=False)
     problems: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.hashes = HashCache(self.models_dir)
+        self.addons = AddonLibrary(self.models_dir, self.hashes)
+        self._overrides: dict[str, dict[str, str]] = {}
         self.scan()
+
+    # --- add-ons ----------------------------------------------------------------------------
+
+    def _with_addons(self, name: str, path: Path, defaults: RequestDefaults) -> RequestDefaults:
+        """A model's VAE and hypernetwork defaults: its file's, then an admin's choice (each
+        checked on its own: one that names a missing file is skipped), then "Automatic"
+        resolved to a `<checkpoint>.vae.*` beside it, else the checkpoint's own ("None")."""
+        for key, value in self._overrides.get(name, {}).items():
+            try:
+                value = self._check_addon_default(key, value)
+            except InvalidRequest as e:
+                self.problems.append(f"{OVERRIDES_NAME}: {name}.{key}: {e}")
+                log.warning("model %s: ignoring the admin's %s %r: %s", name, key, value, e)
+                continue
+            if key == "vae":
+                defaults = dataclasses.replace(defaults, vae=value)
+            else:
+                defaults = dataclasses.replace(defaults, hypernet=value)
+        if defaults.vae in AUTOMATIC:
+            defaults = dataclasses.replace(defaults, vae=self.addons.vae_near(path) or "None")
+        return defaults
+
+    def check_addons(self, request: GenerationRequest) -> GenerationRequest:
+        """The add-on files a checked request names are here: its VAE (by A1111's name, or
+        "None" for the checkpoint's own) and its prompt's LoRAs and hypernetworks. One missing
+        file raises ModelNotFound (close names, what is installed); several, one line with all
+        of them (a pasted infotext names what its author had)."""
+        vae = request.vae or "Automatic"
+        if vae in AUTOMATIC:
+            path = self.models[request.model].path if request.model in self.models else None
+            vae = (self.addons.vae_near(path) if path else None) or "None"
+        missing: list[ModelNotFound] = []
+        wanted: list[tuple[Kind, str]] = [] if vae.lower() == "none" else [("VAE", vae)]
+        networks = networks_of(request.prompt)
+        wanted += [("LoRA", lora.name) for lora in networks.loras]
+        wanted += [("hypernetwork", hn.name) for hn in networks.hypernets]
+        for kind, name in wanted:
+            try:
+                found = self.addons.find(kind, name)
+            except ModelNotFound as e:
+                missing.append(e)
+                continue
+            if kind == "VAE":
+                vae = found.name
+        if len(missing) == 1:
+            raise missing[0]
+        if missing:
+            names = [f"{e.kind} {e.name}" for e in missing]
+            raise InvalidRequest(
+                f"These add-ons are not here: {', '.join(names)}. Ask the admin to add them to "
+                "models/, or remove them from the prompt.",
+                field="prompt",
+                key="addons_missing",
+                names=names,
+            )
+        return dataclasses.replace(request, vae="None" if vae.lower() == "none" else vae)
+
+    def _check_addon_default(self, key: str, value: str) -> str:
+        """The value as stored: a VAE's or hypernetwork's own name (InvalidRequest if not here)."""
+        if key == "vae":
+            if value.lower() == "none":
+                return "None"
+            if value in AUTOMATIC:
+                return "Automatic"
+            return self.addons.find("VAE", value).name
+        if key == "hypernet":
+            if value.lower() in ("", "none"):
+                return ""
+            name, colon, strength = value.partition(":")
+            networks_of(f"<hypernet:{value}>")  # a strength that is a number in range
+            return self.addons.find("hypernetwork", name).name + colon + strength
+        raise InvalidRequest(f"unknown key {key!r}; allowed: vae, hypernet")
+
+    def _read_overrides(self) -> dict[str, dict[str, str]]:
+        file = self.models_dir / OVERRIDES_NAME
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            self.problems.append(f"{OVERRIDES_NAME}: {e}")
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {
+            str(model): {str(k): str(v) for k, v in table.items()}
+            for model, table in data.items()
+            if isinstance(table, dict)
+        }
+
+    def set_addon_defaults(self, name: str, **changes: str) -> ModelEntry:
+        """An admin's default VAE (`vae`) and/or hypernetwork (`hypernet`, "NAME[:W]" or "")
+        for model `name`, kept in models/.aidraw-addons.json; returns the updated entry."""
+        entry = self.get(name)
+        checked = {key: self._check_addon_default(key, value) for key, value in changes.items()}
+        table = {**self._overrides.get(entry.name, {}), **checked}
+        self._overrides[entry.name] = table
+        file = self.models_dir / OVERRIDES_NAME
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._overrides, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, file)
+        try:
+            base, _, _ = self._read_sidecar(entry.name)
+        except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            base = entry.defaults
+        updated = dataclasses.replace(
+            entry, defaults=self._with_addons(entry.name, entry.path, base)
+        )
+        self.models[entry.name] = updated
+        return updated
 
     def scan(self) -> None:
         """Re-read models/ (new files appear, removed ones disappear)."""
-        self.models, self.vaes, self.problems = {}, {}, []
+        self.models, self.problems = {}, []
+        self.addons.scan()
+        self.problems += self.addons.problems
         if not self.models_dir.is_dir():
             return
+        self._overrides = self._read_overrides()
         for path in sorted(self.models_dir.iterdir()):
             if path.name.startswith("."):
                 continue
             if path.is_dir() and (path / "model_index.json").is_file():
                 self._add(path.name, path, "diffusers")
-            elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
+            elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES and not is_paired_vae(path):
                 self._add(path.stem, path, "single_file")
-        vae_dir = self.models_dir / "VAE"
-        if vae_dir.is_dir():
-            for path in sorted(vae_dir.iterdir()):
-                if (
-                    path.is_file()
-                    and path.suffix in SINGLE_FILE_SUFFIXES
-                    or (path.is_dir() and (path / "config.json").is_file())
-                ):
-                    self.vaes[path.stem] = path
+
+    def addon_names(self, kind: Kind) -> list[str]:
+        """The add-on files of a kind, by the names prompts and settings use."""
+        return self.addons.names(kind)
+
+    @property
+    def vaes(self) -> list[str]:
+        """The VAE names (A1111's: file names) under models/VAE and beside the checkpoints."""
+        return self.addons.names("VAE")
 
     def _add(self, name: str, path: Path, kind: Literal["diffusers", "single_file"]) -> None:
         if name in self.models:
@@ -123,6 +249,7 @@ class ModelRegistry:
             self.problems.append(f"{name}.toml: {e}")
             log.error("skipping model %s: %s", name, e)
             return
+        defaults = self._with_addons(name, path, defaults)
         self.models[name] = ModelEntry(
             name=name, path=path, kind=kind, defaults=defaults, config=config, preview=preview
         )
@@ -226,9 +353,7 @@ class ModelRegistry:
         weights = weights or sorted((entry.path / "unet").glob("diffusion_pytorch_model*"))
         return weights[0] if weights else None
 
-    def load(
-        self, name: str, options: DeviceOptions | None = None, *, vae: str | None = None
-    ) -> LoadedModel:
+    def load(self, name: str, options: DeviceOptions | None = None) -> LoadedModel:
         """Load a model offline onto the configured device (call from the torch worker thread)."""
         options = options or DeviceOptions()
         entry = self.get(name)
@@ -259,10 +384,16 @@ class ModelRegistry:
                 file=entry.path.name,
                 problem=problem,
             ) from e
-        if vae is not None:
-            pipe.vae = self.load_vae(vae, dtype)
         pipe.set_progress_bar_config(disable=True)
         memory = apply_memory_profile(pipe, options.vram, device)
+        addons = Addons(
+            pipe,
+            self.addons,
+            vae_config=entry.config / "vae",
+            device=device,
+            dtype=dtype,
+            place_vae=functools.partial(place_vae, pipe, options.vram, device),
+        )
         log.info("loaded model %s (%s, %s, %s) %s", name, entry.kind, device, dtype, memory)
         return LoadedModel(
             entry=entry,
@@ -271,26 +402,9 @@ class ModelRegistry:
             device=device,
             dtype=dtype,
             scheduler_config=pipe.scheduler.config,
+            addons=addons,
             memory=memory,
         )
-
-    def load_vae(self, name: str, dtype: torch.dtype) -> AutoencoderKL:
-        """A VAE from models/VAE/ (single file or diffusers folder)."""
-        path = self.vaes.get(name)
-        if path is None:
-            close = difflib.get_close_matches(name, list(self.vaes), n=3)
-            raise ModelNotFound(name, kind="VAE", suggestions=close, installed=list(self.vaes))
-        if path.is_dir():
-            vae: AutoencoderKL = AutoencoderKL.from_pretrained(
-                str(path), dtype=dtype, local_files_only=True
-            )
-            return vae
-        if path.suffix == ".ckpt":
-            check_ckpt(path)
-        vae = AutoencoderKL.from_single_file(
-            str(path), config=str(SD15_CONFIG / "vae"), dtype=dtype, local_files_only=True
-        )
-        return vae
 
 
 def load_problem(error: BaseException, path: Path) -> Phrase:

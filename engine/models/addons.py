@@ -1,0 +1,194 @@
+"""Addons: the VAE, LoRAs, hypernetworks and embeddings applied to one loaded pipeline.
+
+`use(request)` makes the pipeline draw as the request asks (torch thread, before a batch): its
+VAE (the checkpoint's own when "None"), its prompt's LoRAs merged into the weights (exactly
+undone when the next batch wants another set) and its hypernetworks in every attention layer.
+Embeddings are all the files in models/embeddings, found by name in any prompt. Loaded files
+are kept while unchanged on disk, a few at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+from engine.errors import BadAddonFile, EngineError, GenerationFailed
+from engine.models.embeddings import Embedding, EmbeddingDB
+from engine.models.hypernetworks import Hypernetwork, HypernetworkHook, check_fits
+from engine.models.library import AddonFile, AddonLibrary
+from engine.models.lora import Lora, LoraPatcher
+from engine.models.vae import load_vae
+from engine.prompting.networks import networks_of
+from engine.request import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+KEEP_FILES = 8  # loaded LoRA/hypernetwork files kept for the next batches
+KEEP_VAES = 2  # loaded VAE files kept besides the checkpoint's own
+
+
+@dataclass(frozen=True)
+class InUse:
+    """What a batch is drawn with, for its infotext: the VAE file as (name, short hash), or
+    None for the checkpoint's own; `lora_hashes` in A1111's "name: hash, …" form."""
+
+    vae: tuple[str, str] | None
+    lora_hashes: str | None
+
+
+class Addons:
+    """The add-on state of one pipeline (all calls on the engine's torch thread)."""
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        library: AddonLibrary,
+        *,
+        vae_config: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        place_vae: Callable[[AutoencoderKL], None],
+    ) -> None:
+        self._pipe = pipe
+        self._library = library
+        self._vae_config = vae_config
+        self._device = device
+        self._dtype = dtype
+        self._place_vae = place_vae  # the memory profile, applied to a new VAE
+        self._own_vae: AutoencoderKL = pipe.vae
+        self._vae_name = "None"
+        self._vaes: OrderedDict[tuple[Path, int], AutoencoderKL] = OrderedDict()
+        self._files: OrderedDict[tuple[Path, int], Any] = OrderedDict()
+        self._loras = LoraPatcher(pipe.unet, pipe.text_encoder)
+        self._hypernets = HypernetworkHook(pipe.unet)
+        self._embeddings: EmbeddingDB | None = None
+        self._embeddings_key: tuple[tuple[str, int], ...] | None = None
+        self.problems: list[str] = []  # embeddings that were skipped, for `aidraw models`
+
+    # --- per batch ----------------------------------------------------------------------------
+
+    def use(self, request: GenerationRequest) -> InUse:
+        """Apply the request's VAE, LoRAs and hypernetworks (all of a batch share them).
+
+        Every file is loaded and checked before anything changes: a bad one raises its
+        BadAddonFile (one line) and the pipeline stays as it was."""
+        networks = networks_of(request.prompt)
+        loras = [
+            (self._load(self._library.find("LoRA", use.name), Lora.load), use)
+            for use in networks.loras
+        ]
+        hypernets = [
+            (self._load(self._library.find("hypernetwork", use.name), self._load_hypernet), use)
+            for use in networks.hypernets
+        ]
+        vae_file = self._vae_file(request.vae)
+        vae = self._load_vae(vae_file) if vae_file is not None else self._own_vae
+        if loras and _offloaded(self._pipe.unet):
+            raise GenerationFailed(
+                "LoRA cannot be merged into weights offloaded by vram = lowvram; the admin can "
+                "use medvram instead.",
+                key="lora_lowvram",
+            )
+        self._loras.use([(lora, use.te, use.unet) for lora, use in loras])
+        self._hypernets.use([(hn, use.strength) for hn, use in hypernets])
+        if vae is not self._pipe.vae:
+            self._pipe.vae = vae
+            self._place_vae(vae)
+        self._vae_name = vae_file.name if vae_file is not None else "None"
+        lora_hashes = ", ".join(
+            f"{_clean(use.name)}: {self._library.short_hash(self._library.find('LoRA', use.name))}"
+            for _, use in loras
+        )
+        return InUse(
+            vae=(vae_file.name, self._library.short_hash(vae_file)) if vae_file else None,
+            lora_hashes=lora_hashes or None,
+        )
+
+    def embeddings(self) -> EmbeddingDB:
+        """The embeddings in models/embeddings, reloaded when the folder's files change; a file
+        that cannot be used (or is for another text encoder) is skipped and logged."""
+        files = self._library.files["embedding"]
+        key = tuple((str(f.path), f.path.stat().st_mtime_ns) for f in files.values())
+        if self._embeddings is None or key != self._embeddings_key:
+            loaded, self.problems = [], []
+            width = int(self._pipe.text_encoder.config.hidden_size)
+            for file in files.values():
+                try:
+                    embedding = Embedding.load(file.path, file.name)
+                    if embedding.vectors.shape[-1] != width:
+                        raise BadAddonFile(
+                            "embedding",
+                            file.path.name,
+                            f"it is for a text encoder {embedding.vectors.shape[-1]} wide, "
+                            f"this model's is {width}",
+                        )
+                except EngineError as e:
+                    self.problems.append(f"{file.path.name}: {e}")
+                    log.warning("skipping embedding %s: %s", file.path.name, e)
+                    continue
+                loaded.append(embedding)
+            self._embeddings = EmbeddingDB(loaded, self._pipe.tokenizer, width)
+            self._embeddings_key = key
+        return self._embeddings
+
+    def ti_hashes(self, names: list[str]) -> str | None:
+        """A1111's `TI hashes` value for the embeddings used, in the order given."""
+        files = self._library.files["embedding"]
+        parts = [
+            f"{_clean(name)}: {self._library.short_hash(files[name])}"
+            for name in names
+            if name in files
+        ]
+        return ", ".join(parts) or None
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def _vae_file(self, name: str | None) -> AddonFile | None:
+        if name is None or name.lower() in ("none", "automatic", "auto"):
+            return None
+        return self._library.find("VAE", name)
+
+    def _load_vae(self, file: AddonFile) -> AutoencoderKL:
+        key = (file.path, file.path.stat().st_mtime_ns)
+        if key not in self._vaes:
+            vae = load_vae(file.path, config=self._vae_config, dtype=self._dtype)
+            self._vaes[key] = vae
+            while len(self._vaes) > KEEP_VAES:
+                old_key, old = self._vaes.popitem(last=False)
+                if old is self._pipe.vae:  # still drawing with it: keep it one more turn
+                    self._vaes[old_key] = old
+                    break
+        self._vaes.move_to_end(key)
+        return self._vaes[key]
+
+    def _load_hypernet(self, path: Path, name: str) -> Hypernetwork:
+        hypernet = Hypernetwork.load(path, name).to(self._device, self._dtype)
+        check_fits(hypernet, self._pipe.unet)
+        return hypernet
+
+    def _load(self, file: AddonFile, load: Callable[[Path, str], T]) -> T:
+        key = (file.path, file.path.stat().st_mtime_ns)
+        if key not in self._files:
+            self._files[key] = load(file.path, file.name)
+            while len(self._files) > KEEP_FILES:
+                self._files.popitem(last=False)
+        self._files.move_to_end(key)
+        loaded: T = self._files[key]
+        return loaded
+
+
+def _clean(name: str) -> str:
+    """A1111 strips `:` and `,` from names in its hash lists (they would break the list)."""
+    return name.replace(":", "").replace(",", "")
+
+
+def _offloaded(module: torch.nn.Module) -> bool:
+    return any(p.device.type == "meta" for p in module.parameters())
