@@ -49,6 +49,7 @@ bench: install
 	$(PY) -m bench.overhead
 	$(PY) -m bench.samplers
 	$(PY) -m bench.engine
+	$(PY) -m bench.addons
 	$(PY) -m bench.demo_model
 
 # Retrain the demo model from seed 0 (about 50 minutes on 2 CPU cores) into engine/demo/weights/;

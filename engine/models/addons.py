@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from engine.errors import BadAddonFile, EngineError, GenerationFailed
+from engine.errors import BadAddonFile, GenerationFailed
 from engine.models.embeddings import Embedding, EmbeddingDB
 from engine.models.hypernetworks import Hypernetwork, HypernetworkHook, check_fits
 from engine.models.library import AddonFile, AddonLibrary
@@ -114,29 +114,23 @@ class Addons:
 
     def embeddings(self) -> EmbeddingDB:
         """The embeddings in models/embeddings, reloaded when the folder's files change; a file
-        that cannot be used (or is for another text encoder) is skipped and logged."""
+        that cannot be used (or is for another text encoder) is skipped and logged: its name
+        stays plain words, as in A1111."""
         files = self._library.files["embedding"]
         key = tuple((str(f.path), f.path.stat().st_mtime_ns) for f in files.values())
         if self._embeddings is None or key != self._embeddings_key:
-            loaded, self.problems = [], []
-            width = int(self._pipe.text_encoder.config.hidden_size)
+            loaded, problems = [], []
             for file in files.values():
                 try:
-                    embedding = Embedding.load(file.path, file.name)
-                    if embedding.vectors.shape[-1] != width:
-                        raise BadAddonFile(
-                            "embedding",
-                            file.path.name,
-                            f"it is for a text encoder {embedding.vectors.shape[-1]} wide, "
-                            f"this model's is {width}",
-                        )
-                except EngineError as e:
-                    self.problems.append(f"{file.path.name}: {e}")
-                    log.warning("skipping embedding %s: %s", file.path.name, e)
-                    continue
-                loaded.append(embedding)
-            self._embeddings = EmbeddingDB(loaded, self._pipe.tokenizer, width)
-            self._embeddings_key = key
+                    loaded.append(Embedding.load(file.path, file.name))
+                except BadAddonFile as e:
+                    problems.append(str(e))
+            width = int(self._pipe.text_encoder.config.hidden_size)
+            db = EmbeddingDB(loaded, self._pipe.tokenizer, width)
+            self.problems = problems + [str(e) for e in db.skipped.values()]
+            for problem in self.problems:
+                log.warning("skipping an embedding: %s", problem)
+            self._embeddings, self._embeddings_key = db, key
         return self._embeddings
 
     def ti_hashes(self, names: list[str]) -> str | None:

@@ -5,6 +5,11 @@ The prompt language itself (attention, NAI braces, prompt editing) is `engine.pr
 each chunk with A1111's clip skip and applies emphasis to the encoder output, the diffusers
 "weighted prompts" way with A1111's numbers.
 
+Textual-inversion embeddings (`engine.models.embeddings.EmbeddingDB`) are placed by the
+chunker; their vectors replace the token embeddings at the chunk's fixes, before CLIP adds the
+position embeddings (A1111's `EmbeddingsWithFixes`), through a forward hook on the encoder's
+token embedding that lasts for one encoder call.
+
 Contract with the sampler loop: `encode_conditioning(...)` returns a `Conditioning`, and the
 loop asks `conditioning.at(step)` for (cond, uncond) at every 0-based step, so prompt editing
 can change the conditioning mid-way. Second-order samplers call the denoiser twice a step;
@@ -13,17 +18,31 @@ A1111 builds their schedule for `2 * steps` and counts denoiser calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from engine.prompting.chunks import COMMA_BACKTRACK, empty_chunk, prompt_chunks, special_ids
+from engine.prompting.chunks import (
+    COMMA_BACKTRACK,
+    ChunkFix,
+    empty_chunk,
+    prompt_chunks,
+    special_ids,
+)
 from engine.prompting.syntax import (
     check_emphasis,
     prompt_schedule,
 )
+
+if TYPE_CHECKING:
+    from engine.models.embeddings import EmbeddingDB
+
+# (offset among the 75, (n, D) vectors): one row's embedding placements for `encode_tokens`.
+Placements = Sequence[tuple[int, torch.Tensor]]
 
 # --- Encoding -----------------------------------------------------------------------------------
 
@@ -50,6 +69,16 @@ class Conditioning:
     conds: tuple[tuple[ScheduledCond, ...], ...]
     unconds: tuple[tuple[ScheduledCond, ...], ...]
     empty: torch.Tensor  # (77, D): the empty prompt, for `padded_at`
+    # Per image: the embeddings its prompt and its negative prompt used (see `embeddings_used`).
+    embedding_names: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()
+
+    def embeddings_used(self, i: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Names of the embeddings image i's prompt used, then its negative prompt's.
+
+        Each name once, over all prompt-editing variants, in A1111's order (its `used_embeddings`
+        for "TI hashes"): chunk by chunk, each chunk's variants in schedule order.
+        """
+        return self.embedding_names[i] if self.embedding_names else ((), ())
 
     def at(
         self, step: int, images: Sequence[int] | None = None
@@ -116,24 +145,26 @@ def encode_conditioning(
     device: torch.device,
     emphasis: str | Sequence[str] = "Original",
     comma_backtrack: int = COMMA_BACKTRACK,
+    embeddings: EmbeddingDB | None = None,
 ) -> Conditioning:
     """Encode a batch's prompts and negative prompts (A1111 syntax) for `steps` sampling steps.
 
     Each distinct prompt is encoded once, all its prompt-editing variants together (A1111
     restores the emphasis mean over them jointly); `emphasis` is one mode or one per image.
+    `embeddings`: the textual-inversion embeddings prompts may name.
     """
     emphases = [emphasis] * len(prompts) if isinstance(emphasis, str) else list(emphasis)
     if not len(prompts) == len(negative_prompts) == len(emphases):
         raise ValueError("prompts, negative_prompts and emphasis differ in length")
     for mode in set(emphases):
         check_emphasis(mode)
-    cache: dict[tuple[str, str], tuple[ScheduledCond, ...]] = {}
+    cache: dict[tuple[str, str], tuple[tuple[ScheduledCond, ...], tuple[str, ...]]] = {}
 
-    def schedule(text: str, mode: str) -> tuple[ScheduledCond, ...]:
+    def schedule(text: str, mode: str) -> tuple[tuple[ScheduledCond, ...], tuple[str, ...]]:
         key = (text, mode)
         if key not in cache:
             entries = prompt_schedule(text, steps)
-            z = encode_prompts(
+            z, names = _encode_texts(
                 tokenizer,
                 text_encoder,
                 [variant for _, variant in entries],
@@ -141,14 +172,24 @@ def encode_conditioning(
                 device=device,
                 emphasis=mode,
                 comma_backtrack=comma_backtrack,
+                embeddings=embeddings,
             )
-            cache[key] = tuple(ScheduledCond(end, z[i]) for i, (end, _) in enumerate(entries))
+            conds = tuple(ScheduledCond(end, z[i]) for i, (end, _) in enumerate(entries))
+            cache[key] = (conds, names)
         return cache[key]
 
-    conds = tuple(schedule(p, mode) for p, mode in zip(prompts, emphases, strict=True))
-    unconds = tuple(schedule(p, mode) for p, mode in zip(negative_prompts, emphases, strict=True))
+    cond_parts = [schedule(p, mode) for p, mode in zip(prompts, emphases, strict=True)]
+    uncond_parts = [schedule(p, mode) for p, mode in zip(negative_prompts, emphases, strict=True)]
     empty = encode_prompts(tokenizer, text_encoder, [""], clip_skip=clip_skip, device=device)[0]
-    return Conditioning(conds=conds, unconds=unconds, empty=empty)
+    return Conditioning(
+        conds=tuple(conds for conds, _ in cond_parts),
+        unconds=tuple(unconds for unconds, _ in uncond_parts),
+        empty=empty,
+        embedding_names=tuple(
+            (c_names, u_names)
+            for (_, c_names), (_, u_names) in zip(cond_parts, uncond_parts, strict=True)
+        ),
+    )
 
 
 def encode_prompts(
@@ -160,19 +201,53 @@ def encode_prompts(
     device: torch.device,
     emphasis: str = "Original",
     comma_backtrack: int = COMMA_BACKTRACK,
+    embeddings: EmbeddingDB | None = None,
 ) -> torch.Tensor:
     """(len(texts), 77·k, D): A1111's `FrozenCLIPEmbedderWithCustomWords.forward` on one batch.
 
     Texts with fewer chunks get padding chunks; each chunk index is encoded as one batch, and
     emphasis (with its mean restore) applies to that whole batch.
     """
+    z, _ = _encode_texts(
+        tokenizer,
+        text_encoder,
+        texts,
+        clip_skip=clip_skip,
+        device=device,
+        emphasis=emphasis,
+        comma_backtrack=comma_backtrack,
+        embeddings=embeddings,
+    )
+    return z
+
+
+def _encode_texts(
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    texts: Sequence[str],
+    *,
+    clip_skip: int,
+    device: torch.device,
+    emphasis: str,
+    comma_backtrack: int,
+    embeddings: EmbeddingDB | None,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """`encode_prompts`, and the embeddings used, once each, in A1111's `used_embeddings`
+    order (chunk index, then text, then position)."""
     per_text = [
-        prompt_chunks(tokenizer, t, emphasis=emphasis, comma_backtrack=comma_backtrack)
+        prompt_chunks(
+            tokenizer,
+            t,
+            emphasis=emphasis,
+            comma_backtrack=comma_backtrack,
+            embeddings=embeddings,
+        )
         for t in texts
     ]
     padding = empty_chunk(tokenizer)
     ids = special_ids(tokenizer)
     zs = []
+    used: dict[str, None] = {}
     for i in range(max(len(chunks) for chunks in per_text)):
         batch = [chunks[i] if i < len(chunks) else padding for chunks in per_text]
         tokens = torch.tensor([c.tokens for c in batch], dtype=torch.long)
@@ -180,28 +255,68 @@ def encode_prompts(
             for row, chunk in enumerate(batch):
                 tokens[row, chunk.tokens.index(ids.end) + 1 :] = ids.pad
         multipliers = torch.tensor([c.multipliers for c in batch], dtype=torch.float32)
-        z = _encode_unique(text_encoder, tokens, clip_skip=clip_skip, device=device)
+        fixes = [c.fixes for c in batch]
+        used.update((fix.name, None) for row in fixes for fix in row)
+        z = _encode_unique(
+            text_encoder,
+            tokens,
+            clip_skip=clip_skip,
+            device=device,
+            fixes=fixes,
+            embeddings=embeddings,
+        )
         zs.append(apply_emphasis(z, multipliers.to(device), emphasis))
-    return torch.hstack(zs)
+    return torch.hstack(zs), tuple(used)
 
 
 def _encode_unique(
-    text_encoder: CLIPTextModel, tokens: torch.Tensor, *, clip_skip: int, device: torch.device
+    text_encoder: CLIPTextModel,
+    tokens: torch.Tensor,
+    *,
+    clip_skip: int,
+    device: torch.device,
+    fixes: Sequence[tuple[ChunkFix, ...]] = (),
+    embeddings: EmbeddingDB | None = None,
 ) -> torch.Tensor:
-    """Encode each distinct row once (prompt-editing variants share most chunks)."""
-    unique, index = torch.unique(tokens, dim=0, return_inverse=True)
-    z = encode_tokens(text_encoder, unique.to(device), clip_skip=clip_skip)
+    """Encode each distinct row once (prompt-editing variants share most chunks).
+
+    Rows are distinct by their tokens and their embedding fixes together: an embedding's
+    placeholder ids are all 0, whichever embedding they stand for.
+    """
+    if embeddings is None or not any(fixes):
+        unique, index = torch.unique(tokens, dim=0, return_inverse=True)
+        z = encode_tokens(text_encoder, unique.to(device), clip_skip=clip_skip)
+        return z[index.to(device)]
+    kinds: dict[tuple[ChunkFix, ...], int] = {}
+    column = torch.tensor([kinds.setdefault(tuple(row), len(kinds)) for row in fixes])
+    keyed = torch.cat([tokens, column[:, None]], dim=1)
+    unique, index = torch.unique(keyed, dim=0, return_inverse=True)
+    by_kind = {kind: row for row, kind in kinds.items()}
+    placements = [
+        [(fix.offset, embeddings.vectors(fix.name)) for fix in by_kind[int(kind)]]
+        for kind in unique[:, -1]
+    ]
+    z = encode_tokens(
+        text_encoder, unique[:, :-1].to(device), clip_skip=clip_skip, placements=placements
+    )
     return z[index.to(device)]
 
 
 def encode_tokens(
-    text_encoder: CLIPTextModel, tokens: torch.Tensor, *, clip_skip: int
+    text_encoder: CLIPTextModel,
+    tokens: torch.Tensor,
+    *,
+    clip_skip: int,
+    placements: Sequence[Placements] | None = None,
 ) -> torch.Tensor:
     """(N, 77, D) CLIP output; A1111 clip skip N ≥ 2 = hidden layer -N, then the final norm.
 
     A1111 "Clip skip 2" is diffusers' `clip_skip=1`: both take the penultimate layer.
+    `placements`, one list per row: embedding vectors that replace the token embeddings from
+    position offset + 1 on.
     """
-    out = text_encoder(tokens, output_hidden_states=clip_skip > 1)
+    with _placed(text_encoder, placements):
+        out = text_encoder(tokens, output_hidden_states=clip_skip > 1)
     if clip_skip <= 1:
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
@@ -209,6 +324,41 @@ def encode_tokens(
     inner = getattr(text_encoder, "text_model", text_encoder)
     normed: torch.Tensor = inner.final_layer_norm(out.hidden_states[-clip_skip])
     return normed
+
+
+@contextmanager
+def _placed(text_encoder: CLIPTextModel, placements: Sequence[Placements] | None) -> Iterator[None]:
+    """A1111's `EmbeddingsWithFixes` for one encoder call: a hook on the token embedding puts
+    each row's vectors at offset + 1 (after BOS), before CLIP adds position embeddings.
+
+    The vectors take the token embedding's dtype (A1111 under autocast keeps them fp32 and so
+    promotes the sum; our encoder runs without autocast). Nothing is hooked without vectors.
+    """
+    if not placements or not any(placements):
+        yield
+        return
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    module: torch.nn.Module = inner.embeddings.token_embedding
+
+    def place(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] != len(placements):
+            raise RuntimeError("embedding placements do not match the encoded batch")
+        placed = output.clone()
+        length = placed.shape[1]
+        for row, rows_placements in enumerate(placements):
+            for offset, vectors in rows_placements:
+                start = offset + 1
+                count = min(length - start, vectors.shape[0])
+                placed[row, start : start + count] = vectors[:count].to(
+                    device=placed.device, dtype=placed.dtype
+                )
+        return placed
+
+    handle = module.register_forward_hook(place)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor, emphasis: str) -> torch.Tensor:

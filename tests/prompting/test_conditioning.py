@@ -10,7 +10,13 @@ import torch
 
 from engine.demo.model import TRAINED_TEXT_CONFIG
 from engine.generate import generate
-from engine.prompting.chunks import prompt_chunks
+from engine.prompting.chunks import (
+    ChunkFix,
+    EmbeddingIndex,
+    EmbeddingRef,
+    prompt_chunks,
+    trigger_ids,
+)
 from engine.prompting.conditioning import (
     apply_emphasis,
     encode_conditioning,
@@ -107,6 +113,73 @@ def test_emphasis_none_reads_brackets_as_text() -> None:
     [chunk] = prompt_chunks(TOKENIZER, "(cat:1.5)", emphasis="None")
     assert set(chunk.multipliers) == {1.0}
     assert chunk.used == len(ids("(cat:1.5)")) > 1
+
+
+# --- chunks with textual-inversion embeddings (torch-free: names, trigger ids, vector counts) -----
+
+
+def index(**vectors: int) -> EmbeddingIndex:
+    """Embeddings by trigger name and vector count (registered in the order given)."""
+    names = list(vectors)
+    refs = trigger_ids(TOKENIZER, names)
+    return EmbeddingIndex(EmbeddingRef(n, i, vectors[n]) for n, i in zip(names, refs, strict=True))
+
+
+def test_an_embedding_fills_its_vector_count_of_placeholder_tokens() -> None:
+    [chunk] = prompt_chunks(TOKENIZER, "a mychar cat", embeddings=index(mychar=3))
+    assert chunk.tokens[:6] == (BOS, *ids("a"), 0, 0, 0, *ids("cat"))
+    assert chunk.fixes == (ChunkFix(1, "mychar"),) and chunk.used == 5
+    # Without the lookup (or with none installed) the trigger is plain words.
+    assert prompt_chunks(TOKENIZER, "a mychar cat") == prompt_chunks(
+        TOKENIZER, "a mychar cat", embeddings=index()
+    )
+    assert prompt_chunks(TOKENIZER, "a mychar cat")[0].fixes == ()
+
+
+def test_an_embedding_that_would_cross_the_75_token_boundary_opens_the_next_chunk() -> None:
+    fits = prompt_chunks(TOKENIZER, words(72) + " threevec", embeddings=index(threevec=3))
+    assert [c.used for c in fits] == [75] and fits[0].fixes == (ChunkFix(72, "threevec"),)
+    text = words(73) + " threevec cat"
+    first, second = prompt_chunks(TOKENIZER, text, embeddings=index(threevec=3))
+    assert first.used == 73 and first.fixes == ()  # padded, never split
+    assert second.tokens[1:5] == (0, 0, 0, *ids("cat"))
+    assert second.fixes == (ChunkFix(0, "threevec"),)
+
+
+def test_the_longest_trigger_wins_and_matches_stay_within_one_weighted_segment() -> None:
+    lookup = index(foo=1, foo_bar=2)
+    [chunk] = prompt_chunks(TOKENIZER, "foo_bar foo bar", embeddings=lookup)
+    assert chunk.fixes == (ChunkFix(0, "foo_bar"), ChunkFix(2, "foo"))
+    assert chunk.tokens[1:5] == (0, 0, 0, *ids("bar"))
+    # Registration order does not matter, and brackets split a trigger into plain words.
+    assert prompt_chunks(TOKENIZER, "foo_bar", embeddings=index(foo_bar=2, foo=1))[0].fixes == (
+        ChunkFix(0, "foo_bar"),
+    )
+    [split] = prompt_chunks(TOKENIZER, "(foo)_bar", embeddings=lookup)
+    assert split.fixes == (ChunkFix(0, "foo"),)
+
+
+def test_an_embedding_takes_its_segment_weight() -> None:
+    [chunk] = prompt_chunks(TOKENIZER, "a (twovec:1.3) [cat]", embeddings=index(twovec=2))
+    assert chunk.multipliers[2:4] == (1.3, 1.3)
+    assert chunk.multipliers[4] == pytest.approx(1 / 1.1) and chunk.multipliers[1] == 1.0
+
+
+def test_a_comma_backtrack_moves_placeholders_but_leaves_the_fix_behind_as_a1111_does() -> None:
+    # 60 words, a comma (token 61), a 3-vector embedding, 11 words: 75 tokens, then one more.
+    text = words(60, "dog") + ", threevec " + words(12)
+    first, second = prompt_chunks(TOKENIZER, text, embeddings=index(threevec=3))
+    assert first.used == 61 and first.fixes == (ChunkFix(61, "threevec"),)
+    assert first.tokens[62:65] == (EOS, EOS, EOS)  # the vectors will land on padding
+    assert second.fixes == () and second.tokens[1:5] == (0, 0, 0, *ids("cat"))
+    assert second.used == 15
+
+
+def test_a_later_embedding_of_the_same_name_replaces_the_earlier() -> None:
+    [foo] = trigger_ids(TOKENIZER, ["foo"])
+    lookup = EmbeddingIndex([EmbeddingRef("foo", foo, 1), EmbeddingRef("foo", foo, 4)])
+    [chunk] = prompt_chunks(TOKENIZER, "foo", embeddings=lookup)
+    assert chunk.used == 4 and chunk.fixes == (ChunkFix(0, "foo"),)
 
 
 # --- encoding on the demo model ------------------------------------------------------------------

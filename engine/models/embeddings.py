@@ -1,0 +1,226 @@
+"""Textual-inversion embeddings (A1111 `modules/textual_inversion`): files, and the lookup a
+prompt's tokens are matched against.
+
+An embedding is a few learnt token vectors; writing its trigger (the file's stem, whatever name
+the file holds inside) in a prompt puts those vectors where the trigger's tokens would go.
+Files as A1111 reads them: `.pt`/`.bin` with `string_to_param` (one term: an (n, D) tensor,
+Parameter or the original LDM code's ParameterDict) or a diffusers concept `{token: tensor}`,
+and `.safetensors` with one tensor (`emb_params`). Pickles are read with
+`torch.load(weights_only=True)` only, so a file with code in it is refused, never run.
+SDXL embeddings (clip_l + clip_g) and embeddings hidden in PNG previews are not read.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from engine.errors import BadAddonFile
+from engine.prompting.chunks import (
+    CHUNK_LENGTH,
+    EmbeddingIndex,
+    EmbeddingRef,
+    Tokenizer,
+    trigger_ids,
+)
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".pt", ".bin", ".safetensors")
+
+
+class _Refused(Exception):
+    """Why a file's contents are not an embedding (one line, for BadAddonFile)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """One embedding file: `name` is its trigger (the file stem), `vectors` (n, D) float32 on the
+    CPU, 1 ≤ n ≤ 75."""
+
+    name: str
+    path: Path
+    vectors: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        """D, which must be the text encoder's width (768 for SD 1.x)."""
+        return int(self.vectors.shape[1])
+
+    @property
+    def count(self) -> int:
+        """How many token slots the embedding fills in a prompt."""
+        return int(self.vectors.shape[0])
+
+    @classmethod
+    def load(cls, path: Path, name: str) -> Embedding:
+        """Read an embedding file, or raise BadAddonFile("embedding", file name, why)."""
+        try:
+            vectors = _read_vectors(path)
+        except _Refused as e:
+            raise BadAddonFile("embedding", path.name, str(e)) from None
+        return cls(name=name, path=path, vectors=vectors)
+
+
+def _read_vectors(path: Path) -> torch.Tensor:
+    suffix = path.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise _Refused("only .pt, .bin and .safetensors embeddings can be read")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        log.warning("embedding %s: %s", path, e)
+        raise _Refused("the file cannot be read") from e
+    if size == 0:
+        raise _Refused("the file is empty")
+    data = _read_safetensors(path) if suffix == ".safetensors" else _read_pickle(path)
+    vectors = _vectors_of(data)
+    if vectors.ndim != 2 or vectors.shape[1] == 0:
+        shape = "×".join(str(n) for n in vectors.shape) or "a single number"
+        raise _Refused(f"its tensor is {shape}, not (vectors × width)")
+    if not 1 <= vectors.shape[0] <= CHUNK_LENGTH:
+        raise _Refused(
+            f"it has {vectors.shape[0]} vectors; a prompt chunk holds 1 to {CHUNK_LENGTH}"
+        )
+    # A copy: never a view into a memory-mapped file.
+    return vectors.detach().to("cpu", torch.float32, copy=True).contiguous()
+
+
+def _read_pickle(path: Path) -> Any:
+    """torch.load(weights_only=True); the original LDM code's ParameterDict is allowed too (its
+    unpickling only sets attributes)."""
+    try:
+        with torch.serialization.safe_globals([torch.nn.ParameterDict]):
+            # mmap: a model misplaced among the embeddings is not read into memory.
+            return torch.load(
+                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
+    except pickle.UnpicklingError as e:
+        log.warning("embedding %s refused: %s", path, e)
+        if "Weights only load failed" in str(e):
+            raise _Refused(
+                "it is a pickle with more than plain tensors, which could run code; "
+                "convert it to .safetensors with a tool you trust"
+            ) from e
+        raise _Refused("the file is damaged or not a weights file") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError… on damaged files
+        log.warning("embedding %s unreadable: %s", path, e)
+        raise _Refused("the file is damaged or not a weights file") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors, after checking there is one (or SDXL's pair) without reading them."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        if len(keys) == 1:
+            return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        log.warning("embedding %s unreadable: %s", path, e)
+        raise _Refused("the file is damaged or not a safetensors file") from e
+    if "clip_g" in keys and "clip_l" in keys:
+        raise _Refused(_SDXL)
+    raise _Refused(f"it holds {len(keys)} tensors; an embedding file holds one")
+
+
+_SDXL = "it is an SDXL embedding (clip_l and clip_g), which SD 1.x models cannot use"
+
+
+def _vectors_of(data: Any) -> torch.Tensor:
+    """A1111's `create_embedding_from_data`: the one term's tensor, 1-D diffusers vectors as
+    one vector."""
+    if isinstance(data, Mapping) and "string_to_param" in data:
+        terms = data["string_to_param"]
+        terms = getattr(terms, "_parameters", terms)  # a ParameterDict
+        if not isinstance(terms, Mapping) or not terms:
+            raise _Refused("its string_to_param holds no tensor")
+        if len(terms) != 1:
+            raise _Refused(f"it holds {len(terms)} terms; an embedding file holds one")
+        vectors = next(iter(terms.values()))
+        if not isinstance(vectors, torch.Tensor):
+            raise _Refused("its string_to_param holds no tensor")
+        return vectors
+    # A1111 tests these with type(...) ==, so subclasses are not concepts.
+    if type(data) is dict and "clip_g" in data and "clip_l" in data:
+        raise _Refused(_SDXL)
+    if type(data) is dict and data and type(next(iter(data.values()))) is torch.Tensor:
+        if len(data) != 1:
+            raise _Refused(f"it holds {len(data)} terms; an embedding file holds one")
+        concept: torch.Tensor = next(iter(data.values()))
+        return concept.unsqueeze(0) if concept.ndim == 1 else concept
+    raise _Refused("it holds no embedding (neither string_to_param nor one tensor)")
+
+
+class EmbeddingDB:
+    """The embeddings a prompt may use, looked up by token ids (A1111's ids_lookup).
+
+    Given in registration order (a later one with the same name replaces the earlier one). One
+    whose width is not the text encoder's, or whose name gives no CLIP tokens, is skipped as
+    A1111 skips it (its trigger stays plain words); `skipped` says why, by name, so a caller
+    can tell a user whose prompt names one.
+    """
+
+    def __init__(self, embeddings: Iterable[Embedding], tokenizer: Tokenizer, width: int) -> None:
+        self.width = width
+        self.skipped: dict[str, BadAddonFile] = {}
+        fitting: dict[str, Embedding] = {}
+        for embedding in embeddings:
+            problem = _misfit(embedding, width)
+            if problem:
+                # A1111 skips it without unregistering an earlier one of the same name.
+                self.skipped[embedding.name] = BadAddonFile(
+                    "embedding", embedding.path.name, problem
+                )
+                continue
+            # Replacing moves the name to the end, as A1111's re-registration does.
+            fitting.pop(embedding.name, None)
+            fitting[embedding.name] = embedding
+        for name in fitting:
+            self.skipped.pop(name, None)
+        names = list(fitting)
+        self.embeddings: dict[str, Embedding] = {}
+        refs = []
+        for name, ids in zip(names, trigger_ids(tokenizer, names), strict=True):
+            embedding = fitting[name]
+            if not ids:
+                self.skipped[name] = BadAddonFile(
+                    "embedding", embedding.path.name, "its name gives no words to trigger it"
+                )
+                continue
+            self.embeddings[name] = embedding
+            refs.append(EmbeddingRef(name, ids, embedding.count))
+        self._index = EmbeddingIndex(refs)
+
+    def find_at(self, tokens: Sequence[int], position: int) -> EmbeddingRef | None:
+        """The embedding whose trigger starts at `tokens[position]`, the longest one first."""
+        return self._index.find_at(tokens, position)
+
+    def vectors(self, name: str) -> torch.Tensor:
+        """(n, D) float32 vectors of a registered embedding."""
+        return self.embeddings[name].vectors
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.embeddings
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+
+def _misfit(embedding: Embedding, width: int) -> str | None:
+    """Why an embedding cannot be used with a text encoder `width` wide (None: it can)."""
+    if embedding.vectors.ndim != 2:
+        return "its vectors are not a (count × width) matrix"
+    if not 1 <= embedding.count <= CHUNK_LENGTH:
+        return f"it has {embedding.count} vectors; a prompt chunk holds 1 to {CHUNK_LENGTH}"
+    if embedding.width != width:
+        return f"its vectors are {embedding.width} wide and this model's text encoder takes {width}"
+    return None
