@@ -60,6 +60,25 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": " · variation seed {subseed} at {strength}",
         "zh": " · 变体种子 {subseed}，强度 {strength}",
     },
+    # the admins' VAE and hypernetwork of a model (bot/addons.py)
+    "addons_current": {
+        "en": "{model} draws with VAE: {vae} · hypernetwork: {hypernet}.",
+        "zh": "{model} 使用的 VAE：{vae} · 超网络：{hypernet}。",
+    },
+    "addons_set": {
+        "en": "New jobs on {model} now draw with VAE: {vae} · hypernetwork: {hypernet}.",
+        "zh": "{model} 的新任务现在使用 VAE：{vae} · 超网络：{hypernet}。",
+    },
+    "addons_installed": {
+        "en": "VAEs: {vaes}\nHypernetworks: {hypernets}",
+        "zh": "可用 VAE：{vaes}\n可用超网络：{hypernets}",
+    },
+    "addons_own_vae": {"en": "None (the model's own)", "zh": "None（模型自带的）"},
+    "addons_no_hypernet": {"en": "none", "zh": "无"},
+    "addons_loading": {
+        "en": "Loading {model} and drawing a test image with {name}…",
+        "zh": "正在加载 {model} 并用 {name} 试画一张…",
+    },
     # --- discord ----------------------------------------------------------------------------
     "discord_cmd_draw": {
         "en": "Draw a picture (inline flags and a pasted A1111 infotext work too)",
@@ -87,6 +106,14 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "discord_cmd_model_swap": {
         "en": "Admin: load a model and make it the default",
         "zh": "管理员：加载模型并设为默认",
+    },
+    "discord_cmd_model_vae": {
+        "en": "Admin: the VAE the default model draws with (no name: show it)",
+        "zh": "管理员：默认模型使用的 VAE（不填名称则显示）",
+    },
+    "discord_cmd_model_hypernetwork": {
+        "en": "Admin: the hypernetwork the default model draws with (no name: show it)",
+        "zh": "管理员：默认模型使用的超网络（不填名称则显示）",
     },
     "discord_cmd_queue_admin": {"en": "Admin: the queue", "zh": "管理员：队列"},
     "discord_cmd_pause": {
@@ -129,6 +156,18 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "discord_opt_sampler": {"en": "Sampler", "zh": "采样器"},
     "discord_opt_model": {"en": "Model", "zh": "模型"},
     "discord_opt_count": {"en": "Number of images", "zh": "图片数量"},
+    "discord_opt_vae": {
+        "en": "A VAE in models/VAE; None = the model's own; Automatic = a .vae file beside it",
+        "zh": "models/VAE 中的 VAE；None = 模型自带的；Automatic = 模型旁的 .vae 文件",
+    },
+    "discord_opt_hypernetwork": {
+        "en": "A hypernetwork in models/hypernetworks, or none",
+        "zh": "models/hypernetworks 中的超网络，或 none（不用）",
+    },
+    "discord_opt_strength": {
+        "en": "The hypernetwork's strength (default 1)",
+        "zh": "超网络的强度（默认 1）",
+    },
     "discord_opt_job": {"en": "Job number", "zh": "任务号"},
     "discord_opt_user": {"en": "User", "zh": "用户"},
     "discord_opt_images": {
@@ -415,9 +454,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "已暂停：仍可排队，但不会开始新的绘制。用 /resume 继续。",
     },
     "tg_resumed": {"en": "Drawing again.", "zh": "已恢复绘制。"},
-    "tg_not_available": {
-        "en": "{command} is not available in this version yet.",
-        "zh": "此版本暂不支持 {command}。",
+    "tg_addons_usage": {
+        "en": "Change: /vae NAME (None = the model's own, Automatic = a .vae file beside it) · "
+        "/hypernetwork NAME or NAME:STRENGTH (none = no hypernetwork)",
+        "zh": "修改：/vae 名称（None = 模型自带的，Automatic = 模型旁的 .vae 文件） · "
+        "/hypernetwork 名称 或 名称:强度（none = 不用超网络）",
     },
     "tg_cmd_draw": {
         "en": "Draw a picture: /draw <prompt> --flags",
@@ -438,6 +479,14 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "tg_cmd_model": {"en": "Admin: show or switch the model", "zh": "管理员：查看或切换模型"},
     "tg_cmd_pause": {"en": "Admin: start no new drawing", "zh": "管理员：暂停新的绘制"},
     "tg_cmd_resume": {"en": "Admin: draw again", "zh": "管理员：恢复绘制"},
+    "tg_cmd_vae": {
+        "en": "Admin: show or set the model's VAE",
+        "zh": "管理员：查看或设置模型的 VAE",
+    },
+    "tg_cmd_hypernetwork": {
+        "en": "Admin: show or set the model's hypernetwork",
+        "zh": "管理员：查看或设置模型的超网络",
+    },
     # --- web --------------------------------------------------------------------------------
     "web_title": {"en": "aidraw · local chat", "zh": "aidraw · 本地聊天"},
     "web_welcome": {
@@ -521,6 +570,20 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "web_swap": {"en": "Use for new jobs", "zh": "用于新任务"},
     "web_swapping": {"en": "Loading {name}…", "zh": "正在加载 {name}…"},
     "web_swapped": {"en": "New jobs now draw with {name}.", "zh": "新任务现在使用 {name}。"},
+    "web_vae": {"en": "VAE", "zh": "VAE"},
+    "web_hypernet": {"en": "Hypernetwork", "zh": "超网络"},
+    "web_strength": {"en": "Strength", "zh": "强度"},
+    "web_own_vae": {"en": "None (the model's own)", "zh": "None（模型自带的）"},
+    "web_automatic_vae": {
+        "en": "Automatic (a .vae file beside the model)",
+        "zh": "Automatic（模型旁的 .vae 文件）",
+    },
+    "web_no_hypernet": {"en": "none", "zh": "无"},
+    "web_apply_addons": {"en": "Apply", "zh": "应用"},
+    "web_addons_loading": {
+        "en": "Loading {model} and drawing a test image…",
+        "zh": "正在加载 {model} 并试画一张…",
+    },
     "web_token_required": {
         "en": "This aidraw web chat needs its access token: open the address printed at "
         "start-up, with ?token= and the value of AIDRAW_WEB_TOKEN added.",
@@ -558,7 +621,6 @@ ERRORS_ZH: dict[str, str] = {
     "not_safetensors": "不是可读的 .safetensors 文件（{detail}）",
     "model_and_hash": "{model!r}（哈希 {hash}）",
     "model_hash_only": "哈希为 {hash} 的",
-    "feature_hypernetworks": "超网络",
     "feature_img2img": "以图生图",
     "feature_hires_fix": "高清修复",
     "no_closing_quote": "引号没有闭合",
@@ -576,6 +638,9 @@ ERRORS_ZH: dict[str, str] = {
     "help_clip_skip": "CLIP 跳过层数，例如 2",
     "help_ensd": "噪声种子偏移（ENSD），例如 31337",
     "help_model": "模型名称",
+    "help_hn": "超网络 名称 或 名称:强度，例如 {example}",
+    "help_vae": "VAE 文件，例如 {example}（None = 模型自带的）",
+    "needs_hypernet": "{flag} 需要 名称 或 名称:强度，例如 anime:0.8，而不是 {value!r}。",
     "help_count": "图片数量",
     # chat text (bot/parse.py)
     "needs_whole_number": "{flag} 需要一个整数，而不是 {value!r}。",
@@ -605,7 +670,16 @@ ERRORS_ZH: dict[str, str] = {
     "seed_range": "种子 {seed} 不可用：请用 0 到 {max}，或 -1 表示随机。",
     "clip_skip_range": "CLIP 跳过层数 {clip_skip} 不可用：请用 1 到 {max}。",
     "clip_skip_model": "CLIP 跳过层数 {clip_skip} 不适用于 {model}：请用 1 到 {max}。",
-    "extra_network": "{tag}：此版本暂不支持 LoRA 和超网络，请删除该标签。",
+    "unknown_network_tag": (
+        "{tag} 不是这里的附加网络：请用 <lora:名称:权重> 或 <hypernet:名称:强度>。"
+    ),
+    "network_weight": "{tag}：权重 {weight!r} 不允许：请用 -{max} 到 {max} 之间的数。",
+    "addons_failed": "无法用 {changes} 作画：{error_type}: {reason}。什么都没有改变。",
+    "admin_only_addons": "只有管理员可以更改模型的 VAE 或超网络。",
+    "addons_missing": (
+        "这些附加文件不在这里：{names}。请管理员把它们放进 models/，或从提示词中删去。"
+    ),
+    "vae_empty": "VAE 名称为空：请写 models/VAE 中的文件名，或写 None 使用模型自带的 VAE。",
     "ensd_range": "ENSD {ensd} 不可用：请用 0 到 {max}。",
     "rng_source": "随机数来源 {rng!r} 不可用：请用 GPU、CPU 或 NV。",
     "subseed_range": "变异种子 {seed} 不可用：请用 0 到 {max}，或 -1 表示随机。",

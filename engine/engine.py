@@ -369,9 +369,21 @@ class Engine(Generic[M]):
             )
         )
         loaded = await self._slot.ensure(entry.name)
-        await self.run_in_worker(
-            functools.partial(self._generate, loaded, [trial], limits=self._limits)
-        )
+        try:
+            await self.run_in_worker(
+                functools.partial(self._generate, loaded, [trial], limits=self._limits)
+            )
+        except EngineError:
+            raise  # a missing or bad file, said in one line
+        except Exception as e:
+            log.error("admin %s: drawing with %s failed", by, changes, exc_info=e)
+            raise GenerationFailed(
+                f"Could not draw with {changes}: {type(e).__name__}: {e}. Nothing changed.",
+                key="addons_failed",
+                changes=str(changes),
+                error_type=type(e).__name__,
+                reason=str(e),
+            ) from e
         updated = self._registry.set_addon_defaults(entry.name, **changes)
         log.info("admin %s: %s now draws with %s", by, entry.name, changes)
         self._queue_changed()

@@ -13,6 +13,16 @@ from discord import app_commands
 from discord.app_commands import Choice
 from discord.ext import commands
 
+from bot.addons import (
+    AUTOMATIC,
+    NO_HYPERNET,
+    OWN_VAE,
+    addons_text,
+    current_addons,
+    hypernet_choice,
+    installed_addons,
+    vae_choice,
+)
 from bot.discord.client import AidrawBot
 from bot.discord.interactions import (
     ADMIN,
@@ -79,6 +89,55 @@ class AdminCog(commands.Cog, name="Admin"):
         self, interaction: discord.Interaction, current: str
     ) -> list[Choice[str]]:
         return model_choices(self.engine, current)
+
+    @model_group.command(name="vae", description=description("discord_cmd_model_vae"))
+    @app_commands.describe(name=description("discord_opt_vae"))
+    async def model_vae(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        by = self._admin(interaction)
+        if name is None:
+            await self._addons_show(interaction)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        info = await self.engine.set_addon_defaults(by, vae=vae_choice(name))
+        locale = interaction_locale(self.store, interaction)
+        await interaction.followup.send(clip(addons_text(info, locale, "addons_set")))
+
+    @model_vae.autocomplete("name")
+    async def _vae_names(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return _choices([*self.engine.addon_names("VAE"), OWN_VAE, AUTOMATIC], current)
+
+    @model_group.command(
+        name="hypernetwork", description=description("discord_cmd_model_hypernetwork")
+    )
+    @app_commands.describe(
+        name=description("discord_opt_hypernetwork"),
+        strength=description("discord_opt_strength"),
+    )
+    async def model_hypernetwork(
+        self,
+        interaction: discord.Interaction,
+        name: str | None = None,
+        strength: app_commands.Range[float, 0.0, 2.0] = 1.0,
+    ) -> None:
+        by = self._admin(interaction)
+        if name is None:
+            await self._addons_show(interaction)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        info = await self.engine.set_addon_defaults(by, hypernet=hypernet_choice(name, strength))
+        locale = interaction_locale(self.store, interaction)
+        await interaction.followup.send(clip(addons_text(info, locale, "addons_set")))
+
+    @model_hypernetwork.autocomplete("name")
+    async def _hypernet_names(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[Choice[str]]:
+        return _choices([*self.engine.addon_names("hypernetwork"), NO_HYPERNET], current)
+
+    async def _addons_show(self, interaction: discord.Interaction) -> None:
+        locale = interaction_locale(self.store, interaction)
+        message = current_addons(self.engine, locale) + "\n" + installed_addons(self.engine, locale)
+        await self._admin_done(interaction, message)
 
     @queue_admin.command(name="pause", description=description("discord_cmd_pause"))
     async def pause(self, interaction: discord.Interaction) -> None:
@@ -158,3 +217,9 @@ class AdminCog(commands.Cog, name="Admin"):
 
     async def _admin_done(self, interaction: discord.Interaction, message: str) -> None:
         await interaction.response.send_message(clip(message), ephemeral=True)
+
+
+def _choices(names: list[str], current: str) -> list[Choice[str]]:
+    """Autocomplete: the names that contain what was typed (Discord shows 25 at most)."""
+    found = [name for name in names if current.lower() in name.lower()]
+    return [Choice(name=name[:100], value=name) for name in found[:25]]

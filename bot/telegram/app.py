@@ -31,6 +31,7 @@ from bot.prefs import UserSettingsStore
 from bot.settings import Settings
 from bot.telegram.handlers import (
     DEPS_KEY,
+    addons_command,
     button,
     cancel_command,
     draw_command,
@@ -40,7 +41,6 @@ from bot.telegram.handlers import (
     image_message,
     is_spoiler,
     model_command,
-    not_available_command,
     on_error,
     pause_command,
     queue_command,
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
 COMMANDS = ("draw", "help", "queue", "cancel", "settings", "history", "start")
-ADMIN_COMMANDS = ("model", "pause", "resume")
+ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume")
 UPDATES = ("message", "callback_query")
 
 
@@ -75,7 +75,7 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler("settings", settings_command))
     app.add_handler(CommandHandler("model", model_command, block=False))
     app.add_handler(CommandHandler(("pause", "resume"), pause_command))
-    app.add_handler(CommandHandler(("vae", "hypernetwork"), not_available_command))
+    app.add_handler(CommandHandler(("vae", "hypernetwork"), addons_command, block=False))
     app.add_handler(CallbackQueryHandler(button, pattern=JOB_BUTTONS))
     app.add_handler(CallbackQueryHandler(button, pattern=OTHER_BUTTONS, block=False))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))

@@ -18,6 +18,13 @@ from telegram.constants import ChatType
 from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
+from bot.addons import (
+    addons_text,
+    current_addons,
+    hypernet_choice,
+    installed_addons,
+    vae_choice,
+)
 from bot.messages import Locale, error_text, locale_of, text
 from bot.parse import read_request
 from bot.prefs import UserPrefs, model_defaults
@@ -355,15 +362,33 @@ async def pause_command(update: Update, context: Context) -> None:
         await message.reply_text(text("tg_resumed", locale))
 
 
-async def not_available_command(update: Update, context: Context) -> None:
-    """Admin commands whose engine support has not landed (/vae, /hypernetwork)."""
+async def addons_command(update: Update, context: Context) -> None:
+    """Admin: /vae NAME (None, Automatic) and /hypernetwork NAME[:STRENGTH] (none) set what the
+    default model draws with, once it has drawn a test image with it; no argument shows the
+    current choice and the installed files. A refusal is on_error's reply."""
     deps = _deps(context)
     message = update.effective_message
     assert message is not None
     requester, _, locale = _who(deps, update.effective_user)
-    if await _admin(deps, requester, message, locale):
-        command = (message.text or "").split(None, 1)[0].split("@")[0]
-        await message.reply_text(text("tg_not_available", locale, command=command))
+    if not await _admin(deps, requester, message, locale):
+        return
+    engine = deps.engine
+    name = _after_command(message.text).strip()
+    if not name:
+        lines = [
+            current_addons(engine, locale),
+            installed_addons(engine, locale),
+            text("tg_addons_usage", locale),
+        ]
+        await message.reply_text("\n".join(lines))
+        return
+    loading = text("addons_loading", locale, model=engine.default_model, name=name)
+    await message.reply_text(loading)
+    if (message.text or "").startswith("/vae"):
+        info = await engine.set_addon_defaults(requester, vae=vae_choice(name))
+    else:
+        info = await engine.set_addon_defaults(requester, hypernet=hypernet_choice(name))
+    await message.reply_text(addons_text(info, locale, "addons_set"))
 
 
 async def unknown_command(update: Update, context: Context) -> None:

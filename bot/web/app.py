@@ -22,10 +22,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from bot.addons import addons_text, hypernet_choice, vae_choice
 from bot.messages import LOCALES, text
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
-from bot.web.chat import USER, WebChat, WebReply, apology, browser_locale
+from bot.web.chat import USER, WebChat, WebReply, addons_view, apology, browser_locale
 from engine.engine import Engine
 from engine.errors import EngineClosed, GenerationFailed, InvalidRequest, JobCancelled, QueueFull
 
@@ -193,6 +194,27 @@ async def post_model(request: web.Request) -> web.Response:
     return web.json_response({"model": swapped, "status": status})
 
 
+async def post_addons(request: web.Request) -> web.Response:
+    """Admin: {"vae"?: NAME | "None" | "Automatic", "hypernet"?: "NAME[:STRENGTH]" | ""} for
+    the default model; a refusal is the errors middleware's (400, or 500 if drawing failed)."""
+    chat = request.app[CHAT]
+    locale = chat.locale(request)
+    if not chat.admin:
+        return web.json_response({"error": text("not_admin", locale)}, status=403)
+    body = await _body(request)
+    vae, hypernet = body.get("vae"), body.get("hypernet")
+    if not all(value is None or isinstance(value, str) for value in (vae, hypernet)):
+        raise web.HTTPBadRequest(text="vae and hypernet must be strings")
+    if vae is None and hypernet is None:
+        raise web.HTTPBadRequest(text="send vae, hypernet or both")
+    info = await chat.set_addons(
+        vae=None if vae is None else vae_choice(vae),
+        hypernet=None if hypernet is None else hypernet_choice(hypernet),
+    )
+    status = addons_text(info, locale, "addons_set")
+    return web.json_response({**addons_view(info), "status": status})
+
+
 async def get_image(request: web.Request) -> web.StreamResponse:
     """The PNG exactly as drawn, infotext chunk included (404 once its file is gone)."""
     chat = request.app[CHAT]
@@ -255,6 +277,7 @@ def create_app(
     app.router.add_post("/api/settings", post_settings)
     app.router.add_post("/api/settings/reset", post_settings_reset)
     app.router.add_post("/api/model", post_model)
+    app.router.add_post("/api/addons", post_addons)
     app.router.add_get("/images/{job}/{index}.png", get_image)
     app.on_shutdown.append(_close_sockets)
     for job in engine.recovered():  # replies owed from before a restart

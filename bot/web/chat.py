@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bot import messages
+from bot.addons import OWN_VAE
 from bot.advice import size_warning
 from bot.messages import LOCALES, Locale, caption, locale_of, text
 from bot.parse import ParseError, read_request
@@ -28,6 +29,7 @@ from bot.prefs import FIELDS, UserPrefs, UserSettingsStore, model_defaults
 from bot.settings import Settings
 from engine.checks import check_request
 from engine.config import ConfigError, build
+from engine.contracts import ModelInfo
 from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, InvalidRequest, JobCancelled
 from engine.job import Job
@@ -235,8 +237,28 @@ class WebChat:
 
     async def swap_model(self, name: str) -> str:
         swapped = await self.engine.swap_model(name, by=USER)
-        await self.broadcast(lambda locale: {"type": "model", "model": swapped})
+        event = {"type": "model", **addons_view(self.engine.model_info(swapped))}
+        await self.broadcast(lambda locale: event)
         return swapped
+
+    async def set_addons(self, *, vae: str | None, hypernet: str | None) -> ModelInfo:
+        """The default model's VAE and/or hypernetwork, once it drew a test image with them;
+        every open page is told (as a model swap is)."""
+        info = await self.engine.set_addon_defaults(USER, vae=vae, hypernet=hypernet)
+        event = {"type": "addons", **addons_view(info)}
+        await self.broadcast(lambda locale: event)
+        return info
+
+    def addons(self) -> dict[str, Any]:
+        """The default model's VAE and hypernetwork, and the files there are to choose from."""
+        model = self.engine.default_model
+        current = addons_view(self.engine.model_info(model)) if model else {}
+        return {
+            "vae": current.get("vae", OWN_VAE),
+            "hypernet": current.get("hypernet", ""),
+            "vaes": self.engine.addon_names("VAE"),
+            "hypernets": self.engine.addon_names("hypernetwork"),
+        }
 
     # --- what the page shows --------------------------------------------------------------
 
@@ -270,6 +292,7 @@ class WebChat:
             },
             "models": self.engine.models(),
             "model": self.engine.default_model,
+            **self.addons(),
             "history": [
                 self.done_view(r.id, r.request, r.reply_to, r.images, locale) for r in records
             ],
@@ -360,6 +383,10 @@ def status_text(progress: Progress, locale: Locale) -> str:
     if progress.state == "done":
         return text("done", locale)
     return text("error", locale, message=progress.error or "")
+
+
+def addons_view(info: ModelInfo) -> dict[str, Any]:
+    return {"model": info.name, "vae": info.defaults.vae, "hypernet": info.defaults.hypernet}
 
 
 def strings(locale: Locale) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from engine.errors import BadAddonFile, GenerationFailed
+from engine.errors import BadAddonFile
 from engine.models.embeddings import Embedding, EmbeddingDB
 from engine.models.hypernetworks import Hypernetwork, HypernetworkHook, check_fits
 from engine.models.library import AddonFile, AddonLibrary
@@ -55,14 +55,14 @@ class Addons:
         vae_config: Path,
         device: torch.device,
         dtype: torch.dtype,
-        place_vae: Callable[[AutoencoderKL], None],
+        place_vae: Callable[[], None],
     ) -> None:
         self._pipe = pipe
         self._library = library
         self._vae_config = vae_config
         self._device = device
         self._dtype = dtype
-        self._place_vae = place_vae  # the memory profile, applied to a new VAE
+        self._place_vae = place_vae  # gives pipe.vae, just replaced, the memory profile
         self._own_vae: AutoencoderKL = pipe.vae
         self._vae_name = "None"
         self._vaes: OrderedDict[tuple[Path, int], AutoencoderKL] = OrderedDict()
@@ -91,17 +91,11 @@ class Addons:
         ]
         vae_file = self._vae_file(request.vae)
         vae = self._load_vae(vae_file) if vae_file is not None else self._own_vae
-        if loras and _offloaded(self._pipe.unet):
-            raise GenerationFailed(
-                "LoRA cannot be merged into weights offloaded by vram = lowvram; the admin can "
-                "use medvram instead.",
-                key="lora_lowvram",
-            )
         self._loras.use([(lora, use.te, use.unet) for lora, use in loras])
         self._hypernets.use([(hn, use.strength) for hn, use in hypernets])
         if vae is not self._pipe.vae:
             self._pipe.vae = vae
-            self._place_vae(vae)
+            self._place_vae()
         self._vae_name = vae_file.name if vae_file is not None else "None"
         lora_hashes = ", ".join(
             f"{_clean(use.name)}: {self._library.short_hash(self._library.find('LoRA', use.name))}"
@@ -182,7 +176,3 @@ class Addons:
 def _clean(name: str) -> str:
     """A1111 strips `:` and `,` from names in its hash lists (they would break the list)."""
     return name.replace(":", "").replace(",", "")
-
-
-def _offloaded(module: torch.nn.Module) -> bool:
-    return any(p.device.type == "meta" for p in module.parameters())

@@ -389,7 +389,8 @@ class ModelRegistry:
         addons = Addons(
             pipe,
             self.addons,
-            vae_config=entry.config / "vae",
+            # A VAE file has the layout of the model's own VAE.
+            vae_config=(entry.path if entry.kind == "diffusers" else entry.config) / "vae",
             device=device,
             dtype=dtype,
             place_vae=functools.partial(place_vae, pipe, options.vram, device),

@@ -75,10 +75,15 @@ class AddonLibrary:
             root = self.models_dir / folder
             if not root.is_dir():
                 continue
+            folders: list[Path] = []  # diffusers VAE folders: their files are not VAEs
             for path in sorted(root.rglob("*")):
-                if any(part.startswith(".") for part in path.relative_to(root).parts):
+                parts = path.relative_to(root).parts
+                if any(part.startswith(".") for part in parts) or any(
+                    folder in path.parents for folder in folders
+                ):
                     continue
                 if kind == "VAE" and path.is_dir() and (path / "config.json").is_file():
+                    folders.append(path)
                     self._add(kind, path.name, path)
                 elif path.is_file() and path.suffix.lower() in SUFFIXES[kind]:
                     self._add(kind, path.name if kind == "VAE" else path.stem, path)

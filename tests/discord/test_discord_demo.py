@@ -23,7 +23,9 @@ from engine.generate import generate
 from engine.infotext import infotext_from_image, parse_infotext
 from engine.models import ModelRegistry
 from engine.queue import QueueConfig
+from tests.discord.world import ADMIN_ID
 from tests.fakes import FakeDiscord, point_at
+from tests.fakes.discord import ADMINISTRATOR
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +155,73 @@ async def test_aidraw_run_subprocess_draws_and_rerolls_after_a_restart(
     info = infotext_of(dc.attachment_data(rerolled["attachments"][0]))
     assert info["Prompt"] == "masterpiece, best quality, 1girl" and info["Seed"] != "11"
     assert info["Steps"] == "2"
+
+
+@pytest.mark.timeout(90)
+async def test_admin_sets_the_demo_models_vae_and_the_next_drawing_uses_it(
+    dc: FakeDiscord, demo_models_dir: Path, tmp_path: Path
+) -> None:
+    from tests.demo_addons import DEMO, VAE_FILE, addon_models_dir, demo_engine, running
+
+    admin = {"user_id": ADMIN_ID, "permissions": ADMINISTRATOR}
+    engine = demo_engine(
+        addon_models_dir(demo_models_dir, tmp_path), tmp_path, admins=(f"discord:{ADMIN_ID}",)
+    )
+    settings = Settings(bot=BotSettings(progress_interval_s=0.1), root=tmp_path)
+    store = UserSettingsStore(":memory:")
+
+    async def answer(interaction: dict[str, Any]) -> dict[str, Any]:
+        """What the user was shown: the immediate reply, or the followup after a defer."""
+        callback = await dc.wait_for("interaction_callback", dc.of(interaction))
+        if callback.payload["type"] != 5:
+            return dict(callback.payload["data"])
+        followup = await dc.wait_for("followup_send", dc.of(interaction), timeout=30)
+        return dict(followup.payload)
+
+    async def choices(command: str, typed: str) -> list[str]:
+        payload = dc.autocomplete_payload(command, {"name": typed}, "name", user_id=ADMIN_ID)
+        await dc.dispatch("INTERACTION_CREATE", payload)
+        callback = await dc.wait_for("interaction_callback", dc.of(payload))
+        assert callback.payload["type"] == 8
+        return [choice["value"] for choice in callback.payload["data"]["choices"]]
+
+    async with running(engine):
+        bot = asyncio.create_task(
+            run_discord(engine, settings, store, dc.token, guild_ready_timeout=0)
+        )
+        try:
+            refused = await answer(await dc.slash("model vae", {"name": "demo-vae"}))
+            assert refused["content"] == "Only the bot's admins can do that."
+            assert refused["flags"] == 64
+
+            assert await choices("model vae", "") == [VAE_FILE, "None", "Automatic"]
+            assert await choices("model vae", "DEMO") == [VAE_FILE]
+            assert await choices("model hypernetwork", "") == ["none"]
+
+            shown = await answer(await dc.slash("model vae", **admin))
+            assert shown["content"] == (
+                f"{DEMO} draws with VAE: None (the model's own) · hypernetwork: none.\n"
+                f"VAEs: {VAE_FILE}\nHypernetworks: -"
+            )
+
+            missing = await answer(await dc.slash("model vae", {"name": "demo-vea"}, **admin))
+            assert missing["content"].startswith("Error: Unknown VAE 'demo-vea'.")
+            assert missing["content"].endswith(f"Installed: {VAE_FILE}.")
+            assert missing["flags"] == 64
+            hypernet = {"name": "anime", "strength": 0.8}
+            missing = await answer(await dc.slash("model hypernetwork", hypernet, **admin))
+            assert missing["content"].startswith("Error: Unknown hypernetwork 'anime'.")
+            assert engine.model_info(DEMO).defaults.vae == "None"
+
+            done = await answer(await dc.slash("model vae", {"name": "demo-vae"}, **admin))
+            assert done["content"].startswith(f"New jobs on {DEMO} now draw with VAE: demo-vae")
+            assert done["content"].endswith(" · hypernetwork: none.")
+
+            slash = await dc.slash("draw", {"prompt": "1girl --seed 5 --steps 2 --size 64x64"})
+            message = await result_of(dc, slash)
+        finally:
+            bot.cancel()
+            await asyncio.wait({bot})
+            store.close()
+    info = infotext_of(dc.attachment_data(message["attachments"][0]))
+    assert info["VAE"] == VAE_FILE and info["Model"] == DEMO

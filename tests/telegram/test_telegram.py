@@ -484,15 +484,19 @@ async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
     assert await h.reply(ADMIN) == (
         "Error: Unknown model 'gama'. Did you mean: gamma? Installed: alpha, beta, gamma."
     )
-    h.tg.push_text(ADMIN, ADMIN, "/hypernetwork x")
-    assert await h.reply(ADMIN) == "/hypernetwork is not available in this version yet."
+    h.tg.push_text(ADMIN, ADMIN, "/hypernetwork")  # the default model's, and what is there
+    assert (await h.reply(ADMIN)).split("\n")[:3] == [
+        "beta draws with VAE: Automatic · hypernetwork: none.",
+        "VAEs: -",
+        "Hypernetworks: -",
+    ]
 
     # The command menus: everyone's in two languages; admins' chats add theirs.
     everyone = [c["command"] for c in h.tg.my_commands[("default", "")]]
     assert everyone == ["draw", "help", "queue", "cancel", "settings", "history", "start"]
     assert h.tg.my_commands[("default", "zh")][0]["description"].startswith("画图")
     admin = [c["command"] for c in h.tg.my_commands[("chat", "")]]
-    assert admin[-3:] == ["model", "pause", "resume"]
+    assert admin[-5:] == ["model", "vae", "hypernetwork", "pause", "resume"]
 
 
 async def test_settings_are_saved_and_applied(h: Harness) -> None:
@@ -683,3 +687,64 @@ async def test_demo_model_photo_carries_the_infotext(
         "Job 1 · Seed 7 · aidraw-demo · 2 steps\nUC: Low Quality + Bad Anatomy\n\n"
         f"{QUALITY}1girl, smile\nNegative prompt: lowres"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_admin_sets_the_demo_models_vae_and_the_next_drawing_uses_it(
+    tg: FakeTelegram, tmp_path: Path, demo_models_dir: Path
+) -> None:
+    from tests.demo_addons import DEMO, VAE_FILE, addon_models_dir, demo_engine, infotext, running
+
+    engine = demo_engine(
+        addon_models_dir(demo_models_dir, tmp_path), tmp_path, admins=(f"telegram:{ADMIN}",)
+    )
+    settings = Settings(telegram=TelegramSettings(send_as_document=True), root=tmp_path)
+    store = UserSettingsStore(":memory:")
+
+    async def reply(chat_id: int, timeout: float = 5.0) -> str:  # noqa: ASYNC109
+        call = await tg.wait_for(
+            "sendMessage", lambda c: c.params["chat_id"] == chat_id, timeout=timeout
+        )
+        return str(call.params["text"])
+
+    async with running(engine):
+        bot = asyncio.create_task(run_telegram(engine, settings, store, tg.token))
+        try:
+            tg.push_text(USER, USER, "/vae demo-vae")
+            assert await reply(USER) == "Only the bot's admins can do that."
+
+            tg.push_text(ADMIN, ADMIN, "/vae")
+            shown = (await reply(ADMIN)).split("\n")
+            assert shown[:3] == [
+                f"{DEMO} draws with VAE: None (the model's own) · hypernetwork: none.",
+                f"VAEs: {VAE_FILE}",
+                "Hypernetworks: -",
+            ]
+            assert shown[3].startswith("Change: /vae NAME")
+
+            tg.push_text(ADMIN, ADMIN, "/vae demo-vea")
+            assert await reply(ADMIN) == (f"Loading {DEMO} and drawing a test image with demo-vea…")
+            refused = await reply(ADMIN, timeout=30)
+            assert refused.startswith("Error: Unknown VAE 'demo-vea'.")
+            assert refused.endswith(f"Installed: {VAE_FILE}.")
+            tg.push_text(ADMIN, ADMIN, "/hypernetwork anime:0.8")
+            await reply(ADMIN)  # loading…
+            refused = await reply(ADMIN, timeout=30)
+            assert refused.startswith("Error: Unknown hypernetwork 'anime'.")
+            assert engine.model_info(DEMO).defaults.vae == "None"
+
+            tg.push_text(ADMIN, ADMIN, "/vae demo-vae")
+            await reply(ADMIN)  # loading…
+            confirmed = await reply(ADMIN, timeout=30)
+            assert confirmed.startswith(f"New jobs on {DEMO} now draw with VAE: demo-vae")
+            assert confirmed.endswith(" · hypernetwork: none.")
+
+            tg.push_text(USER, USER, "1girl --size 64x64 --steps 2 --seed 7")
+            document = await tg.wait_for("sendDocument", timeout=30)
+        finally:
+            bot.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bot
+            store.close()
+    assert f"VAE: {VAE_FILE}" in infotext(document.files["document"].data)

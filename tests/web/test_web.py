@@ -160,6 +160,8 @@ async def test_state_lists_models_defaults_choices_and_strings(chat: Chat) -> No
     state = await (await client.get("/api/state?lang=en-US")).json()
     assert state["admin"] is True and state["locale"] == "en"
     assert state["models"] == ["alpha", "beta", "gamma"] and state["model"] == "alpha"
+    assert (state["vae"], state["hypernet"]) == ("Automatic", "")  # the default model's
+    assert state["vaes"] == [] and state["hypernets"] == []
     assert state["defaults"]["width"] == 64  # the default model's own defaults
     assert "Euler a" in state["choices"]["sampler"]
     assert state["prefs"] == dict.fromkeys(PREF_FIELDS)
@@ -495,7 +497,7 @@ async def test_the_local_admin_swaps_the_model(chat: Chat) -> None:
         "status": "New jobs now draw with beta.",
     }
     [event] = await until(ws, lambda e: e["type"] == "model")
-    assert event == {"type": "model", "model": "beta"}
+    assert event == {"type": "model", "model": "beta", "vae": "Automatic", "hypernet": ""}
     job = (await post(client, "/api/draw", {"text": "cat"}))["job"]
     assert job["request"]["model"] == "beta"
     error = await post(client, "/api/model", {"name": "zeta"}, status=400)
@@ -518,6 +520,20 @@ async def test_without_local_admin_the_model_stays(chat: Chat) -> None:
     assert state["admin"] is False
     error = await post(client, "/api/model", {"name": "beta"}, status=403)
     assert error == {"error": "Only the bot's admins can do that."}
+    error = await post(client, "/api/addons", {"vae": "None"}, status=403)
+    assert error == {"error": "Only the bot's admins can do that."}
+
+
+async def test_addon_choices_that_cannot_be_tried_are_refused(chat: Chat) -> None:
+    chat.loader.broken.add("alpha")  # the default model cannot load for its test image
+    client = await chat.start()
+    for body in ({}, {"vae": 1}, {"hypernet": None}):
+        response = await client.post("/api/addons", json=body)
+        assert response.status == 400
+    error = await post(client, "/api/addons", {"vae": "None"}, status=500)
+    assert error["error"] == (
+        "Error: The model alpha could not be loaded; the admin can find details in the log."
+    )
 
 
 # --- access ------------------------------------------------------------------------------------
@@ -732,3 +748,52 @@ def test_a_variations_caption_names_its_variation_seed_and_strength() -> None:
         "Seed 5 · alpha · 20 steps · variation seed 77 at 0.7"
     )
     assert caption(request, [5], [infotext], "zh").endswith("变体种子 77，强度 0.7")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_the_local_admin_sets_the_demo_models_vae_for_the_next_drawing(
+    tmp_path: Path, demo_models_dir: Path
+) -> None:
+    from tests.demo_addons import DEMO, VAE_FILE, addon_models_dir, demo_engine, infotext, running
+
+    engine = demo_engine(addon_models_dir(demo_models_dir, tmp_path), tmp_path, admins=(USER,))
+    settings = from_dict({}, root=tmp_path)
+    store = UserSettingsStore(":memory:")
+    async with (
+        running(engine),
+        TestClient(TestServer(web.create_app(engine, settings, store))) as client,
+    ):
+        state = await (await client.get("/api/state")).json()
+        assert (state["model"], state["vae"], state["hypernet"]) == (DEMO, "None", "")
+        assert state["vaes"] == [VAE_FILE] and state["hypernets"] == []
+        ws = await socket(client)
+
+        error = await post(client, "/api/addons", {"vae": "demo-vea"}, status=400)
+        assert error["error"].startswith("Error: Unknown VAE 'demo-vea'.")
+        assert error["error"].endswith(f"Installed: {VAE_FILE}.")
+        response = await client.post(
+            "/api/addons", json={"hypernet": "anime:0.8"}, headers={"Accept-Language": "zh-CN"}
+        )
+        assert response.status == 400
+        assert (await response.json())["error"] == "出错了：未知的超网络：'anime'。"
+        assert engine.model_info(DEMO).defaults.vae == "None"
+
+        reply = await post(client, "/api/addons", {"vae": VAE_FILE, "hypernet": "none"})
+        assert reply == {
+            "model": DEMO,
+            "vae": VAE_FILE,
+            "hypernet": "",
+            "status": f"New jobs on {DEMO} now draw with VAE: {VAE_FILE} · hypernetwork: none.",
+        }
+        [*_, event] = await until(ws, lambda e: e["type"] == "addons")
+        assert event == {"type": "addons", "model": DEMO, "vae": VAE_FILE, "hypernet": ""}
+        state = await (await client.get("/api/state")).json()
+        assert state["vae"] == VAE_FILE
+
+        job = (await post(client, "/api/draw", {"text": "1girl --steps 2 --size 64x64"}))["job"]
+        [*_, done] = await until(ws, of(job["id"], "done"))
+        png = await (await client.get(done["job"]["images"][0]["url"])).read()
+        await ws.close()
+    store.close()
+    assert f"VAE: {VAE_FILE}" in infotext(png)

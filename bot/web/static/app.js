@@ -337,8 +337,55 @@ async function swapModel() {
 }
 
 function showModel(name) {
+  page.state.model = name;
   $("#model").textContent = t("web_model", { model: name });
   $("#model-select").value = name;
+}
+
+// The default model's VAE and hypernetwork ("NAME" or "NAME:STRENGTH", "" for none).
+function fillAddons(state) {
+  const vaes = [
+    ["None", t("web_own_vae")],
+    ["Automatic", t("web_automatic_vae")],
+    ...state.vaes.map((name) => [name, name]),
+  ];
+  $("#vae-select").replaceChildren(...vaes.map(([value, label]) => new Option(label, value)));
+  const hypernets = [["", t("web_no_hypernet")], ...state.hypernets.map((name) => [name, name])];
+  $("#hypernet-select").replaceChildren(
+    ...hypernets.map(([value, label]) => new Option(label, value)),
+  );
+  showAddons(state);
+}
+
+function showAddons({ vae, hypernet }) {
+  const vaeSelect = $("#vae-select");
+  if (![...vaeSelect.options].some((option) => option.value === vae)) {
+    vaeSelect.append(new Option(vae, vae)); // a name as the admin typed it elsewhere
+  }
+  vaeSelect.value = vae;
+  const [name, strength] = hypernet.split(":");
+  const hypernetSelect = $("#hypernet-select");
+  if (![...hypernetSelect.options].some((option) => option.value === name)) {
+    hypernetSelect.append(new Option(name, name));
+  }
+  hypernetSelect.value = name;
+  $("#hypernet-strength").value = strength ?? "1";
+}
+
+async function applyAddons() {
+  const vae = $("#vae-select").value;
+  const name = $("#hypernet-select").value;
+  const strength = Number($("#hypernet-strength").value || "1");
+  const hypernet = name && strength !== 1 ? `${name}:${strength}` : name;
+  $("#settings").close();
+  say(t("web_addons_loading", { model: page.state.model }), "info");
+  try {
+    const reply = await api("/api/addons", { vae, hypernet });
+    showAddons(reply);
+    say(reply.status, "info");
+  } catch (error) {
+    say(error.message, "error");
+  }
 }
 
 // --- state from the server ------------------------------------------------------------------
@@ -361,6 +408,7 @@ function applyState(state) {
   $("#admin").hidden = !state.admin;
   $("#model-select").replaceChildren(...state.models.map((name) => new Option(name, name)));
   showModel(state.model);
+  fillAddons(state);
   if (first) {
     // The example's size is the current model's own (the demo model draws 128x128).
     say(t("web_welcome", { size: `${state.defaults.width}x${state.defaults.height}` }), "info");
@@ -388,6 +436,9 @@ function connect() {
       applyState(event);
     } else if (event.type === "model") {
       showModel(event.model);
+      showAddons(event); // the new default model's own
+    } else if (event.type === "addons") {
+      showAddons(event);
     } else if (event.job) {
       renderJob(event.job);
     }
@@ -426,4 +477,5 @@ $("#close-settings").addEventListener("click", () => $("#settings").close());
 $("#prefs").addEventListener("submit", savePrefs);
 $("#reset-prefs").addEventListener("click", resetPrefs);
 $("#swap").addEventListener("click", swapModel);
+$("#apply-addons").addEventListener("click", applyAddons);
 connect();
