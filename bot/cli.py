@@ -240,7 +240,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     for entry in registry.models.values():
         d = entry.defaults
         marker = " (default)" if entry.name == settings.engine.default_model else ""
-        addons = f", VAE {d.vae}" + (f", hypernet {d.hypernet}" if d.hypernet else "")
+        addons = ", its own VAE" if d.vae == "None" else f", VAE {d.vae}"
+        addons += f", hypernet {d.hypernet}" if d.hypernet else ""
         print(
             f"  {entry.name}{marker}  [{entry.kind}] {registry.model_hash(entry)}  "
             f"{d.width}x{d.height}, {d.sampler}, {d.num_inference_steps} steps, "

@@ -274,7 +274,7 @@ def draw_latents(
     monkeypatch.setattr(vae, "decode", decoding)
     results = generate(model, requests, limits=Limits())
     cond, uncond = recorded[0].at(0)
-    return latents[-1], cond, uncond, results
+    return torch.cat(latents), cond, uncond, results  # the VAE decodes one image at a time
 
 
 def diffusers_latents(
