@@ -12,19 +12,9 @@ from engine.contracts import ModelInfo
 from engine.engine import Engine
 from engine.infotext import format_number
 
-OWN_VAE = "None"  # the checkpoint's own VAE
+OWN_VAE = "None"  # the checkpoint's own VAE (the engine reads "none", "auto" in any case)
 AUTOMATIC = "Automatic"  # a <checkpoint>.vae.* beside it, else its own
 NO_HYPERNET = "none"  # what an admin types for no hypernetwork (the engine's "")
-
-
-def vae_choice(name: str) -> str:
-    """An admin's VAE as the engine takes it: "none" and "auto" in any case are its words."""
-    name = name.strip()
-    if name.lower() == OWN_VAE.lower():
-        return OWN_VAE
-    if name.lower() in (AUTOMATIC.lower(), "auto"):
-        return AUTOMATIC
-    return name
 
 
 def hypernet_choice(name: str, strength: float | None = None) -> str:

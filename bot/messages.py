@@ -674,7 +674,7 @@ ERRORS_ZH: dict[str, str] = {
         "{tag} 不是这里的附加网络：请用 <lora:名称:权重> 或 <hypernet:名称:强度>。"
     ),
     "network_weight": "{tag}：权重 {weight!r} 不允许：请用 -{max} 到 {max} 之间的数。",
-    "addons_failed": "无法用 {changes} 作画：{error_type}: {reason}。什么都没有改变。",
+    "try_failed": "无法用它作画：{error_type}: {reason}。什么都没有改变。",
     "admin_only_addons": "只有管理员可以更改模型的 VAE 或超网络。",
     "addons_missing": (
         "这些附加文件不在这里：{names}。请管理员把它们放进 models/，或从提示词中删去。"

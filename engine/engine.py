@@ -63,7 +63,7 @@ from engine.errors import (
 )
 from engine.job import Job
 from engine.journal import JobRecord, Journal, JournalError
-from engine.model_slot import ModelSlot
+from engine.model_slot import ModelSlot, tiny_request
 from engine.prompting.networks import networks_of
 from engine.queue import AUTO_BATCH_PIXELS as AUTO_BATCH_PIXELS  # re-exported for bench/
 from engine.queue import FairQueue, QueueConfig, batch_limit
@@ -354,36 +354,8 @@ class Engine(Generic[M]):
         if hypernet is not None:
             changes["hypernet"] = hypernet
             defaults = dataclasses.replace(defaults, hypernet=hypernet)
-        trial = self._registry.check_addons(
-            check_request(
-                GenerationRequest(
-                    prompt="warm-up",
-                    width=64,
-                    height=64,
-                    num_inference_steps=1,
-                    seed=0,
-                    model=entry.name,
-                ),
-                self._limits,
-                defaults,
-            )
-        )
-        loaded = await self._slot.ensure(entry.name)
-        try:
-            await self.run_in_worker(
-                functools.partial(self._generate, loaded, [trial], limits=self._limits)
-            )
-        except EngineError:
-            raise  # a missing or bad file, said in one line
-        except Exception as e:
-            log.error("admin %s: drawing with %s failed", by, changes, exc_info=e)
-            raise GenerationFailed(
-                f"Could not draw with {changes}: {type(e).__name__}: {e}. Nothing changed.",
-                key="addons_failed",
-                changes=str(changes),
-                error_type=type(e).__name__,
-                reason=str(e),
-            ) from e
+        request = check_request(tiny_request(entry.name), self._limits, defaults)
+        await self._slot.try_drawing(self._registry.check_addons(request))
         updated = self._registry.set_addon_defaults(entry.name, **changes)
         log.info("admin %s: %s now draws with %s", by, entry.name, changes)
         self._queue_changed()

@@ -7,17 +7,26 @@ makes a batch's load and an admin's swap wait for each other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic
+from typing import Any, Generic
 
 from engine.contracts import GenerateFn, M
-from engine.errors import GenerationFailed, Phrase
+from engine.errors import EngineError, GenerationFailed, Phrase
 from engine.request import GenerationRequest, Limits
 from engine.timing import Timing
 
 log = logging.getLogger(__name__)
+
+
+def tiny_request(model: str) -> GenerationRequest:
+    """One step at 64x64: the drawing that tries a model after loading (warm-up) or an admin's
+    new VAE or hypernetwork before it is kept."""
+    return GenerationRequest(
+        prompt="warm-up", width=64, height=64, num_inference_steps=1, seed=0, model=model
+    )
 
 
 class ModelSlot(Generic[M]):
@@ -36,7 +45,7 @@ class ModelSlot(Generic[M]):
         generate: GenerateFn[M],
         limits: Limits,
         timing: Timing,
-        run_in_worker: Callable[[Callable[[str], M], str], Awaitable[M]],
+        run_in_worker: Callable[..., Awaitable[Any]],
         warm_up: Callable[[], bool],
         changed: Callable[[], None],
     ) -> None:
@@ -66,7 +75,7 @@ class ModelSlot(Generic[M]):
             self.model = None
             log.info("loading model %s (replacing %s)", name, previous or "none")
             try:
-                model = await self._run_in_worker(self._load_and_warm_up, name)
+                model: M = await self._run_in_worker(self._load_and_warm_up, name)
             except Exception as e:
                 log.error("cannot load model %s", name, exc_info=e)
                 raise GenerationFailed(
@@ -98,6 +107,28 @@ class ModelSlot(Generic[M]):
                     ) from e
                 self._set(model, previous)
 
+    async def try_drawing(self, request: GenerationRequest) -> None:
+        """Load `request.model` (as `ensure`) and draw `request` once on the torch thread.
+
+        EngineErrors pass through (a missing or bad add-on file, said in one line); anything
+        else becomes GenerationFailed, whose reason the admin sees."""
+        assert request.model is not None
+        model = await self.ensure(request.model)
+        try:
+            await self._run_in_worker(
+                functools.partial(self._generate, model, [request], limits=self._limits)
+            )
+        except EngineError:
+            raise
+        except Exception as e:
+            log.error("drawing %s failed", request, exc_info=e)
+            raise GenerationFailed(
+                f"Could not draw with it: {type(e).__name__}: {e}. Nothing changed.",
+                key="try_failed",
+                error_type=type(e).__name__,
+                reason=str(e),
+            ) from e
+
     def _set(self, model: M, previous: str | None) -> None:
         self.model = model
         self.device_type = model.device.type
@@ -110,11 +141,8 @@ class ModelSlot(Generic[M]):
         started = time.perf_counter()
         model = self._load_fn(name)
         if self._warm_up():
-            warm_up = GenerationRequest(
-                prompt="warm-up", width=64, height=64, num_inference_steps=1, seed=0, model=name
-            )
             try:
-                self._generate(model, [warm_up], limits=self._limits)
+                self._generate(model, [tiny_request(name)], limits=self._limits)
             except Exception as e:  # the model may still draw real requests; they will tell
                 log.warning("warm-up of model %s failed: %r", name, e)
         self._timing.record_load(time.perf_counter() - started)

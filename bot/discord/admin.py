@@ -21,7 +21,6 @@ from bot.addons import (
     current_addons,
     hypernet_choice,
     installed_addons,
-    vae_choice,
 )
 from bot.discord.client import AidrawBot
 from bot.discord.interactions import (
@@ -98,7 +97,7 @@ class AdminCog(commands.Cog, name="Admin"):
             await self._addons_show(interaction)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        info = await self.engine.set_addon_defaults(by, vae=vae_choice(name))
+        info = await self.engine.set_addon_defaults(by, vae=name.strip())
         locale = interaction_locale(self.store, interaction)
         await interaction.followup.send(clip(addons_text(info, locale, "addons_set")))
 

@@ -23,7 +23,6 @@ from bot.addons import (
     current_addons,
     hypernet_choice,
     installed_addons,
-    vae_choice,
 )
 from bot.messages import Locale, error_text, locale_of, text
 from bot.parse import read_request
@@ -385,7 +384,7 @@ async def addons_command(update: Update, context: Context) -> None:
     loading = text("addons_loading", locale, model=engine.default_model, name=name)
     await message.reply_text(loading)
     if (message.text or "").startswith("/vae"):
-        info = await engine.set_addon_defaults(requester, vae=vae_choice(name))
+        info = await engine.set_addon_defaults(requester, vae=name.strip())
     else:
         info = await engine.set_addon_defaults(requester, hypernet=hypernet_choice(name))
     await message.reply_text(addons_text(info, locale, "addons_set"))

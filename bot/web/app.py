@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from bot.addons import addons_text, hypernet_choice, vae_choice
+from bot.addons import addons_text, hypernet_choice
 from bot.messages import LOCALES, text
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
@@ -208,7 +208,7 @@ async def post_addons(request: web.Request) -> web.Response:
     if vae is None and hypernet is None:
         raise web.HTTPBadRequest(text="send vae, hypernet or both")
     info = await chat.set_addons(
-        vae=None if vae is None else vae_choice(vae),
+        vae=None if vae is None else vae.strip(),
         hypernet=None if hypernet is None else hypernet_choice(hypernet),
     )
     status = addons_text(info, locale, "addons_set")

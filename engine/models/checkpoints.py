@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 SD15_CONFIG = Path(__file__).parent.parent / "sd_configs" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 OVERRIDES_NAME = ".aidraw-addons.json"  # admins' per-model VAE and hypernetwork choices
-AUTOMATIC = ("Automatic", "auto")
+AUTOMATIC = ("automatic", "auto")  # a VAE setting that means "the one beside it" (any case)
 
 # Loading bars from the libraries would interleave with the bots' logs and the CLI's own bar.
 diffusers.utils.logging.disable_progress_bar()
@@ -121,7 +121,7 @@ class ModelRegistry:
                 defaults = dataclasses.replace(defaults, vae=value)
             else:
                 defaults = dataclasses.replace(defaults, hypernet=value)
-        if defaults.vae in AUTOMATIC:
+        if defaults.vae.lower() in AUTOMATIC:
             defaults = dataclasses.replace(defaults, vae=self.addons.vae_near(path) or "None")
         return defaults
 
@@ -131,7 +131,7 @@ class ModelRegistry:
         file raises ModelNotFound (close names, what is installed); several, one line with all
         of them (a pasted infotext names what its author had)."""
         vae = request.vae or "Automatic"
-        if vae in AUTOMATIC:
+        if vae.lower() in AUTOMATIC:
             path = self.models[request.model].path if request.model in self.models else None
             vae = (self.addons.vae_near(path) if path else None) or "None"
         missing: list[ModelNotFound] = []
@@ -165,7 +165,7 @@ class ModelRegistry:
         if key == "vae":
             if value.lower() == "none":
                 return "None"
-            if value in AUTOMATIC:
+            if value.lower() in AUTOMATIC:
                 return "Automatic"
             return self.addons.find("VAE", value).name
         if key == "hypernet":
