@@ -609,6 +609,12 @@ ERRORS_ZH: dict[str, str] = {
     "word_hypernetwork": "超网络",
     "word_lora": "LoRA",
     "word_embedding": "嵌入",
+    "word_denoising": "重绘幅度",
+    "word_resize_mode": "缩放模式",
+    "word_mask_blur": "蒙版模糊",
+    "word_masked_content": "蒙版内容",
+    "word_mask_padding": "仅蒙版区域的边距",
+    "word_hires_scale": "高清修复倍数",
     "did_you_mean": "你是不是想写 {suggestion}？",
     "too_wide": "宽",
     "too_tall": "高",
@@ -679,6 +685,17 @@ ERRORS_ZH: dict[str, str] = {
     "addons_missing": (
         "这些附加文件不在这里：{names}。请管理员把它们放进 models/，或从提示词中删去。"
     ),
+    "picture_range": "{label} {value} 不可用：请用 {min} 到 {max}。",
+    "hires_steps_range": "高清修复步数 {steps} 不可用：请用 0（与步数相同）到 {max}。",
+    "mask_without_image": "蒙版需要它所属的图片。",
+    "hires_too_large": (
+        "高清修复会画出 {width}x{height}：最多允许 {max_pixels:,} 像素、每边 {max_side}；"
+        "请用更小的尺寸或倍数。"
+    ),
+    "image_too_big": "图片有 {size}：最多允许 {max}。",
+    "image_too_many_pixels": "图片是 {width}x{height}：最多允许 {max_pixels:,} 像素。",
+    "image_unreadable": "这不是本机器人能读取的 PNG、JPEG 或 WebP 图片。",
+    "image_not_stored": "这张图片不是发给本机器人的；请重新发送。",
     "vae_empty": "VAE 名称为空：请写 models/VAE 中的文件名，或写 None 使用模型自带的 VAE。",
     "ensd_range": "ENSD {ensd} 不可用：请用 0 到 {max}。",
     "rng_source": "随机数来源 {rng!r} 不可用：请用 GPU、CPU 或 NV。",

@@ -117,6 +117,7 @@ def check_request(
             key="vae_empty",
         )
     _check_noise(req, limits)
+    _check_pictures(req, limits)
     hypernet = (defaults or RequestDefaults()).hypernet
     return dataclasses.replace(
         req, sampler=canonical_sampler(req.sampler), prompt=with_hypernet(req.prompt, hypernet)
@@ -168,6 +169,62 @@ def _check_noise(req: GenerationRequest, limits: Limits) -> None:
             min=MIN_SIDE,
             max=limits.max_side,
         )
+
+
+# A1111's ranges (its UI sliders) for the img2img, inpainting and hires fields.
+_PICTURE_RANGES: dict[str, tuple[float, float, Phrase]] = {
+    "denoising_strength": (0.0, 1.0, Phrase("denoising strength", "word_denoising")),
+    "resize_mode": (0, 2, Phrase("resize mode", "word_resize_mode")),
+    "mask_blur": (0, 64, Phrase("mask blur", "word_mask_blur")),
+    "inpainting_fill": (0, 3, Phrase("masked content", "word_masked_content")),
+    "inpaint_full_res_padding": (0, 256, Phrase("only-masked padding", "word_mask_padding")),
+    "hr_scale": (1.0, 4.0, Phrase("hires upscale", "word_hires_scale")),
+}
+
+
+def _check_pictures(req: GenerationRequest, limits: Limits) -> None:
+    """The img2img, inpainting and hires fields: in A1111's ranges, a mask only with an
+    image, and a hires output within the size limits."""
+    for name, (low, high, label) in _PICTURE_RANGES.items():
+        value = getattr(req, name)
+        if value is not None and not low <= value <= high:
+            shown, lo, hi = format_number(value), format_number(low), format_number(high)
+            raise InvalidRequest(
+                f"{label} {shown} is not allowed: use {lo} to {hi}.",
+                field=name,
+                key="picture_range",
+                label=label,
+                value=shown,
+                min=lo,
+                max=hi,
+            )
+    if not 0 <= req.hr_second_pass_steps <= limits.max_steps:
+        raise InvalidRequest(
+            f"hires steps {req.hr_second_pass_steps} is not allowed: use 0 (the same as steps) "
+            f"to {limits.max_steps}.",
+            field="hr_second_pass_steps",
+            key="hires_steps_range",
+            steps=req.hr_second_pass_steps,
+            max=limits.max_steps,
+        )
+    if req.mask_image is not None and req.init_image is None:
+        raise InvalidRequest(
+            "A mask needs the image it belongs to.", field="mask_image", key="mask_without_image"
+        )
+    if req.enable_hr:
+        assert req.width is not None and req.height is not None
+        width, height = int(req.width * req.hr_scale), int(req.height * req.hr_scale)
+        if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+            raise InvalidRequest(
+                f"Hires fix would draw {width}x{height}: at most {limits.max_pixels:,} pixels "
+                f"and {limits.max_side} per side are allowed; use a smaller size or scale.",
+                field="hr_scale",
+                key="hires_too_large",
+                width=width,
+                height=height,
+                max_pixels=limits.max_pixels,
+                max_side=limits.max_side,
+            )
 
 
 def _largest_square(max_pixels: int) -> str:

@@ -61,6 +61,7 @@ from engine.errors import (
     JobCancelled,
     QueueFull,
 )
+from engine.images import INPUTS, ImageStore, StoredImage, read_image
 from engine.job import Job
 from engine.journal import JobRecord, Journal, JournalError
 from engine.model_slot import ModelSlot, tiny_request
@@ -156,6 +157,7 @@ class Engine(Generic[M]):
         # the queue prefers next (a merge costs time, as a model load does).
         self._merged: Hashable = ()
         self._files = ResultFiles(Path(config.results_dir))
+        self._images = ImageStore(Path(config.results_dir) / INPUTS)
         self._journal = Journal(config.journal)
         try:
             self._recovered = replay(
@@ -293,6 +295,12 @@ class Engine(Generic[M]):
     def models(self) -> list[str]:
         """The names of the models requests may name, in the registry's order."""
         return list(self._registry.models)
+
+    def store_image(self, data: bytes, *, mask: bool = False) -> StoredImage:
+        """Check a user's image at the door and keep it for a request's `init_image` (or
+        `mask_image`, `mask=True`); InvalidRequest says what was wrong, and nothing is kept."""
+        checked = read_image(data, self._limits, mask=mask)
+        return StoredImage(str(self._images.put(checked)), checked.first_frame_only)
 
     def addon_names(self, kind: AddonKind) -> list[str]:
         """The add-on files of a kind ("VAE", "hypernetwork", "LoRA", "embedding") by name."""
@@ -628,6 +636,13 @@ class Engine(Generic[M]):
     # --- requests, the journal and the queue ----------------------------------------------
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
+        for path in (request.init_image, request.mask_image):
+            if path is not None and not self._images.owns(path):
+                raise InvalidRequest(
+                    "The image is not one this bot was sent; send it again.",
+                    field="image",
+                    key="image_not_stored",
+                )
         entry = pick_model(self._registry, request, self.default_model)
         checked = check_request(
             dataclasses.replace(request, model=entry.name, model_hash=None),

@@ -44,6 +44,23 @@ class GenerationRequest:
             e.g. "animevae.pt"; the stem works too); "None" = the checkpoint's own VAE; None =
             the model's default. LoRAs and hypernetworks are `<lora:…>`/`<hypernet:…>` tags in
             the prompt (A1111); embeddings are their file names in either prompt.
+        init_image: img2img: the path of a checked input image (`engine.images.ImageStore`
+            keeps them; frontends never pass a user's path), or None for txt2img.
+        mask_image: inpainting: the path of a checked mask (white = redraw), with init_image.
+        denoising_strength: A1111's "Denoising strength" of img2img and of the hires pass;
+            None = A1111's defaults (0.75 for img2img, 0.7 for hires fix).
+        resize_mode: how the init image meets the size: 0 just resize, 1 crop and resize,
+            2 resize and fill (A1111's numbers).
+        mask_blur: inpainting: Gaussian blur of the mask in pixels (A1111's 4).
+        inpainting_fill: what the masked area starts from: 0 fill, 1 original (A1111's UI
+            default), 2 latent noise, 3 latent nothing.
+        inpaint_full_res: A1111's "Only masked": redraw the masked area's box at full size.
+        inpaint_full_res_padding: pixels around that box ("Only masked padding").
+        enable_hr: hires fix: draw at the size, upscale by hr_scale, then a second pass.
+        hr_scale: the hires upscale factor (output int(width·scale) x int(height·scale)).
+        hr_upscaler: "Latent" (A1111's bilinear latent upscale), another A1111 latent mode,
+            "Lanczos", or an upscaler file's name from models/ESRGAN.
+        hr_second_pass_steps: steps of the hires pass; 0 = the request's steps (A1111).
     """
 
     prompt: str
@@ -68,6 +85,18 @@ class GenerationRequest:
     downcast_alphas_cumprod: bool = False
     emphasis: str | None = None
     vae: str | None = None
+    init_image: str | None = None
+    mask_image: str | None = None
+    denoising_strength: float | None = None
+    resize_mode: int = 0
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +151,7 @@ class Limits:
         max_steps: most denoising steps.
         max_batch_size: most images per request.
         max_prompt_chars: longest prompt (and negative prompt) in characters.
+        max_image_bytes: largest image file a user may send (img2img, inpainting, upscale).
     """
 
     max_pixels: int = 1024 * 1024
@@ -129,6 +159,7 @@ class Limits:
     max_steps: int = 150
     max_batch_size: int = 4
     max_prompt_chars: int = 4000
+    max_image_bytes: int = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +199,19 @@ BATCH_KEYS = (
     "model",
     "downcast_alphas_cumprod",
     "vae",
+    # img2img and hires: an init image batches only with jobs for the same image and settings.
+    "init_image",
+    "mask_image",
+    "denoising_strength",
+    "resize_mode",
+    "mask_blur",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "enable_hr",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
 )
 # Requests whose prompts name different LoRAs or hypernetworks never share a batch either
 # (`engine.prompting.networks.networks_of(request.prompt)` is part of a job's batch key).

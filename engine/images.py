@@ -1,0 +1,153 @@
+"""Input images (img2img, inpainting masks, upscales): checked at the door and kept for the job.
+
+`read_image` is the door: PNG, JPEG or WebP only, at most `max_image_bytes` and `max_pixels`
+(Pillow's decompression-bomb limit is set from them, so a small file that unpacks to a huge
+picture is refused before it is decoded), EXIF orientation applied, transparency flattened on
+white (A1111's `img2img_background_color`), an animated image's first frame (said in the
+note). `ImageStore` keeps the checked image as a PNG named by its content's sha256 beside the
+results, so the journal can replay the job after a restart; a job names the file by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import InvalidRequest
+from engine.request import Limits
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+BACKGROUND = (255, 255, 255)  # A1111's default img2img_background_color
+INPUTS = "inputs"  # the store's folder inside results_dir
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image that passed the door: RGB (or L for a mask), upright, one frame."""
+
+    image: Image.Image
+    first_frame_only: bool  # it was animated: only its first frame is used
+
+
+def read_image(data: bytes, limits: Limits, *, mask: bool = False) -> CheckedImage:
+    """The door for a user's image; InvalidRequest (one line) says what was wrong."""
+    if len(data) > limits.max_image_bytes:
+        raise InvalidRequest(
+            f"The image is {_mib(len(data))}: at most {_mib(limits.max_image_bytes)} is allowed.",
+            field="image",
+            key="image_too_big",
+            size=_mib(len(data)),
+            max=_mib(limits.max_image_bytes),
+        )
+    try:
+        with warnings.catch_warnings():
+            # Over the limit Pillow only warns (up to twice it): make that a refusal too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            _check_pixels(image.size, limits)
+            animated = bool(getattr(image, "is_animated", False))
+            image.seek(0)
+            image.load()
+    except InvalidRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidRequest(
+            f"The image is too large: at most {limits.max_pixels:,} pixels are allowed.",
+            field="image",
+            key="image_too_many_pixels",
+            width=0,
+            height=0,
+            max_pixels=limits.max_pixels,
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        log.info("unreadable image: %s", e)
+        raise InvalidRequest(
+            "That is not a PNG, JPEG or WebP image this bot can read.",
+            field="image",
+            key="image_unreadable",
+        ) from None
+    upright = ImageOps.exif_transpose(image) or image
+    _check_pixels(upright.size, limits)
+    return CheckedImage(_flatten(upright, mask), first_frame_only=animated)
+
+
+def _check_pixels(size: tuple[int, int], limits: Limits) -> None:
+    width, height = size
+    if width * height > limits.max_pixels or max(width, height) > 4 * limits.max_side:
+        raise InvalidRequest(
+            f"The image is {width}x{height}: at most {limits.max_pixels:,} pixels are allowed.",
+            field="image",
+            key="image_too_many_pixels",
+            width=width,
+            height=height,
+            max_pixels=limits.max_pixels,
+        )
+
+
+def _flatten(image: Image.Image, mask: bool) -> Image.Image:
+    """RGB on white (transparency flattened, as A1111's `flatten`); a mask in grey levels."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        background.alpha_composite(rgba)
+        image = background
+    return image.convert("L" if mask else "RGB")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A kept input image: `path` for a request, and whether only its first frame is used."""
+
+    path: str
+    first_frame_only: bool
+
+
+class ImageStore:
+    """Checked input images as PNG files under `folder`, named by their content's sha256."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def put(self, checked: CheckedImage) -> Path:
+        """Keep the image (once per content) and return its path for a request."""
+        buf = io.BytesIO()
+        checked.image.save(buf, format="PNG")
+        data = buf.getvalue()
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()}.png"
+        if not path.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return path
+
+    def owns(self, path: str) -> bool:
+        """Whether a request's image path is one of this store's files (never a user's path)."""
+        try:
+            return Path(path).resolve().parent == self.folder.resolve()
+        except (OSError, ValueError):
+            return False
+
+    def remove_unused(self, used: set[str]) -> int:
+        """Delete the files no remembered job names (history cleanup); returns how many."""
+        if not self.folder.is_dir():
+            return 0
+        removed = 0
+        for path in self.folder.glob("*.png"):
+            if str(path) not in used:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
