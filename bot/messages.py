@@ -609,6 +609,7 @@ ERRORS_ZH: dict[str, str] = {
     "word_hypernetwork": "超网络",
     "word_lora": "LoRA",
     "word_embedding": "嵌入",
+    "word_upscaler": "放大器",
     "word_denoising": "重绘幅度",
     "word_resize_mode": "缩放模式",
     "word_mask_blur": "蒙版模糊",

@@ -14,7 +14,7 @@ from engine.errors import InvalidRequest, ModelNotFound, Phrase
 from engine.preview import PreviewMap
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
-AddonKind = Literal["VAE", "hypernetwork", "LoRA", "embedding"]
+AddonKind = Literal["VAE", "hypernetwork", "LoRA", "embedding", "upscaler"]
 
 
 class Device(Protocol):

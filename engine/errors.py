@@ -72,6 +72,7 @@ _KINDS = {
     "hypernetwork": Phrase("hypernetwork", "word_hypernetwork"),
     "LoRA": Phrase("LoRA", "word_lora"),
     "embedding": Phrase("embedding", "word_embedding"),
+    "upscaler": Phrase("upscaler", "word_upscaler"),
 }
 
 

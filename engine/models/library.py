@@ -1,6 +1,6 @@
 """The add-on library: VAEs, hypernetworks, LoRAs and embeddings found under `models/`.
 
-A1111's folders and names: `VAE/` (a VAE's name is its file name with the extension, as A1111
+A1111's folders and names: `ESRGAN/` (upscalers, by file stem), `VAE/` (a VAE's name is its file name with the extension, as A1111
 writes `VAE: animevae.pt`; a `<checkpoint>.vae.pt|.vae.ckpt|.vae.safetensors` beside the
 checkpoints is one too), `hypernetworks/`, `Lora/` and `embeddings/` (named by file stem;
 a LoRA also by its `ss_output_name` when no file has that name). Subfolders are searched.
@@ -26,17 +26,25 @@ FOLDERS: dict[Kind, str] = {
     "hypernetwork": "hypernetworks",
     "LoRA": "Lora",
     "embedding": "embeddings",
+    "upscaler": "ESRGAN",
 }
 SUFFIXES: dict[Kind, tuple[str, ...]] = {
     "VAE": (".pt", ".ckpt", ".safetensors"),
     "hypernetwork": (".pt",),
     "LoRA": (".safetensors", ".pt", ".ckpt"),
     "embedding": (".pt", ".bin", ".safetensors"),
+    "upscaler": (".pth", ".pt", ".safetensors"),
 }
 # A VAE beside the checkpoints (A1111 `sd_vae.refresh_vae_list`); never a model of its own.
 PAIRED_VAE_SUFFIXES = (".vae.pt", ".vae.ckpt", ".vae.safetensors")
 # How long an add-on's short hash is in `aidraw models` and the infotext (A1111's lengths).
-SHORT_HASH: dict[Kind, int] = {"VAE": 10, "hypernetwork": 10, "LoRA": 12, "embedding": 12}
+SHORT_HASH: dict[Kind, int] = {
+    "VAE": 10,
+    "hypernetwork": 10,
+    "LoRA": 12,
+    "embedding": 12,
+    "upscaler": 10,
+}
 
 
 def is_paired_vae(path: Path) -> bool:
