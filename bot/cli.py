@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("--out", type=Path, help="PNG path (default: <output_dir>/<time>-<seed>.png)")
     draw.add_argument("--json", action="store_true", help="print JSON lines instead of paths")
     draw.add_argument(
+        "--init-image", type=Path, help="img2img: the picture to start from (PNG, JPEG or WebP)"
+    )
+    draw.add_argument(
+        "--mask", type=Path, help="inpainting: white where to redraw (with --init-image)"
+    )
+    draw.add_argument(
         "--explain",
         action="store_true",
         help="draw nothing: print the parsed request, its weighted segments and token chunks",
@@ -110,7 +116,7 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for note in parsed.notes:
         print(f"aidraw: note: {note}", file=sys.stderr)
-    request = parsed.request
+    request = _with_images(parsed.request, args, settings)
     # Heavy imports only for commands that draw.
     from tqdm import tqdm
 
@@ -151,6 +157,34 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(path)
     return 0
+
+
+def _with_images(
+    request: GenerationRequest, args: argparse.Namespace, settings: Settings
+) -> GenerationRequest:
+    """The request with `--init-image`/`--mask` checked at the same door as a chat's upload
+    and kept in the image store (the request names the kept copy)."""
+    from engine.images import INPUTS, ImageStore, read_image
+
+    if args.mask is not None and args.init_image is None:
+        raise UsageError("--mask needs --init-image (the picture the mask belongs to)")
+    store = ImageStore(settings.root / settings.queue.results_dir / INPUTS)
+    changes: dict[str, str] = {}
+    for field, path, mask in (
+        ("init_image", args.init_image, False),
+        ("mask_image", args.mask, True),
+    ):
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+        checked = read_image(data, settings.limits, mask=mask)
+        if checked.first_frame_only:
+            print(f"aidraw: note: {path.name} is animated; using its first frame", file=sys.stderr)
+        changes[field] = str(store.put(checked))
+    return dataclasses.replace(request, **changes) if changes else request
 
 
 def explain(parsed: ParsedRequest, settings: Settings) -> str:

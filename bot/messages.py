@@ -628,8 +628,6 @@ ERRORS_ZH: dict[str, str] = {
     "not_safetensors": "不是可读的 .safetensors 文件（{detail}）",
     "model_and_hash": "{model!r}（哈希 {hash}）",
     "model_hash_only": "哈希为 {hash} 的",
-    "feature_img2img": "以图生图",
-    "feature_hires_fix": "高清修复",
     "no_closing_quote": "引号没有闭合",
     "no_escaped_character": "反斜杠后面缺少字符",
     "help_seed": "种子（-1 = 随机）",
@@ -645,6 +643,10 @@ ERRORS_ZH: dict[str, str] = {
     "help_clip_skip": "CLIP 跳过层数，例如 2",
     "help_ensd": "噪声种子偏移（ENSD），例如 31337",
     "help_model": "模型名称",
+    "help_strength": "重绘幅度 0–1：以图生图（附图时）或 --hires 的",
+    "help_hires": "高清修复：先画，再放大 ×倍数（默认 2），再重绘",
+    "help_hires_steps": "高清修复这一遍的步数",
+    "help_upscaler": "放大器：Latent、Lanczos 或文件名",
     "help_hn": "超网络 名称 或 名称:强度，例如 {example}",
     "help_vae": "VAE 文件，例如 {example}（None = 模型自带的）",
     "needs_hypernet": "{flag} 需要 名称 或 名称:强度，例如 anime:0.8，而不是 {value!r}。",
@@ -662,7 +664,6 @@ ERRORS_ZH: dict[str, str] = {
     "prompt_too_long": "{name}有 {length} 个字符：最多允许 {max} 个。",
     "size_and_ratio": "--size 和 --ar 只能用一个。",
     "flags_unreadable": "无法读取参数：{problem}（请检查引号）。",
-    "not_yet": "{flag}（{feature}）在此版本中暂不可用。",
     "unknown_flag": "未知参数 {flag}。{hint}已知参数：{flags}。",
     "unexpected_word": "{after} 后面多了 {word!r}：请把提示词写在参数前面，含空格的值要加引号。",
     "takes_no_value": "{flag} 不接受值（{help}）。",
@@ -689,6 +690,9 @@ ERRORS_ZH: dict[str, str] = {
     "picture_range": "{label} {value} 不可用：请用 {min} 到 {max}。",
     "hires_steps_range": "高清修复步数 {steps} 不可用：请用 0（与步数相同）到 {max}。",
     "mask_without_image": "蒙版需要它所属的图片。",
+    "strength_without_image": (
+        "重绘幅度用于图片（以图生图）或高清修复：请随提示词发送图片，或加上 --hires。"
+    ),
     "hires_too_large": (
         "高清修复会画出 {width}x{height}：最多允许 {max_pixels:,} 像素、每边 {max_side}；"
         "请用更小的尺寸或倍数。"

@@ -84,7 +84,7 @@ class Flag:
     field: str
     read: Callable[[str, str], Any]
     help: Phrase
-    words: Literal["one", "many", "none"] = "one"
+    words: Literal["one", "many", "none", "optional"] = "one"  # optional: none or one
 
 
 def _int(flag: str, value: str) -> int:
@@ -218,6 +218,11 @@ def _hypernet(flag: str, value: str) -> str:
     return tag
 
 
+def _hires(flag: str, value: str) -> float:
+    """`--hires` alone is A1111's default ×2; `--hires 1.5` another scale."""
+    return _float(flag, value) if value.strip() else 2.0
+
+
 def _vae(flag: str, value: str) -> str | None:
     """`--vae NAME`; "auto"/"Automatic" = the model's default (None)."""
     name = value.strip()
@@ -281,6 +286,28 @@ FLAGS: dict[str, Flag] = {
         ),
         "many",
     ),
+    "--strength": Flag(
+        "denoising_strength",
+        _float,
+        Phrase(
+            "denoising strength 0–1 of img2img (with an image) or of --hires",
+            "help_strength",
+        ),
+    ),
+    "--hires": Flag(
+        "hr_scale",
+        _hires,
+        Phrase("hires fix: draw, upscale ×SCALE (default 2), redraw", "help_hires"),
+        "optional",
+    ),
+    "--hires-steps": Flag(
+        "hr_second_pass_steps", _int, Phrase("steps of the hires pass", "help_hires_steps")
+    ),
+    "--upscaler": Flag(
+        "hr_upscaler",
+        _text,
+        Phrase("upscaler: Latent, Lanczos or a file's name", "help_upscaler"),
+    ),
     "--vae": Flag(
         "vae",
         _vae,
@@ -289,12 +316,6 @@ FLAGS: dict[str, Flag] = {
         ),
     ),
     "--n": Flag("batch_size", _int, Phrase("number of images", "help_count")),
-}
-# DESIGN §4 flags whose feature is not built yet: typed, they say so; they are never advertised
-# (not in hints, /help or Known flags) until they work.
-NOT_YET: dict[str, Phrase] = {
-    "--strength": Phrase("img2img", "feature_img2img"),
-    "--hires": Phrase("hires fix", "feature_hires_fix"),
 }
 # shlex's complaints, for "Cannot read the flags".
 _QUOTE_PROBLEMS = {
@@ -439,6 +460,8 @@ def read_request(
             field="--ar",
             key="size_and_ratio",
         )
+    if "hr_scale" in values:
+        fields["enable_hr"] = True
     if "size" in values:
         fields["width"], fields["height"] = values["size"]
     if "ratio" in values:
@@ -522,21 +545,12 @@ def _read_flags(words: list[str]) -> dict[str, Any]:
     while i < len(words):
         name, equals, inline = words[i].partition("=")
         flag = FLAGS.get(name.lower())
-        if name.lower() in NOT_YET:
-            feature = NOT_YET[name.lower()]
-            raise ParseError(
-                f"{name} ({feature}) is not available in this version yet.",
-                field=name,
-                key="not_yet",
-                flag=name,
-                feature=feature,
-            )
         if flag is None:
             raise _unknown(name)
         taken = [inline] if equals else []
         i += 1
         while i < len(words) and not words[i].startswith("--"):
-            if flag.words == "none" or (taken and flag.words == "one"):
+            if flag.words == "none" or (taken and flag.words in ("one", "optional")):
                 after = f"{name} {taken[0]}" if taken else name
                 raise ParseError(
                     f"Unexpected {words[i]!r} after {after}: put the prompt before the flags, "
@@ -557,6 +571,9 @@ def _read_flags(words: list[str]) -> dict[str, Any]:
                     flag=name,
                     help=flag.help,
                 )
+            values[flag.field] = flag.read(name, "")
+            continue
+        if flag.words == "optional" and not taken:
             values[flag.field] = flag.read(name, "")
             continue
         if not taken or not " ".join(taken).strip():

@@ -207,6 +207,13 @@ def _check_pictures(req: GenerationRequest, limits: Limits) -> None:
             steps=req.hr_second_pass_steps,
             max=limits.max_steps,
         )
+    if req.denoising_strength is not None and req.init_image is None and not req.enable_hr:
+        raise InvalidRequest(
+            "The denoising strength is for an image (img2img) or hires fix: send an image with "
+            "the prompt, or add --hires.",
+            field="denoising_strength",
+            key="strength_without_image",
+        )
     if req.mask_image is not None and req.init_image is None:
         raise InvalidRequest(
             "A mask needs the image it belongs to.", field="mask_image", key="mask_without_image"

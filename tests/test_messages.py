@@ -55,6 +55,7 @@ NOT_FOR_USERS = {
 KEPT = {"CFG", "CLIP", "CPU", "ENSD", "GPU", "LoRA", "NAI", "NaN", "VAE", "pickle", "safetensors"}
 # What users type as it is: tag and setting names, folders, an example name.
 KEPT |= {"None", "models", "lora", "hypernet", "vram", "lowvram", "medvram", "anime"}
+KEPT |= {"Latent", "Lanczos", "PNG", "JPEG", "WebP"}  # A1111's upscalers; image formats
 FLAG = re.compile(r"--[a-z][a-z-]*")
 
 
@@ -114,7 +115,7 @@ def placeholders(template: str) -> set[str]:
 def test_the_scan_finds_the_raise_sites() -> None:
     keys = {site.key for site in SITES}
     assert len(SITES) > 100
-    assert {"unknown_flag", "steps_range", "queue_full", "did_you_mean", "not_yet"} <= keys
+    assert {"unknown_flag", "steps_range", "queue_full", "did_you_mean", "needs_value"} <= keys
 
 
 @pytest.mark.parametrize("site", SITES, ids=str)
@@ -214,10 +215,10 @@ SYNC_CASES: dict[str, Callable[[], object]] = {
     "size and ar": parsed("cat --size 512x512 --ar 1:1"),
     "open quote": parsed('cat --neg "ugly'),
     "lone backslash": parsed("cat --neg ugly\\"),
-    "hires fix": parsed("cat --hires 2"),
+    "hires scale": parsed("cat --hires big"),
     "hypernetwork flag": parsed("cat --hn a:b:c"),
     "hypernetwork strength": parsed("cat --hn anime:loud"),
-    "img2img": parsed("cat --strength 0.5"),
+    "strength": parsed("cat --strength half"),
     "word after a flag": parsed("cat --seed 1 dog"),
     "switch with a value": parsed("cat --no-quality=yes"),
     "flag without a value": parsed("cat --seed"),
@@ -428,9 +429,9 @@ def test_a_key_without_zh_text_falls_back_to_english() -> None:
 
 def test_english_is_the_message_as_before() -> None:
     with pytest.raises(EngineError) as raised:
-        read_request("cat --hires 2")
-    assert str(raised.value) == "--hires (hires fix) is not available in this version yet."
-    assert error_text(raised.value, "en") == (
-        "Error: --hires (hires fix) is not available in this version yet."
+        read_request("cat --hires-steps many")
+    assert str(raised.value) == "--hires-steps needs a whole number, not 'many'."
+    assert (
+        error_text(raised.value, "en") == "Error: --hires-steps needs a whole number, not 'many'."
     )
-    assert error_text(raised.value, "zh") == "出错了：--hires（高清修复）在此版本中暂不可用。"
+    assert error_text(raised.value, "zh") == "出错了：--hires-steps 需要一个整数，而不是 'many'。"

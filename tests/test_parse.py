@@ -270,11 +270,10 @@ def test_a_settings_line_with_steps_is_a_pasted_infotext(settings: str) -> None:
 def test_flags_that_do_not_work_yet_are_never_advertised() -> None:
     with pytest.raises(ParseError) as unknown:
         parse_request("a cat --bogus 1")
-    for flag in ("--strength", "--hires"):
-        assert flag not in FLAGS and flag not in str(unknown.value)
-    assert "--hn" in str(unknown.value) and "--vae" in str(unknown.value)
-    with pytest.raises(ParseError, match=r"Did you mean --steps\?"):
-        parse_request("a cat --strenght 0.5")  # a typo of a missing flag suggests a working one
+    for flag in ("--hn", "--vae", "--strength", "--hires", "--upscaler"):
+        assert flag in FLAGS and flag in str(unknown.value)
+    with pytest.raises(ParseError, match=r"Did you mean --strength\?"):
+        parse_request("a cat --strenght 0.5")
 
 
 @pytest.mark.parametrize(
@@ -295,6 +294,15 @@ def test_extra_networks_are_read_from_the_prompt_and_hn(text: str, prompt: str) 
     parsed = read_request(text, settings=PLAIN)
     assert parsed.request.prompt == prompt
     assert not any("not available" in note for note in parsed.notes)
+
+
+def test_hires_and_strength_flags() -> None:
+    hires = parse_request("1girl --hires")
+    assert (hires.enable_hr, hires.hr_scale, hires.denoising_strength) == (True, 2.0, None)
+    custom = parse_request("1girl --hires 1.5 --strength 0.55 --hires-steps 10 --upscaler Lanczos")
+    assert (custom.enable_hr, custom.hr_scale, custom.hr_second_pass_steps) == (True, 1.5, 10)
+    assert (custom.denoising_strength, custom.hr_upscaler) == (0.55, "Lanczos")
+    assert not parse_request("1girl --strength 0.4").enable_hr  # img2img, with an image
 
 
 def test_vae_comes_from_the_flag_or_a_pasted_infotext() -> None:
@@ -340,12 +348,12 @@ def test_extra_network_tags_are_read_as_a1111_reads_them() -> None:
         ("a cat --uc bad", r"--uc: Unknown undesired-content preset 'bad'"),
         ("a cat --syntax koishi", r"--syntax needs a1111 or nai, not 'koishi'"),
         ("a cat --steps", r"--steps needs a value \(denoising steps\)"),
-        ("a cat --hires 2", r"--hires \(hires fix\) is not available in this version yet"),
+        ("a cat --hires big", r"--hires needs a number, not 'big'"),
+        ("a cat --hires 2 3", r"Unexpected '3' after --hires 2"),
         ("a cat --hn anime:loud", r"--hn: <hypernet:anime:loud>: the weight 'loud' is not"),
         ("a cat --hn a:1:2", r"--hn needs NAME or NAME:STRENGTH, e\.g\. anime:0\.8"),
         ("a cat <lora:x:1e9>", r"<lora:x:1e9>: the weight '1e9' is not allowed: use a number"),
         ("a cat <lyco:x:2>, <embedding:y>", r"<embedding:y> is not an extra network here"),
-        ("a cat --strength 0.5", r"--strength \(img2img\) is not available in this version"),
         ("<lora:foo:0.8>", r"The prompt is empty"),
         # lengths count what was typed, not the rewrite ({ x 10,000 becomes a short weight)
         (
