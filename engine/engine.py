@@ -595,7 +595,10 @@ class Engine(Generic[M]):
             log.warning("job %d: not recorded as done; it is drawn again after a restart", job.id)
         else:
             with contextlib.suppress(JournalError):  # logged; the next finished job trims
-                self._journal.trim(self.config.history_size)
+                if self._journal.trim(self.config.history_size):
+                    # Pictures users sent go with the last job that names them.
+                    used = self._journal.input_images()
+                    await asyncio.to_thread(self._images.remove_unused, used)
         self._finish(job, "done", results=results)
 
     def _finish(
@@ -637,9 +640,9 @@ class Engine(Generic[M]):
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
         for path in (request.init_image, request.mask_image):
-            if path is not None and not self._images.owns(path):
+            if path is not None and not (self._images.owns(path) and Path(path).is_file()):
                 raise InvalidRequest(
-                    "The image is not one this bot was sent; send it again.",
+                    "The image is not one this bot has (any more); send it again.",
                     field="image",
                     key="image_not_stored",
                 )

@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,9 @@ def read_image(data: bytes, limits: Limits, *, mask: bool = False) -> CheckedIma
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidRequest(
-            f"The image is too large: at most {limits.max_pixels:,} pixels are allowed.",
+            f"The image is far too large: at most {limits.max_pixels:,} pixels are allowed.",
             field="image",
-            key="image_too_many_pixels",
-            width=0,
-            height=0,
+            key="image_far_too_large",
             max_pixels=limits.max_pixels,
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -127,7 +126,9 @@ class ImageStore:
         checked.image.save(buf, format="PNG")
         data = buf.getvalue()
         path = self.folder / f"{hashlib.sha256(data).hexdigest()}.png"
-        if not path.is_file():
+        if path.is_file():
+            os.utime(path)  # fresh again: cleanup spares it until its job is remembered
+        else:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
@@ -141,13 +142,17 @@ class ImageStore:
         except (OSError, ValueError):
             return False
 
-    def remove_unused(self, used: set[str]) -> int:
-        """Delete the files no remembered job names (history cleanup); returns how many."""
+    def remove_unused(self, used: set[str], *, older_than_s: float = 3600.0) -> int:
+        """Delete the files no remembered job names (history cleanup); returns how many. A file
+        kept in the last `older_than_s` is spared: its job may be on its way to the journal."""
         if not self.folder.is_dir():
             return 0
-        removed = 0
+        removed, now = 0, time.time()
         for path in self.folder.glob("*.png"):
-            if str(path) not in used:
-                path.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if str(path) not in used and now - path.stat().st_mtime > older_than_s:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except OSError as e:  # only space is lost
+                log.warning("cannot remove %s: %s", path, e)
         return removed

@@ -217,6 +217,15 @@ class Journal:
             )
         return cursor.rowcount
 
+    def input_images(self) -> set[str]:
+        """The init images and masks the remembered jobs name (what the image store keeps)."""
+        with self._sql("read the input images of"):
+            rows = self._db.execute(
+                "SELECT json_extract(request, '$.init_image'), "
+                "json_extract(request, '$.mask_image') FROM jobs WHERE json_valid(request)"
+            ).fetchall()
+        return {path for row in rows for path in row if isinstance(path, str)}
+
     def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[JobRecord | UnreadableRow]:
         with self._sql("read the jobs of"):
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs {where}", params).fetchall()
