@@ -153,6 +153,29 @@ async def test_bad_requests_are_refused_at_the_door(
     assert engine.jobs() == [] and engine.record(1) is None
 
 
+async def test_a_picture_goes_through_the_door_and_stays_with_its_job(h: Harness) -> None:
+    import io
+
+    from PIL import Image
+
+    engine = h.engine(paused=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, format="PNG")
+    stored = engine.store_image(buf.getvalue())
+    assert Path(stored.path).parent == h.tmp_path / "results" / "inputs"
+    job = engine.submit(req("x", init_image=stored.path, denoising_strength=0.5))
+    assert job.request.init_image == stored.path
+    # Only pictures the engine kept: never a path a request makes up, nor one that is gone.
+    for path in ("/etc/passwd", str(h.tmp_path / "results" / "inputs" / "gone.png")):
+        with pytest.raises(InvalidRequest, match="send it again"):
+            engine.submit(req("x", init_image=path))
+    with pytest.raises(InvalidRequest, match="not a PNG, JPEG or WebP"):
+        engine.store_image(b"GIF89a not really")
+    with pytest.raises(InvalidRequest, match="strength is for an image"):
+        engine.submit(req("x", denoising_strength=0.5))
+    assert [j.id for j in engine.jobs()] == [job.id]
+
+
 async def test_model_names_are_resolved_at_the_door(h: Harness) -> None:
     engine = h.engine(paused=True)
     assert engine.submit(req("x", model="BETA")).request.model == "beta"
