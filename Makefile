@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	# Only for CLIP's BPE vocabulary file; its dependencies would replace the CPU torch.
 	$(PIP) install --no-deps 'open-clip-torch>=2.20,<4'
+	# Upscaler networks (engine/upscalers.py). spandrel requires torchvision, which would replace
+	# the CPU torch (and PyPI's does not import beside it); its other needs are in pyproject.toml.
+	$(PIP) install --no-deps 'spandrel==0.4.2'
 	touch $(STAMP)
 
 # Serves the local web chat (http://127.0.0.1:7860, printed at start) until Ctrl+C; with a bot
