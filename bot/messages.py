@@ -60,6 +60,18 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": " · variation seed {subseed} at {strength}",
         "zh": " · 变体种子 {subseed}，强度 {strength}",
     },
+    "caption_img2img": {
+        "en": " · from a picture, strength {strength}",
+        "zh": " · 以图生图，重绘幅度 {strength}",
+    },
+    "caption_hires": {
+        "en": " · hires ×{scale}, strength {strength}",
+        "zh": " · 高清修复 ×{scale}，重绘幅度 {strength}",
+    },
+    "picture_first_frame": {
+        "en": "Your picture is animated: only its first frame is used.",
+        "zh": "你的图片是动图：只用第一帧。",
+    },
     # the admins' VAE and hypernetwork of a model (bot/addons.py)
     "addons_current": {
         "en": "{model} draws with VAE: {vae} · hypernetwork: {hypernet}.",
@@ -156,6 +168,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "discord_opt_sampler": {"en": "Sampler", "zh": "采样器"},
     "discord_opt_model": {"en": "Model", "zh": "模型"},
     "discord_opt_count": {"en": "Number of images", "zh": "图片数量"},
+    "discord_opt_image": {
+        "en": "A picture to draw from (PNG, JPEG or WebP); --strength 0.3-0.9 in the prompt",
+        "zh": "以这张图作画（PNG、JPEG 或 WebP）；提示词里可加 --strength 0.3-0.9",
+    },
     "discord_opt_vae": {
         "en": "A VAE in models/VAE; None = the model's own; Automatic = a .vae file beside it",
         "zh": "models/VAE 中的 VAE；None = 模型自带的；Automatic = 模型旁的 .vae 文件",
@@ -192,6 +208,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "discord_button_reroll": {"en": "Reroll", "zh": "换种子"},
     "discord_button_vary": {"en": "Vary (subtle)", "zh": "微调变体"},
     "discord_button_vary_strong": {"en": "Vary (strong)", "zh": "大幅变体"},
+    "discord_button_upscale": {"en": "Upscale ×2", "zh": "放大 ×2"},
     "discord_button_edit": {"en": "Edit", "zh": "编辑"},
     "discord_button_delete": {"en": "Delete", "zh": "删除"},
     "discord_button_cancel": {"en": "Cancel", "zh": "取消"},
@@ -251,19 +268,23 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "**/draw** `prompt` draws it, e.g. `1girl, silver hair, (smile:1.2) --seed 42`.\n"
             "Flags in the prompt: {flags}.\n"
             "A line `Negative prompt: …` and a whole pasted A1111 infotext work too; the "
-            "options of /draw set the same things.\n"
+            "options of /draw set the same things. Its `image` option draws from a picture "
+            "(`--strength 0.3` keeps it close, `0.9` changes a lot).\n"
             "Buttons: 🎲 same request, new seed · 🔀 Vary (subtle) / Vary (strong): the first "
-            "image with a new variation seed, at strength {subtle} / {strong} · ✏️ edit the "
-            "prompt and draw again (same seed) · 🗑 delete · ❌ cancel while waiting.\n"
+            "image with a new variation seed, at strength {subtle} / {strong} · 🔍 Upscale: "
+            "the first image at twice the size · ✏️ edit the prompt and draw again (same "
+            "seed) · 🗑 delete · ❌ cancel while waiting.\n"
             "Commands: /queue, /cancel [job], /settings, /history [job], /help."
         ),
         "zh": (
             "**/draw** `提示词` 画图，例如 `1girl, silver hair, (smile:1.2) --seed 42`。\n"
             "提示词中的参数：{flags}。\n"
             "也可以写一行 `Negative prompt: …`，或粘贴完整的 A1111 图片信息；/draw 的选项"
-            "设置的是同样的内容。\n"
+            "设置的是同样的内容。它的 `image` 选项以一张图作画（`--strength 0.3` 改动小，"
+            "`0.9` 改动大）。\n"
             "按钮：🎲 同样的请求换种子 · 🔀 微调变体 / 大幅变体：第一张图加新的变体种子，强度 "
-            "{subtle} / {strong} · ✏️ 编辑提示词后重画（同种子） · 🗑 删除 · ❌ 排队时取消。\n"
+            "{subtle} / {strong} · 🔍 放大：第一张图放大到两倍 · ✏️ 编辑提示词后重画（同种子） · "
+            "🗑 删除 · ❌ 排队时取消。\n"
             "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
         ),
     },
@@ -326,6 +347,8 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "tg_button_vary_subtle": {"en": "🔀 Vary (subtle)", "zh": "🔀 微调变体"},
     "tg_button_vary_strong": {"en": "🔀 Vary (strong)", "zh": "🔀 大幅变体"},
     "tg_button_png": {"en": "📄 PNG", "zh": "📄 原图"},
+    "tg_button_upscale": {"en": "🔍 Upscale ×2", "zh": "🔍 放大 ×2"},
+    "tg_button_album_upscale": {"en": "{n} 🔍 ×2", "zh": "{n} 🔍 放大"},
     "tg_button_album_subtle": {"en": "{n} 🔀 subtle", "zh": "{n} 🔀 微调"},
     "tg_button_album_strong": {"en": "{n} 🔀 strong", "zh": "{n} 🔀 大幅"},
     "tg_button_album_png": {"en": "{n} 📄 PNG", "zh": "{n} 📄 原图"},
@@ -347,9 +370,12 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
             "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
             "--n COUNT, --model NAME, --clip-skip N.\n"
-            'A second line "Negative prompt: …" and a pasted A1111 infotext work too.\n\n'
+            'A second line "Negative prompt: …" and a pasted A1111 infotext work too.\n'
+            "Send a picture with the prompt as its caption (or reply to a picture with a "
+            "prompt) to draw from it; --strength 0.3 keeps it close, 0.9 changes a lot.\n\n"
             "Under each picture: 🎲 same prompt, new seed; 🔀 Vary (subtle or strong): that "
-            "image, changed a little or a lot; 📄 the original PNG with its infotext.\n"
+            "image, changed a little or a lot; 🔍 Upscale: that image at twice the size; "
+            "📄 the original PNG with its infotext.\n"
             "Commands: /queue, /cancel [job|all], /settings, /history, /help."
         ),
         "zh": (
@@ -358,9 +384,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
             "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
             "--n 数量、--model 名称、--clip-skip N。\n"
-            '第二行写 "Negative prompt: …"，或粘贴 A1111 的图片信息，也可以。\n\n'
+            '第二行写 "Negative prompt: …"，或粘贴 A1111 的图片信息，也可以。\n'
+            "发送图片并把提示词写在图片说明里（或用提示词回复一张图），就以这张图作画；"
+            "--strength 0.3 改动小，0.9 改动大。\n\n"
             "图片下的按钮：🎲 同提示词换种子；🔀 微调/大幅变体：这张图小改或大改；"
-            "📄 带图片信息的 PNG 原图。\n"
+            "🔍 放大：这张图放大到两倍；📄 带图片信息的 PNG 原图。\n"
             "命令：/queue、/cancel [任务号|all]、/settings、/history、/help。"
         ),
     },
@@ -374,10 +402,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "Write what to draw after /draw, e.g. /draw 1girl, silver hair --seed 42",
         "zh": "请在 /draw 后写要画的内容，例如：/draw 1girl, silver hair --seed 42",
     },
-    "tg_img2img": {
-        "en": "Drawing from a picture (img2img) is not available yet. "
-        "Send the prompt as text to draw from scratch.",
-        "zh": "暂不支持以图生图（img2img）。请把提示词作为文字发送，从头画。",
+    "tg_picture_hint": {
+        "en": "To draw from this picture, send it again with the prompt as its caption "
+        "(flags work too, e.g. --strength 0.5), or reply to it with the prompt.",
+        "zh": "要以这张图作画，请重新发送它并把提示词写在图片说明里（也可以加参数，例如 "
+        "--strength 0.5），或者用提示词回复这张图。",
     },
     "tg_banned": {
         "en": "This bot does not draw prompts with {word!r}.",
@@ -496,7 +525,9 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
             "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
             "--n COUNT, --model NAME, --clip-skip N. /draw in front works too, and so does a "
-            "pasted A1111 infotext. Shift+Enter starts a new line."
+            "pasted A1111 infotext. Shift+Enter starts a new line. + Picture (or a picture "
+            "dropped or pasted here) draws from that picture: --strength 0.3 keeps it close, "
+            "0.9 changes a lot."
         ),
         "zh": (
             "输入提示词后按回车，例如：\n"
@@ -504,7 +535,8 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
             "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
             "--n 数量、--model 名称、--clip-skip N。前面加 /draw 也可以，粘贴 A1111 图片信息也行。"
-            "Shift+回车换行。"
+            "Shift+回车换行。点 + 图片（或把图片拖到、粘贴到这里）以图作画："
+            "--strength 0.3 改动小，0.9 改动大。"
         ),
     },
     "web_placeholder": {
@@ -523,6 +555,25 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "web_reroll": {"en": "↻ Reroll", "zh": "↻ 换种子"},
     "web_variations": {"en": "⇄ Vary (subtle)", "zh": "⇄ 微调变体"},
     "web_variations_strong": {"en": "⇄ Vary (strong)", "zh": "⇄ 大幅变体"},
+    "web_upscale": {"en": "⤢ Upscale ×2", "zh": "⤢ 放大 ×2"},
+    "web_upscale_of": {
+        "en": "job {job}, image {image} upscaled",
+        "zh": "任务 {job} 第 {image} 张放大",
+    },
+    "web_picture": {"en": "+ Picture", "zh": "+ 图片"},
+    "web_picture_title": {
+        "en": "Draw from a picture (PNG, JPEG or WebP); you can also drop one here",
+        "zh": "以一张图作画（PNG、JPEG 或 WebP）；也可以把图片拖到这里",
+    },
+    "web_picture_remove": {"en": "Remove the picture", "zh": "移除图片"},
+    "web_picture_too_big": {
+        "en": "{name} is {size}: at most {max} is allowed.",
+        "zh": "{name} 有 {size}：最多允许 {max}。",
+    },
+    "web_picture_type": {
+        "en": "{name} is not a PNG, JPEG or WebP image.",
+        "zh": "{name} 不是 PNG、JPEG 或 WebP 图片。",
+    },
     "web_cancel": {"en": "✖ Cancel", "zh": "✖ 取消"},
     "web_download": {"en": "⬇ PNG", "zh": "⬇ 原图"},
     "web_infotext": {"en": "Infotext", "zh": "图片信息"},
@@ -722,6 +773,9 @@ ERRORS_ZH: dict[str, str] = {
     "unknown_size": "未知的尺寸 {name!r}：请用 宽x高 或以下之一：{sizes}。",
     "unknown_sampler": "未知的采样器 {name!r}。{hint}可选：{samplers}。",
     "infotext_not_number": "图片信息中的 {name} {value!r} 不是数字。",
+    "infotext_masked_content": "图片信息中的蒙版内容 {value!r} 不是 {choices} 之一。",
+    "hires_with_picture": "高清修复只用于从文字作画：以图作画时请不要加它。",
+    "picture_missing": "要作画的图片已不在机器人的存储中；请重新发送。",
     # models (engine/contracts.py, engine/models.py, engine/model_slot.py)
     "unknown_model": "未知的{kind}：{name!r}。{hint}{installed}",
     "installed": "已安装：{names}。",
@@ -778,11 +832,17 @@ def text(key: str, locale: Locale = "en", **values: object) -> str:
     return MESSAGES[key][locale].format(**values)
 
 
+# A1111's denoising strengths where a request leaves it to the engine (GenerationRequest).
+IMG2IMG_STRENGTH = 0.75
+HIRES_STRENGTH = 0.7
+
+
 def caption(
     request: GenerationRequest, seeds: Sequence[int], infotexts: Sequence[str], locale: Locale
 ) -> str:
-    """A result's line, on every frontend: seeds, model, steps, and for variations their
-    variation seeds and strength (read from the images' infotexts, as A1111 wrote them)."""
+    """A result's line, on every frontend: seeds, model, steps, for variations their variation
+    seeds and strength (read from the images' infotexts, as A1111 wrote them), and whether it
+    was drawn from a picture or with hires fix, at which strength."""
     line = text(
         "caption",
         locale,
@@ -798,6 +858,15 @@ def caption(
     if subseeds and request.subseed_strength:
         strength = format_number(request.subseed_strength)
         line += text("caption_variation", locale, subseed=", ".join(subseeds), strength=strength)
+    denoising = request.denoising_strength
+    if request.init_image is not None:
+        strength = format_number(IMG2IMG_STRENGTH if denoising is None else denoising)
+        line += text("caption_img2img", locale, strength=strength)
+    if request.enable_hr:
+        strength = format_number(HIRES_STRENGTH if denoising is None else denoising)
+        line += text(
+            "caption_hires", locale, scale=format_number(request.hr_scale), strength=strength
+        )
     return line
 
 

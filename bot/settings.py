@@ -50,11 +50,14 @@ class BotSettings:
         variation_strength: how far the "Vary (subtle)" button moves from the image (A1111
             variation strength, 0 to 1).
         strong_variation_strength: the same for "Vary (strong)".
+        upscale_strength: the denoising strength of the "Upscale" button's second pass
+            (hires fix, or img2img at twice the size for a picture drawn from a picture).
     """
 
     progress_interval_s: float = 2.0
     variation_strength: float = 0.35
     strong_variation_strength: float = 0.7
+    upscale_strength: float = 0.45
 
 
 # What the [telegram] table judges NSFW: these words or tags in the (positive) prompt.
@@ -157,6 +160,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "limits.max_steps": (1, 1000),
     "limits.max_batch_size": (1, 64),
     "limits.max_prompt_chars": (1, 100_000),
+    "limits.max_image_bytes": (64 * 1024, 200 * 1024 * 1024),
     "defaults.width": (64, 8192),
     "defaults.height": (64, 8192),
     "defaults.num_inference_steps": (1, 1000),
@@ -175,6 +179,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "bot.progress_interval_s": (0.1, 3600.0),
     "bot.variation_strength": (0.0, 1.0),
     "bot.strong_variation_strength": (0.0, 1.0),
+    "bot.upscale_strength": (0.0, 1.0),
     "telegram.group_progress_interval_s": (0.1, 3600.0),
     "discord.daily_quota": (0, 1_000_000),
     "discord.cooldown_s": (0.0, 86_400.0),

@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,16 +40,31 @@ class CheckedImage:
     first_frame_only: bool  # it was animated: only its first frame is used
 
 
+def too_big(size: int, limits: Limits) -> InvalidRequest:
+    """The refusal of a file of `size` bytes over `max_image_bytes` (frontends say it before
+    downloading, from the size a chat service announces)."""
+    return InvalidRequest(
+        f"The image is {_mib(size)}: at most {_mib(limits.max_image_bytes)} is allowed.",
+        field="image",
+        key="image_too_big",
+        size=_mib(size),
+        max=_mib(limits.max_image_bytes),
+    )
+
+
+def not_an_image() -> InvalidRequest:
+    """The refusal of a file that is not a PNG, JPEG or WebP picture."""
+    return InvalidRequest(
+        "That is not a PNG, JPEG or WebP image this bot can read.",
+        field="image",
+        key="image_unreadable",
+    )
+
+
 def read_image(data: bytes, limits: Limits, *, mask: bool = False) -> CheckedImage:
     """The door for a user's image; InvalidRequest (one line) says what was wrong."""
     if len(data) > limits.max_image_bytes:
-        raise InvalidRequest(
-            f"The image is {_mib(len(data))}: at most {_mib(limits.max_image_bytes)} is allowed.",
-            field="image",
-            key="image_too_big",
-            size=_mib(len(data)),
-            max=_mib(limits.max_image_bytes),
-        )
+        raise too_big(len(data), limits)
     try:
         with warnings.catch_warnings():
             # Over the limit Pillow only warns (up to twice it): make that a refusal too.
@@ -69,11 +85,7 @@ def read_image(data: bytes, limits: Limits, *, mask: bool = False) -> CheckedIma
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         log.info("unreadable image: %s", e)
-        raise InvalidRequest(
-            "That is not a PNG, JPEG or WebP image this bot can read.",
-            field="image",
-            key="image_unreadable",
-        ) from None
+        raise not_an_image() from None
     upright = ImageOps.exif_transpose(image) or image
     _check_pixels(upright.size, limits)
     return CheckedImage(_flatten(upright, mask), first_frame_only=animated)
@@ -130,8 +142,10 @@ class ImageStore:
             os.utime(path)  # fresh again: cleanup spares it until its job is remembered
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
+            # A temporary name of its own: two stores of one picture at once never share one.
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, path)
         return path
 

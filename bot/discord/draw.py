@@ -10,12 +10,14 @@ is "discord:<channel id>:<user id>".
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import logging
 import shlex
 import time
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -39,6 +41,7 @@ from bot.discord.reply import TRANSIENT, Reply, clip
 from bot.discord.views import DRAW_COG, EditModal
 from bot.messages import LIST_SEPARATOR, Locale, error_message, error_text, text
 from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
+from bot.pictures import check_announced, store_picture, upscale_request
 from bot.wordlist import find_word
 from engine.errors import EngineError
 from engine.infotext import format_number, infotext_from_image
@@ -81,14 +84,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
 
     async def report(self, interaction: discord.Interaction, error: BaseException) -> None:
         """Tell the user what went wrong (only them); log what is not their doing."""
-        locale = self._locale(interaction)
-        if isinstance(error, NotAllowed):
-            message = error.message
-        elif isinstance(error, EngineError):
-            message = error_text(error, locale)
-        else:
-            log.error("discord: %s failed", command_name(interaction), exc_info=error)
-            message = text("failed", locale)
+        message = self._refusal(interaction, error)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(clip(message), ephemeral=True)
@@ -96,6 +92,16 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
                 await interaction.response.send_message(clip(message), ephemeral=True)
         except discord.HTTPException as e:
             log.warning("discord: could not report %r to %s: %s", error, interaction.user.id, e)
+
+    def _refusal(self, interaction: discord.Interaction, error: BaseException) -> str:
+        """What to tell the user about an error (logged if it is not their doing)."""
+        if isinstance(error, NotAllowed):
+            return error.message
+        locale = self._locale(interaction)
+        if isinstance(error, EngineError):
+            return error_text(error, locale)
+        log.error("discord: %s failed", command_name(interaction), exc_info=error)
+        return text("failed", locale)
 
     async def guard(
         self, interaction: discord.Interaction, work: Coroutine[Any, Any, None]
@@ -121,6 +127,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         sampler=description("discord_opt_sampler"),
         model=description("discord_opt_model"),
         count=description("discord_opt_count"),
+        image=description("discord_opt_image"),
     )
     @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
     async def draw(
@@ -135,12 +142,13 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         sampler: str | None = None,
         model: str | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        image: discord.Attachment | None = None,
     ) -> None:
         options: dict[str, Any] = {"--neg": negative, "--size": size, "--seed": seed}
         options |= {"--steps": steps, "--scale": scale, "--sampler": sampler}
         options |= {"--model": model, "--n": count}
         parsed = self._read(interaction, prompt, options)
-        await self._start(interaction, parsed.request, parsed.notes)
+        await self._start(interaction, parsed.request, parsed.notes, picture=image)
 
     @draw.autocomplete("size")
     async def _sizes(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
@@ -172,12 +180,32 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         interaction: discord.Interaction,
         request: GenerationRequest,
         notes: Iterable[str] = (),
+        *,
+        picture: discord.Attachment | None = None,
     ) -> None:
-        """Admit and submit (a refusal is ephemeral, nothing queued), then defer and follow."""
+        """Admit and submit (a refusal is ephemeral, nothing queued), then defer and follow.
+
+        With a `picture` (img2img), what Discord says of its size and type is checked first;
+        then the interaction is deferred (downloading may take longer than Discord's three
+        seconds), and a refusal after that is what the "thinking" message turns into.
+        """
         locale = self._locale(interaction)
         spoiler = self._admit(interaction, request, locale)
         reply_to = f"discord:{interaction.channel_id}:{interaction.user.id}"
-        job = self.engine.submit(request, reply_to=reply_to)
+        if picture is None:
+            job = self.engine.submit(request, reply_to=reply_to)
+        else:
+            check_announced(picture.size, picture.content_type, self.settings.limits)
+            await interaction.response.defer(thinking=True)
+            try:
+                path, picture_notes = await store_picture(self.engine, await picture.read(), locale)
+                request = dataclasses.replace(request, init_image=path)
+                notes = (*notes, *picture_notes)
+                job = self.engine.submit(request, reply_to=reply_to)
+            except Exception as e:
+                refusal = clip(self._refusal(interaction, e))
+                await interaction.edit_original_response(content=refusal)
+                return
         self._last_submit[request.requester] = time.monotonic()
         reply = Reply(
             self.bot,
@@ -187,7 +215,8 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
             moved=text("discord_moved", locale, job=job.id),
         )
         try:
-            await interaction.response.defer(thinking=True)
+            if not interaction.response.is_done():  # a picture's was deferred already
+                await interaction.response.defer(thinking=True)
         except discord.HTTPException as e:  # the interaction expired: answer in the channel
             log.warning("discord: job %d: cannot defer (%s); replying in the channel", job.id, e)
             reply.interaction = None
@@ -250,6 +279,8 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
                 return
             if action == "reroll":
                 request = dataclasses.replace(request, seed=None, subseed=None, subseed_strength=0)
+            elif action == "upscale":
+                request = await self._upscale(interaction, job_id, request, locale)
             else:  # variations of the first image: its seed, a new variation seed (as A1111)
                 bot = self.settings.bot
                 strong = action == "vary_strong"
@@ -274,18 +305,70 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         record = self.engine.record(job_id)
         if record is not None and record.images:
             return dataclasses.replace(record.request, seed=record.images[0].seed)
+        _, infotext = await self._message_png(interaction, job_id, locale)
+        parsed = read_request(
+            infotext,
+            requester=requester_of(interaction.user),
+            max_chars=self.settings.limits.max_prompt_chars,
+        )
+        return parsed.request
+
+    async def _message_png(
+        self, interaction: discord.Interaction, job_id: int, locale: Locale
+    ) -> tuple[bytes, str]:
+        """The clicked message's first PNG with an infotext, and that infotext."""
         message = interaction.message
         for attachment in message.attachments if message else []:
             if attachment.filename.lower().endswith(".png"):
-                infotext = _infotext(await attachment.read())
+                png = await attachment.read()
+                infotext = _infotext(png)
                 if infotext:
-                    parsed = read_request(
-                        infotext,
-                        requester=requester_of(interaction.user),
-                        max_chars=self.settings.limits.max_prompt_chars,
-                    )
-                    return parsed.request
+                    return png, infotext
         raise NotAllowed(text("discord_gone", locale, job=job_id))
+
+    async def _upscale(
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        request: GenerationRequest,
+        locale: Locale,
+    ) -> GenerationRequest:
+        """🔍: the first image at twice its size (bot.pictures.upscale_request): hires fix
+        from the journal's request, or, once the journal has forgotten the job, img2img from
+        the message's own PNG."""
+        strength = self.settings.bot.upscale_strength
+        record = self.engine.record(job_id)
+        if record is not None and record.images:
+            image = record.images[0]
+
+            async def saved() -> bytes:
+                try:
+                    return await asyncio.to_thread(Path(image.path).read_bytes)
+                except OSError:
+                    raise NotAllowed(text("discord_gone", locale, job=job_id)) from None
+
+            return await upscale_request(
+                self.engine,
+                request,
+                seed=image.seed,
+                infotext=image.infotext,
+                strength=strength,
+                png=saved,
+            )
+        png, infotext = await self._message_png(interaction, job_id, locale)
+
+        async def attached() -> bytes:
+            return png
+
+        return await upscale_request(
+            self.engine,
+            request,
+            seed=request.seed or 0,
+            infotext=infotext,
+            strength=strength,
+            png=attached,
+            from_picture=True,
+        )
 
     async def edited(
         self,

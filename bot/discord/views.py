@@ -43,11 +43,12 @@ class JobActions(Protocol):
 
 
 # "vary" is the subtle variation: the one 🔀 of messages posted before "vary_strong" existed.
-CUSTOM_ID = r"aidraw:(?P<action>reroll|vary|vary_strong|edit|delete|cancel):(?P<job>[0-9]+)"
+CUSTOM_ID = r"aidraw:(?P<action>reroll|vary|vary_strong|upscale|edit|delete|cancel):(?P<job>[0-9]+)"
 BUTTONS: dict[str, tuple[str, discord.ButtonStyle]] = {
     "reroll": ("🎲", discord.ButtonStyle.primary),
     "vary": ("🔀", discord.ButtonStyle.secondary),
     "vary_strong": ("🔀", discord.ButtonStyle.secondary),
+    "upscale": ("🔍", discord.ButtonStyle.secondary),
     "edit": ("✏️", discord.ButtonStyle.secondary),
     "delete": ("🗑️", discord.ButtonStyle.danger),
     "cancel": ("❌", discord.ButtonStyle.danger),
@@ -86,7 +87,8 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], temp
             await cog.guard(interaction, cog.on_button(interaction, self.action, self.job_id))
 
 
-RESULT_ACTIONS = ("reroll", "vary", "vary_strong", "edit", "delete")  # under a job's images
+# Under a job's images (discord.py puts five in a row: delete starts the second).
+RESULT_ACTIONS = ("reroll", "vary", "vary_strong", "upscale", "edit", "delete")
 
 
 def job_view(actions: Iterable[str], job_id: int, locale: Locale) -> discord.ui.View:

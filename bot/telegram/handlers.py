@@ -10,10 +10,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import TypeAlias, cast
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
+from telegram import (
+    Document,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    PhotoSize,
+    Update,
+    User,
+)
 from telegram.constants import ChatType
 from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop, ContextTypes
@@ -26,6 +35,7 @@ from bot.addons import (
 )
 from bot.messages import Locale, error_text, locale_of, text
 from bot.parse import read_request
+from bot.pictures import check_announced, store_picture, upscale_request
 from bot.prefs import UserPrefs, model_defaults
 from bot.settings import TelegramSettings
 from bot.telegram.captions import cut
@@ -45,8 +55,12 @@ from engine.errors import EngineError, GenerationFailed, InvalidRequest
 log = logging.getLogger(__name__)
 
 DEPS_KEY = "aidraw"  # where bot/telegram/app.py keeps the handlers' Deps in bot_data
+# The Bot API's getFile serves files up to 20 MB; [limits] max_image_bytes may only lower it.
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+_DRAW = re.compile(r"/draw(?:@(\w+))?(?=\s|$)", re.IGNORECASE)
 
 Context: TypeAlias = ContextTypes.DEFAULT_TYPE
+Picture: TypeAlias = PhotoSize | Document
 
 
 # --- policy ------------------------------------------------------------------------------------
@@ -114,7 +128,8 @@ async def gate(update: Update, context: Context) -> None:
 
 
 async def draw_command(update: Update, context: Context) -> None:
-    """/draw <prompt>, or /draw as a reply to a message holding the prompt."""
+    """/draw <prompt>, or /draw as a reply to a message holding the prompt; a reply to a
+    picture draws from that picture."""
     message = update.effective_message
     assert message is not None
     prompt = _after_command(message.text)
@@ -125,20 +140,49 @@ async def draw_command(update: Update, context: Context) -> None:
         _, _, locale = _who(_deps(context), update.effective_user)
         await message.reply_text(text("tg_draw_usage", locale))
         return
-    await _draw(update, context, prompt)
+    await _draw(update, context, prompt, picture_of(replied))
 
 
 async def text_message(update: Update, context: Context) -> None:
-    """A prompt: any text in a private chat; in groups, a reply to the bot."""
+    """A prompt: any text in a private chat; in groups, a reply to the bot. A reply to a
+    message with a picture (the user's, or one of the bot's results) draws from it."""
     message = update.effective_message
     chat = update.effective_chat
     assert message is not None and chat is not None
     if chat.type != ChatType.PRIVATE and not _replies_to_bot(message, context.bot.id):
         return
-    await _draw(update, context, message.text or "")
+    await _draw(update, context, message.text or "", picture_of(message.reply_to_message))
 
 
-async def _draw(update: Update, context: Context, prompt: str) -> None:
+def picture_of(message: Message | None) -> Picture | None:
+    """A message's picture: its photo (the largest size), or a file whose type is an image."""
+    if message is None:
+        return None
+    if message.photo:
+        return message.photo[-1]
+    document = message.document
+    if document is not None and (document.mime_type or "").startswith("image/"):
+        return document
+    return None
+
+
+async def _download(picture: Picture, deps: Deps) -> bytes:
+    """The picture's bytes, once what Telegram says of its size and type passes: nothing too
+    big is ever downloaded."""
+    limits = deps.settings.limits
+    limits = dataclasses.replace(
+        limits, max_image_bytes=min(limits.max_image_bytes, DOWNLOAD_LIMIT)
+    )
+    mime = picture.mime_type if isinstance(picture, Document) else None  # photos are JPEGs
+    check_announced(picture.file_size, mime, limits)
+    file = await picture.get_file()
+    check_announced(file.file_size, None, limits)
+    return bytes(await file.download_as_bytearray())
+
+
+async def _draw(
+    update: Update, context: Context, prompt: str, picture: Picture | None = None
+) -> None:
     deps = _deps(context)
     message, chat = update.effective_message, update.effective_chat
     assert message is not None and chat is not None
@@ -151,29 +195,46 @@ async def _draw(update: Update, context: Context, prompt: str) -> None:
         max_chars=deps.settings.limits.max_prompt_chars,
     )
     spoiler = check_policy(deps.settings.telegram, parsed.request.prompt, locale)
+    request, notes = parsed.request, parsed.notes
+    if picture is not None:  # after the prompt's checks: a refused prompt downloads nothing
+        path, picture_notes = await store_picture(
+            deps.engine, await _download(picture, deps), locale
+        )
+        request = dataclasses.replace(request, init_image=path)
+        notes = (*notes, *picture_notes)
     await start_job(
         deps,
         context.application,
         update,
-        parsed.request,
+        request,
         chat_id=chat.id,
         reply_to=message.message_id,
         locale=locale,
-        notes=parsed.notes,
+        notes=notes,
         spoiler=spoiler,
     )
 
 
 async def image_message(update: Update, context: Context) -> None:
-    """A photo or image file with a caption: img2img's entry, which has not landed yet."""
+    """A photo or image file: with a prompt as its caption, a drawing from it (img2img); in a
+    group only with /draw in front, or as a reply to the bot. Without a caption, a hint."""
     message, chat = update.effective_message, update.effective_chat
     assert message is not None and chat is not None
-    if chat.type != ChatType.PRIVATE:
-        wanted = (message.caption or "").startswith("/draw")
-        if not wanted and not _replies_to_bot(message, context.bot.id):
-            return
-    _, _, locale = _who(_deps(context), update.effective_user)
-    await message.reply_text(text("tg_img2img", locale))
+    caption = (message.caption or "").strip()
+    command = _DRAW.match(caption)
+    if command is not None:
+        named = command[1]
+        if named is not None and named.lower() != (context.bot.username or "").lower():
+            return  # another bot's /draw
+        caption = caption[command.end() :].strip()
+    addressed = command is not None or _replies_to_bot(message, context.bot.id)
+    if chat.type != ChatType.PRIVATE and not addressed:
+        return
+    if not caption:
+        _, _, locale = _who(_deps(context), update.effective_user)
+        await message.reply_text(text("tg_picture_hint", locale))
+        return
+    await _draw(update, context, caption, picture_of(message))
 
 
 async def help_command(update: Update, context: Context) -> None:
@@ -410,7 +471,7 @@ async def _admin(deps: Deps, requester: str, message: Message, locale: Locale) -
 
 async def button(update: Update, context: Context) -> None:
     """Inline buttons (bot/telegram/markup.py): c:JOB cancel, r:JOB reroll, v:JOB:I and
-    v:JOB:I:s subtle and strong variations, d:JOB:I the PNG.
+    v:JOB:I:s subtle and strong variations, u:JOB:I upscale, d:JOB:I the PNG.
 
     Everything that can refuse runs before the query is answered, so a refusal is the answer
     (an alert, from on_error).
@@ -437,17 +498,27 @@ async def button(update: Update, context: Context) -> None:
     chat_id = message.chat.id
     if kind == "d":
         image = record.images[index]
-        try:
-            png = await asyncio.to_thread(Path(image.path).read_bytes)
-        except OSError:
-            raise InvalidRequest(text("tg_gone", locale, job=job_id)) from None
+        png = await _saved_png(image.path, job_id, locale)
         await query.answer()
         saved = (png, image.seed, image.infotext)
         await send_png(context.bot, job_id, saved, chat_id, message.message_id)
         return
     bot = deps.settings.bot
-    strength = bot.strong_variation_strength if press.strong else bot.variation_strength
-    request = reroll(record.request) if kind == "r" else variation(record, index, strength)
+    if kind == "u":
+        image = record.images[index]
+        request = await upscale_request(
+            deps.engine,
+            record.request,
+            seed=image.seed,
+            infotext=image.infotext,
+            strength=bot.upscale_strength,
+            png=lambda: _saved_png(image.path, job_id, locale),
+        )
+        # A size over the limits is refused here, as the button's alert.
+        check_request(request, deps.settings.limits)
+    else:
+        strength = bot.strong_variation_strength if press.strong else bot.variation_strength
+        request = reroll(record.request) if kind == "r" else variation(record, index, strength)
     request = dataclasses.replace(request, requester=requester)
     spoiler = check_policy(deps.settings.telegram, request.prompt, locale)
     await query.answer()
@@ -461,6 +532,13 @@ async def button(update: Update, context: Context) -> None:
         locale=locale,
         spoiler=spoiler,
     )
+
+
+async def _saved_png(path: str, job_id: int, locale: Locale) -> bytes:
+    try:
+        return await asyncio.to_thread(Path(path).read_bytes)
+    except OSError:
+        raise InvalidRequest(text("tg_gone", locale, job=job_id)) from None
 
 
 async def on_error(update: object, context: Context) -> None:

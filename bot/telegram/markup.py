@@ -2,8 +2,8 @@
 
 Buttons carry only a job id and an image index, so they work after a restart (the job is looked
 up in the journal): c:JOB cancel, r:JOB reroll, v:JOB:I Vary (subtle), v:JOB:I:s Vary (strong),
-d:JOB:I the PNG. "v:JOB:I" was the one 🔀 Variations button before there were two: it stays the
-subtle one, so buttons already in chats keep working.
+u:JOB:I Upscale (×2, hires fix), d:JOB:I the PNG. "v:JOB:I" was the one 🔀 Variations button
+before there were two: it stays the subtle one, so buttons already in chats keep working.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from bot.messages import Locale, text
 
 # The callback data of the buttons that start a job, and of those that do not.
-JOB_BUTTONS = r"^(r:\d+|v:\d+:\d+(:s)?)$"
+JOB_BUTTONS = r"^(r:\d+|v:\d+:\d+(:s)?|u:\d+:\d+)$"
 OTHER_BUTTONS = r"^(c:\d+|d:\d+:\d+)$"
 
 
 @dataclass(frozen=True)
 class Press:
-    """A button's callback data, read: its kind ("c", "r", "v", "d"), job, image, strength."""
+    """A button's callback data, read: its kind ("c", "r", "v", "u", "d"), job, image,
+    strength."""
 
     kind: str
     job_id: int
@@ -47,9 +48,12 @@ def cancel_keyboard(job_id: int, locale: Locale) -> InlineKeyboardMarkup:
 
 
 def result_keyboard(job_id: int, index: int, locale: Locale, *, png: bool) -> InlineKeyboardMarkup:
-    """One photo's: reroll (same request, new seed) and its PNG; its subtle and strong
-    variations."""
-    first = [_button(text("tg_button_reroll", locale), f"r:{job_id}")]
+    """One photo's: reroll (same request, new seed), its upscale and its PNG; its subtle and
+    strong variations."""
+    first = [
+        _button(text("tg_button_reroll", locale), f"r:{job_id}"),
+        _button(text("tg_button_upscale", locale), f"u:{job_id}:{index}"),
+    ]
     if png:
         first.append(_button(text("tg_button_png", locale), f"d:{job_id}:{index}"))
     vary = [
@@ -70,6 +74,7 @@ def album_keyboard(
         row = [
             _button(text("tg_button_album_subtle", locale, n=n), f"v:{job_id}:{index}"),
             _button(text("tg_button_album_strong", locale, n=n), f"v:{job_id}:{index}:s"),
+            _button(text("tg_button_album_upscale", locale, n=n), f"u:{job_id}:{index}"),
         ]
         if png:
             row.append(_button(text("tg_button_album_png", locale, n=n), f"d:{job_id}:{index}"))

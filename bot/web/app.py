@@ -5,14 +5,18 @@ it sends live in bot/web/chat.py.
 
 Actions go over HTTP (JSON), job progress over one WebSocket per page. There is one user,
 "web:local". It listens on 127.0.0.1 unless [web] host says otherwise, which needs the access
-token AIDRAW_WEB_TOKEN. Nothing is uploaded: every body is a little JSON.
+token AIDRAW_WEB_TOKEN. Every body is a little JSON, but a drawing's, which may carry a picture
+to draw from (base64, up to [limits] max_image_bytes): its size is checked before it is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import ipaddress
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -23,12 +27,15 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from bot.addons import addons_text, hypernet_choice
-from bot.messages import LOCALES, text
+from bot.messages import LOCALES, error_text, text
+from bot.pictures import check_announced
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
 from bot.web.chat import USER, WebChat, WebReply, addons_view, apology, browser_locale
 from engine.engine import Engine
 from engine.errors import EngineClosed, GenerationFailed, InvalidRequest, JobCancelled, QueueFull
+from engine.images import too_big
+from engine.request import Limits
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ _NUMBER = re.compile(r"[1-9][0-9]*")
 _MAX_NUMBER = 2**63 - 1  # job ids are SQLite INTEGERs; a bigger one cannot even be looked up
 
 CHAT = web.AppKey("chat", WebChat)
+TEXT_BODY = web.AppKey("text_body", int)  # the most any JSON body without a picture may be
+DRAW_BODY = web.AppKey("draw_body", int)  # the most a drawing's may be, its picture included
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -89,17 +98,58 @@ def _same(given: str, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def _body(request: web.Request, raw: bytes | None = None) -> dict[str, Any]:
     # JSON only: a cross-site <form> cannot send it without a CORS preflight we never allow.
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text="send application/json")
     try:
-        body = await request.json()
+        body = json.loads(raw) if raw is not None else await request.json()
     except ValueError:
         raise web.HTTPBadRequest(text="not JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="send a JSON object")
     return body
+
+
+class _TooBig(Exception):
+    """A drawing's body over its cap: `size`, the bytes it has (or says it has) at least."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    """The whole body, or _TooBig as soon as it says or shows it is over `cap` bytes (what is
+    over is never read: the app's client_max_size is for the other routes' little bodies)."""
+    if request.content_length is not None and request.content_length > cap:
+        raise _TooBig(request.content_length)
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > cap:
+            raise _TooBig(len(data))
+    return bytes(data)
+
+
+def _picture(value: Any) -> bytes | None:
+    """The draw body's "image": a data URL or plain base64 (None: no picture)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise web.HTTPBadRequest(text="image must be a base64 string or data URL")
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise web.HTTPBadRequest(text="image must be a base64 data URL")
+        check_announced(None, header.removeprefix("data:").removesuffix(";base64"), _TYPE_ONLY)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise web.HTTPBadRequest(text="image is not base64") from None
+
+
+_TYPE_ONLY = Limits(max_image_bytes=2**62)  # the data URL's type is judged; its size later
 
 
 def _number(value: str) -> int | None:
@@ -130,12 +180,24 @@ async def get_state(request: web.Request) -> web.Response:
 
 
 async def post_draw(request: web.Request) -> web.Response:
+    """{"text": chat text, "image"?: a picture to draw from, base64 or a data URL}."""
     chat = request.app[CHAT]
     locale = chat.locale(request)
-    chat_text = (await _body(request)).get("text")
+    if request.content_type != "application/json":  # before reading anything
+        raise web.HTTPUnsupportedMediaType(text="send application/json")
+    limits = chat.settings.limits
+    try:
+        raw = await _read_capped(request, request.app[DRAW_BODY])
+    except _TooBig as e:
+        # Most of a body this big is its picture: say what the picture is at least.
+        size = max((e.size - request.app[TEXT_BODY]) * 3 // 4, limits.max_image_bytes + 1)
+        return web.json_response({"error": error_text(too_big(size, limits), locale)}, status=413)
+    body = await _body(request, raw)
+    chat_text = body.get("text")
     if not isinstance(chat_text, str):
         raise web.HTTPBadRequest(text="text must be a string")
-    job, notes = chat.draw(chat_text, locale)
+    picture = _picture(body.get("image"))
+    job, notes = await chat.draw(chat_text, locale, picture)
     return web.json_response({"job": chat.snapshot(job, locale), "notes": notes})
 
 
@@ -160,6 +222,16 @@ async def post_variations(request: web.Request) -> web.Response:
     if strength not in ("subtle", "strong"):
         raise InvalidRequest("strength must be subtle or strong.", field="strength")
     job = chat.variations(_job_id(request), image, strong=strength == "strong")
+    return web.json_response({"job": chat.snapshot(job, chat.locale(request))})
+
+
+async def post_upscale(request: web.Request) -> web.Response:
+    """{"image": N}: that image of the job at twice its size."""
+    chat = request.app[CHAT]
+    image = (await _body(request)).get("image", 1)
+    if not isinstance(image, int) or isinstance(image, bool):  # JSON true is no image 1
+        raise InvalidRequest("image must be a number, e.g. 1.", field="image")
+    job = await chat.upscale(_job_id(request), image)
     return web.json_response({"job": chat.snapshot(job, chat.locale(request))})
 
 
@@ -228,6 +300,18 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(record.images[index - 1].path, headers={"Content-Type": "image/png"})
 
 
+async def get_picture(request: web.Request) -> web.StreamResponse:
+    """The picture a drawing of this user was drawn from, as the engine keeps it (its PNG)."""
+    chat = request.app[CHAT]
+    try:
+        record = chat.finished(_job_id(request))
+    except InvalidRequest:
+        raise web.HTTPNotFound() from None
+    if record.request.init_image is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(record.request.init_image, headers={"Content-Type": "image/png"})
+
+
 async def get_socket(request: web.Request) -> web.WebSocketResponse:
     chat = request.app[CHAT]
     ws = web.WebSocketResponse(heartbeat=30)
@@ -261,11 +345,14 @@ def create_app(
 ) -> web.Application:
     """The web chat app. The local user is an admin if the engine was built with USER among
     its admins (the launcher does so when [web] local_admin is true)."""
-    # Bodies are chat text: two prompts of max_prompt_chars (UTF-8) and some JSON around.
+    # Bodies are chat text: two prompts of max_prompt_chars (UTF-8) and some JSON around; a
+    # drawing's may add a picture of max_image_bytes as base64 (4 characters per 3 bytes).
     max_body = 64 * 1024 + 8 * settings.limits.max_prompt_chars
     app = web.Application(middlewares=[guard, errors], client_max_size=max_body)
     chat = WebChat(engine, settings, store, token=token)
     app[CHAT] = chat
+    app[TEXT_BODY] = max_body
+    app[DRAW_BODY] = max_body + 4 * -(-settings.limits.max_image_bytes // 3)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)
     app.router.add_get("/ws", get_socket)
@@ -274,11 +361,13 @@ def create_app(
     app.router.add_post("/api/jobs/{job}/cancel", post_cancel)
     app.router.add_post("/api/jobs/{job}/reroll", post_reroll)
     app.router.add_post("/api/jobs/{job}/variations", post_variations)
+    app.router.add_post("/api/jobs/{job}/upscale", post_upscale)
     app.router.add_post("/api/settings", post_settings)
     app.router.add_post("/api/settings/reset", post_settings_reset)
     app.router.add_post("/api/model", post_model)
     app.router.add_post("/api/addons", post_addons)
     app.router.add_get("/images/{job}/{index}.png", get_image)
+    app.router.add_get("/pictures/{job}.png", get_picture)
     app.on_shutdown.append(_close_sockets)
     for job in engine.recovered():  # replies owed from before a restart
         if WebReply.parse(job.reply_to) is not None:

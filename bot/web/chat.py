@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from bot.addons import OWN_VAE
 from bot.advice import size_warning
 from bot.messages import LOCALES, Locale, caption, locale_of, text
 from bot.parse import ParseError, read_request
+from bot.pictures import store_picture, upscale_request
 from bot.prefs import FIELDS, UserPrefs, UserSettingsStore, model_defaults
 from bot.settings import Settings
 from engine.checks import check_request
@@ -53,8 +55,10 @@ class WebReply:
     reload or a restart shows the same (its request keeps only the expanded prompt)."""
 
     said: str | None = None  # the chat text as typed, for a drawing from the composer
-    of: int | None = None  # the job whose reroll or variations button made this one
-    image: int | None = None  # that job's image, for variations
+    of: int | None = None  # the job whose reroll, variations or upscale button made this one
+    image: int | None = None  # that job's image, for variations and upscales
+    upscale: bool | None = None  # made by the upscale button
+    picture: bool | None = None  # the typed text came with a picture (img2img)
 
     def __str__(self) -> str:
         kept = {name: value for name, value in vars(self).items() if value is not None}
@@ -69,19 +73,28 @@ class WebReply:
             return None
         try:
             data = json.loads(value.removeprefix(f"{USER}:"))
-            return cls(**{name: data[name] for name in ("said", "of", "image") if name in data})
+            names = ("said", "of", "image", "upscale", "picture")
+            return cls(**{name: data[name] for name in names if name in data})
         except (ValueError, TypeError):
             log.warning("web chat: unreadable reply_to %r", value)
             return cls()
 
     @classmethod
-    def view(cls, reply_to: str, request: GenerationRequest) -> dict[str, Any]:
-        """The user's bubble ("said"; a job from before WebReply shows its prompt) and the
-        button that made the job ("origin")."""
+    def view(cls, reply_to: str, request: GenerationRequest, job_id: int) -> dict[str, Any]:
+        """The user's bubble ("said"; a job from before WebReply shows its prompt; "picture":
+        the address of the picture sent with it) and the button that made the job
+        ("origin")."""
         reply = cls.parse(reply_to) or cls()
         legacy = reply.said is None and reply.of is None
-        origin = None if reply.of is None else {"job": reply.of, "image": reply.image}
-        return {"said": request.prompt if legacy else reply.said, "origin": origin}
+        origin = None
+        if reply.of is not None:
+            origin = {"job": reply.of, "image": reply.image, "upscale": bool(reply.upscale)}
+        picture = f"/pictures/{job_id}.png" if reply.picture and request.init_image else None
+        return {
+            "said": request.prompt if legacy else reply.said,
+            "origin": origin,
+            "picture": picture,
+        }
 
 
 class WebChat:
@@ -112,8 +125,11 @@ class WebChat:
 
     # --- drawing --------------------------------------------------------------------------
 
-    def draw(self, chat_text: str, locale: Locale) -> tuple[Job, list[str]]:
-        """Chat text (`/draw ...` or a plain prompt) → a queued job and the parser's notes."""
+    async def draw(
+        self, chat_text: str, locale: Locale, picture: bytes | None = None
+    ) -> tuple[Job, list[str]]:
+        """Chat text (`/draw ...` or a plain prompt), and a picture to draw from (img2img) →
+        a queued job and the notes (the parser's, the picture's, the size warning)."""
         stripped = chat_text.strip()
         if match := _DRAW.match(stripped):
             stripped = stripped[match.end() :]
@@ -128,9 +144,14 @@ class WebChat:
             settings=prefs.prompt_settings(self.settings.prompt),
             max_chars=self.settings.limits.max_prompt_chars,
         )
-        job = self.submit(parsed.request, WebReply(said=chat_text))
+        request, notes = parsed.request, [*parsed.notes]
+        if picture is not None:  # after the prompt's checks: the engine's door
+            path, picture_notes = await store_picture(self.engine, picture, locale)
+            request = dataclasses.replace(request, init_image=path)
+            notes += picture_notes
+        job = self.submit(request, WebReply(said=chat_text, picture=picture is not None or None))
         warning = size_warning(self.engine, job, locale)
-        return job, [*parsed.notes, *([warning] if warning else [])]
+        return job, [*notes, *([warning] if warning else [])]
 
     def submit(self, request: GenerationRequest, reply: WebReply) -> Job:
         job = self.engine.submit(request, reply_to=str(reply))
@@ -165,6 +186,33 @@ class WebChat:
             requester=USER,
         )
         return self.submit(request, WebReply(of=job_id, image=image))
+
+    async def upscale(self, job_id: int, image: int) -> Job:
+        """Image `image` (1-based) of a job at twice its size (bot.pictures.upscale_request:
+        hires fix, or img2img from the picture for one drawn from a picture), at [bot]
+        upscale_strength."""
+        record = self.finished(job_id)
+        if not 1 <= image <= len(record.images):
+            raise InvalidRequest(f"Job {job_id} has no image {image}.", field="image")
+        saved = record.images[image - 1]
+
+        async def png() -> bytes:
+            try:
+                return await asyncio.to_thread(Path(saved.path).read_bytes)
+            except OSError:
+                raise InvalidRequest(
+                    f"Job {job_id} is no longer in the history.", field="job"
+                ) from None
+
+        request = await upscale_request(
+            self.engine,
+            dataclasses.replace(record.request, requester=USER),
+            seed=saved.seed,
+            infotext=saved.infotext,
+            strength=self.settings.bot.upscale_strength,
+            png=png,
+        )
+        return self.submit(request, WebReply(of=job_id, image=image, upscale=True))
 
     def watch(self, job: Job) -> None:
         """Tell every open page about the job until it ends, then confirm the reply."""
@@ -292,6 +340,7 @@ class WebChat:
             },
             "models": self.engine.models(),
             "model": self.engine.default_model,
+            "max_image_bytes": self.settings.limits.max_image_bytes,
             **self.addons(),
             "history": [
                 self.done_view(r.id, r.request, r.reply_to, r.images, locale) for r in records
@@ -307,7 +356,7 @@ class WebChat:
             "id": job.id,
             "state": progress.state,
             "request": request_view(job.request),
-            **WebReply.view(job.reply_to, job.request),
+            **WebReply.view(job.reply_to, job.request, job.id),
             "position": progress.position,
             "step": progress.step,
             "total": progress.total,
@@ -329,7 +378,7 @@ class WebChat:
         locale: Locale,
     ) -> dict[str, Any]:
         """A finished job: just drawn (its results) or from the journal (its saved images)."""
-        said = WebReply.view(reply_to, request)
+        said = WebReply.view(reply_to, request, job_id)
         if images:  # the seed drawn, where the request left it to chance
             request = dataclasses.replace(request, seed=images[0].seed)
         return {

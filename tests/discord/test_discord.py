@@ -67,6 +67,7 @@ async def test_draw_defers_shows_progress_then_the_png(world: World, dc: FakeDis
         "aidraw:reroll:1",
         "aidraw:vary:1",
         "aidraw:vary_strong:1",
+        "aidraw:upscale:1",
         "aidraw:edit:1",
         "aidraw:delete:1",
     ]

@@ -276,7 +276,10 @@ class FakeDiscord(FakeServer):
         return handle
 
     async def _cdn(self, request: web.Request) -> web.Response:
+        """An attachment's bytes; each download is recorded as a "cdn_download" call."""
+        params = dict(request.match_info)
         data = self.attachments.get(int(request.match_info["attachment_id"]))
+        self._record(Call("cdn_download", None, [], params, {}, 404 if data is None else 200))
         if data is None:
             return web.Response(status=404)
         mime = mimetypes.guess_type(request.match_info["filename"])[0]
@@ -562,10 +565,14 @@ class FakeDiscord(FakeServer):
         )
 
     def _resolve_option(self, kind: int, value: Any, resolved: dict[str, Any]) -> str:
-        """Value of a user (6) or attachment (11) option, adding its object to `resolved`."""
+        """Value of a user (6) or attachment (11) option, adding its object to `resolved`.
+        An attachment is bytes, (filename, bytes), or (filename, bytes, size): the size that
+        Discord announces, for files too big to bother sending through the fake."""
         if kind == 11:
-            filename, data = value if isinstance(value, tuple) else ("image.png", value)
+            filename, data, *size = value if isinstance(value, tuple) else ("image.png", value)
             attachment = self._store_attachment(CHANNEL_ID, Upload("", filename, None, data), {})
+            if size:
+                attachment["size"] = size[0]
             resolved.setdefault("attachments", {})[attachment["id"]] = attachment
             return str(attachment["id"])
         resolved.setdefault("users", {})[str(value)] = self.user_payload(int(value))

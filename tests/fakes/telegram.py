@@ -296,16 +296,25 @@ class FakeTelegram(FakeServer):
         caption: str | None = None,
         as_document: bool = False,
         filename: str = "image.png",
+        mime_type: str | None = None,
+        file_size: int | None = None,
         chat_type: str = "private",
         language_code: str = "en",
         reply_to: int | None = None,
     ) -> dict[str, Any]:
-        """Queue a photo (or, with as_document, a file) from a user; the bytes are downloadable."""
+        """Queue a photo (or, with as_document, a file) from a user; the bytes are downloadable
+        (each download is recorded as a "downloadFile" call). `mime_type` is the document's
+        (else guessed from `filename`); `file_size` is what Telegram says of the file's size
+        (else the size of `data`), for files too big to bother sending through the fake."""
         content: dict[str, Any] = {}
         if as_document:
-            content["document"] = self._store_document(data, filename, None)
+            content["document"] = self._store_document(data, filename, mime_type)
+            if file_size is not None:
+                content["document"]["file_size"] = file_size
         else:
             content["photo"] = self._store_photo(data)
+            if file_size is not None:
+                content["photo"][-1]["file_size"] = file_size
         if caption is not None:
             content["caption"] = caption
             if entities := _command_entities(caption):
@@ -422,9 +431,12 @@ class FakeTelegram(FakeServer):
     async def _handle_file(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
-        file_id = self._file_paths.get(request.match_info["path"])
+        path = request.match_info["path"]
+        file_id = self._file_paths.get(path)
         if file_id is None:
+            self._record(Call("downloadFile", {"file_path": path}, {}, 404))
             return _error(404, "Not Found")
+        self._record(Call("downloadFile", {"file_path": path, "file_id": file_id}, {}))
         return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -41,7 +41,6 @@ from tests.telegram.harness import (
     Harness,
     buttons,
     eventually,
-    png,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -88,7 +87,7 @@ async def test_private_prompt_shows_progress_then_photo_and_png(h: Harness) -> N
         == b"%s|5" % ((QUALITY + "1girl, smile").encode())
     )
     assert document.files["document"].filename == "aidraw-1-5.png"
-    assert buttons(photo) == ["r:1", "v:1:0", "v:1:0:s"]  # no PNG button: it came as a file
+    assert buttons(photo) == ["r:1", "u:1:0", "v:1:0", "v:1:0:s"]  # no PNG: it came as a file
     assert "has_spoiler" not in photo.params or not photo.params["has_spoiler"]
     # Only the photo and its file are left: the status message is gone.
     assert [("photo" in m, "document" in m) for m in h.tg.sent(USER)] == [
@@ -107,14 +106,15 @@ async def test_group_draw_command_names_the_bot(h: Harness) -> None:
     photo = await h.tg.wait_for("sendPhoto")
     assert photo.params["chat_id"] == GROUP and "a cat" in photo.params["caption"]
 
-    # A reply to the bot is a prompt too; /draw alone explains itself.
-    (sent,) = [m for m in h.tg.sent(GROUP) if "photo" in m]
-    h.tg.push_text(
-        GROUP, OTHER, "a fox --seed 4", chat_type="supergroup", reply_to=sent["message_id"]
-    )
-    await h.tg.wait_for("sendPhoto", lambda c: "a fox" in c.params["caption"])
+    # /draw alone explains itself; a reply to the bot is a prompt too (to its pictures, a
+    # prompt to draw from them: tests/telegram/test_telegram_pictures.py).
     h.tg.push_text(GROUP, OTHER, "/draw", chat_type="supergroup")
     assert (await h.reply(GROUP, lambda t: "/draw" in t)).startswith("Write what to draw")
+    (usage,) = [m for m in h.tg.sent(GROUP) if m.get("text", "").startswith("Write what")]
+    h.tg.push_text(
+        GROUP, OTHER, "a fox --seed 4", chat_type="supergroup", reply_to=usage["message_id"]
+    )
+    await h.tg.wait_for("sendPhoto", lambda c: "a fox" in c.params["caption"])
     assert h.fake.prompts == [[QUALITY + "a cat"], [QUALITY + "a fox"]]
     assert h.fake.calls[1][0].requester == f"telegram:{OTHER}"
 
@@ -444,18 +444,6 @@ async def test_allowed_chats(h: Harness) -> None:
     assert h.tg.sent(OTHER) == [] and h.tg.sent(GROUP) == [] and h.fake.calls == []
 
 
-async def test_img2img_is_not_available_yet(h: Harness) -> None:
-    engine = await h.start()
-    h.tg.push_photo(USER, USER, png(), caption="make it blue")
-    assert (await h.reply(USER)).startswith("Drawing from a picture (img2img) is not available")
-    h.tg.push_photo(USER, USER, png(), caption="/draw blue", as_document=True)
-    assert (await h.reply(USER)).startswith("Drawing from a picture (img2img)")
-    h.tg.push_photo(GROUP, USER, png(), caption="a holiday photo", chat_type="supergroup")
-    h.tg.push_photo(GROUP, USER, png(), caption="/draw blue", chat_type="supergroup")
-    assert (await h.reply(GROUP)).startswith("Drawing from a picture (img2img)")
-    assert h.tg.count("sendMessage") == 3 and engine.jobs() == [] and h.fake.calls == []
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -569,7 +557,7 @@ async def test_chinese_users_get_chinese_replies(h: Harness) -> None:
     assert photo.params["caption"].startswith("任务 1 · 种子 8 · alpha · 4 步\n反向预设：")
     keyboard = photo.params["reply_markup"]["inline_keyboard"]
     assert [[b["text"] for b in row] for row in keyboard] == [
-        ["🎲 换种子", "📄 原图"],
+        ["🎲 换种子", "🔍 放大 ×2", "📄 原图"],
         ["🔀 微调变体", "🔀 大幅变体"],
     ]
 

@@ -62,8 +62,11 @@ async def test_vary_subtle_and_strong_use_their_strengths_and_the_caption_says_s
     try:
         tg.push_text(USER, USER, "a cat --seed 9")
         photo = await tg.wait_for("sendPhoto")
-        assert labels(photo) == [["🎲 Reroll", "📄 PNG"], ["🔀 Vary (subtle)", "🔀 Vary (strong)"]]
-        assert buttons(photo) == ["r:1", "d:1:0", "v:1:0", "v:1:0:s"]
+        assert labels(photo) == [
+            ["🎲 Reroll", "🔍 Upscale ×2", "📄 PNG"],
+            ["🔀 Vary (subtle)", "🔀 Vary (strong)"],
+        ]
+        assert buttons(photo) == ["r:1", "u:1:0", "d:1:0", "v:1:0", "v:1:0:s"]
         (result,) = [m for m in tg.sent(USER) if "photo" in m]
         bot = BotSettings()
         # "v:1:0" is also what the one 🔀 Variations button sent: in old chats it is subtle.
@@ -142,11 +145,16 @@ async def test_several_pictures_come_as_one_album_with_the_buttons_right_after(
     assert message["text"] == "Job 1, pictures 1–3, numbered in the album's order:"
     assert labels(keys) == [
         ["🎲 Reroll"],
-        ["1 🔀 subtle", "1 🔀 strong"],
-        ["2 🔀 subtle", "2 🔀 strong"],
-        ["3 🔀 subtle", "3 🔀 strong"],
+        ["1 🔀 subtle", "1 🔀 strong", "1 🔍 ×2"],
+        ["2 🔀 subtle", "2 🔀 strong", "2 🔍 ×2"],
+        ["3 🔀 subtle", "3 🔀 strong", "3 🔍 ×2"],
     ]
-    assert buttons(keys) == ["r:1", "v:1:0", "v:1:0:s", "v:1:1", "v:1:1:s", "v:1:2", "v:1:2:s"]
+    assert buttons(keys) == [
+        "r:1",
+        *("v:1:0", "v:1:0:s", "u:1:0"),
+        *("v:1:1", "v:1:1:s", "u:1:1"),
+        *("v:1:2", "v:1:2:s", "u:1:2"),
+    ]
 
     # The original PNGs (doc=on): one album of files after the buttons.
     assert [m["type"] for m in files.params["media"]] == ["document"] * 3
@@ -169,8 +177,12 @@ async def test_an_album_telegram_refuses_comes_as_files_with_its_buttons(h: Harn
     files = await h.tg.wait_for("sendMediaGroup")
     keys = await h.tg.wait_for("sendMessage", lambda c: bool(buttons(c)))
     assert [m["type"] for m in files.params["media"]] == ["document"] * 2
-    assert buttons(keys) == ["r:1", "v:1:0", "v:1:0:s", "d:1:0", "v:1:1", "v:1:1:s", "d:1:1"]
-    assert labels(keys)[1] == ["1 🔀 subtle", "1 🔀 strong", "1 📄 PNG"]
+    assert buttons(keys) == [
+        "r:1",
+        *("v:1:0", "v:1:0:s", "u:1:0", "d:1:0"),
+        *("v:1:1", "v:1:1:s", "u:1:1", "d:1:1"),
+    ]
+    assert labels(keys)[1] == ["1 🔀 subtle", "1 🔀 strong", "1 🔍 ×2", "1 📄 PNG"]
     await eventually(lambda: (r := engine.record(1)) is not None and r.delivered)
     assert h.tg.count("sendMediaGroup", status=None) == 2  # the refused album, then the files
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,130 +18,8 @@ from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, WebSettings, from_dict
 from bot.web import app as web
 from bot.web.chat import PREF_FIELDS, USER
-from engine.engine import Engine
-from engine.queue import QueueConfig
 from engine.request import GenerationRequest
-from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
-
-TIMEOUT_S = 60  # generous: the machine may be busy with other test runs
-JSON = {"Content-Type": "application/json"}
-Event = dict[str, Any]
-
-
-@dataclass
-class Chat:
-    """A running engine, the web app over it, and a test client."""
-
-    tmp_path: Path
-    fake: FakeGenerate = field(default_factory=FakeGenerate)
-    registry: FakeRegistry = field(default_factory=FakeRegistry)
-    loader: FakeLoader = field(default_factory=FakeLoader)
-    engine: Engine[Any] | None = None
-    task: asyncio.Task[None] | None = None
-    client: TestClient[Any, Any] | None = None
-    app: aiohttp.web.Application | None = None
-    store: UserSettingsStore = field(default_factory=lambda: UserSettingsStore(":memory:"))
-
-    async def start(
-        self,
-        *,
-        token: str | None = None,
-        web_table: dict[str, Any] | None = None,
-        paused: bool = False,
-        **queue: Any,
-    ) -> TestClient[Any, Any]:
-        tables = {"web": web_table or {}, "limits": {"max_steps": 50}}
-        settings = from_dict(tables, root=self.tmp_path)
-        if settings.web.local_admin:  # as bot/launcher.py builds the engine for the web chat
-            queue["admins"] = (*queue.get("admins", ()), USER)
-        config = QueueConfig(
-            **{
-                "journal": str(self.tmp_path / "journal.sqlite3"),
-                "results_dir": str(self.tmp_path / "results"),
-                "warm_up": False,
-                "max_batch": 1,
-                **queue,
-            }
-        )
-        self.engine = Engine(
-            config,
-            registry=self.registry,
-            load=self.loader,
-            generate=self.fake,
-            limits=settings.limits,
-        )
-        if paused:
-            self.engine.pause()
-        self.task = asyncio.create_task(self.engine.run())
-        app = web.create_app(self.engine, settings, self.store, token=token)
-        self.app = app
-        self.client = TestClient(TestServer(app))
-        await self.client.start_server()
-        return self.client
-
-    async def settled(self) -> None:
-        """Every job watcher has told the pages and confirmed its reply."""
-        assert self.app is not None
-        watchers = self.app[web.CHAT].watchers.values()
-        async with asyncio.timeout(TIMEOUT_S):
-            await asyncio.gather(*watchers)
-
-    async def stop(self) -> None:
-        self.fake.release()
-        if self.client is not None:
-            await self.client.close()
-        if self.engine is not None:
-            await self.engine.close(grace_s=TIMEOUT_S)
-        if self.task is not None:
-            await asyncio.wait_for(self.task, TIMEOUT_S)
-
-
-@pytest.fixture
-async def chat(tmp_path: Path) -> AsyncIterator[Chat]:
-    harness = Chat(tmp_path)
-    yield harness
-    await harness.stop()
-    harness.store.close()
-
-
-async def post(client: TestClient[Any, Any], path: str, body: Any, status: int = 200) -> Any:
-    response = await client.post(path, json=body)
-    data = await response.json()
-    assert response.status == status, data
-    return data
-
-
-async def until(
-    ws: aiohttp.ClientWebSocketResponse, wanted: Callable[[Event], bool]
-) -> list[Event]:
-    """Events from the socket up to and including the first one that `wanted` accepts."""
-    seen = []
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            event = await ws.receive_json()
-            seen.append(event)
-            if wanted(event):
-                return seen
-
-
-def of(job_id: int, kind: str, state: str | None = None) -> Callable[[Event], bool]:
-    def wanted(event: Event) -> bool:
-        job = event.get("job", {})
-        return (
-            event["type"] == kind
-            and job.get("id") == job_id
-            and (state is None or job["state"] == state)
-        )
-
-    return wanted
-
-
-async def socket(client: TestClient[Any, Any], lang: str = "en") -> Any:
-    ws = await client.ws_connect(f"/ws?lang={lang}")
-    hello = await ws.receive_json()
-    assert hello["type"] == "state" and hello["user"] == "web:local"
-    return ws
-
+from tests.web.harness import JSON, TIMEOUT_S, Chat, of, post, socket, until
 
 # --- the page ----------------------------------------------------------------------------------
 
@@ -427,11 +304,11 @@ async def test_history_shows_what_was_typed_also_after_a_restart(chat: Chat) -> 
     state = await (await client.get("/api/state")).json()
     assert [(h["id"], h["said"], h["origin"]) for h in state["history"]] == [
         (job["id"], typed, None),
-        (reroll["id"], None, {"job": job["id"], "image": None}),  # a button: nothing typed
+        (reroll["id"], None, {"job": job["id"], "image": None, "upscale": False}),  # a button
     ]
     [waiting] = state["jobs"]
     assert (waiting["id"], waiting["said"]) == (varied["id"], None)
-    assert waiting["origin"] == {"job": job["id"], "image": 2}
+    assert waiting["origin"] == {"job": job["id"], "image": 2, "upscale": False}
 
 
 async def test_history_from_before_typed_text_was_kept_shows_the_prompt(chat: Chat) -> None:
@@ -552,10 +429,17 @@ async def test_other_sites_cannot_use_the_local_chat(chat: Chat) -> None:
 
 
 async def test_nothing_big_can_be_uploaded(chat: Chat) -> None:
-    client = await chat.start()
-    body = b'{"text": "' + b"x" * (200 * 1024) + b'"}'
-    response = await client.post("/api/draw", data=body, headers=JSON)
+    client = await chat.start(limits={"max_image_bytes": 300 * 1024})
+    body = b'{"values": {"negative_prompt": "' + b"x" * (200 * 1024) + b'"}}'
+    response = await client.post("/api/settings", data=body, headers=JSON)
     assert response.status == 413
+    # A drawing may carry a picture: up to its base64 (4/3) and the text's room, no more.
+    body = b'{"text": "x", "image": "' + b"A" * (800 * 1024) + b'"}'
+    response = await client.post("/api/draw", data=io.BytesIO(body), headers=JSON)
+    assert response.status == 413
+    error = (await response.json())["error"]
+    assert error.startswith("Error: The image is ") and error.endswith("at most 0.3 MB is allowed.")
+    assert chat.engine is not None and chat.engine.jobs() == []
 
 
 async def test_a_token_guards_every_path_and_moves_into_a_cookie(chat: Chat) -> None:

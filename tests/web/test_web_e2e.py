@@ -201,16 +201,34 @@ def test_a_new_user_draws_rerolls_and_cancels_in_the_browser(server: str, tmp_pa
             )
             expect(jobs).to_have_count(2)
 
+            # A picture to draw from: chosen, sent with the prompt, shown in the user's message;
+            # then that drawing upscaled (its own picture at twice the size).
+            picture = tmp_path / "picture.png"
+            Image.new("RGB", (96, 64), (200, 60, 40)).save(picture)
+            page.set_input_files("#picture", str(picture))
+            expect(page.locator("#attached")).to_be_visible()
+            send(page, "1girl, red dress --seed 5 --steps 4 --strength 0.6")
+            expect(page.locator("#attached")).to_be_hidden()
+            expect(page.locator(".msg.user img.picture")).to_have_count(1)
+            drawn = jobs.nth(2)
+            expect(drawn).to_have_attribute("data-state", "done")
+            expect(drawn.locator("figcaption")).to_contain_text("from a picture, strength 0.6")
+            drawn.locator("button.upscale").click()
+            upscaled = jobs.nth(3)
+            expect(upscaled).to_have_attribute("data-state", "done")
+            expect(upscaled.locator(".title")).to_contain_text("job 3, image 1 upscaled")
+            expect(upscaled.locator("figcaption")).to_contain_text("strength 0.45")
+
             # Progress of a long drawing (bar, step count, latent preview); a job queued behind
             # it is cancelled, then the drawing one too.
             send(page, "1girl, long hair --seed 7 --size 128x128 --steps 100")
-            long = jobs.nth(2)
+            long = jobs.nth(4)
             expect(long).to_have_attribute("data-state", "running")
             expect(long.locator(".status")).to_contain_text("Drawing… step")
             expect(long.locator("img.preview")).to_be_visible()
             assert long.locator("progress").evaluate("bar => bar.value") > 0
             send(page, "cat ears --size 64x64 --steps 4")
-            waiting = jobs.nth(3)
+            waiting = jobs.nth(5)
             expect(waiting.locator(".status")).to_contain_text("Queued: #1 in line")
             waiting.locator("button.cancel").click()
             expect(waiting).to_have_attribute("data-state", "cancelled")

@@ -97,10 +97,17 @@ function append(element) {
   return element;
 }
 
-function say(text, kind = "bot") {
+function say(text, kind = "bot", picture = null) {
   const message = document.createElement("div");
   message.className = `msg ${kind}`;
-  message.textContent = text;
+  if (picture) {
+    const image = document.createElement("img");
+    image.className = "picture";
+    image.alt = "";
+    image.src = picture;
+    message.append(image);
+  }
+  message.append(text);
   return append(message);
 }
 
@@ -142,6 +149,9 @@ function origin(view) {
   }
   if (from.image === null) {
     return t("web_reroll_of", { job: from.job });
+  }
+  if (from.upscale) {
+    return t("web_upscale_of", { job: from.job, image: from.image });
   }
   return t("web_variations_of", { job: from.job, image: from.image });
 }
@@ -193,15 +203,20 @@ function renderImage(jobId, image) {
   $(".variations-strong", figure).addEventListener("click", () =>
     variations(jobId, image.index, "strong"),
   );
+  $(".upscale", figure).addEventListener("click", () => upscale(jobId, image.index));
   return figure;
 }
 
 // --- actions --------------------------------------------------------------------------------
 
-async function draw(text) {
-  say(text, "user");
+async function draw(text, file, shown) {
+  say(text, "user", shown);
   try {
-    const reply = await api("/api/draw", { text });
+    const body = { text };
+    if (file) {
+      body.image = await dataUrl(file);
+    }
+    const reply = await api("/api/draw", body);
     for (const note of reply.notes) {
       say(t("web_note", { note }), "note");
     }
@@ -226,6 +241,55 @@ function reroll(jobId) {
 
 function variations(jobId, index, strength = "subtle") {
   return startFrom(`/api/jobs/${jobId}/variations`, { image: index, strength });
+}
+
+function upscale(jobId, index) {
+  return startFrom(`/api/jobs/${jobId}/upscale`, { image: index });
+}
+
+// --- a picture to draw from (img2img) -------------------------------------------------------
+
+const PICTURE_TYPES = ["image/png", "image/jpeg", "image/webp"];
+const picture = { file: null, url: null };
+
+function megabytes(bytes) {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+// The server checks it all again; this only spares sending what it would refuse.
+function choosePicture(file) {
+  if (!file) return;
+  const most = page.state ? page.state.max_image_bytes : Infinity;
+  if (!PICTURE_TYPES.includes(file.type)) {
+    say(t("web_picture_type", { name: file.name }), "error");
+  } else if (file.size > most) {
+    const values = { name: file.name, size: megabytes(file.size), max: megabytes(most) };
+    say(t("web_picture_too_big", values), "error");
+  } else {
+    dropPicture();
+    picture.file = file;
+    picture.url = URL.createObjectURL(file); // kept: the sent message shows it
+    $("#attached img").src = picture.url;
+    $("#attached").hidden = false;
+  }
+}
+
+function dropPicture() {
+  if (picture.url) {
+    URL.revokeObjectURL(picture.url);
+  }
+  picture.file = picture.url = null;
+  $("#attached").hidden = true;
+  $("#picture").value = "";
+}
+
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.addEventListener("load", () => resolve(reader.result));
+    reader.addEventListener("error", () => reject(new Error(t("failed"))));
+    reader.readAsDataURL(file);
+  });
 }
 
 async function cancel(jobId, button) {
@@ -394,6 +458,9 @@ function translate(root) {
   for (const element of root.querySelectorAll("[data-i18n]")) {
     element.textContent = t(element.dataset.i18n);
   }
+  for (const element of root.querySelectorAll("[data-i18n-title]")) {
+    element.title = t(element.dataset.i18nTitle);
+  }
 }
 
 function applyState(state) {
@@ -417,7 +484,7 @@ function applyState(state) {
   // button's job.
   for (const view of [...state.history, ...state.jobs]) {
     if (!page.jobs.has(view.id) && view.said !== null) {
-      say(view.said, "user");
+      say(view.said, "user", view.picture);
     }
     renderJob(view);
   }
@@ -457,13 +524,40 @@ function send(event) {
   event.preventDefault();
   const input = $("#input");
   const text = input.value;
-  if (!text.trim()) return;
+  if (!text.trim() && !picture.file) return;
   input.value = "";
+  const { file, url } = picture;
+  picture.file = picture.url = null; // the sent message keeps showing it
+  dropPicture();
   jumpToEnd(); // as chat apps do: what you send, and its answer, is what you want to see
-  draw(text);
+  draw(text, file, url);
 }
 
 $("#composer").addEventListener("submit", send);
+$("#attach").addEventListener("click", () => $("#picture").click());
+$("#picture").addEventListener("change", (event) => choosePicture(event.target.files[0]));
+$("#detach").addEventListener("click", dropPicture);
+// A picture dropped on the composer, or pasted into it, is the one to draw from.
+const composer = $("#composer");
+composer.addEventListener("dragover", (event) => {
+  if (event.dataTransfer.types.includes("Files")) {
+    event.preventDefault();
+    composer.classList.add("dropping");
+  }
+});
+composer.addEventListener("dragleave", () => composer.classList.remove("dropping"));
+composer.addEventListener("drop", (event) => {
+  event.preventDefault();
+  composer.classList.remove("dropping");
+  choosePicture(event.dataTransfer.files[0]);
+});
+$("#input").addEventListener("paste", (event) => {
+  const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
+  if (file) {
+    event.preventDefault();
+    choosePicture(file);
+  }
+});
 $("#input").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     send(event);

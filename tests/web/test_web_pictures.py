@@ -1,0 +1,202 @@
+"""Pictures in, in the web chat (the HTTP API over a real Engine with a fake generate()): a
+drawing's body may carry a picture to draw from (img2img), checked by its size before it is
+read and by the engine's door after; the Upscale button redraws an image at twice its size."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import struct
+import zlib
+from typing import Any
+
+from PIL import Image
+
+from bot.settings import Settings
+from engine.request import GenerationRequest, GenerationResult
+from tests.engine_fakes import FakeGenerate
+from tests.web.harness import JSON, Chat, of, post, socket, until
+
+MB = 1024 * 1024
+
+
+def picture(fmt: str = "PNG", **save: Any) -> bytes:
+    """A 40x24 picture whose pixels all differ, so that a stored copy can be compared."""
+    data = bytes(v for y in range(24) for x in range(40) for v in (x * 6, y * 10, x + y))
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (40, 24), data).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def pixels(data_or_path: bytes | str) -> bytes:
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    with Image.open(source) as image:
+        return image.convert("RGB").tobytes()
+
+
+def bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid little PNG whose header claims a huge picture (a decompression bomb): one
+    compressed row of zeros stands for all of it."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (1 + 3 * width))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+class PngGenerate(FakeGenerate):
+    """FakeGenerate whose images are real PNGs of the requested size."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[GenerationResult]:
+        results = super().__call__(*args, **kwargs)
+        return [dataclasses.replace(r, png=_png(r.request, r.seed)) for r in results]
+
+
+def _png(request: GenerationRequest, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    size = (request.width or 64, request.height or 64)
+    Image.new("RGB", size, (seed % 256, 90, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_a_picture_sent_with_the_prompt_is_drawn_from(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    sent = picture()
+    body = {"text": "make it blue --seed 4 --strength 0.5", "image": data_url(sent)}
+    job = (await post(client, "/api/draw", body))["job"]
+    assert job["said"] == body["text"] and job["picture"] == f"/pictures/{job['id']}.png"
+    [*_, done] = await until(ws, of(job["id"], "done"))
+    assert done["job"]["images"][0]["caption"] == (
+        "Seed 4 · alpha · 4 steps · from a picture, strength 0.5"
+    )
+    (call,) = chat.fake.calls
+    request = call[0]
+    assert request.init_image is not None and request.denoising_strength == 0.5
+    assert pixels(request.init_image) == pixels(sent)
+    # The page shows what was sent with it, also after a reload (plain base64 works too).
+    shown = await client.get(job["picture"])
+    assert shown.status == 200 and pixels(await shown.read()) == pixels(sent)
+    state = await (await client.get("/api/state")).json()
+    assert state["history"][0]["picture"] == job["picture"]
+    assert state["max_image_bytes"] == 20 * MB
+    plain = {"text": "blue", "image": base64.b64encode(picture("JPEG")).decode()}
+    assert (await post(client, "/api/draw", plain))["job"]["picture"] is not None
+    for missing in ("/pictures/999.png", "/pictures/x.png"):
+        assert (await client.get(missing)).status == 404
+
+
+async def test_an_animated_webp_is_drawn_from_its_first_frame(chat: Chat) -> None:
+    client = await chat.start()
+    frames = [Image.new("RGB", (16, 16), c) for c in ((200, 10, 10), (10, 10, 200))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    body = {"text": "blue", "image": data_url(buffer.getvalue(), "image/webp")}
+    reply = await post(client, "/api/draw", body)
+    assert reply["notes"] == ["Your picture is animated: only its first frame is used."]
+
+
+async def test_pictures_the_door_refuses_are_a_chat_error(chat: Chat) -> None:
+    client = await chat.start()
+    too_many = await post(client, "/api/draw", {"text": "x", "image": data_url(bomb())}, 400)
+    assert too_many["error"].startswith("Error: The image is ")  # e.g. "far too large"
+    assert too_many["error"].endswith(": at most 1,048,576 pixels are allowed.")
+    unreadable = "Error: That is not a PNG, JPEG or WebP image this bot can read."
+    junk = {"text": "x", "image": data_url(b"not a picture")}
+    assert await post(client, "/api/draw", junk, 400) == {"error": unreadable}
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, "GIF")
+    for mime in ("image/gif", "image/png"):  # said to be a GIF, or a GIF said to be a PNG
+        body = {"text": "x", "image": data_url(gif.getvalue(), mime)}
+        assert await post(client, "/api/draw", body, 400) == {"error": unreadable}
+    zh = await client.post("/api/draw?lang=zh", json={"text": "x", "image": data_url(bomb())})
+    assert (await zh.json())["error"].startswith("出错了：图片")
+    bad = await client.post("/api/draw", json={"text": "x", "image": "!!not base64!!"})
+    assert bad.status == 400
+    # A bad prompt is refused before the picture is looked at.
+    flag = await post(client, "/api/draw", {"text": "x --sede 1", "image": data_url(bomb())}, 400)
+    assert flag["error"].startswith("Error: Unknown flag --sede.")
+    assert chat.engine is not None and chat.engine.jobs() == [] and chat.fake.calls == []
+    assert not (chat.tmp_path / "results" / "inputs").exists()
+
+
+async def test_a_picture_over_the_limit_is_refused_by_its_size(chat: Chat) -> None:
+    client = await chat.start(limits={"max_image_bytes": 64 * 1024})
+    # Under the body's cap, over the picture's: the door says so.
+    over = {"text": "x", "image": data_url(b"\0" * (70 * 1024))}
+    assert await post(client, "/api/draw", over, 400) == {
+        "error": "Error: The image is 0.1 MB: at most 0.1 MB is allowed."
+    }
+    # Over the body's cap: refused by what it says it is, unread.
+    huge = io.BytesIO(b'{"text": "x", "image": "' + b"A" * (2 * MB) + b'"}')
+    response = await client.post("/api/draw", data=huge, headers=JSON)
+    assert response.status == 413
+    assert (await response.json())["error"].startswith("Error: The image is 1.4 MB")
+    assert chat.engine is not None and chat.engine.jobs() == []
+
+
+async def test_upscale_redraws_an_image_with_hires_fix(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "cat --seed 5 --n 2 --steps 2"}))["job"]
+    await until(ws, of(job["id"], "done"))
+    upscaled = (await post(client, f"/api/jobs/{job['id']}/upscale", {"image": 2}))["job"]
+    assert upscaled["origin"] == {"job": job["id"], "image": 2, "upscale": True}
+    [*_, done] = await until(ws, of(upscaled["id"], "done"))
+    assert done["job"]["images"][0]["caption"].endswith(" · hires ×2, strength 0.45")
+    assert chat.engine is not None
+    first, record = chat.engine.record(job["id"]), chat.engine.record(upscaled["id"])
+    assert first is not None and record is not None
+    assert record.request == dataclasses.replace(
+        first.request,
+        seed=6,  # image 2's
+        batch_size=1,
+        enable_hr=True,
+        hr_scale=2.0,
+        denoising_strength=Settings().bot.upscale_strength,
+    )
+    missing = await post(client, f"/api/jobs/{job['id']}/upscale", {"image": 3}, 400)
+    assert missing == {"error": f"Error: Job {job['id']} has no image 3."}
+    truly = await client.post(f"/api/jobs/{job['id']}/upscale", json={"image": True})
+    assert truly.status == 400
+
+
+async def test_upscale_over_the_pixel_limit_is_refused(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "cat --size 768x768 --steps 1"}))["job"]
+    await until(ws, of(job["id"], "done"))
+    refused = await post(client, f"/api/jobs/{job['id']}/upscale", {"image": 1}, 400)
+    assert refused["error"].startswith("Error: Hires fix would draw 1536x1536: at most")
+    assert chat.engine is not None and chat.engine.jobs() == []
+
+
+async def test_upscale_of_a_picture_drawn_from_a_picture_starts_from_the_result(
+    chat: Chat,
+) -> None:
+    chat.fake = PngGenerate()
+    client = await chat.start()
+    ws = await socket(client)
+    body = {"text": "blue --size 128x96 --steps 1", "image": data_url(picture())}
+    job = (await post(client, "/api/draw", body))["job"]
+    await until(ws, of(job["id"], "done"))
+    upscaled = (await post(client, f"/api/jobs/{job['id']}/upscale", {"image": 1}))["job"]
+    assert upscaled["said"] is None and upscaled["picture"] is None  # a button's
+    await until(ws, of(upscaled["id"], "done"))
+    assert chat.engine is not None
+    first, record = chat.engine.record(job["id"]), chat.engine.record(upscaled["id"])
+    assert first is not None and record is not None
+    request = record.request
+    assert request.init_image is not None and request.init_image != first.request.init_image
+    assert pixels(request.init_image) == pixels(first.images[0].path)
+    assert (request.width, request.height, request.enable_hr) == (256, 192, False)
