@@ -26,9 +26,10 @@ from engine.demo.model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
 from engine.models import LoadedModel, ModelRegistry
 from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
-from engine.sampling.loop import make_scheduler, sample, total_steps
+from engine.sampling.loop import make_scheduler, sample
 from engine.sampling.samplers import SAMPLERS
 from engine.sampling.seeds import ImageRNG, NoiseSpec
+from engine.sampling.steps import total_steps
 
 SCALE = 7.0
 

@@ -366,6 +366,15 @@ _QUIET_KEYS = {
     "Hypernet",
     "Hypernet strength",
     "Hypernet hash",
+    "Denoising strength",
+    "Hires upscale",
+    "Hires steps",
+    "Hires upscaler",
+    "Mask blur",
+    "Masked content",
+    "Inpaint area",
+    "Masked area padding",
+    "Conditional mask weight",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.job import Job
 from engine.preview import SD1_PREVIEW, PreviewMap, preview_png
+from engine.sampling.steps import planned_steps
 from engine.timing import Timing, timing_key
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Call:
         first = jobs[0].request
         self.jobs = jobs
         self.key = timing_key(first)
-        self.steps = first.num_inference_steps or 0
+        self.steps = planned_steps(first)  # img2img runs fewer, hires fix a second pass
         self.started = time.perf_counter()
         self.last_step_at: float | None = None
         self.step = 0

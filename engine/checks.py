@@ -218,6 +218,12 @@ def _check_pictures(req: GenerationRequest, limits: Limits) -> None:
         raise InvalidRequest(
             "A mask needs the image it belongs to.", field="mask_image", key="mask_without_image"
         )
+    if req.enable_hr and req.init_image is not None:
+        raise InvalidRequest(
+            "Hires fix is for drawing from text: leave it out when drawing from a picture.",
+            field="enable_hr",
+            key="hires_with_picture",
+        )
     if req.enable_hr:
         assert req.width is not None and req.height is not None
         width, height = int(req.width * req.hr_scale), int(req.height * req.hr_scale)

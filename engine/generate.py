@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import time
@@ -10,15 +11,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from engine.checks import check_request
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled, Phrase
+from engine.hires import check_hires, hires_pass
 from engine.infotext import create_infotext
+from engine.latents import image_conditioning, init_latents, to_images
 from engine.models import LoadedModel
 from engine.models.vae import decode
-from engine.prompting.conditioning import encode_conditioning
+from engine.pictures import apply_overlay, open_picture
+from engine.prompting.conditioning import Conditioning, encode_conditioning
 from engine.prompting.networks import networks_of, without_networks
 from engine.request import (
     BATCH_KEYS,
@@ -29,11 +32,13 @@ from engine.request import (
     RngSource,
     Timings,
 )
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
-from engine.sampling.loop import sample, total_steps
+from engine.sampling.kdiffusion import CFGDenoiser, LatentBlend, NoiseSchedule
+from engine.sampling.loop import sample, sample_img2img
 from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from engine.sampling.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
 from engine.sampling.seeds import ImageRNG, NoiseSpec, random_seed
+from engine.sampling.steps import denoising_strength, planned_steps, total_steps
+from engine.upscalers import upscale_image
 from engine.version import __version__
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ def generate(
 ) -> list[GenerationResult]:
     """Draw every image of `requests` (which must share BATCH_KEYS) in one sampling loop.
 
+    txt2img, img2img and inpainting (an `init_image`, a `mask_image`), and hires fix
+    (`enable_hr`: a second pass at the upscaled size), as A1111 v1.9.4 draws them.
     Returns one GenerationResult per image, in order (request by request, seed by seed). Each
     image draws its noise from its own generator, so it does not depend on its batch-mates.
     Raises InvalidRequest, JobCancelled (when `cancelled()` turns true) or GenerationFailed.
@@ -103,13 +110,18 @@ def generate(
             model=model.name,
             max=layers,
         )
+    picture = open_picture(first)  # img2img: the init picture prepared (before any work)
+    if first.enable_hr:
+        check_hires(first, model.addons.library)
 
     # 2. Seeds (A1111): a random seed (and variation seed) where none was given; image i of a
     #    request uses seed + i, or the plain seed and subseed + i with a variation strength.
-    #    RNG "auto" is CUDA's generator on CUDA and its NV emulation elsewhere.
+    #    RNG "auto" is CUDA's generator on CUDA and its NV emulation elsewhere. The denoising
+    #    strength is A1111's default for img2img or hires fix where none was given.
     auto_rng: RngSource = "GPU" if model.device.type == "cuda" else "NV"
-    reqs = [_resolve_seeds(r, auto_rng) for r in reqs]
+    reqs = [_resolve(r, auto_rng) for r in reqs]
     items = [(r, spec) for r in reqs for spec in noise_specs(r)]
+    specs = [spec for _, spec in items]
 
     # 3. Sampler: our own loop for the table's row, over the model's noise schedule.
     row = SAMPLERS[first.sampler]
@@ -117,13 +129,16 @@ def generate(
         model.scheduler_config, downcast=first.downcast_alphas_cumprod
     ).to(model.device)
     steps = first.num_inference_steps
-    total = total_steps(row, steps)
+    total = planned_steps(first)
 
     # 4. Initial noise: one fp32 draw per image from its own generator; ancestral noise later
     #    comes from that image's generators only, so a batch-mate never shifts another's noise.
-    latent_shape = (int(pipe.unet.config.in_channels), first.height // 8, first.width // 8)
-    rng = ImageRNG(latent_shape, [spec for _, spec in items], model.device)
+    channels = int(pipe.vae.config.latent_channels)
+    latent_size = (first.height // 8, first.width // 8)
+    rng = ImageRNG((channels, *latent_size), specs, model.device)
     noise = rng.first()
+    # An inpainting UNet (9 input channels) also reads a mask and masked-picture latents.
+    inpainting_unet = int(pipe.unet.config.in_channels) == channels + 5
 
     try:
         with torch.inference_mode():
@@ -133,18 +148,23 @@ def generate(
             #    one schedule per distinct prompt for prompt editing ([from:to:when], [a|b]).
             t0 = time.perf_counter()
             in_use = model.addons.use(first)
-            conditioning = encode_conditioning(
-                pipe.tokenizer,
-                pipe.text_encoder,
-                [without_networks(r.prompt) for r, _ in items],
-                [r.negative_prompt for r, _ in items],
-                clip_skip=first.clip_skip,
-                # Second-order samplers count two model calls a step, as A1111 does.
-                steps=steps * row.conditioning_steps,
-                device=model.device,
-                emphasis=[r.emphasis or "Original" for r, _ in items],
-                embeddings=model.addons.embeddings(),
-            )
+
+            def encode_prompts(hires_steps: int | None = None) -> Conditioning:
+                return encode_conditioning(
+                    pipe.tokenizer,
+                    pipe.text_encoder,
+                    [without_networks(r.prompt) for r, _ in items],
+                    [r.negative_prompt for r, _ in items],
+                    clip_skip=first.clip_skip or 1,
+                    # Second-order samplers count two model calls a step, as A1111 does.
+                    steps=steps * row.conditioning_steps,
+                    hires_steps=hires_steps,
+                    device=model.device,
+                    emphasis=[r.emphasis or "Original" for r, _ in items],
+                    embeddings=model.addons.embeddings(),
+                )
+
+            conditioning = encode_prompts()
             t1 = time.perf_counter()
 
             # 6. Denoise with our sampler; CFG on the denoised prediction, conditioning asked
@@ -155,38 +175,104 @@ def generate(
                 )[0]
                 return out
 
-            denoiser = CFGDenoiser(
-                unet,
-                schedule,
-                conditioning.at,
-                first.guidance_scale,
-                dtype=model.dtype,
-            )
+            def denoiser(
+                cond: Conditioning,
+                image_cond: torch.Tensor | None = None,
+                blend: LatentBlend | None = None,
+            ) -> CFGDenoiser:
+                return CFGDenoiser(
+                    unet,
+                    schedule,
+                    cond.at,
+                    first.guidance_scale or 1.0,
+                    dtype=model.dtype,
+                    image_cond=image_cond,
+                    blend=blend,
+                )
+
+            done = [0]  # steps of the passes before this one (hires fix)
 
             def step_end(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
                 if on_step is not None:
                     # The denoised prediction, not the noisy x: what A1111's live preview shows.
-                    on_step(step + 1, total, denoised)
+                    on_step(done[0] + step + 1, total, denoised)
                 if cancelled is not None and cancelled():
                     raise JobCancelled("cancelled", key="cancelled")
 
-            latents = sample(
-                row,
-                denoiser,
-                noise,
-                steps,
-                lambda sigma, sigma_next: rng.next(),
-                step_end,
-                seeds=[spec.seed for _, spec in items],
-                sources=[spec.source for _, spec in items],
-            )
-            t2 = time.perf_counter()
+            seeds, sources = [s.seed for s in specs], [s.source for s in specs]
+            if picture is not None:
+                # 6a. img2img: the picture's latents, noised to where the cut schedule starts;
+                #     inpainting keeps the init latents outside the mask at every model call.
+                init = init_latents(
+                    pipe.vae,
+                    picture,
+                    specs,
+                    inpainting_fill=first.inpainting_fill,
+                    inpainting_unet=inpainting_unet,
+                    device=model.device,
+                )
+                latents = sample_img2img(
+                    row,
+                    denoiser(conditioning, init.image_cond, init.blend),
+                    init.latents,
+                    noise,
+                    steps,
+                    denoising_strength(first),
+                    lambda sigma, sigma_next: rng.next(),
+                    step_end,
+                    seeds=seeds,
+                    sources=sources,
+                )
+                if init.blend is not None:
+                    latents = init.blend(latents)
+            else:
+                image_cond = (
+                    image_conditioning(pipe.vae, None, None, latent_size, len(items))
+                    if inpainting_unet
+                    else None
+                )
+                latents = sample(
+                    row,
+                    denoiser(conditioning, image_cond),
+                    noise,
+                    steps,
+                    lambda sigma, sigma_next: rng.next(),
+                    step_end,
+                    seeds=seeds,
+                    sources=sources,
+                )
             _check_finite(latents, _DENOISING)
+            if first.enable_hr:
+                # 6b. Hires fix: upscale (latents, or the decoded pictures), then an img2img
+                #     pass at the new size with fresh noise from the same seeds.
+                done[0] = total_steps(row, steps)
+                latents = hires_pass(
+                    first,
+                    latents,
+                    row=row,
+                    vae=pipe.vae,
+                    denoiser=denoiser,
+                    conditioning=encode_prompts(
+                        (first.hr_second_pass_steps or steps) * row.conditioning_steps
+                    ),
+                    specs=specs,
+                    step_end=step_end,
+                    inpainting_unet=inpainting_unet,
+                    upscale=functools.partial(
+                        upscale_image, library=model.addons.library, device=model.device
+                    ),
+                )
+                _check_finite(latents, _DENOISING)
+            t2 = time.perf_counter()
 
-            # 7. Decode with the VAE (again in fp32 if fp16 made NaN: A1111's --no-half-vae).
+            # 7. Decode with the VAE (again in fp32 if fp16 made NaN: A1111's --no-half-vae),
+            #    then inpainting puts the original back outside the mask (A1111's overlay).
             decoded = decode(pipe.vae, latents)
             _check_finite(decoded, _VAE)
-            images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
+            images = to_images(decoded)
+            if picture is not None and picture.overlay is not None:
+                overlay = picture.overlay
+                images = [apply_overlay(image, picture.paste_to, overlay) for image in images]
             t3 = time.perf_counter()
     except torch.cuda.OutOfMemoryError as e:
         log.warning(
@@ -207,6 +293,8 @@ def generate(
             vae=in_use.vae,
             lora_hashes=in_use.lora_hashes,
             ti_hashes=model.addons.ti_hashes([*in_prompt, *in_negative]),
+            picture_params=picture.params if picture is not None else None,
+            mask_weight=1.0 if inpainting_unet else None,
         )
         info = PngInfo()  # PIL writes an iTXt chunk for text Latin-1 cannot hold (CJK)
         info.add_text("parameters", text)
@@ -229,9 +317,12 @@ def generate(
     return results
 
 
-def _resolve_seeds(req: GenerationRequest, auto_rng: RngSource) -> GenerationRequest:
-    """Fill the random seed, the random variation seed (if used) and the "auto" RNG source."""
+def _resolve(req: GenerationRequest, auto_rng: RngSource) -> GenerationRequest:
+    """Fill the random seed, the random variation seed (if used), the "auto" RNG source, and
+    the denoising strength of img2img and hires fix (A1111's defaults)."""
     changes: dict[str, Any] = {}
+    if req.denoising_strength is None and (req.init_image is not None or req.enable_hr):
+        changes["denoising_strength"] = denoising_strength(req)
     if req.seed is None:
         changes["seed"] = random_seed()
     if req.subseed is None and req.subseed_strength:
@@ -260,7 +351,7 @@ def noise_specs(req: GenerationRequest) -> list[NoiseSpec]:
 
 def infotext_for(req: GenerationRequest, spec: NoiseSpec, model: LoadedModel, **addons: Any) -> str:
     """The A1111 infotext of one image (A1111's key order); `addons` are create_infotext's
-    `vae`, `lora_hashes` and `ti_hashes`."""
+    `vae`, `lora_hashes`, `ti_hashes`, `picture_params` and `mask_weight`."""
     row = SAMPLERS[canonical_sampler(req.sampler or "")]
     return create_infotext(
         req,

@@ -38,6 +38,8 @@ NOVELAI_SAMPLERS = {
     "ddim": "DDIM",
     "ddim_v3": "DDIM",
 }
+# A1111's "Masked content" names, by `inpainting_fill` (its img2img UI's radio order).
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 # Keys A1111 v1.9 writes on its settings line besides `Steps` (`processing.create_infotext` and
 # the extensions it ships); one of them next to `Steps: N` marks a pasted settings line.
 A1111_KEYS = frozenset(
@@ -57,6 +59,11 @@ A1111_KEYS = frozenset(
         "Seed resize from-1",
         "Seed resize from-2",
         "Denoising strength",
+        "Conditional mask weight",
+        "Mask blur",
+        "Inpaint area",
+        "Masked area padding",
+        "Masked content",
         "Clip skip",
         "ENSD",
         "RNG",
@@ -139,11 +146,18 @@ def create_infotext(
     vae: tuple[str, str] | None = None,
     lora_hashes: str | None = None,
     ti_hashes: str | None = None,
+    picture_params: Mapping[str, object] | None = None,
+    mask_weight: float | None = None,
 ) -> str:
     """The infotext of one image of a resolved request, keys in A1111 v1.9's order.
 
     `vae` is (name, hash) of a VAE file used instead of the checkpoint's own; `lora_hashes`
     and `ti_hashes` are A1111's "name: hash, …" lists of the LoRAs and embeddings used.
+    img2img and hires fix write `Denoising strength` (`Size` stays the first pass's size);
+    `picture_params` are the inpainting keys `engine.pictures.prepare_picture` gave (`Mask
+    blur`, `Inpaint area`, `Masked area padding`, `Masked content`); hires fix writes `Hires
+    upscale`, `Hires steps` (if set) and `Hires upscaler`; `mask_weight` is an inpainting
+    model's `Conditional mask weight` (A1111's 1.0).
 
     `seed`/`subseed` are this image's; `uses_ensd` says whether the sampler draws ancestral
     noise (A1111 writes ENSD only then); `schedule_type` is written only where A1111 v1.9 would
@@ -153,6 +167,8 @@ def create_infotext(
     assert req.guidance_scale is not None and req.clip_skip is not None
     strength = req.subseed_strength
     resized = req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0
+    denoising = req.init_image is not None or req.enable_hr
+    hires = req.enable_hr and req.init_image is None
     params: dict[str, object] = {
         "Steps": req.num_inference_steps,
         "Sampler": req.sampler,
@@ -169,10 +185,21 @@ def create_infotext(
         "Seed resize from": (
             f"{req.seed_resize_from_w}x{req.seed_resize_from_h}" if resized else None
         ),
+        "Denoising strength": (
+            format_number(req.denoising_strength)
+            if denoising and req.denoising_strength is not None
+            else None
+        ),
+        "Conditional mask weight": mask_weight,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
         "ENSD": req.ensd if uses_ensd and req.ensd else None,
         "RNG": req.rng if req.rng not in (None, "GPU") else None,
-        # A1111's extra_generation_params come after its fixed keys, in the order it adds them.
+        # A1111's extra_generation_params come after its fixed keys, in the order it adds them:
+        # img2img's and hires fix's in `init`, before the batch's add-ons.
+        **(picture_params or {}),
+        "Hires upscale": format_number(req.hr_scale) if hires else None,
+        "Hires steps": req.hr_second_pass_steps if hires and req.hr_second_pass_steps else None,
+        "Hires upscaler": req.hr_upscaler if hires else None,
         "Lora hashes": lora_hashes,
         "TI hashes": ti_hashes,
         "Emphasis": req.emphasis if req.emphasis not in (None, "Original") else None,
@@ -312,11 +339,42 @@ def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationReq
         "downcast_alphas_cumprod": p.get("Downcast alphas_cumprod", "").lower() == "true",
         "emphasis": p.get("Emphasis"),
         "vae": p.get("VAE"),
+        "denoising_strength": _number(p, "Denoising strength", float),
+        "inpaint_full_res": p.get("Inpaint area") == "Only masked",
+        "enable_hr": "Denoising strength" in p
+        and any(k in p for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")),
     }
+    # img2img (the picture itself is a change: `init_image=`), inpainting and hires fix, by
+    # A1111's paste rules (`ui.py`); a missing key keeps GenerationRequest's (A1111's) default.
+    picture = {
+        "mask_blur": _number(p, "Mask blur", int),
+        "inpainting_fill": _masked_content(p.get("Masked content")),
+        "inpaint_full_res_padding": _number(p, "Masked area padding", int),
+        "hr_scale": _number(p, "Hires upscale", float),
+        "hr_upscaler": p.get("Hires upscaler"),
+        "hr_second_pass_steps": _number(p, "Hires steps", int),
+    }
+    fields.update({k: v for k, v in picture.items() if v is not None})
     if fields["seed"] == -1:
         fields["seed"] = None
     fields.update(changes)
     return GenerationRequest(**fields)
+
+
+def _masked_content(value: str | None) -> int | None:
+    """A1111's `Masked content` name → `inpainting_fill` (its UI's index)."""
+    if value is None:
+        return None
+    try:
+        return MASKED_CONTENT.index(value)
+    except ValueError:
+        raise InvalidRequest(
+            f"The infotext's Masked content {value!r} is not one of {', '.join(MASKED_CONTENT)}.",
+            field="infotext",
+            key="infotext_masked_content",
+            value=value,
+            choices=list(MASKED_CONTENT),
+        ) from None
 
 
 def _number(params: Mapping[str, str], key: str, kind: type[int] | type[float]) -> Any:

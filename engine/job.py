@@ -17,6 +17,7 @@ from engine.errors import EngineError, GenerationFailed, JobCancelled
 from engine.journal import JobRecord
 from engine.prompting.networks import networks_of
 from engine.request import BATCH_KEYS, GenerationRequest, GenerationResult, JobState, Progress
+from engine.sampling.steps import planned_steps
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class Job:
     def start(self, now: float) -> None:
         """The engine: its batch begins drawing (`now` on the engine's clock)."""
         self._state, self._started_at = "running", now
-        self._total = self.request.num_inference_steps or 0
+        self._total = planned_steps(self.request)
         self._notify()
 
     def end(

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.request import GenerationRequest
+from engine.sampling.steps import planned_steps
 
-TimingKey = tuple[str, int, int, str]
+TimingKey = tuple[str, int, int, str, float]  # model, width, height, sampler, hires scale
 
 
 class Queued(Protocol):
@@ -25,8 +26,16 @@ class Queued(Protocol):
 
 
 def timing_key(request: GenerationRequest) -> TimingKey:
-    """What a request's drawing speed depends on (after defaults are resolved)."""
-    return (request.model or "", request.width or 0, request.height or 0, request.sampler or "")
+    """What a request's drawing speed depends on (after defaults are resolved): a hires pass
+    makes its steps dearer on average (its second pass draws hr_scale² the pixels)."""
+    hires = request.hr_scale if request.enable_hr else 0.0
+    return (
+        request.model or "",
+        request.width or 0,
+        request.height or 0,
+        request.sampler or "",
+        hires,
+    )
 
 
 @dataclass
@@ -60,8 +69,8 @@ class Timing:
         """Seconds per step; from another size of the same model, scaled by pixels."""
         if key in self.step_s:
             return self.step_s[key]
-        for (model, width, height, _), seconds in self.step_s.items():
-            if model == key[0]:
+        for (model, width, height, _, hires), seconds in self.step_s.items():
+            if model == key[0] and hires == key[4]:
                 return seconds * (key[1] * key[2]) / (width * height)
         return None
 
@@ -98,7 +107,7 @@ class Timing:
         eta = ahead_s
         for batch in plan:
             first = batch[0].request
-            cost = self.call(timing_key(first), first.num_inference_steps or 0)
+            cost = self.call(timing_key(first), planned_steps(first))
             if batch[0].model != model:
                 cost = None if cost is None or self.load_s is None else cost + self.load_s
             model = batch[0].model

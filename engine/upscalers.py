@@ -362,6 +362,32 @@ class UpscalerCache:
 # --- upscaling ---------------------------------------------------------------------------------
 
 
+# Hires fix's upscalers besides images ones (A1111's names): latent interpolation modes (their
+# table is engine.latents'), and "None" (a plain Lanczos resize of the decoded picture).
+LATENT = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+HIRES_ONLY = (*LATENT, "None")
+
+
+def check_hires_upscaler(name: str, library: AddonLibrary) -> None:
+    """At the door: a hires upscaler is a latent mode, None, Lanczos, Nearest or an upscaler
+    file here (ModelNotFound lists them all, with close names)."""
+    if name in HIRES_ONLY or _builtin(name) is not None:
+        return
+    try:
+        library.find(KIND, name)
+    except ModelNotFound:
+        installed = [*HIRES_ONLY, *upscaler_names(library)]
+        close = difflib.get_close_matches(name, installed, n=3, cutoff=0.5)
+        raise ModelNotFound(name, kind=KIND, suggestions=close, installed=installed) from None
+
+
 def upscaler_names(library: AddonLibrary) -> list[str]:
     """Every upscaler a request may name: the built-in ones, then the files' (A1111's order)."""
     return [*BUILTIN, *(n for n in library.names(KIND) if n.lower() not in _RESAMPLE)]

@@ -199,13 +199,10 @@ def test_pasted_infotext_text_is_a1111_text() -> None:
 
 
 def test_pasted_infotext_notes_what_is_not_used() -> None:
-    text = A1111_DOCSTRING + ", Model: animefull, Denoising strength: 0.5, Hires upscale: 2"
+    text = A1111_DOCSTRING + ", Model: animefull, Face restoration: CodeFormer, Tiling: True"
     notes = read_request(text).notes
     assert any("'animefull'" in note and "--model" in note for note in notes)
-    assert (
-        "Ignored infotext settings this bot does not use: Denoising strength, Hires upscale."
-        in (notes)
-    )
+    assert "Ignored infotext settings this bot does not use: Face restoration, Tiling." in notes
 
 
 def test_a_pasted_infotexts_model_is_asked_for_unless_model_is_given() -> None:
@@ -449,3 +446,19 @@ def test_an_images_infotext_pasted_back_draws_the_same_image(demo_model) -> None
     again = generate(demo_model, [pasted], limits=Limits())[0]
     assert again.infotext == first.infotext
     assert np.array_equal(png_pixels(again.png), png_pixels(first.png))
+
+
+def test_a_pasted_hires_infotext_asks_for_hires() -> None:
+    pasted = read_request(
+        "1girl\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, "
+        "Denoising strength: 0.55, Hires upscale: 1.5, Hires steps: 10, Hires upscaler: Latent"
+    )
+    r = pasted.request
+    assert (r.enable_hr, r.hr_scale, r.hr_second_pass_steps, r.hr_upscaler) == (
+        True,
+        1.5,
+        10,
+        "Latent",
+    )
+    assert r.denoising_strength == 0.55
+    assert not any("Ignored" in note for note in pasted.notes)

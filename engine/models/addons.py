@@ -73,6 +73,11 @@ class Addons:
         self._embeddings_key: tuple[tuple[str, int], ...] | None = None
         self.problems: list[str] = []  # embeddings that were skipped, for `aidraw models`
 
+    @property
+    def library(self) -> AddonLibrary:
+        """The add-on files this pipeline may use (hires fix finds its upscaler files here)."""
+        return self._library
+
     # --- per batch ----------------------------------------------------------------------------
 
     def use(self, request: GenerationRequest) -> InUse:

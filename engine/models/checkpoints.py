@@ -23,6 +23,7 @@ from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile, place_vae
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
 from engine.models.addons import Addons
+from engine.upscalers import check_hires_upscaler
 from engine.models.hashes import HashCache
 from engine.models.library import AddonLibrary, Kind, is_paired_vae
 from engine.models.weights import check_ckpt
@@ -147,6 +148,11 @@ class ModelRegistry:
                 continue
             if kind == "VAE":
                 vae = found.name
+        if request.enable_hr:
+            try:
+                check_hires_upscaler(request.hr_upscaler, self.addons)
+            except ModelNotFound as e:
+                missing.append(e)
         if len(missing) == 1:
             raise missing[0]
         if missing:

@@ -160,6 +160,32 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     return torch.cat(images)
 
 
+def encode(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """Latents (B, 4, h, w), float32, from images (B, 3, H, W) in [0, 1]: A1111's
+    `images_tensor_to_samples` (one image at a time, in the VAE's dtype: `image * 2 - 1`, the
+    encoder, `scale_factor · z`), with z the posterior's mean instead of a draw from it.
+
+    A1111 draws z = mean + std·ε with torch's global RNG, which no seed of the job sets, so the
+    same request gives other latents each time; the mean (its σ is ~1e-3 of it) is deterministic.
+    """
+    latents = []
+    with torch.no_grad():
+        for i in range(images.shape[0]):
+            image = images[i : i + 1].to(device=vae.device, dtype=vae.dtype) * 2 - 1
+            latents.append(encode_scaled(vae, image))
+    return torch.cat(latents)
+
+
+def encode_scaled(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor:
+    """LDM `get_first_stage_encoding(encode_first_stage(image))` for images already in [-1, 1]
+    (A1111's inpainting conditioning encodes those), the posterior's mean, float32."""
+    with torch.no_grad():
+        posterior = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        # A1111's draw is mean (VAE dtype) + std·ε (float32): a float32 sum, scaled in float32.
+        z: torch.Tensor = vae.config.scaling_factor * posterior.mean.float()
+    return z
+
+
 def _decode_one(vae: AutoencoderKL, latent: torch.Tensor) -> torch.Tensor:
     z = latent.to(device=vae.device, dtype=vae.dtype)
     z = (1.0 / vae.config.scaling_factor) * z

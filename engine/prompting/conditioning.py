@@ -143,6 +143,7 @@ def encode_conditioning(
     clip_skip: int,
     steps: int,
     device: torch.device,
+    hires_steps: int | None = None,
     emphasis: str | Sequence[str] = "Original",
     comma_backtrack: int = COMMA_BACKTRACK,
     embeddings: EmbeddingDB | None = None,
@@ -151,7 +152,8 @@ def encode_conditioning(
 
     Each distinct prompt is encoded once, all its prompt-editing variants together (A1111
     restores the emphasis mean over them jointly); `emphasis` is one mode or one per image.
-    `embeddings`: the textual-inversion embeddings prompts may name.
+    `embeddings`: the textual-inversion embeddings prompts may name. `hires_steps`: encode for
+    a hires pass of that many steps after `steps` (A1111's `calculate_hr_conds` schedule).
     """
     emphases = [emphasis] * len(prompts) if isinstance(emphasis, str) else list(emphasis)
     if not len(prompts) == len(negative_prompts) == len(emphases):
@@ -163,7 +165,7 @@ def encode_conditioning(
     def schedule(text: str, mode: str) -> tuple[tuple[ScheduledCond, ...], tuple[str, ...]]:
         key = (text, mode)
         if key not in cache:
-            entries = prompt_schedule(text, steps)
+            entries = prompt_schedule(text, steps, hires_steps)
             z, names = _encode_texts(
                 tokenizer,
                 text_encoder,

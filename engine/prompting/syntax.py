@@ -409,22 +409,36 @@ class _Alternate:
 _Node = str | _Scheduled | _Alternate
 
 
-def prompt_schedule(text: str, steps: int) -> list[tuple[int, str]]:
+def prompt_schedule(text: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, str]]:
     """A1111's prompt schedule [(last step, prompt)]: `a [b:3]`, 10 → [(3, "a "), (10, "a b")].
 
-    Same results as A1111's lark grammar (`get_learned_conditioning_prompt_schedules`, no
-    hires): `[to:when]`, `[from::when]`, `[from:to:when]` with `when` a step, or a fraction of
+    Same results as A1111's lark grammar (`get_learned_conditioning_prompt_schedules`):
+    `[to:when]`, `[from::when]`, `[from:to:when]` with `when` a step, or a fraction of
     `steps` if it has a `.`; `[a|b|…]` cycles every step. Step s (0-based) of sampling uses the
     first entry whose last step is ≥ s. Text that does not parse is returned unchanged.
+    With `hires_steps` (the hires pass), the schedule is that pass's: a step `when` counts
+    on from the first pass's `steps`, a fraction runs from 1 to 2 over the hires steps.
     """
+    timeline = _Timeline(steps) if hires_steps is None else _Timeline(hires_steps, steps, 1.0)
+    steps = timeline.steps
     if "[" not in text:  # nothing to schedule (and the parse could only keep the text as is)
         return [(steps, text)]
     nodes = _parse_schedule(text)
     if nodes is None:
         return [(steps, text)]
     ends = {steps}
-    _collect_steps(nodes, steps, ends)
-    return [(end, _text_at(nodes, end, steps)) for end in sorted(ends)]
+    _collect_steps(nodes, timeline, ends)
+    return [(end, _text_at(nodes, end, timeline)) for end in sorted(ends)]
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """The steps a schedule spans and A1111's offsets (`int_offset`, `flt_offset`: the first
+    pass's steps and 1.0 for a hires pass, 0 otherwise)."""
+
+    steps: int
+    int_offset: int = 0
+    flt_offset: float = 0.0
 
 
 def _parse_schedule(text: str) -> tuple[_Node, ...] | None:
@@ -533,38 +547,41 @@ def _join(parts: list[list[_Node]], separator: str) -> list[_Node]:
     return joined
 
 
-def _when(node: _Scheduled, steps: int) -> int:
+def _when(node: _Scheduled, timeline: _Timeline) -> int:
     """The last step of `before` (A1111: `min(steps, int(v))`, v a fraction if it has a `.`)."""
+    steps = timeline.steps
     value = float(node.when)
     if "." in node.when:
-        value *= steps
+        value = (value - timeline.flt_offset) * steps
+    else:
+        value -= timeline.int_offset
     if math.isinf(value):
         return steps if value > 0 else -1
     return min(steps, int(value))
 
 
-def _collect_steps(nodes: Sequence[_Node], steps: int, ends: set[int]) -> None:
+def _collect_steps(nodes: Sequence[_Node], timeline: _Timeline, ends: set[int]) -> None:
     for node in nodes:
         if isinstance(node, _Scheduled):
-            when = _when(node, steps)
+            when = _when(node, timeline)
             if when >= 1:
                 ends.add(when)
-            _collect_steps(node.before or (), steps, ends)
-            _collect_steps(node.after, steps, ends)
+            _collect_steps(node.before or (), timeline, ends)
+            _collect_steps(node.after, timeline, ends)
         elif isinstance(node, _Alternate):
-            ends.update(range(1, steps + 1))
+            ends.update(range(1, timeline.steps + 1))
             for option in node.options:
-                _collect_steps(option, steps, ends)
+                _collect_steps(option, timeline, ends)
 
 
-def _text_at(nodes: Sequence[_Node], step: int, steps: int) -> str:
+def _text_at(nodes: Sequence[_Node], step: int, timeline: _Timeline) -> str:
     out = []
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, _Scheduled):
-            chosen = (node.before or ()) if step <= _when(node, steps) else node.after
-            out.append(_text_at(chosen, step, steps))
+            chosen = (node.before or ()) if step <= _when(node, timeline) else node.after
+            out.append(_text_at(chosen, step, timeline))
         else:
-            out.append(_text_at(node.options[(step - 1) % len(node.options)], step, steps))
+            out.append(_text_at(node.options[(step - 1) % len(node.options)], step, timeline))
     return "".join(out)

@@ -4,7 +4,7 @@ Written from k-diffusion's published algorithms (crowsonkb/k-diffusion `k_diffus
 and `external.py`, the version A1111 v1.9.4 pins), A1111's DDIM
 (`modules/sd_samplers_timesteps_impl.py`) and A1111's `CFGDenoiser`; run with churn 0, eta 1 and
 s_noise 1, as A1111 runs them. The table of names users pick is engine/sampling/samplers.py.
-About 550 lines: one short function per published algorithm, kept together as k-diffusion does.
+About 580 lines: one short function per published algorithm, kept together as k-diffusion does.
 """
 
 from __future__ import annotations
@@ -135,6 +135,19 @@ def append_zero(x: Tensor) -> Tensor:
     return torch.cat([x, x.new_zeros([1])])
 
 
+@dataclass(frozen=True)
+class LatentBlend:
+    """A1111's inpainting blend `latents · nmask + init_latent · mask` (mask 1 = keep the init
+    latent, nmask = 1 - mask), which its `CFGDenoiser` applies at every model call."""
+
+    init_latent: Tensor
+    mask: Tensor
+    nmask: Tensor
+
+    def __call__(self, latents: Tensor) -> Tensor:
+        return latents * self.nmask + self.init_latent * self.mask
+
+
 class CFGDenoiser:
     """A1111 `CFGDenoiser` around a k-diffusion `CompVisDenoiser` (or `CompVisVDenoiser`).
 
@@ -143,6 +156,12 @@ class CFGDenoiser:
     prediction first. Cond and uncond run as one UNet batch (cond first) when their token
     lengths match, as two calls otherwise. The step given to `cond_at` counts model calls, as
     A1111's `CFGDenoiser.step` does: second-order samplers advance prompt editing twice a step.
+
+    `image_cond` (B, 5, H, W), an inpainting UNet's mask and masked-image latents, is joined
+    to the UNet input's channels for both branches (LDM's "hybrid" `c_concat`). `blend`
+    (inpainting) is applied to the guided denoised prediction of every call (A1111's default,
+    `mask_before_denoising` False), and for DDIM to the input x before the UNet (A1111's
+    `CFGDenoiserTimesteps` sets `mask_before_denoising`).
     """
 
     def __init__(
@@ -153,12 +172,16 @@ class CFGDenoiser:
         guidance_scale: float,
         *,
         dtype: torch.dtype,
+        image_cond: Tensor | None = None,
+        blend: LatentBlend | None = None,
     ) -> None:
         self.unet = unet
         self.schedule = schedule
         self.cond_at = cond_at
         self.guidance_scale = guidance_scale
         self.dtype = dtype
+        self.image_cond = image_cond
+        self.blend = blend
         self.step = 0
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -173,10 +196,13 @@ class CFGDenoiser:
             uncond = out_uncond * c_out + x * c_skip
         else:
             cond, uncond = x + out_cond * -sigma, x + out_uncond * -sigma
-        return self._guide(cond, uncond)
+        denoised = self._guide(cond, uncond)
+        return denoised if self.blend is None else self.blend(denoised)
 
     def eps_at(self, x: Tensor, timestep: int) -> Tensor:
         """The guided ε prediction for VP latents at an integer timestep (A1111's DDIM)."""
+        if self.blend is not None:
+            x = self.blend(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
         out_cond, out_uncond = self._both(x, t)
         if self.schedule.prediction_type == "v_prediction":
@@ -192,6 +218,8 @@ class CFGDenoiser:
     def _both(self, x_in: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         cond, uncond = self.cond_at(self.step)
         x_in = x_in.to(self.dtype)
+        if self.image_cond is not None:
+            x_in = torch.cat([x_in, self.image_cond.to(x_in)], dim=1)
         if cond.shape[1] == uncond.shape[1]:
             out = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]), torch.cat([cond, uncond]))
             out_cond, out_uncond = out.float().chunk(2)

@@ -30,6 +30,9 @@ from engine.sampling.kdiffusion import (
     sample_lms,
 )
 from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler
+from engine.sampling.steps import img2img_steps
+
+# A1111's default denoising strengths: img2img's UI and API (0.75), hires fix's UI (0.7).
 
 SampleFn = Callable[[Denoise, Tensor, Tensor, NoiseSampler, StepCallback], Tensor]
 # The loops the table names, by their (k-diffusion) function names.
@@ -87,11 +90,62 @@ def sample(
     return LOOPS[row.function](model, x, sigmas, noise, callback)
 
 
-def total_steps(row: Sampler, steps: int) -> int:
-    """How many sampler steps (callbacks) a row runs for `steps` (DDIM: one fewer, as A1111)."""
+def img2img_sigmas(
+    row: Sampler, schedule: NoiseSchedule, steps: int, strength: float, *, fixed: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(the sampler's whole schedule, the part an img2img run takes) as A1111's
+    `sample_img2img` cuts them: `sigmas[steps - t_enc - 1:]` for k-diffusion rows (t_enc + 1
+    steps), DDIM's `timesteps[:t_enc]` (t_enc - 1 steps)."""
+    steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
     if row.schedule == "ddim":
-        return len(ddim_timesteps(steps)) - 1
-    return steps
+        if steps == 0:  # A1111 divides by zero here (hires at strength 0): nothing to run
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty
+        timesteps = sampler_sigmas(row, schedule, steps)
+        return timesteps, timesteps[:t_enc]
+    sigmas = sampler_sigmas(row, schedule, steps)
+    return sigmas, sigmas[steps - t_enc - 1 :]
+
+
+def sample_img2img(
+    row: Sampler,
+    model: CFGDenoiser,
+    init_latent: Tensor,
+    noise_first: Tensor,
+    steps: int,
+    strength: float,
+    noise: NoiseSampler,
+    callback: StepCallback,
+    *,
+    fixed_steps: bool = False,
+    seeds: Sequence[int] = (),
+    sources: Sequence[RngSource] = (),
+) -> Tensor:
+    """A1111 `sample_img2img`: noise the init latents to where the cut schedule starts, then run
+    the rest of it (see `img2img_sigmas`; `fixed_steps` for the hires pass).
+
+    k-diffusion rows start from `init_latent + noise · σ_start`; DDIM from
+    `init_latent · √ᾱ + noise · √(1 - ᾱ)` at `timesteps[t_enc]`, one step above where its loop
+    starts, as A1111 does. Brownian trees span the whole schedule, as A1111's do.
+    """
+    schedule = model.schedule
+    sigmas, run = img2img_sigmas(row, schedule, steps, strength, fixed=fixed_steps)
+    sigmas, run = sigmas.to(init_latent.device), run.to(init_latent.device)
+    if row.function is None:
+        if len(sigmas) == 0:
+            return init_latent
+        _, t_enc = img2img_steps(steps, strength, fixed=fixed_steps)
+        a = schedule.alphas_cumprod.to(init_latent.device)[sigmas[t_enc]]
+        x = init_latent * a.sqrt() + noise_first * (1 - a).sqrt()
+        if len(run) < 2:
+            return x
+        return sample_ddim(model, x, run, noise, callback)
+    x = init_latent + noise_first * run[0]
+    if len(run) < 2:
+        return x
+    if row.noise == "brownian":
+        noise = BrownianNoise(init_latent, sigmas, seeds, sources)
+    return LOOPS[row.function](model, x, run, noise, callback)
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:

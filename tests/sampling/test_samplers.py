@@ -23,8 +23,9 @@ from engine.errors import InvalidRequest
 from engine.generate import generate
 from engine.request import GenerationRequest, Limits
 from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule, ddim_timesteps
-from engine.sampling.loop import LOOPS, sample, sampler_sigmas, total_steps
+from engine.sampling.loop import LOOPS, sample, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler
+from engine.sampling.steps import total_steps
 from tests.conftest import png_pixels
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)

@@ -1,0 +1,70 @@
+"""How many steps a request runs, without torch: the engine counts them for progress and ETAs.
+
+A1111's step rules: txt2img runs the sampler's steps (DDIM one fewer); img2img enters the
+sampler's schedule `t_enc` steps before its end (`setup_img2img_steps`); the hires pass runs its
+own steps over a longer schedule.
+"""
+
+from __future__ import annotations
+
+from engine.request import GenerationRequest
+from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler
+
+IMG2IMG_STRENGTH = 0.75  # A1111's default denoising strength of img2img
+HIRES_STRENGTH = 0.7  # and of the hires pass
+
+
+def img2img_steps(steps: int, strength: float, *, fixed: bool = False) -> tuple[int, int]:
+    """A1111 `setup_img2img_steps`: (schedule steps, t_enc) for `steps` at a denoising strength.
+
+    img2img (`fixed` False, A1111's `img2img_fix_steps` off): the schedule is the sampler's
+    for `steps`, entered `t_enc = int(min(strength, 0.999) · steps)` steps before its end.
+    The hires pass (`fixed`; A1111 passes it `steps`, which takes that branch): the schedule
+    is for `int(steps / min(strength, 0.999))` steps, entered `steps - 1` steps before its end.
+    """
+    capped = min(strength, 0.999)
+    if fixed:
+        return (int(steps / capped) if strength > 0 else 0), steps - 1
+    return steps, int(capped * steps)
+
+
+def total_steps(row: Sampler, steps: int) -> int:
+    """How many sampler steps (callbacks) a row runs for `steps` (DDIM: one fewer, as A1111)."""
+    if row.schedule == "ddim":
+        return _ddim_count(steps) - 1
+    return steps
+
+
+def img2img_total_steps(row: Sampler, steps: int, strength: float, *, fixed: bool = False) -> int:
+    """How many sampler steps (callbacks) `sample_img2img` runs."""
+    steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
+    if row.schedule == "ddim":
+        return max(min(t_enc, _ddim_count(steps)) - 1, 0) if steps else 0
+    return min(t_enc + 1, steps)
+
+
+def planned_steps(request: GenerationRequest) -> int:
+    """Sampler steps (callbacks) generate() runs for a checked request (`check_request`'s, with
+    its sampler and steps filled): txt2img's, img2img's cut schedule, or the first pass plus
+    the hires pass (what progress and ETAs count)."""
+    row = SAMPLERS[canonical_sampler(request.sampler or "")]
+    steps = request.num_inference_steps or 0
+    if request.init_image is not None:
+        return img2img_total_steps(row, steps, denoising_strength(request))
+    total = total_steps(row, steps)
+    if request.enable_hr:
+        hires = request.hr_second_pass_steps or steps
+        total += img2img_total_steps(row, hires, denoising_strength(request), fixed=True)
+    return total
+
+
+def denoising_strength(request: GenerationRequest) -> float:
+    """The request's denoising strength, or A1111's default for what it draws."""
+    if request.denoising_strength is not None:
+        return request.denoising_strength
+    return IMG2IMG_STRENGTH if request.init_image is not None else HIRES_STRENGTH
+
+
+def _ddim_count(steps: int, train_steps: int = 1000) -> int:
+    """len(ddim_timesteps(steps)) without building it."""
+    return len(range(0, train_steps, train_steps // steps))
