@@ -259,7 +259,10 @@ def generate(
                     step_end=step_end,
                     inpainting_unet=inpainting_unet,
                     upscale=functools.partial(
-                        upscale_image, library=model.addons.library, device=model.device
+                        upscale_image,
+                        library=model.addons.library,
+                        device=model.device,
+                        cache=model.addons.upscalers,
                     ),
                 )
                 _check_finite(latents, _DENOISING)

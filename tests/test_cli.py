@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -62,6 +63,34 @@ def test_draw_json_reports_path_seed_request_timings(
     for d in lines:
         image = Image.open(io.BytesIO(Path(d["path"]).read_bytes()))
         assert f"Seed: {d['seed']}," in image.info["parameters"]
+
+
+def test_draw_from_a_picture_and_paste_its_infotext_back(
+    settings_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = tmp_path / "in.jpg"
+    Image.new("RGB", (96, 80), (200, 40, 40)).save(picture)  # resized to 64x64 ("just resize")
+    args = ["--settings", str(settings_file), "draw"]
+    text = "1girl --steps 4 --size 64x64 --seed 3 --strength 0.3"
+    assert main([*args, text, "--init-image", str(picture), "--out", str(tmp_path / "a.png")]) == 0
+    with Image.open(tmp_path / "a.png") as drawn:
+        infotext = drawn.info["parameters"]
+        pixels = np.asarray(drawn.convert("RGB"), dtype=float)
+    assert "Denoising strength: 0.3" in infotext
+    assert pixels[..., 0].mean() > pixels[..., 2].mean() + 40  # still the red picture at 0.3
+    # The infotext pasted back, with the same picture, draws the same PNG.
+    again = tmp_path / "b.png"
+    assert main([*args, infotext, "--init-image", str(picture), "--out", str(again)]) == 0
+    assert again.read_bytes() == (tmp_path / "a.png").read_bytes()
+    # The door, and a strength without a picture.
+    (tmp_path / "fake.png").write_text("not a picture")
+    capsys.readouterr()
+    assert main([*args, "cat", "--init-image", str(tmp_path / "fake.png")]) == 2
+    assert "not a PNG, JPEG or WebP image" in capsys.readouterr().err
+    assert main([*args, "cat --strength 0.5"]) == 2
+    assert "strength is for an image" in capsys.readouterr().err
+    assert main([*args, "cat", "--mask", str(picture)]) == 2
+    assert "--mask needs --init-image" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from engine.sampling import loop
 from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
 from engine.sampling.loop import img2img_sigmas, sample, sample_img2img
 from engine.sampling.samplers import SAMPLERS
-from engine.sampling.steps import planned_steps
+from engine.sampling.steps import img2img_total_steps, planned_steps
 from tests.conftest import png_pixels
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def test_schedule_and_start_are_a1111s(
     )  # fmt: skip
     torch.testing.assert_close(out if not seen else seen[0][0], want_start, rtol=0, atol=0)
     runs = len(want_sched) - 1
-    assert loop.img2img_total_steps(row, steps, strength, fixed=fixed) == max(runs, 0)
+    assert img2img_total_steps(row, steps, strength, fixed=fixed) == max(runs, 0)
     if fixed and steps * strength > 0 and row.function is not None:
         assert runs == steps  # the hires pass runs exactly its steps
 

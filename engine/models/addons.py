@@ -26,6 +26,7 @@ from engine.models.library import AddonFile, AddonLibrary
 from engine.models.lora import Lora, LoraPatcher
 from engine.models.vae import load_vae
 from engine.prompting.networks import networks_of
+from engine.upscalers import UpscalerCache
 from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,13 @@ class Addons:
         self._hypernets = HypernetworkHook(pipe.unet)
         self._embeddings: EmbeddingDB | None = None
         self._embeddings_key: tuple[tuple[str, int], ...] | None = None
+        self._upscalers = UpscalerCache()
         self.problems: list[str] = []  # embeddings that were skipped, for `aidraw models`
+
+    @property
+    def upscalers(self) -> UpscalerCache:
+        """Upscaler networks loaded for hires fix, kept for the next batches."""
+        return self._upscalers
 
     @property
     def library(self) -> AddonLibrary:
