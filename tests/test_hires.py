@@ -245,4 +245,4 @@ def test_the_door_knows_every_latent_upscaler_hires_can_run() -> None:
     from engine.latents import LATENT_UPSCALE_MODES
     from engine.upscalers import LATENT
 
-    assert LATENT == tuple(LATENT_UPSCALE_MODES)
+    assert tuple(LATENT_UPSCALE_MODES) == LATENT
