@@ -741,6 +741,14 @@ ERRORS_ZH: dict[str, str] = {
     "picture_range": "{label} {value} 不可用：请用 {min} 到 {max}。",
     "hires_steps_range": "高清修复步数 {steps} 不可用：请用 0（与步数相同）到 {max}。",
     "mask_without_image": "蒙版需要它所属的图片。",
+    "upscale_needs_picture": "放大需要一张图片（且不带高清修复）。",
+    "upscale_latent": (
+        "{upscaler} 是作画时放大潜空间的：放大图片请用 Lanczos、Nearest 或放大器文件。"
+    ),
+    "upscale_too_large": (
+        "把 {width}x{height} 放大 ×{scale} 会得到 {out_width}x{out_height}："
+        "最多允许 {max_pixels:,} 像素、每边 {max_side}。"
+    ),
     "strength_without_image": (
         "重绘幅度用于图片（以图生图）或高清修复：请随提示词发送图片，或加上 --hires。"
     ),

@@ -14,6 +14,7 @@ from engine.prompting import check_weights
 from engine.prompting.networks import networks_of, with_hypernet
 from engine.request import RNG_SOURCES, GenerationRequest, Limits, RequestDefaults
 from engine.sampling.samplers import canonical_sampler
+from engine.upscalers import LATENT
 
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
@@ -217,6 +218,20 @@ def _check_pictures(req: GenerationRequest, limits: Limits) -> None:
     if req.mask_image is not None and req.init_image is None:
         raise InvalidRequest(
             "A mask needs the image it belongs to.", field="mask_image", key="mask_without_image"
+        )
+    if req.extras_upscale and (req.init_image is None or req.enable_hr):
+        raise InvalidRequest(
+            "An upscale needs a picture (and no hires fix).",
+            field="extras_upscale",
+            key="upscale_needs_picture",
+        )
+    if req.extras_upscale and req.hr_upscaler in ("None", *LATENT):
+        raise InvalidRequest(
+            f"{req.hr_upscaler} upscales latents while drawing: to upscale a picture use "
+            "Lanczos, Nearest or an upscaler file.",
+            field="hr_upscaler",
+            key="upscale_latent",
+            upscaler=req.hr_upscaler,
         )
     if req.enable_hr and req.init_image is not None:
         raise InvalidRequest(

@@ -61,7 +61,14 @@ from engine.errors import (
     JobCancelled,
     QueueFull,
 )
-from engine.images import INPUTS, ImageStore, StoredImage, read_image
+from engine.images import (
+    INPUTS,
+    ImageStore,
+    StoredImage,
+    read_image,
+    stored_size,
+    upscale_size,
+)
 from engine.job import Job
 from engine.journal import JobRecord, Journal, JournalError
 from engine.model_slot import ModelSlot, tiny_request
@@ -646,6 +653,8 @@ class Engine(Generic[M]):
                     field="image",
                     key="image_not_stored",
                 )
+        if request.extras_upscale and request.init_image is not None:
+            upscale_size(stored_size(request.init_image), request.hr_scale, self._limits)
         entry = pick_model(self._registry, request, self.default_model)
         checked = check_request(
             dataclasses.replace(request, model=entry.name, model_hash=None),

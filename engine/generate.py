@@ -15,6 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from engine.checks import check_request
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled, Phrase
+from engine.extras import upscale_results
 from engine.hires import check_hires, hires_pass
 from engine.infotext import create_infotext
 from engine.latents import image_conditioning, init_latents, to_images
@@ -97,6 +98,8 @@ def generate(
             differing.append("extra networks")
         if differing:
             raise ValueError(f"requests cannot share a batch: they differ in {differing}")
+    if first.extras_upscale:  # A1111's Extras: the picture upscaled, nothing drawn
+        return upscale_results(model, reqs, limits)
     assert first.width is not None and first.height is not None
     assert first.num_inference_steps is not None and first.guidance_scale is not None
     assert first.sampler is not None and first.clip_skip is not None

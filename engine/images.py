@@ -104,6 +104,34 @@ def _check_pixels(size: tuple[int, int], limits: Limits) -> None:
         )
 
 
+def upscale_size(size: tuple[int, int], scale: float, limits: Limits) -> tuple[int, int]:
+    """The size of a picture upscaled by `scale` (A1111's Extras); InvalidRequest past the
+    size limits, so an upscale is refused at the door."""
+    width, height = size
+    out = (int(width * scale), int(height * scale))
+    if out[0] * out[1] > limits.max_pixels or max(out) > limits.max_side:
+        raise InvalidRequest(
+            f"Upscaling {width}x{height} ×{scale:g} would make {out[0]}x{out[1]}: at most "
+            f"{limits.max_pixels:,} pixels and {limits.max_side} per side are allowed.",
+            field="hr_scale",
+            key="upscale_too_large",
+            width=width,
+            height=height,
+            scale=f"{scale:g}",
+            out_width=out[0],
+            out_height=out[1],
+            max_pixels=limits.max_pixels,
+            max_side=limits.max_side,
+        )
+    return out
+
+
+def stored_size(path: str) -> tuple[int, int]:
+    """A kept picture's size, from its header."""
+    with Image.open(path) as image:
+        return image.size
+
+
 def _flatten(image: Image.Image, mask: bool) -> Image.Image:
     """RGB on white (transparency flattened, as A1111's `flatten`); a mask in grey levels."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -61,6 +61,8 @@ class GenerationRequest:
         hr_upscaler: "Latent" (A1111's bilinear latent upscale), another A1111 latent mode,
             "Lanczos", or an upscaler file's name from models/ESRGAN.
         hr_second_pass_steps: steps of the hires pass; 0 = the request's steps (A1111).
+        extras_upscale: draw nothing: `init_image` upscaled by hr_scale with hr_upscaler (an
+            image upscaler: Lanczos, Nearest or a file), as A1111's Extras tab.
     """
 
     prompt: str
@@ -97,6 +99,7 @@ class GenerationRequest:
     hr_scale: float = 2.0
     hr_upscaler: str = "Latent"
     hr_second_pass_steps: int = 0
+    extras_upscale: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +215,7 @@ BATCH_KEYS = (
     "hr_scale",
     "hr_upscaler",
     "hr_second_pass_steps",
+    "extras_upscale",
 )
 # Requests whose prompts name different LoRAs or hypernetworks never share a batch either
 # (`engine.prompting.networks.networks_of(request.prompt)` is part of a job's batch key).

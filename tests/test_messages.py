@@ -55,7 +55,7 @@ NOT_FOR_USERS = {
 KEPT = {"CFG", "CLIP", "CPU", "ENSD", "GPU", "LoRA", "NAI", "NaN", "VAE", "pickle", "safetensors"}
 # What users type as it is: tag and setting names, folders, an example name.
 KEPT |= {"None", "models", "lora", "hypernet", "vram", "lowvram", "medvram", "anime"}
-KEPT |= {"Latent", "Lanczos", "PNG", "JPEG", "WebP"}  # A1111's upscalers; image formats
+KEPT |= {"Latent", "Lanczos", "Nearest", "PNG", "JPEG", "WebP"}  # A1111's upscalers; image formats
 FLAG = re.compile(r"--[a-z][a-z-]*")
 
 

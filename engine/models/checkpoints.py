@@ -148,7 +148,7 @@ class ModelRegistry:
                 continue
             if kind == "VAE":
                 vae = found.name
-        if request.enable_hr:
+        if request.enable_hr or request.extras_upscale:
             try:
                 check_hires_upscaler(request.hr_upscaler, self.addons)
             except ModelNotFound as e:

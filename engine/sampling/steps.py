@@ -47,6 +47,8 @@ def planned_steps(request: GenerationRequest) -> int:
     """Sampler steps (callbacks) generate() runs for a checked request (`check_request`'s, with
     its sampler and steps filled): txt2img's, img2img's cut schedule, or the first pass plus
     the hires pass (what progress and ETAs count)."""
+    if request.extras_upscale:
+        return 0  # nothing is drawn
     row = SAMPLERS[canonical_sampler(request.sampler or "")]
     steps = request.num_inference_steps or 0
     if request.init_image is not None:
