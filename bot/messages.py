@@ -35,6 +35,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "Drawing… step {step}/{total}{eta}",
         "zh": "绘制中… 第 {step}/{total} 步{eta}",
     },
+    "upscaling": {"en": "Upscaling…{eta}", "zh": "放大中…{eta}"},
     "done": {"en": "Done.", "zh": "完成。"},
     "cancelled": {"en": "Cancelled.", "zh": "已取消。"},
     "error": {"en": "Error: {message}", "zh": "出错了：{message}"},
@@ -63,6 +64,14 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "caption_img2img": {
         "en": " · from a picture, strength {strength}",
         "zh": " · 以图生图，重绘幅度 {strength}",
+    },
+    "caption_inpaint": {
+        "en": " · inpainted from your picture, strength {strength}",
+        "zh": " · 按蒙版重绘你的图片，重绘幅度 {strength}",
+    },
+    "caption_extras": {
+        "en": "Upscaled ×{scale} with {upscaler}",
+        "zh": "用 {upscaler} 放大 ×{scale}",
     },
     "caption_hires": {
         "en": " · hires ×{scale}, strength {strength}",
@@ -95,6 +104,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "discord_cmd_draw": {
         "en": "Draw a picture (inline flags and a pasted A1111 infotext work too)",
         "zh": "画一张图（支持行内参数和粘贴的 A1111 图片信息）",
+    },
+    "discord_cmd_upscale": {
+        "en": "Upscale a picture without drawing it again (Lanczos, Nearest or an upscaler file)",
+        "zh": "放大一张图片，不重新绘制（Lanczos、Nearest 或放大器文件）",
     },
     "discord_cmd_queue": {"en": "Your jobs and the queue", "zh": "你的任务和队列"},
     "discord_cmd_cancel": {
@@ -172,6 +185,22 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "A picture to draw from (PNG, JPEG or WebP); --strength 0.3-0.9 in the prompt",
         "zh": "以这张图作画（PNG、JPEG 或 WebP）；提示词里可加 --strength 0.3-0.9",
     },
+    "discord_opt_mask": {
+        "en": "A mask for image: white where to redraw, black to keep (inpainting)",
+        "zh": "image 的蒙版：白色处重绘，黑色处保留（局部重绘）",
+    },
+    "discord_opt_upscale_image": {
+        "en": "The picture to upscale (PNG, JPEG or WebP)",
+        "zh": "要放大的图片（PNG、JPEG 或 WebP）",
+    },
+    "discord_opt_upscale_scale": {
+        "en": "How many times bigger: 1 to 4 (default 2)",
+        "zh": "放大倍数：1 到 4（默认 2）",
+    },
+    "discord_opt_upscaler": {
+        "en": "Lanczos, Nearest or an upscaler file (default: the bot's)",
+        "zh": "Lanczos、Nearest 或放大器文件（默认：机器人的设置）",
+    },
     "discord_opt_vae": {
         "en": "A VAE in models/VAE; None = the model's own; Automatic = a .vae file beside it",
         "zh": "models/VAE 中的 VAE；None = 模型自带的；Automatic = 模型旁的 .vae 文件",
@@ -240,6 +269,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "Job {job}: drawing, step {step}/{total}{eta}",
         "zh": "任务 {job}：绘制中，第 {step}/{total} 步{eta}",
     },
+    "discord_queue_upscaling": {
+        "en": "Job {job}: upscaling{eta}",
+        "zh": "任务 {job}：放大中{eta}",
+    },
     "discord_queue_total": {
         "en": "{queued} job(s) waiting in all{paused}.",
         "zh": "共 {queued} 个任务在排队{paused}。",
@@ -269,11 +302,14 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "Flags in the prompt: {flags}.\n"
             "A line `Negative prompt: …` and a whole pasted A1111 infotext work too; the "
             "options of /draw set the same things. Its `image` option draws from a picture "
-            "(`--strength 0.3` keeps it close, `0.9` changes a lot).\n"
+            "(`--strength 0.3` keeps it close, `0.9` changes a lot); add a `mask` (white where "
+            "to redraw, black to keep) to redraw only part of it.\n"
             "Buttons: 🎲 same request, new seed · 🔀 Vary (subtle) / Vary (strong): the first "
             "image with a new variation seed, at strength {subtle} / {strong} · 🔍 Upscale: "
             "the first image at twice the size · ✏️ edit the prompt and draw again (same "
             "seed) · 🗑 delete · ❌ cancel while waiting.\n"
+            "**/upscale** `image` [`scale` 1–4] [`upscaler`] makes a picture bigger without "
+            "drawing it again.\n"
             "Commands: /queue, /cancel [job], /settings, /history [job], /help."
         ),
         "zh": (
@@ -281,10 +317,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "提示词中的参数：{flags}。\n"
             "也可以写一行 `Negative prompt: …`，或粘贴完整的 A1111 图片信息；/draw 的选项"
             "设置的是同样的内容。它的 `image` 选项以一张图作画（`--strength 0.3` 改动小，"
-            "`0.9` 改动大）。\n"
+            "`0.9` 改动大）；再加上 `mask`（白色处重绘，黑色处保留）就只重绘其中一部分。\n"
             "按钮：🎲 同样的请求换种子 · 🔀 微调变体 / 大幅变体：第一张图加新的变体种子，强度 "
             "{subtle} / {strong} · 🔍 放大：第一张图放大到两倍 · ✏️ 编辑提示词后重画（同种子） · "
             "🗑 删除 · ❌ 排队时取消。\n"
+            "**/upscale** `image` [`scale` 1–4] [`upscaler`] 放大一张图片，不重新绘制。\n"
             "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
         ),
     },
@@ -372,11 +409,13 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "--n COUNT, --model NAME, --clip-skip N.\n"
             'A second line "Negative prompt: …" and a pasted A1111 infotext work too.\n'
             "Send a picture with the prompt as its caption (or reply to a picture with a "
-            "prompt) to draw from it; --strength 0.3 keeps it close, 0.9 changes a lot.\n\n"
+            "prompt) to draw from it; --strength 0.3 keeps it close, 0.9 changes a lot.\n"
+            "/upscale [SCALE] [UPSCALER] as a picture's caption, or as a reply to a picture, "
+            "makes it bigger without drawing it again, e.g. /upscale 2 Lanczos.\n\n"
             "Under each picture: 🎲 same prompt, new seed; 🔀 Vary (subtle or strong): that "
             "image, changed a little or a lot; 🔍 Upscale: that image at twice the size; "
             "📄 the original PNG with its infotext.\n"
-            "Commands: /queue, /cancel [job|all], /settings, /history, /help."
+            "Commands: /queue, /cancel [job|all], /settings, /history, /upscale, /help."
         ),
         "zh": (
             "发给我提示词就画（群里用 /draw <提示词>，或回复我的消息），例如：\n"
@@ -386,17 +425,19 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "--n 数量、--model 名称、--clip-skip N。\n"
             '第二行写 "Negative prompt: …"，或粘贴 A1111 的图片信息，也可以。\n'
             "发送图片并把提示词写在图片说明里（或用提示词回复一张图），就以这张图作画；"
-            "--strength 0.3 改动小，0.9 改动大。\n\n"
+            "--strength 0.3 改动小，0.9 改动大。\n"
+            "把 /upscale [倍数] [放大器] 写在图片说明里，或用它回复一张图，就放大这张图而不重新"
+            "绘制，例如 /upscale 2 Lanczos。\n\n"
             "图片下的按钮：🎲 同提示词换种子；🔀 微调/大幅变体：这张图小改或大改；"
             "🔍 放大：这张图放大到两倍；📄 带图片信息的 PNG 原图。\n"
-            "命令：/queue、/cancel [任务号|all]、/settings、/history、/help。"
+            "命令：/queue、/cancel [任务号|all]、/settings、/history、/upscale、/help。"
         ),
     },
     "tg_unknown_command": {
         "en": "There is no {command} command. Mine: /draw, /queue, /cancel, /settings, /history, "
-        "/help; any other text is a prompt.",
+        "/upscale, /help; any other text is a prompt.",
         "zh": "没有 {command} 这个命令。可用命令：/draw、/queue、/cancel、/settings、/history、"
-        "/help；其他文字都会当作提示词来画。",
+        "/upscale、/help；其他文字都会当作提示词来画。",
     },
     "tg_draw_usage": {
         "en": "Write what to draw after /draw, e.g. /draw 1girl, silver hair --seed 42",
@@ -407,6 +448,13 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "(flags work too, e.g. --strength 0.5), or reply to it with the prompt.",
         "zh": "要以这张图作画，请重新发送它并把提示词写在图片说明里（也可以加参数，例如 "
         "--strength 0.5），或者用提示词回复这张图。",
+    },
+    "tg_upscale_usage": {
+        "en": "Send /upscale [SCALE] [UPSCALER] as the caption of a picture, or reply with it to "
+        "a message with a picture, e.g. /upscale 2 Lanczos (scale 1 to 4, default 2). "
+        "Upscalers here: {upscalers}.",
+        "zh": "把 /upscale [倍数] [放大器] 写在图片说明里，或用它回复一条带图片的消息，例如 "
+        "/upscale 2 Lanczos（倍数 1 到 4，默认 2）。这里的放大器：{upscalers}。",
     },
     "tg_banned": {
         "en": "This bot does not draw prompts with {word!r}.",
@@ -424,6 +472,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "tg_queue_drawing": {
         "en": "job {job}: drawing, step {step}/{total}{eta}",
         "zh": "任务 {job}：绘制中，第 {step}/{total} 步{eta}",
+    },
+    "tg_queue_upscaling": {
+        "en": "job {job}: upscaling{eta}",
+        "zh": "任务 {job}：放大中{eta}",
     },
     "tg_queue_waiting": {
         "en": "job {job}: #{position} in line{eta}",
@@ -494,6 +546,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "画图：/draw <提示词> --参数",
     },
     "tg_cmd_help": {"en": "How to write prompts and flags", "zh": "提示词和参数的写法"},
+    "tg_cmd_upscale": {
+        "en": "Upscale a picture: /upscale [SCALE] [UPSCALER] as its caption or a reply to it",
+        "zh": "放大图片：把 /upscale [倍数] [放大器] 写在图片说明里或回复图片",
+    },
     "tg_cmd_queue": {"en": "Your jobs and the queue", "zh": "你的任务和队列"},
     "tg_cmd_cancel": {
         "en": "Cancel your newest job (/cancel JOB, /cancel all)",
@@ -527,7 +583,9 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "--n COUNT, --model NAME, --clip-skip N. /draw in front works too, and so does a "
             "pasted A1111 infotext. Shift+Enter starts a new line. + Picture (or a picture "
             "dropped or pasted here) draws from that picture: --strength 0.3 keeps it close, "
-            "0.9 changes a lot."
+            "0.9 changes a lot; ✎ Mask paints where to redraw (the rest is kept). With a "
+            "picture and no prompt, ⤢ Upscale makes it bigger without drawing; /upscale 3 "
+            "Nearest picks the scale and the upscaler."
         ),
         "zh": (
             "输入提示词后按回车，例如：\n"
@@ -536,7 +594,9 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
             "--n 数量、--model 名称、--clip-skip N。前面加 /draw 也可以，粘贴 A1111 图片信息也行。"
             "Shift+回车换行。点 + 图片（或把图片拖到、粘贴到这里）以图作画："
-            "--strength 0.3 改动小，0.9 改动大。"
+            "--strength 0.3 改动小，0.9 改动大；✎ 蒙版 可涂出要重绘的地方（其余保留）。"
+            "有图片而没有提示词时，⤢ 放大 只放大图片而不重新绘制；/upscale 3 Nearest "
+            "可指定倍数和放大器。"
         ),
     },
     "web_placeholder": {
@@ -566,6 +626,26 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "以一张图作画（PNG、JPEG 或 WebP）；也可以把图片拖到这里",
     },
     "web_picture_remove": {"en": "Remove the picture", "zh": "移除图片"},
+    "web_mask": {"en": "✎ Mask", "zh": "✎ 蒙版"},
+    "web_mask_title": {
+        "en": "Paint white where the picture is redrawn; the rest is kept (inpainting)",
+        "zh": "用白色涂出要重绘的地方，其余部分保留（局部重绘）",
+    },
+    "web_brush": {"en": "Brush", "zh": "笔刷"},
+    "web_mask_clear": {"en": "Clear", "zh": "清除"},
+    "web_mask_done": {"en": "Done", "zh": "完成"},
+    "web_masked": {"en": "with a mask", "zh": "带蒙版"},
+    "web_upscale_picture": {"en": "⤢ Upscale", "zh": "⤢ 放大"},
+    "web_upscale_picture_title": {
+        "en": "Make this picture bigger without drawing it again (×2; type /upscale 3 Nearest "
+        "for another scale or upscaler)",
+        "zh": "放大这张图片而不重新绘制（×2；输入 /upscale 3 Nearest 可指定倍数和放大器）",
+    },
+    "web_upscale_needs_picture": {
+        "en": "/upscale needs a picture: add one with + Picture, or drop or paste it here.",
+        "zh": "/upscale 需要一张图片：点 + 图片添加，或把图片拖到、粘贴到这里。",
+    },
+    "web_upscaled_with": {"en": "×{scale} · {upscaler}", "zh": "×{scale} · {upscaler}"},
     "web_picture_too_big": {
         "en": "{name} is {size}: at most {max} is allowed.",
         "zh": "{name} 有 {size}：最多允许 {max}。",
@@ -583,8 +663,9 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "任务 {job} 已经结束了。",
     },
     "web_unknown_command": {
-        "en": "Unknown command {command}: type a prompt, or /draw and a prompt.",
-        "zh": "未知命令 {command}：请直接输入提示词，或 /draw 加提示词。",
+        "en": "Unknown command {command}: type a prompt, or /draw and a prompt (or /upscale "
+        "with a picture).",
+        "zh": "未知命令 {command}：请直接输入提示词，或 /draw 加提示词（或带图片的 /upscale）。",
     },
     "web_disconnected": {
         "en": "Connection to aidraw lost; reconnecting…",
@@ -742,6 +823,7 @@ ERRORS_ZH: dict[str, str] = {
     "hires_steps_range": "高清修复步数 {steps} 不可用：请用 0（与步数相同）到 {max}。",
     "mask_without_image": "蒙版需要它所属的图片。",
     "upscale_needs_picture": "放大需要一张图片（且不带高清修复）。",
+    "upscale_scale": "无法放大 ×{scale}：请用 1 到 4，例如 2。",
     "upscale_latent": (
         "{upscaler} 是作画时放大潜空间的：放大图片请用 Lanczos、Nearest 或放大器文件。"
     ),
@@ -850,7 +932,11 @@ def caption(
 ) -> str:
     """A result's line, on every frontend: seeds, model, steps, for variations their variation
     seeds and strength (read from the images' infotexts, as A1111 wrote them), and whether it
-    was drawn from a picture or with hires fix, at which strength."""
+    was drawn from a picture (inpainted, with a mask) or with hires fix, at which strength. An
+    upscale of a picture (A1111's Extras) says only its scale and upscaler."""
+    if request.extras_upscale:
+        scale = format_number(request.hr_scale)
+        return text("caption_extras", locale, scale=scale, upscaler=request.hr_upscaler)
     line = text(
         "caption",
         locale,
@@ -869,7 +955,8 @@ def caption(
     denoising = request.denoising_strength
     if request.init_image is not None:
         strength = format_number(IMG2IMG_STRENGTH if denoising is None else denoising)
-        line += text("caption_img2img", locale, strength=strength)
+        key = "caption_img2img" if request.mask_image is None else "caption_inpaint"
+        line += text(key, locale, strength=strength)
     if request.enable_hr:
         strength = format_number(HIRES_STRENGTH if denoising is None else denoising)
         line += text(

@@ -18,6 +18,7 @@ from engine.device import DeviceOptions
 from engine.errors import InvalidRequest
 from engine.queue import QueueConfig
 from engine.request import GenerationRequest, Limits, RequestDefaults
+from engine.upscalers import HIRES_ONLY
 
 SETTINGS_ENV = "AIDRAW_SETTINGS"
 
@@ -52,12 +53,19 @@ class BotSettings:
         strong_variation_strength: the same for "Vary (strong)".
         upscale_strength: the denoising strength of the "Upscale" button's second pass
             (hires fix, or img2img at twice the size for a picture drawn from a picture).
+        upscale_with: what the "Upscale" button does: "hires" (draws the image again at
+            twice the size, at upscale_strength) or "extras" (A1111's Extras: the image's
+            PNG upscaled ×2 with `upscaler`, nothing drawn).
+        upscaler: the upscaler of /upscale (when none is named) and of upscale_with =
+            "extras": "Lanczos", "Nearest" or a file in models/ESRGAN.
     """
 
     progress_interval_s: float = 2.0
     variation_strength: float = 0.35
     strong_variation_strength: float = 0.7
     upscale_strength: float = 0.45
+    upscale_with: Literal["hires", "extras"] = "hires"
+    upscaler: str = "Lanczos"
 
 
 # What the [telegram] table judges NSFW: these words or tags in the (positive) prompt.
@@ -243,6 +251,12 @@ def _check_meaning(settings: Settings, source: str) -> None:
         check_request(GenerationRequest(prompt=""), settings.limits, settings.defaults)
     except InvalidRequest as e:
         raise SettingsError(f"{source}: defaults.{e.field}: {e}") from e
+    upscaler = settings.bot.upscaler
+    if not upscaler.strip() or upscaler in HIRES_ONLY:
+        raise SettingsError(
+            f"{source}: bot.upscaler: {upscaler!r} is not allowed: it upscales pictures, so "
+            'use "Lanczos", "Nearest" or a file in models/ESRGAN'
+        )
 
 
 def env_token(name: str) -> str | None:

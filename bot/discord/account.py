@@ -29,14 +29,16 @@ from bot.discord.interactions import (
     size_choices,
 )
 from bot.discord.reply import clip
-from bot.discord.views import RESULT_ACTIONS, job_view
+from bot.discord.views import job_view, result_actions
 from bot.messages import Locale, text
+from bot.messages import caption as messages_caption
 from bot.parse import read_request
 from bot.prefs import model_defaults
 from engine.checks import check_request
 from engine.infotext import format_number
 from engine.job import Job
 from engine.journal import SavedImage
+from engine.request import GenerationRequest
 from engine.sampling.samplers import SAMPLERS
 
 
@@ -189,7 +191,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
                     job=record.id,
                     when=f"<t:{int(record.submitted_at)}:R>",
                     seed=", ".join(str(image.seed) for image in record.images),
-                    prompt=clip(record.request.prompt, 80),
+                    prompt=clip(_what(record.request, locale), 80),
                 )
                 for record in self.engine.history(user, limit=10)
             ]
@@ -206,11 +208,16 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         files = await asyncio.to_thread(_saved_files, job, record.images)
         if not files:
             raise NotAllowed(text("discord_gone", locale, job=job))
-        view = job_view(RESULT_ACTIONS, job, locale)
+        view = job_view(result_actions(record.request), job, locale)
         seeds = [image.seed for image in record.images]
         infotexts = [image.infotext for image in record.images]
         content = caption(job, record.request, seeds, infotexts, (), locale)
         await interaction.response.send_message(content, files=files, view=view, ephemeral=True)
+
+
+def _what(request: GenerationRequest, locale: Locale) -> str:
+    """A job's prompt; an upscale of a picture has none: its line."""
+    return request.prompt or messages_caption(request, [], [], locale)
 
 
 _REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
@@ -225,6 +232,8 @@ def _setting_line(name: str, saved: object, default: object) -> str:
 def _job_line(job: Job, locale: Locale) -> str:
     p = job.progress
     eta = text("eta", locale, seconds=round(p.eta_s)) if p.eta_s else ""
+    if p.state == "running" and job.request.extras_upscale:
+        return text("discord_queue_upscaling", locale, job=job.id, eta=eta)
     if p.state == "running":
         return text(
             "discord_queue_drawing", locale, job=job.id, step=p.step, total=p.total, eta=eta

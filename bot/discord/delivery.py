@@ -22,7 +22,7 @@ import discord
 from bot.advice import size_warning
 from bot.discord.client import AidrawBot
 from bot.discord.reply import TRANSIENT, Attachment, Reply
-from bot.discord.views import RESULT_ACTIONS, job_view
+from bot.discord.views import job_view, result_actions
 from bot.messages import Locale, error_text, text
 from bot.messages import caption as result_line
 from bot.wordlist import find_word
@@ -115,7 +115,7 @@ class Delivery:
             await self._finish(reply, job, error_text(e, locale), [], None)
             return
         files = [Attachment(f"aidraw-{job.id}-{r.seed}.png", r.png, spoiler) for r in results]
-        view = job_view(RESULT_ACTIONS, job.id, locale)
+        view = job_view(result_actions(results[0].request), job.id, locale)
         seeds = [r.seed for r in results]
         infotexts = [r.infotext for r in results]
         content = caption(job.id, results[0].request, seeds, infotexts, notes, locale)
@@ -155,7 +155,7 @@ class Delivery:
         async for progress in job.updates():
             if finished.is_set() or progress.state not in ("queued", "running"):
                 return
-            content = "\n".join([_status(job.id, progress, locale), *notes])
+            content = "\n".join([_status(job, progress, locale), *notes])
             if shown is not None and (content, progress.preview) == shown:
                 continue
             preview = progress.preview
@@ -195,13 +195,15 @@ def caption(
     return "\n".join([text("discord_job_line", locale, job=job_id, text=line), *notes])
 
 
-def _status(job_id: int, progress: Progress, locale: Locale) -> str:
+def _status(job: Job, progress: Progress, locale: Locale) -> str:
     eta = text("eta", locale, seconds=round(progress.eta_s)) if progress.eta_s else ""
-    if progress.state == "running":
+    if progress.state == "running" and job.request.extras_upscale:
+        line = text("upscaling", locale, eta=eta)  # nothing is drawn: no steps
+    elif progress.state == "running":
         line = text("drawing", locale, step=progress.step, total=progress.total, eta=eta)
     else:
         line = text("queued", locale, position=progress.position or 1, eta=eta)
-    return text("discord_job_line", locale, job=job_id, text=line)
+    return text("discord_job_line", locale, job=job.id, text=line)
 
 
 async def _logged(work: Coroutine[Any, Any, None]) -> None:

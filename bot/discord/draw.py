@@ -1,5 +1,5 @@
-"""Discord: drawing (`DrawCog`): /draw, /help, what the job buttons and the edit modal do, and
-the error handler every command goes through.
+"""Discord: drawing (`DrawCog`): /draw (from a picture and a mask too), /upscale, /help, what
+the job buttons and the edit modal do, and the error handler every command goes through.
 
 `bot.discord.bot.run_discord` runs the bot; a user's jobs and defaults are
 `bot.discord.account`, admin commands `bot.discord.admin`. A submitted job is followed to its
@@ -41,20 +41,32 @@ from bot.discord.reply import TRANSIENT, Reply, clip
 from bot.discord.views import DRAW_COG, EditModal
 from bot.messages import LIST_SEPARATOR, Locale, error_message, error_text, text
 from bot.parse import FLAGS, ParsedRequest, PromptSettings, read_request
-from bot.pictures import check_announced, store_picture, upscale_request
+from bot.pictures import (
+    UPSCALE,
+    check_announced,
+    check_extras,
+    extras_of,
+    extras_request,
+    picture_upscaler,
+    picture_upscalers,
+    store_picture,
+    upscale_request,
+    upscale_scale,
+)
 from bot.wordlist import find_word
+from engine.checks import check_request
 from engine.errors import EngineError
 from engine.infotext import format_number, infotext_from_image
-from engine.request import GenerationRequest
+from engine.request import GenerationRequest, Limits
 from engine.sampling.samplers import SAMPLERS
 
 log = logging.getLogger(__name__)
 
 
 class DrawCog(PlaceCheckedCog, name=DRAW_COG):
-    """/draw and /help, the job buttons and the edit modal (`JobActions`), and the one error
-    handler. A user's jobs and defaults are `bot.discord.account.AccountCog`; admin commands
-    `bot.discord.admin.AdminCog`."""
+    """/draw, /upscale and /help, the job buttons and the edit modal (`JobActions`), and the
+    one error handler. A user's jobs and defaults are `bot.discord.account.AccountCog`; admin
+    commands `bot.discord.admin.AdminCog`."""
 
     def __init__(self, bot: AidrawBot) -> None:
         self.bot = bot
@@ -128,6 +140,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         model=description("discord_opt_model"),
         count=description("discord_opt_count"),
         image=description("discord_opt_image"),
+        mask=description("discord_opt_mask"),
     )
     @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
     async def draw(
@@ -143,12 +156,17 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         model: str | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
         image: discord.Attachment | None = None,
+        mask: discord.Attachment | None = None,
     ) -> None:
         options: dict[str, Any] = {"--neg": negative, "--size": size, "--seed": seed}
         options |= {"--steps": steps, "--scale": scale, "--sampler": sampler}
         options |= {"--model": model, "--n": count}
         parsed = self._read(interaction, prompt, options)
-        await self._start(interaction, parsed.request, parsed.notes, picture=image)
+        request = parsed.request
+        if mask is not None and image is None:
+            # The door's own refusal (mask_without_image), before anything is downloaded.
+            check_request(dataclasses.replace(request, mask_image=mask.filename), self._limits)
+        await self._start(interaction, request, parsed.notes, picture=image, mask=mask)
 
     @draw.autocomplete("size")
     async def _sizes(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
@@ -157,6 +175,39 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
     @draw.autocomplete("model")
     async def _models(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
         return model_choices(self.engine, current)
+
+    @property
+    def _limits(self) -> Limits:
+        return self.settings.limits
+
+    # --- /upscale -------------------------------------------------------------------------------
+
+    @app_commands.command(name="upscale", description=description("discord_cmd_upscale"))
+    @app_commands.describe(
+        image=description("discord_opt_upscale_image"),
+        scale=description("discord_opt_upscale_scale"),
+        upscaler=description("discord_opt_upscaler"),
+    )
+    async def upscale(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        scale: app_commands.Range[float, 1.0, 4.0] = UPSCALE,
+        upscaler: str | None = None,
+    ) -> None:
+        """A picture made bigger without drawing (A1111's Extras); the scale and the upscaler
+        are checked before it is downloaded."""
+        name = picture_upscaler(self.engine, upscaler or self.settings.bot.upscaler)
+        request = extras_request(
+            "", scale=upscale_scale(scale), upscaler=name, requester=requester_of(interaction.user)
+        )
+        check_extras(request, self._limits)  # before the download
+        await self._start(interaction, request, picture=image)
+
+    @upscale.autocomplete("upscaler")
+    async def _upscalers(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        names = [n for n in picture_upscalers(self.engine) if current.lower() in n.lower()]
+        return [Choice(name=name, value=name) for name in names[:25]]
 
     def _read(
         self, interaction: discord.Interaction, prompt: str, options: dict[str, Any]
@@ -182,25 +233,35 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         notes: Iterable[str] = (),
         *,
         picture: discord.Attachment | None = None,
+        mask: discord.Attachment | None = None,
     ) -> None:
         """Admit and submit (a refusal is ephemeral, nothing queued), then defer and follow.
 
-        With a `picture` (img2img), what Discord says of its size and type is checked first;
-        then the interaction is deferred (downloading may take longer than Discord's three
-        seconds), and a refusal after that is what the "thinking" message turns into.
+        With a `picture` (img2img; an upscale's picture) and its `mask` (inpainting), what
+        Discord says of their sizes and types is checked first; then the interaction is
+        deferred (downloading may take longer than Discord's three seconds), and a refusal
+        after that is what the "thinking" message turns into.
         """
         locale = self._locale(interaction)
         spoiler = self._admit(interaction, request, locale)
         reply_to = f"discord:{interaction.channel_id}:{interaction.user.id}"
-        if picture is None:
+        if picture is None and mask is None:
             job = self.engine.submit(request, reply_to=reply_to)
         else:
-            check_announced(picture.size, picture.content_type, self.settings.limits)
+            for attachment in (picture, mask):
+                if attachment is not None:
+                    check_announced(attachment.size, attachment.content_type, self._limits)
             await interaction.response.defer(thinking=True)
             try:
-                path, picture_notes = await store_picture(self.engine, await picture.read(), locale)
-                request = dataclasses.replace(request, init_image=path)
-                notes = (*notes, *picture_notes)
+                if picture is not None:
+                    data = await picture.read()
+                    path, picture_notes = await store_picture(self.engine, data, locale)
+                    request = dataclasses.replace(request, init_image=path)
+                    notes = (*notes, *picture_notes)
+                if mask is not None:
+                    data = await mask.read()
+                    path, _ = await store_picture(self.engine, data, locale, mask=True)
+                    request = dataclasses.replace(request, mask_image=path)
                 job = self.engine.submit(request, reply_to=reply_to)
             except Exception as e:
                 refusal = clip(self._refusal(interaction, e))
@@ -271,6 +332,8 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
             await interaction.response.defer()
             await interaction.delete_original_response()
             log.info("discord: %s deleted the message of job %d", by, job_id)
+        elif action == "upscale":
+            await self._start(interaction, await self._upscale(interaction, job_id, by, locale))
         else:
             request = await self._request_of(interaction, job_id, locale)
             request = dataclasses.replace(request, requester=by)
@@ -279,8 +342,6 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
                 return
             if action == "reroll":
                 request = dataclasses.replace(request, seed=None, subseed=None, subseed_strength=0)
-            elif action == "upscale":
-                request = await self._upscale(interaction, job_id, request, locale)
             else:  # variations of the first image: its seed, a new variation seed (as A1111)
                 bot = self.settings.bot
                 strong = action == "vary_strong"
@@ -314,29 +375,33 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         return parsed.request
 
     async def _message_png(
-        self, interaction: discord.Interaction, job_id: int, locale: Locale
+        self,
+        interaction: discord.Interaction,
+        job_id: int,
+        locale: Locale,
+        *,
+        any_png: bool = False,
     ) -> tuple[bytes, str]:
-        """The clicked message's first PNG with an infotext, and that infotext."""
+        """The clicked message's first PNG with an infotext, and that infotext (`any_png`:
+        its first PNG, with or without one)."""
         message = interaction.message
         for attachment in message.attachments if message else []:
             if attachment.filename.lower().endswith(".png"):
                 png = await attachment.read()
                 infotext = _infotext(png)
-                if infotext:
-                    return png, infotext
+                if infotext or any_png:
+                    return png, infotext or ""
         raise NotAllowed(text("discord_gone", locale, job=job_id))
 
     async def _upscale(
-        self,
-        interaction: discord.Interaction,
-        job_id: int,
-        request: GenerationRequest,
-        locale: Locale,
+        self, interaction: discord.Interaction, job_id: int, by: str, locale: Locale
     ) -> GenerationRequest:
         """🔍: the first image at twice its size (bot.pictures.upscale_request): hires fix
         from the journal's request, or, once the journal has forgotten the job, img2img from
-        the message's own PNG."""
-        strength = self.settings.bot.upscale_strength
+        the message's own PNG; with [bot] upscale_with = "extras", and for an upscale of a
+        picture, that PNG upscaled without drawing."""
+        bot = self.settings.bot
+        extras = bot.upscaler if bot.upscale_with == "extras" else None
         record = self.engine.record(job_id)
         if record is not None and record.images:
             image = record.images[0]
@@ -349,23 +414,29 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
 
             return await upscale_request(
                 self.engine,
-                request,
+                dataclasses.replace(record.request, seed=image.seed, requester=by),
                 seed=image.seed,
                 infotext=image.infotext,
-                strength=strength,
+                strength=bot.upscale_strength,
                 png=saved,
+                extras=extras,
             )
-        png, infotext = await self._message_png(interaction, job_id, locale)
+        png, infotext = await self._message_png(interaction, job_id, locale, any_png=True)
+        if extras is not None or not infotext:  # an upscale's PNG has no infotext to redraw
+            return await extras_of(self.engine, png, upscaler=bot.upscaler, requester=by)
 
         async def attached() -> bytes:
             return png
 
+        parsed = read_request(
+            infotext, requester=by, max_chars=self.settings.limits.max_prompt_chars
+        )
         return await upscale_request(
             self.engine,
-            request,
-            seed=request.seed or 0,
+            parsed.request,
+            seed=parsed.request.seed or 0,
             infotext=infotext,
-            strength=strength,
+            strength=bot.upscale_strength,
             png=attached,
             from_picture=True,
         )

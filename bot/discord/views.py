@@ -89,6 +89,14 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], temp
 
 # Under a job's images (discord.py puts five in a row: delete starts the second).
 RESULT_ACTIONS = ("reroll", "vary", "vary_strong", "upscale", "edit", "delete")
+# Under an upscale of a picture (A1111's Extras): nothing was drawn, so there is nothing to
+# reroll, vary or edit; it can be upscaled again.
+EXTRAS_ACTIONS = ("upscale", "delete")
+
+
+def result_actions(request: GenerationRequest) -> tuple[str, ...]:
+    """The buttons under a job's result."""
+    return EXTRAS_ACTIONS if request.extras_upscale else RESULT_ACTIONS
 
 
 def job_view(actions: Iterable[str], job_id: int, locale: Locale) -> discord.ui.View:

@@ -47,6 +47,7 @@ from bot.telegram.handlers import (
     settings_command,
     text_message,
     unknown_command,
+    upscale_command,
 )
 from bot.telegram.markup import JOB_BUTTONS, OTHER_BUTTONS
 from bot.telegram.polling import Poller
@@ -56,7 +57,7 @@ from engine.engine import Engine
 log = logging.getLogger(__name__)
 
 API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
-COMMANDS = ("draw", "help", "queue", "cancel", "settings", "history", "start")
+COMMANDS = ("draw", "upscale", "help", "queue", "cancel", "settings", "history", "start")
 ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume")
 UPDATES = ("message", "callback_query")
 
@@ -69,6 +70,7 @@ def register(app: App) -> None:
     app.add_handler(TypeHandler(Update, gate), group=-1)
     app.add_handler(CommandHandler(("start", "help"), help_command))
     app.add_handler(CommandHandler("draw", draw_command))
+    app.add_handler(CommandHandler("upscale", upscale_command))
     app.add_handler(CommandHandler("queue", queue_command))
     app.add_handler(CommandHandler("cancel", cancel_command))
     app.add_handler(CommandHandler("history", history_command))

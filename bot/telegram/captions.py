@@ -35,7 +35,8 @@ def result_caption(
     job_id: int, results: Sequence[GenerationResult], locale: Locale, notes: Iterable[str] = ()
 ) -> str:
     """The job and its settings line, the UC preset's name, the parser's notes, then the
-    prompt and the user's own negative prompt; cut to Telegram's limit at the end only."""
+    prompt and the user's own negative prompt; cut to Telegram's limit at the end only. An
+    upscale of a picture has no prompt: its line and notes."""
     request: GenerationRequest = results[0].request
     line = messages.caption(
         request, [r.seed for r in results], [r.infotext for r in results], locale
@@ -45,17 +46,29 @@ def result_caption(
     if preset is not None:
         head.append(text("tg_caption_uc", locale, preset=preset))
     head.extend(notes)
+    if request.extras_upscale:
+        return cut("\n".join(head))
     body = [request.prompt]
     if negative:
         body.append(text("tg_caption_negative", locale, negative=negative))
     return cut("\n".join(head) + "\n\n" + "\n".join(body))
 
 
-def status_text(progress: Progress | None, locale: Locale, notes: Iterable[str] = ()) -> str:
+def status_text(
+    progress: Progress | None,
+    locale: Locale,
+    notes: Iterable[str] = (),
+    *,
+    upscaling: bool = False,
+) -> str:
+    """A job's status: waiting, its place in the queue, its step (`upscaling`: an upscale of a
+    picture, which has no steps)."""
     if progress is None or (progress.state == "queued" and progress.position is None):
         line = text("tg_waiting", locale)
     elif progress.state == "queued":
         line = text("queued", locale, position=progress.position, eta=_eta(progress, locale))
+    elif upscaling:
+        line = text("upscaling", locale, eta=_eta(progress, locale))
     else:
         eta = _eta(progress, locale)
         line = text("drawing", locale, step=progress.step, total=progress.total, eta=eta)

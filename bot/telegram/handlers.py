@@ -1,4 +1,5 @@
-"""Telegram handlers: prompts by message or /draw, commands, buttons, admin, the one on_error.
+"""Telegram handlers: prompts by message or /draw, pictures (a caption, a reply; /upscale),
+commands, buttons, admin, the one on_error.
 
 A prompt goes parse → policy → `start_job` (bot/telegram/replies.py: status message, submit,
 then progress and pictures in a task). Handlers stay thin; errors go to the one `on_error`.
@@ -33,9 +34,18 @@ from bot.addons import (
     hypernet_choice,
     installed_addons,
 )
-from bot.messages import Locale, error_text, locale_of, text
+from bot.messages import Locale, caption, error_text, locale_of, text
 from bot.parse import read_request
-from bot.pictures import check_announced, store_picture, upscale_request
+from bot.pictures import (
+    check_announced,
+    check_extras,
+    check_upscale_size,
+    extras_request,
+    picture_upscalers,
+    store_picture,
+    upscale_choice,
+    upscale_request,
+)
 from bot.prefs import UserPrefs, model_defaults
 from bot.settings import TelegramSettings
 from bot.telegram.captions import cut
@@ -58,6 +68,9 @@ DEPS_KEY = "aidraw"  # where bot/telegram/app.py keeps the handlers' Deps in bot
 # The Bot API's getFile serves files up to 20 MB; [limits] max_image_bytes may only lower it.
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
 _DRAW = re.compile(r"/draw(?:@(\w+))?(?=\s|$)", re.IGNORECASE)
+_UPSCALE = re.compile(r"/upscale(?:@(\w+))?(?=\s|$)", re.IGNORECASE)
+# The line a result's caption leads with (bot/telegram/captions.py): its job, in either language.
+_RESULT_CAPTION = re.compile(r"(?:Job|任务) ([0-9]+) · ")
 
 Context: TypeAlias = ContextTypes.DEFAULT_TYPE
 Picture: TypeAlias = PhotoSize | Document
@@ -215,12 +228,72 @@ async def _draw(
     )
 
 
+async def upscale_command(update: Update, context: Context) -> None:
+    """/upscale [SCALE] [UPSCALER] replying to a message with a picture (the user's, or one of
+    the bot's results): that picture made bigger without drawing (A1111's Extras)."""
+    message = update.effective_message
+    assert message is not None
+    await _upscale(update, context, _after_command(message.text), message.reply_to_message)
+
+
+async def _upscale(update: Update, context: Context, args: str, source: Message | None) -> None:
+    """The picture of `source` upscaled as `args` ask; the scale and upscaler are checked
+    before anything is downloaded. Without a picture: how to use it, and the upscalers."""
+    deps = _deps(context)
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    scale, upscaler = upscale_choice(deps.engine, args, deps.settings.bot.upscaler)
+    request = extras_request("", scale=scale, upscaler=upscaler, requester=requester)
+    check_extras(request, deps.settings.limits)
+    picture = picture_of(source)
+    if source is None or picture is None:
+        upscalers = ", ".join(picture_upscalers(deps.engine))
+        await message.reply_text(text("tg_upscale_usage", locale, upscalers=upscalers))
+        return
+    data = await _own_result(deps, source, context.bot.id) or await _download(picture, deps)
+    path, notes = await store_picture(deps.engine, data, locale)
+    request = dataclasses.replace(request, init_image=path)
+    check_upscale_size(request, deps.settings.limits)  # in one line, before a status message
+    await start_job(
+        deps,
+        context.application,
+        update,
+        request,
+        chat_id=chat.id,
+        reply_to=message.message_id,
+        locale=locale,
+        notes=notes,
+    )
+
+
+async def _own_result(deps: Deps, message: Message, bot_id: int) -> bytes | None:
+    """The original PNG of one of the bot's results (its photo is Telegram's JPEG of it, at
+    most 1280 pixels a side), by the job its caption leads with; None for any other message,
+    or once the journal has forgotten the job."""
+    if message.from_user is None or message.from_user.id != bot_id:
+        return None
+    found = _RESULT_CAPTION.match(message.caption or "")
+    record = deps.engine.record(int(found[1])) if found else None
+    if record is None or not record.images:
+        return None
+    try:
+        return await asyncio.to_thread(Path(record.images[0].path).read_bytes)
+    except OSError:
+        return None
+
+
 async def image_message(update: Update, context: Context) -> None:
     """A photo or image file: with a prompt as its caption, a drawing from it (img2img); in a
-    group only with /draw in front, or as a reply to the bot. Without a caption, a hint."""
+    group only with /draw in front, or as a reply to the bot. Without a caption, a hint. With
+    /upscale as its caption: that picture upscaled."""
     message, chat = update.effective_message, update.effective_chat
     assert message is not None and chat is not None
     caption = (message.caption or "").strip()
+    if upscale := _UPSCALE.match(caption):
+        if upscale[1] is None or upscale[1].lower() == (context.bot.username or "").lower():
+            await _upscale(update, context, caption[upscale.end() :], message)
+        return
     command = _DRAW.match(caption)
     if command is not None:
         named = command[1]
@@ -261,7 +334,9 @@ async def queue_command(update: Update, context: Context) -> None:
         if job.requester != requester and not admin:
             continue
         p = job.progress
-        if p.state == "running":
+        if p.state == "running" and job.request.extras_upscale:
+            line = text("tg_queue_upscaling", locale, job=job.id, eta="")
+        elif p.state == "running":
             line = text("tg_queue_drawing", locale, job=job.id, step=p.step, total=p.total, eta="")
         else:
             line = text("tg_queue_waiting", locale, job=job.id, position=p.position or "?", eta="")
@@ -322,7 +397,7 @@ async def history_command(update: Update, context: Context) -> None:
                 seed=record.images[0].seed if record.images else "?",
                 width=r.width,
                 height=r.height,
-                prompt=cut(r.prompt, 80),
+                prompt=cut(r.prompt or caption(r, [], [], locale), 80),  # an upscale: its line
             )
         )
         rows.append(
@@ -513,9 +588,11 @@ async def button(update: Update, context: Context) -> None:
             infotext=image.infotext,
             strength=bot.upscale_strength,
             png=lambda: _saved_png(image.path, job_id, locale),
+            extras=bot.upscaler if bot.upscale_with == "extras" else None,
         )
         # A size over the limits is refused here, as the button's alert.
         check_request(request, deps.settings.limits)
+        check_upscale_size(request, deps.settings.limits)
     else:
         strength = bot.strong_variation_strength if press.strong else bot.variation_strength
         request = reroll(record.request) if kind == "r" else variation(record, index, strength)

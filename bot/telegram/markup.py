@@ -2,8 +2,9 @@
 
 Buttons carry only a job id and an image index, so they work after a restart (the job is looked
 up in the journal): c:JOB cancel, r:JOB reroll, v:JOB:I Vary (subtle), v:JOB:I:s Vary (strong),
-u:JOB:I Upscale (×2, hires fix), d:JOB:I the PNG. "v:JOB:I" was the one 🔀 Variations button
-before there were two: it stays the subtle one, so buttons already in chats keep working.
+u:JOB:I Upscale (×2: hires fix, or A1111's Extras), d:JOB:I the PNG. "v:JOB:I" was the one 🔀
+Variations button before there were two: it stays the subtle one, so buttons already in chats
+keep working.
 """
 
 from __future__ import annotations
@@ -47,15 +48,19 @@ def cancel_keyboard(job_id: int, locale: Locale) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[_button(text("tg_button_cancel", locale), f"c:{job_id}")]])
 
 
-def result_keyboard(job_id: int, index: int, locale: Locale, *, png: bool) -> InlineKeyboardMarkup:
+def result_keyboard(
+    job_id: int, index: int, locale: Locale, *, png: bool, drawn: bool = True
+) -> InlineKeyboardMarkup:
     """One photo's: reroll (same request, new seed), its upscale and its PNG; its subtle and
-    strong variations."""
+    strong variations. An upscale of a picture (not `drawn`) has only the upscale and PNG."""
     first = [
         _button(text("tg_button_reroll", locale), f"r:{job_id}"),
         _button(text("tg_button_upscale", locale), f"u:{job_id}:{index}"),
     ]
     if png:
         first.append(_button(text("tg_button_png", locale), f"d:{job_id}:{index}"))
+    if not drawn:
+        return InlineKeyboardMarkup([first[1:]])
     vary = [
         _button(text("tg_button_vary_subtle", locale), f"v:{job_id}:{index}"),
         _button(text("tg_button_vary_strong", locale), f"v:{job_id}:{index}:s"),

@@ -303,7 +303,8 @@ async def follow(
     try:
         while not result.done():
             progress = job.progress
-            words = status_text(progress, reply.locale, status_notes)
+            upscaling = job.request.extras_upscale
+            words = status_text(progress, reply.locale, status_notes, upscaling=upscaling)
             await status.show(words, keyboard, progress.preview)
             await asyncio.wait({result}, timeout=interval)
         try:

@@ -95,7 +95,8 @@ async def _send_photo(
     as_document: bool,
     notes: tuple[str, ...],
 ) -> None:
-    keyboard = result_keyboard(job_id, 0, locale, png=not as_document)
+    drawn = not result.request.extras_upscale
+    keyboard = result_keyboard(job_id, 0, locale, png=not as_document, drawn=drawn)
     send = functools.partial(
         bot.send_photo,
         chat_id,

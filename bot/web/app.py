@@ -6,7 +6,8 @@ it sends live in bot/web/chat.py.
 Actions go over HTTP (JSON), job progress over one WebSocket per page. There is one user,
 "web:local". It listens on 127.0.0.1 unless [web] host says otherwise, which needs the access
 token AIDRAW_WEB_TOKEN. Every body is a little JSON, but a drawing's, which may carry a picture
-to draw from (base64, up to [limits] max_image_bytes): its size is checked before it is read.
+to draw from and a mask over it (base64, up to [limits] max_image_bytes each): its size is
+checked before it is read.
 """
 
 from __future__ import annotations
@@ -132,21 +133,21 @@ async def _read_capped(request: web.Request, cap: int) -> bytes:
     return bytes(data)
 
 
-def _picture(value: Any) -> bytes | None:
-    """The draw body's "image": a data URL or plain base64 (None: no picture)."""
+def _picture(value: Any, name: str = "image") -> bytes | None:
+    """The draw body's "image" (or "mask"): a data URL or plain base64 (None: none)."""
     if value is None:
         return None
     if not isinstance(value, str):
-        raise web.HTTPBadRequest(text="image must be a base64 string or data URL")
+        raise web.HTTPBadRequest(text=f"{name} must be a base64 string or data URL")
     if value.startswith("data:"):
         header, _, value = value.partition(",")
         if not header.endswith(";base64"):
-            raise web.HTTPBadRequest(text="image must be a base64 data URL")
+            raise web.HTTPBadRequest(text=f"{name} must be a base64 data URL")
         check_announced(None, header.removeprefix("data:").removesuffix(";base64"), _TYPE_ONLY)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise web.HTTPBadRequest(text="image is not base64") from None
+        raise web.HTTPBadRequest(text=f"{name} is not base64") from None
 
 
 _TYPE_ONLY = Limits(max_image_bytes=2**62)  # the data URL's type is judged; its size later
@@ -180,7 +181,9 @@ async def get_state(request: web.Request) -> web.Response:
 
 
 async def post_draw(request: web.Request) -> web.Response:
-    """{"text": chat text, "image"?: a picture to draw from, base64 or a data URL}."""
+    """{"text": chat text, "image"?: a picture to draw from, "mask"?: where to redraw it
+    (white; inpainting), each base64 or a data URL}. "/upscale [SCALE] [UPSCALER]" as the
+    text upscales the picture without drawing."""
     chat = request.app[CHAT]
     locale = chat.locale(request)
     if request.content_type != "application/json":  # before reading anything
@@ -196,8 +199,8 @@ async def post_draw(request: web.Request) -> web.Response:
     chat_text = body.get("text")
     if not isinstance(chat_text, str):
         raise web.HTTPBadRequest(text="text must be a string")
-    picture = _picture(body.get("image"))
-    job, notes = await chat.draw(chat_text, locale, picture)
+    picture, mask = _picture(body.get("image")), _picture(body.get("mask"), "mask")
+    job, notes = await chat.draw(chat_text, locale, picture, mask)
     return web.json_response({"job": chat.snapshot(job, locale), "notes": notes})
 
 
@@ -312,6 +315,18 @@ async def get_picture(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(record.request.init_image, headers={"Content-Type": "image/png"})
 
 
+async def get_mask(request: web.Request) -> web.StreamResponse:
+    """The mask a drawing of this user was inpainted with, as the engine keeps it (grey)."""
+    chat = request.app[CHAT]
+    try:
+        record = chat.finished(_job_id(request))
+    except InvalidRequest:
+        raise web.HTTPNotFound() from None
+    if record.request.mask_image is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(record.request.mask_image, headers={"Content-Type": "image/png"})
+
+
 async def get_socket(request: web.Request) -> web.WebSocketResponse:
     chat = request.app[CHAT]
     ws = web.WebSocketResponse(heartbeat=30)
@@ -346,13 +361,14 @@ def create_app(
     """The web chat app. The local user is an admin if the engine was built with USER among
     its admins (the launcher does so when [web] local_admin is true)."""
     # Bodies are chat text: two prompts of max_prompt_chars (UTF-8) and some JSON around; a
-    # drawing's may add a picture of max_image_bytes as base64 (4 characters per 3 bytes).
+    # drawing's may add a picture and a mask of max_image_bytes each as base64 (4 characters
+    # per 3 bytes).
     max_body = 64 * 1024 + 8 * settings.limits.max_prompt_chars
     app = web.Application(middlewares=[guard, errors], client_max_size=max_body)
     chat = WebChat(engine, settings, store, token=token)
     app[CHAT] = chat
     app[TEXT_BODY] = max_body
-    app[DRAW_BODY] = max_body + 4 * -(-settings.limits.max_image_bytes // 3)
+    app[DRAW_BODY] = max_body + 2 * 4 * -(-settings.limits.max_image_bytes // 3)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)
     app.router.add_get("/ws", get_socket)
@@ -368,6 +384,7 @@ def create_app(
     app.router.add_post("/api/addons", post_addons)
     app.router.add_get("/images/{job}/{index}.png", get_image)
     app.router.add_get("/pictures/{job}.png", get_picture)
+    app.router.add_get("/masks/{job}.png", get_mask)
     app.on_shutdown.append(_close_sockets)
     for job in engine.recovered():  # replies owed from before a restart
         if WebReply.parse(job.reply_to) is not None:

@@ -26,7 +26,14 @@ from bot.addons import OWN_VAE
 from bot.advice import size_warning
 from bot.messages import LOCALES, Locale, caption, locale_of, text
 from bot.parse import ParseError, read_request
-from bot.pictures import store_picture, upscale_request
+from bot.pictures import (
+    check_extras,
+    check_upscale_size,
+    extras_request,
+    store_picture,
+    upscale_choice,
+    upscale_request,
+)
 from bot.prefs import FIELDS, UserPrefs, UserSettingsStore, model_defaults
 from bot.settings import Settings
 from engine.checks import check_request
@@ -46,6 +53,7 @@ HISTORY = 20  # finished drawings shown when the page opens
 # Telegram's send_as_document means nothing here: the page always links the original PNG.
 PREF_FIELDS = tuple(name for name in FIELDS if name != "send_as_document")
 _DRAW = re.compile(r"/draw(?:@\w+)?(?=\s|$)\s*")
+_UPSCALE = re.compile(r"/upscale(?:@\w+)?(?=\s|$)\s*", re.IGNORECASE)
 _COMMAND = re.compile(r"/[A-Za-z]\w*")
 
 
@@ -58,7 +66,8 @@ class WebReply:
     of: int | None = None  # the job whose reroll, variations or upscale button made this one
     image: int | None = None  # that job's image, for variations and upscales
     upscale: bool | None = None  # made by the upscale button
-    picture: bool | None = None  # the typed text came with a picture (img2img)
+    picture: bool | None = None  # the typed text came with a picture (img2img, /upscale)
+    mask: bool | None = None  # and with a mask painted over it (inpainting)
 
     def __str__(self) -> str:
         kept = {name: value for name, value in vars(self).items() if value is not None}
@@ -73,7 +82,7 @@ class WebReply:
             return None
         try:
             data = json.loads(value.removeprefix(f"{USER}:"))
-            names = ("said", "of", "image", "upscale", "picture")
+            names = ("said", "of", "image", "upscale", "picture", "mask")
             return cls(**{name: data[name] for name in names if name in data})
         except (ValueError, TypeError):
             log.warning("web chat: unreadable reply_to %r", value)
@@ -81,19 +90,21 @@ class WebReply:
 
     @classmethod
     def view(cls, reply_to: str, request: GenerationRequest, job_id: int) -> dict[str, Any]:
-        """The user's bubble ("said"; a job from before WebReply shows its prompt; "picture":
-        the address of the picture sent with it) and the button that made the job
-        ("origin")."""
+        """The user's bubble ("said"; a job from before WebReply shows its prompt; "picture"
+        and "mask": the addresses of the picture and mask sent with it) and the button that
+        made the job ("origin")."""
         reply = cls.parse(reply_to) or cls()
         legacy = reply.said is None and reply.of is None
         origin = None
         if reply.of is not None:
             origin = {"job": reply.of, "image": reply.image, "upscale": bool(reply.upscale)}
         picture = f"/pictures/{job_id}.png" if reply.picture and request.init_image else None
+        mask = f"/masks/{job_id}.png" if picture and reply.mask and request.mask_image else None
         return {
             "said": request.prompt if legacy else reply.said,
             "origin": origin,
             "picture": picture,
+            "mask": mask,
         }
 
 
@@ -126,11 +137,19 @@ class WebChat:
     # --- drawing --------------------------------------------------------------------------
 
     async def draw(
-        self, chat_text: str, locale: Locale, picture: bytes | None = None
+        self,
+        chat_text: str,
+        locale: Locale,
+        picture: bytes | None = None,
+        mask: bytes | None = None,
     ) -> tuple[Job, list[str]]:
-        """Chat text (`/draw ...` or a plain prompt), and a picture to draw from (img2img) →
-        a queued job and the notes (the parser's, the picture's, the size warning)."""
+        """Chat text (`/draw ...` or a plain prompt), and a picture to draw from (img2img)
+        with a mask over it (inpainting) → a queued job and the notes (the parser's, the
+        picture's, the size warning). `/upscale [SCALE] [UPSCALER]` with a picture: that
+        picture made bigger without drawing (A1111's Extras)."""
         stripped = chat_text.strip()
+        if match := _UPSCALE.match(stripped):
+            return await self.upscale_picture(stripped[match.end() :], locale, chat_text, picture)
         if match := _DRAW.match(stripped):
             stripped = stripped[match.end() :]
         elif match := _COMMAND.match(stripped):
@@ -149,9 +168,33 @@ class WebChat:
             path, picture_notes = await store_picture(self.engine, picture, locale)
             request = dataclasses.replace(request, init_image=path)
             notes += picture_notes
-        job = self.submit(request, WebReply(said=chat_text, picture=picture is not None or None))
+        if mask is not None:  # without a picture, the door says a mask needs one
+            path, _ = await store_picture(self.engine, mask, locale, mask=True)
+            request = dataclasses.replace(request, mask_image=path)
+        reply = WebReply(
+            said=chat_text,
+            picture=picture is not None or None,
+            mask=(picture is not None and mask is not None) or None,
+        )
+        job = self.submit(request, reply)
         warning = size_warning(self.engine, job, locale)
         return job, [*notes, *([warning] if warning else [])]
+
+    async def upscale_picture(
+        self, args: str, locale: Locale, chat_text: str, picture: bytes | None
+    ) -> tuple[Job, list[str]]:
+        """`/upscale [SCALE] [UPSCALER]` (defaults: ×2, [bot] upscaler) with a picture."""
+        scale, upscaler = upscale_choice(self.engine, args, self.settings.bot.upscaler)
+        request = extras_request("", scale=scale, upscaler=upscaler, requester=USER)
+        check_extras(request, self.settings.limits)
+        if picture is None:
+            message = text("web_upscale_needs_picture", locale)
+            raise InvalidRequest(message, field="image")
+        path, notes = await store_picture(self.engine, picture, locale)
+        request = dataclasses.replace(request, init_image=path)
+        check_upscale_size(request, self.settings.limits)
+        job = self.submit(request, WebReply(said=chat_text, picture=True))
+        return job, [*notes]
 
     def submit(self, request: GenerationRequest, reply: WebReply) -> Job:
         job = self.engine.submit(request, reply_to=str(reply))
@@ -189,12 +232,14 @@ class WebChat:
 
     async def upscale(self, job_id: int, image: int) -> Job:
         """Image `image` (1-based) of a job at twice its size (bot.pictures.upscale_request:
-        hires fix, or img2img from the picture for one drawn from a picture), at [bot]
-        upscale_strength."""
+        hires fix, or img2img from the picture for one drawn from a picture, at [bot]
+        upscale_strength; or its PNG upscaled without drawing, with [bot] upscale_with =
+        "extras" and for an upscale of a picture)."""
         record = self.finished(job_id)
         if not 1 <= image <= len(record.images):
             raise InvalidRequest(f"Job {job_id} has no image {image}.", field="image")
         saved = record.images[image - 1]
+        bot = self.settings.bot
 
         async def png() -> bytes:
             try:
@@ -211,7 +256,9 @@ class WebChat:
             infotext=saved.infotext,
             strength=self.settings.bot.upscale_strength,
             png=png,
+            extras=bot.upscaler if bot.upscale_with == "extras" else None,
         )
+        check_upscale_size(request, self.settings.limits)
         return self.submit(request, WebReply(of=job_id, image=image, upscale=True))
 
     def watch(self, job: Job) -> None:
@@ -361,7 +408,7 @@ class WebChat:
             "step": progress.step,
             "total": progress.total,
             "eta_s": progress.eta_s,
-            "status": status_text(progress, locale),
+            "status": status_text(progress, locale, upscaling=job.request.extras_upscale),
             "preview": _data_url(preview) if preview is not None else None,
         }
 
@@ -401,9 +448,12 @@ def browser_locale(request: web.Request) -> Locale:
 
 
 def request_view(request: GenerationRequest) -> dict[str, Any]:
+    """What the page says of a request ("extras_upscale": an upscale of a picture, by
+    "hr_scale" with "hr_upscaler"; nothing was drawn)."""
     fields = ("prompt", "negative_prompt", "width", "height", "num_inference_steps")
     more = ("guidance_scale", "sampler", "seed", "model", "batch_size", "subseed_strength")
-    return {name: getattr(request, name) for name in (*fields, *more)}
+    upscale = ("extras_upscale", "hr_scale", "hr_upscaler")
+    return {name: getattr(request, name) for name in (*fields, *more, *upscale)}
 
 
 def image_view(
@@ -419,12 +469,15 @@ def image_view(
     }
 
 
-def status_text(progress: Progress, locale: Locale) -> str:
+def status_text(progress: Progress, locale: Locale, *, upscaling: bool = False) -> str:
+    """A job's status line (`upscaling`: an upscale of a picture, which has no steps)."""
     eta = "" if progress.eta_s is None else text("eta", locale, seconds=round(progress.eta_s))
     if progress.state == "queued":
         if progress.position is None:
             return text("web_waiting", locale)
         return text("queued", locale, position=progress.position, eta=eta)
+    if progress.state == "running" and upscaling:
+        return text("upscaling", locale, eta=eta)
     if progress.state == "running":
         return text("drawing", locale, step=progress.step, total=progress.total, eta=eta)
     if progress.state == "cancelled":

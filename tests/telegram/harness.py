@@ -50,6 +50,7 @@ class Harness:
         admins: tuple[str, ...] = (),
         paused: bool = False,
         queue: dict[str, Any] | None = None,
+        bot: dict[str, Any] | None = None,
         **telegram: Any,
     ) -> Engine[Any]:
         limits = Limits(max_steps=50)
@@ -68,7 +69,7 @@ class Harness:
             engine.pause()
         self.settings = Settings(
             limits=limits,
-            bot=BotSettings(progress_interval_s=0.1),
+            bot=BotSettings(progress_interval_s=0.1, **(bot or {})),
             telegram=TelegramSettings(**telegram),
             root=self.tmp_path,
         )

@@ -481,7 +481,16 @@ async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
 
     # The command menus: everyone's in two languages; admins' chats add theirs.
     everyone = [c["command"] for c in h.tg.my_commands[("default", "")]]
-    assert everyone == ["draw", "help", "queue", "cancel", "settings", "history", "start"]
+    assert everyone == [
+        "draw",
+        "upscale",
+        "help",
+        "queue",
+        "cancel",
+        "settings",
+        "history",
+        "start",
+    ]
     assert h.tg.my_commands[("default", "zh")][0]["description"].startswith("画图")
     admin = [c["command"] for c in h.tg.my_commands[("chat", "")]]
     assert admin[-5:] == ["model", "vae", "hypernetwork", "pause", "resume"]

@@ -1,20 +1,25 @@
 """Pictures in, on Telegram, through the real PTB client and the fake Bot API: a photo or an
 image file with the prompt as its caption, or a prompt replying to a picture, is an img2img job
-(the picture goes through the engine's door first; nothing too big is downloaded), and the 🔍
-Upscale button under every result redraws that image with hires fix."""
+(the picture goes through the engine's door first; nothing too big is downloaded); /upscale as
+a picture's caption or a reply to one makes it bigger without drawing (A1111's Extras); and the
+🔍 Upscale button under every result redraws that image with hires fix (or, with [bot]
+upscale_with = "extras", upscales its PNG)."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from bot.settings import BotSettings
-from engine.request import GenerationRequest, GenerationResult
+from engine.extras import upscale_results
+from engine.request import GenerationRequest, GenerationResult, Limits
 from tests.engine_fakes import FakeGenerate
 from tests.telegram.harness import GROUP, OTHER, QUALITY, USER, Harness, buttons
 
@@ -58,11 +63,24 @@ def drawn(h: Harness, n: int = -1) -> GenerationRequest:
 
 class PngGenerate(FakeGenerate):
     """FakeGenerate whose images are real PNGs of the requested size (so that they can be
-    sent back as pictures)."""
+    sent back as pictures); an upscale of a picture is the engine's own (`upscaled`)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[GenerationResult]:
+        requests: Sequence[GenerationRequest] = args[1]
+        if requests and requests[0].extras_upscale:
+            self.calls.append(list(requests))
+            while self._held and not self._permits.acquire(timeout=0.01):
+                pass  # held as a drawing's step would be
+            return upscaled(requests, kwargs["limits"])
         results = super().__call__(*args, **kwargs)
         return [dataclasses.replace(r, png=_png(r.request, r.seed)) for r in results]
+
+
+def upscaled(requests: Sequence[GenerationRequest], limits: Limits) -> list[GenerationResult]:
+    """The engine's Extras upscale (engine/extras.py) with a model that has no upscaler files:
+    Lanczos and Nearest need none."""
+    model = SimpleNamespace(device="cpu", addons=SimpleNamespace(library=None, upscalers=None))
+    return upscale_results(model, requests, limits)  # type: ignore[arg-type]
 
 
 def _png(request: GenerationRequest, seed: int) -> bytes:
@@ -254,3 +272,151 @@ async def test_upscale_of_a_picture_drawn_from_a_picture_starts_from_that_result
     assert (request.width, request.height, request.seed) == (256, 192, 4)
     assert request.denoising_strength == 0.45 and not request.enable_hr
     assert "from a picture, strength 0.45" in photo.params["caption"]
+
+
+# --- /upscale: a picture made bigger without drawing ---------------------------------------------
+
+
+def sent_photo(call: Any) -> Image.Image:
+    """The picture a sendPhoto call uploaded."""
+    return Image.open(io.BytesIO(call.files["photo"].data))
+
+
+async def test_upscale_as_a_photos_caption_upscales_it_without_drawing(h: Harness) -> None:
+    h.fake = PngGenerate()
+    h.fake.hold()
+    engine = await h.start()
+    sent = picture()
+    h.tg.push_photo(USER, USER, sent, caption="/upscale")
+    await h.tg.wait_for("editMessageText", lambda c: c.params["text"] == "Upscaling…")
+    h.fake.release()
+    photo = await h.tg.wait_for("sendPhoto")
+    (call,) = h.fake.calls
+    request = call[0]
+    assert (request.extras_upscale, request.hr_scale, request.hr_upscaler) == (True, 2.0, "Lanczos")
+    assert request.init_image is not None and pixels(request.init_image) == pixels(sent)
+    assert request.requester == f"telegram:{USER}"
+    assert photo.params["caption"] == "Job 1 · Upscaled ×2 with Lanczos"
+    with sent_photo(photo) as image:
+        assert image.size == (96, 64)
+    assert buttons(photo) == ["u:1:0", "d:1:0"]  # nothing drawn: no reroll or variations
+    record = engine.record(1)
+    assert record is not None and record.images[0].infotext == (
+        "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    )
+
+
+async def test_upscale_replying_to_a_picture_takes_a_scale_and_an_upscaler(h: Harness) -> None:
+    h.fake = PngGenerate()
+    await h.start()
+    sent = picture("JPEG", quality=95)
+    shared = h.tg.push_photo(GROUP, OTHER, sent, chat_type="supergroup")
+    h.tg.push_text(
+        GROUP,
+        USER,
+        "/upscale 3 nearest",
+        chat_type="supergroup",
+        reply_to=shared["message"]["message_id"],
+    )
+    photo = await h.tg.wait_for("sendPhoto")
+    request = drawn(h)
+    assert (request.extras_upscale, request.hr_scale, request.hr_upscaler) == (True, 3.0, "Nearest")
+    assert photo.params["caption"] == "Job 1 · Upscaled ×3 with Nearest"
+    with sent_photo(photo) as image:
+        assert image.size == (144, 96)
+
+
+async def test_upscale_replying_to_a_result_starts_from_its_png(h: Harness) -> None:
+    h.fake = PngGenerate()
+    engine = await h.start(bot={"upscaler": "Nearest"})
+    h.tg.push_text(USER, USER, "a cat --seed 9 --size 64x96")
+    await h.tg.wait_for("sendPhoto")
+    (result,) = [m for m in h.tg.sent(USER) if "photo" in m]
+    downloads = h.tg.count("downloadFile")
+    h.tg.push_text(USER, USER, "/upscale ×1.5", reply_to=result["message_id"])
+    photo = await h.tg.wait_for("sendPhoto", lambda c: "Upscaled" in c.params["caption"])
+    first = engine.record(1)
+    request = drawn(h)
+    assert first is not None and request.init_image is not None
+    assert pixels(request.init_image) == pixels(first.images[0].path)  # the PNG, not the JPEG
+    assert h.tg.count("downloadFile") == downloads
+    assert photo.params["caption"] == "Job 2 · Upscaled ×1.5 with Nearest"  # [bot] upscaler
+    with sent_photo(photo) as image:
+        assert image.size == (96, 144)
+
+
+@pytest.mark.parametrize(
+    ("caption", "refusal"),
+    [
+        ("/upscale 9", "Error: Upscaling ×9 is not possible: use 1 to 4, e.g. 2."),
+        (
+            "/upscale 2 R-ESRGAN 4x+",
+            "Error: Unknown upscaler 'R-ESRGAN 4x+'. Installed: Lanczos, Nearest.",
+        ),
+        (
+            "/upscale Lanczso",
+            "Error: Unknown upscaler 'Lanczso'. Did you mean: Lanczos? Installed: Lanczos, "
+            "Nearest.",
+        ),
+        (
+            "/upscale Latent",
+            "Error: Latent upscales latents while drawing: to upscale a picture use Lanczos, "
+            "Nearest or an upscaler file.",
+        ),
+    ],
+)
+async def test_upscale_refusals_are_one_line_and_download_nothing(
+    h: Harness, caption: str, refusal: str
+) -> None:
+    engine = await h.start()
+    h.tg.push_photo(USER, USER, picture(), caption=caption)
+    assert await h.reply(USER) == refusal
+    assert h.tg.count("getFile", status=None) == 0 and engine.jobs() == []
+
+
+async def test_upscale_without_a_picture_says_how(h: Harness) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, "/upscale 2")
+    usage = await h.reply(USER)
+    assert usage.startswith("Send /upscale [SCALE] [UPSCALER] as the caption of a picture")
+    assert usage.endswith("Upscalers here: Lanczos, Nearest.")
+    assert h.fake.calls == []
+
+
+async def test_an_upscale_too_large_is_refused_in_one_line(h: Harness) -> None:
+    engine = await h.start()
+    big = io.BytesIO()
+    Image.new("RGB", (800, 600)).save(big, format="PNG")
+    h.tg.push_photo(USER, USER, big.getvalue(), caption="/upscale", as_document=True)
+    assert await h.reply(USER) == (
+        "Error: Upscaling 800x600 ×2 would make 1600x1200: at most 1,048,576 pixels and 2048 "
+        "per side are allowed."
+    )
+    assert engine.jobs() == [] and engine.record(1) is None
+
+
+async def test_the_upscale_button_with_extras_upscales_the_result(h: Harness) -> None:
+    h.fake = PngGenerate()
+    engine = await h.start(bot={"upscale_with": "extras"})
+    h.tg.push_text(USER, USER, "a cat --seed 10 --size 64x96")
+    await h.tg.wait_for("sendPhoto")
+    (result,) = [m for m in h.tg.sent(USER) if "photo" in m]
+    h.tg.push_callback(USER, USER, result["message_id"], "u:1:0")
+    photo = await h.tg.wait_for("sendPhoto", lambda c: "Upscaled" in c.params["caption"])
+    request = drawn(h)
+    first = engine.record(1)
+    assert first is not None and request.init_image is not None
+    assert (request.extras_upscale, request.hr_scale, request.hr_upscaler) == (True, 2.0, "Lanczos")
+    assert pixels(request.init_image) == pixels(first.images[0].path)
+    assert request.requester == f"telegram:{USER}"
+    assert photo.params["caption"] == "Job 2 · Upscaled ×2 with Lanczos"
+    with sent_photo(photo) as image:
+        assert image.size == (128, 192)
+    # An upscale's own button upscales it again, with its upscaler.
+    (again,) = [
+        m for m in h.tg.sent(USER) if "photo" in m and m["message_id"] != result["message_id"]
+    ]
+    h.tg.push_callback(USER, USER, again["message_id"], "u:2:0")
+    third = await h.tg.wait_for("sendPhoto", lambda c: c.params["caption"].startswith("Job 3"))
+    with sent_photo(third) as image:
+        assert image.size == (256, 384)

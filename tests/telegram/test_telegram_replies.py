@@ -371,9 +371,9 @@ async def test_unknown_settings_and_commands_are_answered_clearly_in_both_langua
         (
             "/colour red",  # no such command: in a private chat it is said, not ignored
             "There is no /colour command. Mine: /draw, /queue, /cancel, /settings, /history, "
-            "/help; any other text is a prompt.",
-            "没有 /colour 这个命令。可用命令：/draw、/queue、/cancel、/settings、/history、/help；"
-            "其他文字都会当作提示词来画。",
+            "/upscale, /help; any other text is a prompt.",
+            "没有 /colour 这个命令。可用命令：/draw、/queue、/cancel、/settings、/history、"
+            "/upscale、/help；其他文字都会当作提示词来画。",
         )
     )
     for command, en, zh in cases:

@@ -46,10 +46,15 @@ class Chat:
         token: str | None = None,
         web_table: dict[str, Any] | None = None,
         limits: dict[str, Any] | None = None,
+        bot: dict[str, Any] | None = None,
         paused: bool = False,
         **queue: Any,
     ) -> TestClient[Any, Any]:
-        tables = {"web": web_table or {}, "limits": {"max_steps": 50, **(limits or {})}}
+        tables = {
+            "web": web_table or {},
+            "limits": {"max_steps": 50, **(limits or {})},
+            "bot": bot or {},
+        }
         settings = from_dict(tables, root=self.tmp_path)
         if settings.web.local_admin:  # as bot/launcher.py builds the engine for the web chat
             queue["admins"] = (*queue.get("admins", ()), USER)

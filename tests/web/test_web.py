@@ -69,6 +69,9 @@ async def test_a_prompt_with_flags_is_drawn_with_progress_over_the_socket(chat: 
         "model": "alpha",
         "batch_size": 2,
         "subseed_strength": 0.0,
+        "extras_upscale": False,
+        "hr_scale": 2.0,
+        "hr_upscaler": "Latent",
     }
     assert job["request"]["negative_prompt"].startswith("lowres, bad anatomy")
     events = await until(ws, of(job["id"], "done"))
@@ -99,7 +102,8 @@ async def test_slash_draw_is_the_same_as_a_plain_prompt(chat: Chat) -> None:
     assert reply["job"]["request"]["prompt"] == "cat ears"
     error = await post(client, "/api/draw", {"text": "/imagine cat"}, status=400)
     assert error == {
-        "error": "Error: Unknown command /imagine: type a prompt, or /draw and a prompt."
+        "error": "Error: Unknown command /imagine: type a prompt, or /draw and a prompt (or "
+        "/upscale with a picture)."
     }
 
 
@@ -433,8 +437,9 @@ async def test_nothing_big_can_be_uploaded(chat: Chat) -> None:
     body = b'{"values": {"negative_prompt": "' + b"x" * (200 * 1024) + b'"}}'
     response = await client.post("/api/settings", data=body, headers=JSON)
     assert response.status == 413
-    # A drawing may carry a picture: up to its base64 (4/3) and the text's room, no more.
-    body = b'{"text": "x", "image": "' + b"A" * (800 * 1024) + b'"}'
+    # A drawing may carry a picture and its mask: up to their base64 (4/3 each) and the
+    # text's room, no more.
+    body = b'{"text": "x", "image": "' + b"A" * (1000 * 1024) + b'"}'
     response = await client.post("/api/draw", data=io.BytesIO(body), headers=JSON)
     assert response.status == 413
     error = (await response.json())["error"]

@@ -1,6 +1,8 @@
 """Pictures in, in the web chat (the HTTP API over a real Engine with a fake generate()): a
-drawing's body may carry a picture to draw from (img2img), checked by its size before it is
-read and by the engine's door after; the Upscale button redraws an image at twice its size."""
+drawing's body may carry a picture to draw from (img2img) and a mask painted over it
+(inpainting), checked by their size before they are read and by the engine's door after;
+"/upscale" with a picture makes it bigger without drawing (A1111's Extras); the Upscale button
+redraws an image at twice its size (or, with [bot] upscale_with = "extras", upscales it)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ import dataclasses
 import io
 import struct
 import zlib
+from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from bot.settings import Settings
-from engine.request import GenerationRequest, GenerationResult
+from engine.extras import upscale_results
+from engine.request import GenerationRequest, GenerationResult, Limits
 from tests.engine_fakes import FakeGenerate
 from tests.web.harness import JSON, Chat, of, post, socket, until
 
@@ -55,11 +61,25 @@ def bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 class PngGenerate(FakeGenerate):
-    """FakeGenerate whose images are real PNGs of the requested size."""
+    """FakeGenerate whose images are real PNGs of the requested size; an upscale of a picture
+    is the engine's own (`upscaled`)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[GenerationResult]:
+        requests: Sequence[GenerationRequest] = args[1]
+        if requests and requests[0].extras_upscale:
+            self.calls.append(list(requests))
+            while self._held and not self._permits.acquire(timeout=0.01):
+                pass  # held as a drawing's step would be
+            return upscaled(requests, kwargs["limits"])
         results = super().__call__(*args, **kwargs)
         return [dataclasses.replace(r, png=_png(r.request, r.seed)) for r in results]
+
+
+def upscaled(requests: Sequence[GenerationRequest], limits: Limits) -> list[GenerationResult]:
+    """The engine's Extras upscale (engine/extras.py) with a model that has no upscaler files:
+    Lanczos and Nearest need none."""
+    model = SimpleNamespace(device="cpu", addons=SimpleNamespace(library=None, upscalers=None))
+    return upscale_results(model, requests, limits)  # type: ignore[arg-type]
 
 
 def _png(request: GenerationRequest, seed: int) -> bytes:
@@ -200,3 +220,135 @@ async def test_upscale_of_a_picture_drawn_from_a_picture_starts_from_the_result(
     assert request.init_image is not None and request.init_image != first.request.init_image
     assert pixels(request.init_image) == pixels(first.images[0].path)
     assert (request.width, request.height, request.enable_hr) == (256, 192, False)
+
+
+# --- inpainting: a mask painted over the picture -------------------------------------------------
+
+
+def brush_mask() -> bytes:
+    """What the page's brush sends: white strokes on black, RGBA, at the canvas's size."""
+    image = Image.new("RGBA", (80, 48), (0, 0, 0, 255))
+    image.paste((255, 255, 255, 255), (20, 8, 60, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_a_mask_sent_with_the_picture_inpaints(chat: Chat) -> None:
+    client = await chat.start()
+    ws = await socket(client)
+    body = {"text": "a hat --seed 3", "image": data_url(picture()), "mask": data_url(brush_mask())}
+    job = (await post(client, "/api/draw", body))["job"]
+    assert job["mask"] == f"/masks/{job['id']}.png"
+    [*_, done] = await until(ws, of(job["id"], "done"))
+    assert done["job"]["images"][0]["caption"] == (
+        "Seed 3 · alpha · 4 steps · inpainted from your picture, strength 0.75"
+    )
+    (call,) = chat.fake.calls
+    request = call[0]
+    assert request.init_image is not None and request.mask_image is not None
+    with Image.open(request.mask_image) as kept:  # grey levels, as the door keeps masks
+        assert kept.mode == "L" and kept.size == (80, 48)
+        assert kept.getpixel((0, 0)) == 0 and kept.getpixel((40, 24)) == 255
+    shown = await client.get(job["mask"])
+    assert shown.status == 200
+    with Image.open(io.BytesIO(await shown.read())) as image:
+        assert image.mode == "L"
+    state = await (await client.get("/api/state")).json()
+    assert state["history"][0]["mask"] == job["mask"]
+    for missing in ("/masks/999.png", "/masks/x.png"):
+        assert (await client.get(missing)).status == 404
+    # A drawing without a mask has none to show.
+    plain = (await post(client, "/api/draw", {"text": "x", "image": data_url(picture())}))["job"]
+    assert plain["mask"] is None
+    await until(ws, of(plain["id"], "done"))
+    assert (await client.get(f"/masks/{plain['id']}.png")).status == 404
+
+
+async def test_a_mask_without_a_picture_is_refused(chat: Chat) -> None:
+    client = await chat.start()
+    refused = await post(client, "/api/draw", {"text": "x", "mask": data_url(brush_mask())}, 400)
+    assert refused == {"error": "Error: A mask needs the image it belongs to."}
+    bad = await client.post("/api/draw", json={"text": "x", "mask": 5})
+    assert bad.status == 400 and "mask must be" in await bad.text()
+    assert chat.engine is not None and chat.engine.jobs() == []
+
+
+# --- /upscale: a picture made bigger without drawing ---------------------------------------------
+
+
+async def size_of(client: Any, url: str) -> tuple[int, int]:
+    response = await client.get(url)
+    assert response.status == 200
+    with Image.open(io.BytesIO(await response.read())) as image:
+        return image.size
+
+
+async def test_upscale_a_picture_without_drawing(chat: Chat) -> None:
+    chat.fake = PngGenerate()
+    chat.fake.hold()
+    client = await chat.start()
+    ws = await socket(client)
+    body = {"text": "/upscale", "image": data_url(picture())}
+    job = (await post(client, "/api/draw", body))["job"]
+    assert job["said"] == "/upscale" and job["picture"] == f"/pictures/{job['id']}.png"
+    assert job["request"]["extras_upscale"] is True
+    running = await until(ws, of(job["id"], "progress", "running"))
+    assert running[-1]["job"]["status"] == "Upscaling…"
+    chat.fake.release()
+    [*_, done] = await until(ws, of(job["id"], "done"))
+    (image,) = done["job"]["images"]
+    assert image["caption"] == "Upscaled ×2 with Lanczos"
+    assert image["infotext"] == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    assert await size_of(client, image["url"]) == (80, 48)
+    (call,) = chat.fake.calls
+    request = call[0]
+    assert (request.extras_upscale, request.hr_scale, request.hr_upscaler) == (True, 2.0, "Lanczos")
+    assert request.init_image is not None and pixels(request.init_image) == pixels(picture())
+
+    # A scale and an upscaler; its Upscale button upscales it again, with the same upscaler.
+    body = {"text": "/upscale 3 nearest", "image": data_url(picture())}
+    job = (await post(client, "/api/draw", body))["job"]
+    [*_, done] = await until(ws, of(job["id"], "done"))
+    assert done["job"]["images"][0]["caption"] == "Upscaled ×3 with Nearest"
+    again = (await post(client, f"/api/jobs/{job['id']}/upscale", {"image": 1}))["job"]
+    [*_, done] = await until(ws, of(again["id"], "done"))
+    assert done["job"]["images"][0]["caption"] == "Upscaled ×2 with Nearest"
+    assert await size_of(client, done["job"]["images"][0]["url"]) == (240, 144)
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("/upscale", "Error: /upscale needs a picture: add one with + Picture"),
+        ("/upscale 0.5", "Error: Upscaling ×0.5 is not possible: use 1 to 4, e.g. 2."),
+        ("/upscale 2 4x-Foo", "Error: Unknown upscaler '4x-Foo'. Installed: Lanczos, Nearest."),
+    ],
+)
+async def test_upscale_refusals(chat: Chat, text: str, refusal: str) -> None:
+    client = await chat.start()
+    body: dict[str, Any] = {"text": text}
+    if text != "/upscale":
+        body["image"] = data_url(picture())
+    refused = await post(client, "/api/draw", body, 400)
+    assert refused["error"].startswith(refusal)
+    assert chat.engine is not None and chat.engine.jobs() == []
+    assert not (chat.tmp_path / "results" / "inputs").exists()
+
+
+async def test_the_upscale_button_with_extras_upscales_the_image(chat: Chat) -> None:
+    chat.fake = PngGenerate()
+    client = await chat.start(bot={"upscale_with": "extras", "upscaler": "Nearest"})
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "cat --size 64x96 --steps 1"}))["job"]
+    await until(ws, of(job["id"], "done"))
+    upscaled = (await post(client, f"/api/jobs/{job['id']}/upscale", {"image": 1}))["job"]
+    assert upscaled["origin"] == {"job": job["id"], "image": 1, "upscale": True}
+    [*_, done] = await until(ws, of(upscaled["id"], "done"))
+    assert done["job"]["images"][0]["caption"] == "Upscaled ×2 with Nearest"
+    assert await size_of(client, done["job"]["images"][0]["url"]) == (128, 192)
+    assert chat.engine is not None
+    first, record = chat.engine.record(job["id"]), chat.engine.record(upscaled["id"])
+    assert first is not None and record is not None
+    assert record.request.extras_upscale and record.request.init_image is not None
+    assert pixels(record.request.init_image) == pixels(first.images[0].path)

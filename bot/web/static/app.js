@@ -97,23 +97,36 @@ function append(element) {
   return element;
 }
 
-function say(text, kind = "bot", picture = null) {
+function say(text, kind = "bot", picture = null, mask = null) {
   const message = document.createElement("div");
   message.className = `msg ${kind}`;
   if (picture) {
-    const image = document.createElement("img");
-    image.className = "picture";
-    image.alt = "";
-    image.src = picture;
-    message.append(image);
+    const frame = document.createElement("div");
+    frame.className = "pictured";
+    for (const [className, src] of [["picture", picture], ["mask", mask]]) {
+      if (!src) continue;
+      const image = document.createElement("img");
+      image.className = className;
+      image.alt = className === "mask" ? t("web_masked") : "";
+      image.src = src;
+      frame.append(image);
+    }
+    message.append(frame);
   }
   message.append(text);
   return append(message);
 }
 
+function isUpscale(request) {
+  return Boolean(request && request.extras_upscale);
+}
+
 function describe(request) {
   if (!request || request.width === undefined) {
     return "";
+  }
+  if (isUpscale(request)) {
+    return t("web_upscaled_with", { scale: request.hr_scale, upscaler: request.hr_upscaler });
   }
   const steps = t("web_n_steps", { steps: request.num_inference_steps });
   const parts = [`${request.width}x${request.height}`, steps];
@@ -156,15 +169,25 @@ function origin(view) {
   return t("web_variations_of", { job: from.job, image: from.image });
 }
 
+const FINISHED = ["done", "failed", "cancelled"];
+
 function renderJob(view) {
   const bubble = jobBubble(view);
+  if (FINISHED.includes(bubble.dataset.state) && !FINISHED.includes(view.state)) {
+    return; // an older snapshot (the answer that queued it) after the socket said it ended
+  }
   const title = [t("web_job", { job: view.id }), origin(view), describe(view.request)];
   $(".title", bubble).textContent = title.filter(Boolean).join(" · ");
   const changed = bubble.dataset.state !== view.state;
   bubble.dataset.state = view.state;
   $(".status", bubble).textContent = view.status;
   const bar = $(".bar", bubble);
-  bar.value = view.total ? view.step / view.total : 0;
+  const drewNothing = isUpscale(view.request);
+  if (drewNothing && view.state === "running") {
+    bar.removeAttribute("value"); // an upscale has no steps: the bar just moves
+  } else {
+    bar.value = view.total ? view.step / view.total : 0;
+  }
   bubble.dataset.step = view.step ?? 0;
   if (view.preview) {
     const preview = $(".preview", bubble);
@@ -174,12 +197,12 @@ function renderJob(view) {
   if (view.images && !bubble.dataset.images) {
     bubble.dataset.images = String(view.images.length);
     for (const image of view.images) {
-      $(".images", bubble).append(renderImage(view.id, image));
+      $(".images", bubble).append(renderImage(view.id, image, drewNothing));
     }
   }
   const running = view.state === "queued" || view.state === "running";
   $(".cancel", bubble).hidden = !running;
-  $(".reroll", bubble).hidden = running;
+  $(".reroll", bubble).hidden = running || drewNothing; // nothing to draw again
   if (changed) {
     announce(); // after the images: their room counts
   } else {
@@ -187,7 +210,7 @@ function renderJob(view) {
   }
 }
 
-function renderImage(jobId, image) {
+function renderImage(jobId, image, drewNothing = false) {
   const figure = $("#image-template").content.firstElementChild.cloneNode(true);
   translate(figure);
   figure.dataset.seed = image.seed;
@@ -204,17 +227,22 @@ function renderImage(jobId, image) {
     variations(jobId, image.index, "strong"),
   );
   $(".upscale", figure).addEventListener("click", () => upscale(jobId, image.index));
+  $(".variations", figure).hidden = drewNothing; // an upscale of a picture: no seed to vary
+  $(".variations-strong", figure).hidden = drewNothing;
   return figure;
 }
 
 // --- actions --------------------------------------------------------------------------------
 
-async function draw(text, file, shown) {
-  say(text, "user", shown);
+async function draw(text, file, shown, maskUrl = null) {
+  say(text, "user", shown, maskUrl);
   try {
     const body = { text };
     if (file) {
       body.image = await dataUrl(file);
+    }
+    if (maskUrl) {
+      body.mask = maskUrl;
     }
     const reply = await api("/api/draw", body);
     for (const note of reply.notes) {
@@ -269,8 +297,9 @@ function choosePicture(file) {
     dropPicture();
     picture.file = file;
     picture.url = URL.createObjectURL(file); // kept: the sent message shows it
-    $("#attached img").src = picture.url;
+    $("#attached img.thumb").src = picture.url;
     $("#attached").hidden = false;
+    showPictureActions();
   }
 }
 
@@ -281,6 +310,110 @@ function dropPicture() {
   picture.file = picture.url = null;
   $("#attached").hidden = true;
   $("#picture").value = "";
+  clearMask();
+  showPictureActions();
+}
+
+// With a picture: ✎ Mask; and ⤢ Upscale while no prompt is typed (a prompt draws from it).
+function showPictureActions() {
+  $("#paint").hidden = !picture.file;
+  $("#upscale-picture").hidden = !picture.file || $("#input").value.trim() !== "";
+}
+
+// --- a mask painted over the picture (inpainting) -------------------------------------------
+
+const MASK_SIDE = 1024; // the mask's longest side at most (the engine fits it to the picture)
+const DISPLAY_SIDE = 512; // the editor shows the picture about this big
+const maskCanvas = $("#mask-editor canvas");
+const mask = { painted: false, last: null };
+
+async function openMask() {
+  const shown = $("#mask-editor .stage img");
+  shown.src = picture.url;
+  try {
+    await shown.decode();
+  } catch {
+    return; // not a picture the browser can show: the server says what is wrong with it
+  }
+  const { naturalWidth: width, naturalHeight: height } = shown;
+  const fit = Math.min(MASK_SIDE / Math.max(width, height), 1);
+  const [w, h] = [Math.max(1, Math.round(width * fit)), Math.max(1, Math.round(height * fit))];
+  if (maskCanvas.width !== w || maskCanvas.height !== h) {
+    maskCanvas.width = w; // a new size starts a new, empty mask
+    maskCanvas.height = h;
+    mask.painted = false;
+  }
+  const room = Math.min(
+    DISPLAY_SIDE / Math.max(width, height),
+    (window.innerWidth * 0.85) / width,
+    (window.innerHeight * 0.6) / height,
+  );
+  shown.style.width = `${Math.round(width * room)}px`;
+  shown.style.height = `${Math.round(height * room)}px`;
+  $("#mask-editor").showModal();
+}
+
+function clearMask() {
+  maskCanvas.getContext("2d").clearRect(0, 0, maskCanvas.width, maskCanvas.height);
+  mask.painted = false;
+  showMask();
+}
+
+// The composer's thumbnail shows the mask over the picture.
+function showMask() {
+  const overlay = $("#attached img.mask");
+  overlay.hidden = !mask.painted;
+  overlay.src = mask.painted ? maskCanvas.toDataURL() : "";
+}
+
+function canvasPoint(event) {
+  const box = maskCanvas.getBoundingClientRect();
+  const scale = maskCanvas.width / box.width;
+  return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * scale, scale };
+}
+
+function paint(from, to) {
+  const pen = maskCanvas.getContext("2d");
+  pen.strokeStyle = "#fff";
+  pen.lineCap = "round";
+  pen.lineJoin = "round";
+  pen.lineWidth = Number($("#brush").value) * to.scale; // the brush's size on the screen
+  pen.beginPath();
+  pen.moveTo(from.x, from.y);
+  pen.lineTo(to.x, to.y);
+  pen.stroke();
+  mask.painted = true;
+}
+
+maskCanvas.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  maskCanvas.setPointerCapture(event.pointerId);
+  mask.last = canvasPoint(event);
+  paint(mask.last, mask.last);
+});
+maskCanvas.addEventListener("pointermove", (event) => {
+  if (!mask.last) return;
+  const next = canvasPoint(event);
+  paint(mask.last, next);
+  mask.last = next;
+});
+for (const end of ["pointerup", "pointercancel"]) {
+  maskCanvas.addEventListener(end, () => {
+    mask.last = null;
+  });
+}
+
+// What is sent: white where painted, black elsewhere (the engine reads grey levels).
+function maskDataUrl() {
+  if (!mask.painted) return null;
+  const out = document.createElement("canvas");
+  out.width = maskCanvas.width;
+  out.height = maskCanvas.height;
+  const pen = out.getContext("2d");
+  pen.fillStyle = "#000";
+  pen.fillRect(0, 0, out.width, out.height);
+  pen.drawImage(maskCanvas, 0, 0);
+  return out.toDataURL("image/png");
 }
 
 function dataUrl(file) {
@@ -484,7 +617,7 @@ function applyState(state) {
   // button's job.
   for (const view of [...state.history, ...state.jobs]) {
     if (!page.jobs.has(view.id) && view.said !== null) {
-      say(view.said, "user", view.picture);
+      say(view.said, "user", view.picture, view.mask);
     }
     renderJob(view);
   }
@@ -520,20 +653,28 @@ function connect() {
   });
 }
 
-function send(event) {
+// `command`: what a button sends instead of the typed text (⤢ Upscale: "/upscale").
+function send(event, command = null) {
   event.preventDefault();
   const input = $("#input");
-  const text = input.value;
+  const text = command ?? input.value;
   if (!text.trim() && !picture.file) return;
   input.value = "";
   const { file, url } = picture;
+  const maskUrl = command === null ? maskDataUrl() : null; // an upscale redraws nothing
   picture.file = picture.url = null; // the sent message keeps showing it
   dropPicture();
   jumpToEnd(); // as chat apps do: what you send, and its answer, is what you want to see
-  draw(text, file, url);
+  draw(text, file, url, maskUrl);
 }
 
 $("#composer").addEventListener("submit", send);
+$("#upscale-picture").addEventListener("click", (event) => send(event, "/upscale"));
+$("#input").addEventListener("input", showPictureActions);
+$("#paint").addEventListener("click", openMask);
+$("#mask-clear").addEventListener("click", clearMask);
+$("#mask-done").addEventListener("click", () => $("#mask-editor").close());
+$("#mask-editor").addEventListener("close", showMask); // Done, or Escape
 $("#attach").addEventListener("click", () => $("#picture").click());
 $("#picture").addEventListener("change", (event) => choosePicture(event.target.files[0]));
 $("#detach").addEventListener("click", dropPicture);
