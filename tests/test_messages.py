@@ -435,3 +435,20 @@ def test_english_is_the_message_as_before() -> None:
         error_text(raised.value, "en") == "Error: --hires-steps needs a whole number, not 'many'."
     )
     assert error_text(raised.value, "zh") == "出错了：--hires-steps 需要一个整数，而不是 'many'。"
+
+
+def test_every_flag_a_help_text_names_works_and_the_add_on_flags_are_named() -> None:
+    """Show only what works: a flag in any help text is one the parser reads; and the help
+    texts name the flags of the add-ons and hires fix."""
+    from bot.messages import MESSAGES
+    from bot.parse import FLAGS
+
+    for key, texts in MESSAGES.items():
+        for locale, template in texts.items():
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", template):
+                if flag != "--flags":  # "/draw <prompt> --flags": a placeholder
+                    assert flag in FLAGS, f"{key} ({locale}) names {flag}, which does not parse"
+    for key in ("tg_help", "web_welcome"):
+        for locale in ("en", "zh"):
+            for flag in ("--hn", "--vae", "--hires", "--strength"):
+                assert flag in MESSAGES[key][locale], f"{key} ({locale}) lacks {flag}"
