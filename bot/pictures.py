@@ -25,8 +25,8 @@ from engine.engine import Engine
 from engine.errors import InvalidRequest, ModelNotFound
 from engine.images import not_an_image, stored_size, too_big, upscale_size
 from engine.infotext import format_number, parse_infotext
-from engine.request import GenerationRequest, Limits
-from engine.upscalers import BUILTIN, HIRES_ONLY
+from engine.request import HIRES_ONLY_UPSCALERS, GenerationRequest, Limits
+from engine.upscalers import BUILTIN
 
 # What the door reads (engine/images.py FORMATS), as the MIME types chat services announce.
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
@@ -72,7 +72,7 @@ def picture_upscaler(engine: Engine[Any], name: str) -> str:
     engine's door, which says what they are for; any other unknown name is ModelNotFound,
     listing what there is."""
     name = name.strip()
-    if name in HIRES_ONLY:
+    if name in HIRES_ONLY_UPSCALERS:
         return name
     installed = picture_upscalers(engine)
     lowered = {known.lower(): known for known in installed}

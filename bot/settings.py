@@ -17,8 +17,7 @@ from engine.config import ConfigError, build
 from engine.device import DeviceOptions
 from engine.errors import InvalidRequest
 from engine.queue import QueueConfig
-from engine.request import GenerationRequest, Limits, RequestDefaults
-from engine.upscalers import HIRES_ONLY
+from engine.request import HIRES_ONLY_UPSCALERS, GenerationRequest, Limits, RequestDefaults
 
 SETTINGS_ENV = "AIDRAW_SETTINGS"
 
@@ -252,7 +251,7 @@ def _check_meaning(settings: Settings, source: str) -> None:
     except InvalidRequest as e:
         raise SettingsError(f"{source}: defaults.{e.field}: {e}") from e
     upscaler = settings.bot.upscaler
-    if not upscaler.strip() or upscaler in HIRES_ONLY:
+    if not upscaler.strip() or upscaler in HIRES_ONLY_UPSCALERS:
         raise SettingsError(
             f"{source}: bot.upscaler: {upscaler!r} is not allowed: it upscales pictures, so "
             'use "Lanczos", "Nearest" or a file in models/ESRGAN'

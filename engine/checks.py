@@ -12,9 +12,14 @@ from engine.errors import NEGATIVE_PROMPT, PROMPT, InvalidRequest, Phrase
 from engine.infotext import format_number
 from engine.prompting import check_weights
 from engine.prompting.networks import networks_of, with_hypernet
-from engine.request import RNG_SOURCES, GenerationRequest, Limits, RequestDefaults
+from engine.request import (
+    HIRES_ONLY_UPSCALERS,
+    RNG_SOURCES,
+    GenerationRequest,
+    Limits,
+    RequestDefaults,
+)
 from engine.sampling.samplers import canonical_sampler
-from engine.upscalers import LATENT
 
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
@@ -225,7 +230,7 @@ def _check_pictures(req: GenerationRequest, limits: Limits) -> None:
             field="extras_upscale",
             key="upscale_needs_picture",
         )
-    if req.extras_upscale and req.hr_upscaler in ("None", *LATENT):
+    if req.extras_upscale and req.hr_upscaler in HIRES_ONLY_UPSCALERS:
         raise InvalidRequest(
             f"{req.hr_upscaler} upscales latents while drawing: to upscale a picture use "
             "Lanczos, Nearest or an upscaler file.",

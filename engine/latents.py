@@ -24,7 +24,7 @@ from engine.sampling.seeds import ImageRNG, NoiseSpec
 
 OPT_F = 8  # A1111's `opt_f`: pixels per latent cell
 # A1111 `shared.latent_upscale_modes`: hires fix's latent upscalers → torch interpolate options.
-# engine.upscalers.LATENT names them for the door; both lists must stay the same.
+# engine.request.LATENT_UPSCALERS names them for the door; both lists must stay the same.
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),

@@ -186,6 +186,19 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
 
 
+# Hires fix's upscalers besides image ones (A1111's names): latent interpolation modes (their
+# table is engine.latents'), and "None" (a plain Lanczos resize of the decoded picture). Pure
+# names, so the door (engine.checks) needs no torch.
+LATENT_UPSCALERS = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+HIRES_ONLY_UPSCALERS = (*LATENT_UPSCALERS, "None")
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 # Where an image's noise comes from (A1111's "Random number generator source").
 RngSource = Literal["GPU", "CPU", "NV"]

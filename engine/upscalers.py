@@ -52,6 +52,7 @@ import torch
 from PIL import Image
 
 from engine.errors import BadAddonFile, ModelNotFound
+from engine.request import HIRES_ONLY_UPSCALERS
 
 if TYPE_CHECKING:
     from engine.models.library import AddonLibrary
@@ -362,28 +363,15 @@ class UpscalerCache:
 # --- upscaling ---------------------------------------------------------------------------------
 
 
-# Hires fix's upscalers besides images ones (A1111's names): latent interpolation modes (their
-# table is engine.latents'), and "None" (a plain Lanczos resize of the decoded picture).
-LATENT = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
-HIRES_ONLY = (*LATENT, "None")
-
-
 def check_hires_upscaler(name: str, library: AddonLibrary) -> None:
     """At the door: a hires upscaler is a latent mode, None, Lanczos, Nearest or an upscaler
     file here (ModelNotFound lists them all, with close names)."""
-    if name in HIRES_ONLY or _builtin(name) is not None:
+    if name in HIRES_ONLY_UPSCALERS or _builtin(name) is not None:
         return
     try:
         library.find(KIND, name)
     except ModelNotFound:
-        installed = [*HIRES_ONLY, *upscaler_names(library)]
+        installed = [*HIRES_ONLY_UPSCALERS, *upscaler_names(library)]
         close = difflib.get_close_matches(name, installed, n=3, cutoff=0.5)
         raise ModelNotFound(name, kind=KIND, suggestions=close, installed=installed) from None
 

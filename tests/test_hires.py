@@ -243,6 +243,6 @@ def test_a1111_hires_infotext_reads_back() -> None:
 
 def test_the_door_knows_every_latent_upscaler_hires_can_run() -> None:
     from engine.latents import LATENT_UPSCALE_MODES
-    from engine.upscalers import LATENT
+    from engine.request import LATENT_UPSCALERS
 
-    assert tuple(LATENT_UPSCALE_MODES) == LATENT
+    assert tuple(LATENT_UPSCALE_MODES) == LATENT_UPSCALERS
