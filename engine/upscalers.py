@@ -35,10 +35,8 @@ import importlib
 import importlib.util
 import logging
 import math
-import pickle
 import sys
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -47,12 +45,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import safetensors.torch
 import torch
 from PIL import Image
 
 from engine.errors import BadAddonFile, ModelNotFound
 from engine.request import HIRES_ONLY_UPSCALERS
+from engine.weights import read_weights
 
 if TYPE_CHECKING:
     from engine.models.library import AddonLibrary
@@ -221,52 +219,9 @@ class UpscalerModel:
         return out
 
 
-# What torch's weights-only unpickler says of a pickle that would call or build something.
-_CODE_SIGNS = (
-    "GLOBAL",
-    "Unsupported global",
-    "unrecognized function",
-    "Can only create new object",
-)
-
-
-def _pickle_problem(error: Exception) -> str:
-    message = str(error)
-    if "TorchScript" in message:
-        return "it is a TorchScript file, which holds code; use a .pth or .safetensors state dict"
-    if isinstance(error, pickle.UnpicklingError) and any(s in message for s in _CODE_SIGNS):
-        return (
-            "it is a pickle that is more than plain weights (it could run code), so it was not "
-            "opened; convert it to .safetensors with a tool you trust"
-        )
-    return "it is not a readable PyTorch file (truncated or damaged?)"
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, never running anything in it; BadAddonFile when it cannot be read."""
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise BadAddonFile(KIND, path.name, "the file cannot be read") from e
-    if size == 0:
-        raise BadAddonFile(KIND, path.name, "the file is empty")
-    loaded: object
-    if path.suffix.lower() == ".safetensors":
-        try:
-            loaded = safetensors.torch.load_file(path, device="cpu")
-        except Exception as e:  # SafetensorError, OSError…
-            log.warning("refused upscaler %s: %s", path, e)
-            raise BadAddonFile(
-                KIND, path.name, "it is not a readable safetensors file (truncated or damaged?)"
-            ) from e
-    else:
-        try:
-            with warnings.catch_warnings():  # about the file (pickle protocol…); we say why below
-                warnings.simplefilter("ignore")
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError, RuntimeError (zip, TorchScript), OSError, EOF…
-            log.warning("refused upscaler %s: %s", path, e)
-            raise BadAddonFile(KIND, path.name, _pickle_problem(e)) from e
+    loaded = read_weights(path, KIND)
     if isinstance(loaded, Mapping):
         # spandrel's own unwrapping: `params_ema` (Real-ESRGAN), `state_dict`, `module.`…
         loaded = _spandrel_for(path).canonicalize_state_dict(dict(loaded))

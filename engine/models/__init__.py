@@ -7,7 +7,7 @@ from engine.models.checkpoints import (
     ModelRegistry,
     load_problem,
 )
-from engine.models.weights import check_ckpt
+from engine.weights import check_ckpt
 
 __all__ = [
     "SD15_CONFIG",

@@ -26,7 +26,7 @@ from engine.models.addons import Addons
 from engine.upscalers import check_hires_upscaler
 from engine.models.hashes import HashCache
 from engine.models.library import AddonLibrary, Kind, is_paired_vae
-from engine.models.weights import check_ckpt
+from engine.weights import check_ckpt
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.networks import networks_of
 from engine.prompting.tokenizer import build_tokenizer

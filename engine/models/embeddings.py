@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from engine.errors import BadAddonFile
+from engine.weights import read_weights
 from engine.prompting.chunks import (
     CHUNK_LENGTH,
     EmbeddingIndex,
@@ -98,23 +99,10 @@ def _read_vectors(path: Path) -> torch.Tensor:
 def _read_pickle(path: Path) -> Any:
     """torch.load(weights_only=True); the original LDM code's ParameterDict is allowed too (its
     unpickling only sets attributes)."""
-    try:
-        with torch.serialization.safe_globals([torch.nn.ParameterDict]):
-            # mmap: a model misplaced among the embeddings is not read into memory.
-            return torch.load(
-                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-            )
-    except pickle.UnpicklingError as e:
-        log.warning("embedding %s refused: %s", path, e)
-        if "Weights only load failed" in str(e):
-            raise _Refused(
-                "it is a pickle with more than plain tensors, which could run code; "
-                "convert it to .safetensors with a tool you trust"
-            ) from e
-        raise _Refused("the file is damaged or not a weights file") from e
-    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError… on damaged files
-        log.warning("embedding %s unreadable: %s", path, e)
-        raise _Refused("the file is damaged or not a weights file") from e
+    # mmap: a model misplaced among the embeddings is not read into memory.
+    return read_weights(
+        path, "embedding", allow=[torch.nn.ParameterDict], mmap=zipfile.is_zipfile(path)
+    )
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
 from engine.errors import BadAddonFile
+from engine.weights import read_weights
 
 # A1111's activation_dict: its own names, then every activation class torch defines, lowercased.
 _ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
@@ -147,16 +148,7 @@ class Hypernetwork:
     @classmethod
     def load(cls, path: Path, name: str) -> Hypernetwork:
         """Read a `.pt` (tensors only: a pickle that would run code is refused unopened)."""
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ValueError…
-            code = "weights only" in str(e).lower()
-            problem = (
-                "it holds code or objects other than weights, so it was not opened"
-                if code
-                else "it is damaged or not a PyTorch file"
-            )
-            raise BadAddonFile("hypernetwork", path.name, problem) from e
+        data = read_weights(path, "hypernetwork")
         try:
             if not isinstance(data, Mapping):
                 raise _Problem("it is not a hypernetwork (no dictionary of layers)")

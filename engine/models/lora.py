@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.errors import BadAddonFile
+from engine.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -173,30 +174,15 @@ class Lora:
         suffix = path.suffix.lower()
         if suffix not in (".safetensors", ".pt", ".ckpt"):
             raise BadAddonFile(KIND, path.name, f"{suffix or 'no suffix'} is not a LoRA file")
-        try:
-            if suffix == ".safetensors":
-                tensors, alias = load_file(path, device="cpu"), lora_alias(path)
-            else:
-                tensors, alias = _load_pickle(path), None
-        except Exception as e:  # safetensors and torch raise many kinds; all mean "unusable"
-            log.warning("refused LoRA %s: %s", path, e)
-            problem = (
-                "it is a pickle with more than plain weights, which could run code"
-                if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e)
-                else "the file is damaged or not a LoRA"
-            )
-            raise BadAddonFile(KIND, path.name, problem) from e
-        return cls(name=name, path=path, alias=alias, tensors=tensors)
-
-
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A pickled LoRA through `torch.load(weights_only=True)`; a nested `state_dict` unwrapped."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ValueError(f"holds a {type(data).__name__}, not a dict of tensors")
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        data = read_weights(path, KIND)
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]  # a pickled LoRA's nested state dict
+        if not isinstance(data, dict):
+            raise BadAddonFile(KIND, path.name, "the file is damaged or not a LoRA")
+        tensors = {
+            k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+        }
+        return cls(name=name, path=path, alias=lora_alias(path), tensors=tensors)
 
 
 def lora_alias(path: Path) -> str | None:

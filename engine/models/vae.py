@@ -28,6 +28,7 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from engine.errors import BadAddonFile
+from engine.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ _PICKLE_METADATA: list[Any] = [
         "numpy.dtype",
     )
 ]
-# What torch's weights-only unpickler says when a pickle asks for something outside it.
-_CODE_SIGNS = ("Unsupported global", "unrecognized function", "Can only create new object")
 
 
 def vae_name(path: Path) -> str:
@@ -201,35 +200,7 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
         if not found:
             raise BadAddonFile(KIND, path.name, f"the folder has no {FOLDER_WEIGHTS[0]}")
         file = found[0]
-    try:
-        size = file.stat().st_size
-    except OSError as e:
-        raise BadAddonFile(KIND, path.name, "the file cannot be read") from e
-    if size == 0:
-        raise BadAddonFile(KIND, path.name, "the file is empty")
-    loaded: object
-    if file.suffix.lower() == ".safetensors":
-        try:
-            loaded = safetensors.torch.load_file(file, device="cpu")
-        except Exception as e:  # SafetensorError, OSError, …
-            log.warning("refused VAE %s: %s", file, e)
-            raise BadAddonFile(
-                KIND, path.name, "it is not a readable safetensors file (truncated or damaged?)"
-            ) from e
-    else:
-        try:
-            with torch.serialization.safe_globals(_PICKLE_METADATA):
-                loaded = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, …
-            log.warning("refused VAE %s: %s", file, e)
-            if isinstance(e, pickle.UnpicklingError) and any(s in str(e) for s in _CODE_SIGNS):
-                problem = (
-                    "it is a pickle with more than plain weights, which could run code "
-                    "(convert it to .safetensors with a tool you trust)"
-                )
-            else:
-                problem = "it is not a readable PyTorch file (truncated or damaged?)"
-            raise BadAddonFile(KIND, path.name, problem) from e
+    loaded = read_weights(file, KIND, name=path.name, allow=_PICKLE_METADATA)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(k, str) for k in loaded):
