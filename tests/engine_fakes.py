@@ -88,14 +88,26 @@ class FakeLoader:
         return FakeModel(name)
 
 
+def upscaled(requests: Sequence[GenerationRequest], limits: Limits) -> list[GenerationResult]:
+    """The engine's own Extras upscale (engine/extras.py) with a model that has no upscaler
+    files: Lanczos and Nearest need none."""
+    from types import SimpleNamespace
+
+    from engine.extras import upscale_results  # torch: only tests that upscale pay for it
+
+    model = SimpleNamespace(device="cpu", addons=SimpleNamespace(library=None, upscalers=None))
+    return upscale_results(model, requests, limits)  # type: ignore[arg-type]
+
+
 class FakeGenerate:
     """generate()'s contract without torch: steps, on_step, cancelled, one result per image.
 
     `hold()` makes every step wait for a permit from `allow(n)`; while waiting it still
     notices cancellation, as the real loop does at the end of the step in progress.
-    PNG bytes are "prompt|seed". Prompts in `failing` raise RuntimeError; with
-    `oom_above = n`, calls with more than n images fail as out-of-memory does. With `log`,
-    each finished call appends "done <prompt>" lines there; `announce` prints each call.
+    PNG bytes are "prompt|seed"; an Extras upscale is the engine's own (`upscaled`). Prompts
+    in `failing` raise RuntimeError; with `oom_above = n`, calls with more than n images fail
+    as out-of-memory does. With `log`, each finished call appends "done <prompt>" lines
+    there; `announce` prints each call.
     With `latents`, each step hands on_step a (images, 4, 8, 8) tensor filled with
     step/total, so the engine makes previews; otherwise None (no torch needed).
     """
@@ -149,6 +161,11 @@ class FakeGenerate:
         self.threads.add(threading.get_ident())
         if requests and requests[0].prompt == "warm-up":
             return []
+        if requests and requests[0].extras_upscale:
+            self.calls.append(list(requests))
+            while self._held and not self._permits.acquire(timeout=0.01):
+                pass  # held as a drawing's step would be
+            return upscaled(requests, limits)
         self.calls.append(list(requests))
         if self.announce:  # one write: lines from two threads must not interleave
             sys.stdout.write(" ".join(["drawing", *[r.prompt for r in requests]]) + "\n")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from engine.errors import InvalidRequest
 from engine.images import ImageStore, read_image
 from engine.journal import Journal
 from engine.request import GenerationRequest, Limits
+from tests.pictures import png_bomb
 
 LIMITS = Limits(max_pixels=512 * 512, max_image_bytes=1024 * 1024)
 
@@ -25,20 +24,6 @@ def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **options)
     return buf.getvalue()
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (it would unpack to gigabytes)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\0" * 1024)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize(

@@ -13,24 +13,9 @@ from PIL import Image
 from bot.settings import BotSettings
 from tests.discord.world import World, final, status_edits
 from tests.fakes import FakeDiscord
+from tests.pictures import MB, picture, pixels
 
 pytestmark = pytest.mark.timeout(10)
-
-MB = 1024 * 1024
-
-
-def picture(fmt: str = "PNG", **save: Any) -> bytes:
-    """A 40x24 picture whose pixels all differ, so that a stored copy can be compared."""
-    data = bytes(v for y in range(24) for x in range(40) for v in (x * 6, y * 10, x + y))
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (40, 24), data).save(buffer, format=fmt, **save)
-    return buffer.getvalue()
-
-
-def pixels(data_or_path: bytes | str) -> bytes:
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(source) as image:
-        return image.convert("RGB").tobytes()
 
 
 async def test_draw_with_an_image_is_drawn_from_it(world: World, dc: FakeDiscord) -> None:

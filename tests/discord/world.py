@@ -10,7 +10,6 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from PIL import Image
@@ -20,7 +19,6 @@ from bot.discord.bot import run_discord
 from bot.prefs import UserSettingsStore
 from bot.settings import BotSettings, DiscordSettings, Settings
 from engine.engine import Engine
-from engine.extras import upscale_results
 from engine.infotext import create_infotext, infotext_from_image
 from engine.job import Job
 from engine.queue import QueueConfig
@@ -38,7 +36,7 @@ ADMIN = f"discord:{ADMIN_ID}"
 class PngGenerate(FakeGenerate):
     """FakeGenerate whose images are real PNGs carrying an A1111 infotext, and whose steps hand
     the engine latents (so it makes previews); an upscale of a picture (A1111's Extras) is the
-    engine's own (`upscaled`)."""
+    engine's own (FakeGenerate's)."""
 
     def __init__(self) -> None:
         super().__init__(latents=True)
@@ -52,22 +50,12 @@ class PngGenerate(FakeGenerate):
         on_step: Callable[[int, int, Any], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
-        if requests and requests[0].extras_upscale:
-            self.calls.append(list(requests))
-            while self._held and not self._permits.acquire(timeout=0.01):
-                pass  # held as a drawing's step would be
-            return upscaled(requests, limits)
         results = super().__call__(
             model, requests, limits=limits, on_step=on_step, cancelled=cancelled
         )
+        if results and results[0].request.extras_upscale:
+            return results  # the engine's own upscale (FakeGenerate): a real PNG already
         return [_with_png(result) for result in results]
-
-
-def upscaled(requests: Sequence[GenerationRequest], limits: Limits) -> list[GenerationResult]:
-    """The engine's Extras upscale (engine/extras.py) with a model that has no upscaler files:
-    Lanczos and Nearest need none."""
-    model = SimpleNamespace(device="cpu", addons=SimpleNamespace(library=None, upscalers=None))
-    return upscale_results(model, requests, limits)  # type: ignore[arg-type]
 
 
 def _with_png(result: GenerationResult) -> GenerationResult:

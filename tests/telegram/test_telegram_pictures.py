@@ -9,36 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from bot.settings import BotSettings
-from engine.extras import upscale_results
-from engine.request import GenerationRequest, GenerationResult, Limits
-from tests.engine_fakes import FakeGenerate
+from engine.request import GenerationRequest
+from tests.pictures import MB, PngGenerate, picture, pixels
 from tests.telegram.harness import GROUP, OTHER, QUALITY, USER, Harness, buttons
 
 pytestmark = pytest.mark.timeout(10)
-
-MB = 1024 * 1024
-
-
-def picture(fmt: str = "PNG", **save: Any) -> bytes:
-    """A 48x32 picture whose pixels all differ, so that a stored copy can be compared exactly."""
-    data = bytes(
-        value
-        for y in range(32)
-        for x in range(48)
-        for value in (x * 5 % 256, y * 7 % 256, (x + y) % 256)
-    )
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (48, 32), data).save(buffer, format=fmt, **save)
-    return buffer.getvalue()
+SIZE = (48, 32)  # the sent picture's size
 
 
 def animated(fmt: str, **save: Any) -> bytes:
@@ -50,44 +33,9 @@ def animated(fmt: str, **save: Any) -> bytes:
     return buffer.getvalue()
 
 
-def pixels(data_or_path: bytes | str) -> bytes:
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(source) as image:
-        return image.convert("RGB").tobytes()
-
-
 def drawn(h: Harness, n: int = -1) -> GenerationRequest:
     """The request of the n-th generate() call's first job."""
     return h.fake.calls[n][0]
-
-
-class PngGenerate(FakeGenerate):
-    """FakeGenerate whose images are real PNGs of the requested size (so that they can be
-    sent back as pictures); an upscale of a picture is the engine's own (`upscaled`)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[GenerationResult]:
-        requests: Sequence[GenerationRequest] = args[1]
-        if requests and requests[0].extras_upscale:
-            self.calls.append(list(requests))
-            while self._held and not self._permits.acquire(timeout=0.01):
-                pass  # held as a drawing's step would be
-            return upscaled(requests, kwargs["limits"])
-        results = super().__call__(*args, **kwargs)
-        return [dataclasses.replace(r, png=_png(r.request, r.seed)) for r in results]
-
-
-def upscaled(requests: Sequence[GenerationRequest], limits: Limits) -> list[GenerationResult]:
-    """The engine's Extras upscale (engine/extras.py) with a model that has no upscaler files:
-    Lanczos and Nearest need none."""
-    model = SimpleNamespace(device="cpu", addons=SimpleNamespace(library=None, upscalers=None))
-    return upscale_results(model, requests, limits)  # type: ignore[arg-type]
-
-
-def _png(request: GenerationRequest, seed: int) -> bytes:
-    buffer = io.BytesIO()
-    size = (request.width or 64, request.height or 64)
-    Image.new("RGB", size, (seed % 256, 90, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --- pictures in ---------------------------------------------------------------------------------
@@ -95,7 +43,7 @@ def _png(request: GenerationRequest, seed: int) -> bytes:
 
 async def test_a_photo_with_a_caption_is_drawn_from(h: Harness) -> None:
     await h.start()
-    sent = picture()
+    sent = picture(size=SIZE)
     update = h.tg.push_photo(USER, USER, sent, caption="make it blue --seed 3")
     photo = await h.tg.wait_for("sendPhoto")
 
@@ -118,7 +66,7 @@ async def test_a_photo_with_a_caption_is_drawn_from(h: Harness) -> None:
 
 async def test_an_image_file_with_draw_in_a_group_takes_its_flags(h: Harness) -> None:
     await h.start()
-    sent = picture("WEBP", lossless=True)
+    sent = picture("WEBP", size=SIZE, lossless=True)
     h.tg.push_photo(GROUP, USER, sent, caption="a holiday photo", chat_type="supergroup")
     h.tg.push_photo(GROUP, USER, sent, caption="/draw@other_bot blue", chat_type="supergroup")
     h.tg.push_photo(
@@ -140,7 +88,7 @@ async def test_an_image_file_with_draw_in_a_group_takes_its_flags(h: Harness) ->
 
 async def test_a_prompt_replying_to_a_picture_draws_from_it(h: Harness) -> None:
     await h.start()
-    sent = picture("JPEG", quality=95)
+    sent = picture("JPEG", size=SIZE, quality=95)
     shared = h.tg.push_photo(USER, USER, sent)  # no caption: how to use it
     hint = await h.reply(USER)
     assert hint.startswith("To draw from this picture, send it again with the prompt as its")
@@ -168,10 +116,12 @@ async def test_a_prompt_replying_to_a_picture_draws_from_it(h: Harness) -> None:
 
 async def test_a_picture_over_the_limit_is_refused_without_downloading_it(h: Harness) -> None:
     engine = await h.start()
-    h.tg.push_photo(USER, USER, picture(), caption="make it blue", file_size=50 * MB)
+    h.tg.push_photo(USER, USER, picture(size=SIZE), caption="make it blue", file_size=50 * MB)
     refused = await h.reply(USER)
     assert refused == "Error: The image is 50.0 MB: at most 20.0 MB is allowed."
-    h.tg.push_photo(USER, USER, picture(), caption="blue", as_document=True, file_size=21 * MB)
+    h.tg.push_photo(
+        USER, USER, picture(size=SIZE), caption="blue", as_document=True, file_size=21 * MB
+    )
     assert (await h.reply(USER)).startswith("Error: The image is 21.0 MB")
     assert h.tg.count("getFile", status=None) == 0 and h.tg.count("downloadFile") == 0
     assert engine.jobs() == [] and h.fake.calls == []
@@ -179,7 +129,7 @@ async def test_a_picture_over_the_limit_is_refused_without_downloading_it(h: Har
 
 async def test_a_bad_prompt_downloads_nothing(h: Harness) -> None:
     await h.start()
-    h.tg.push_photo(USER, USER, picture(), caption="blue --sede 5")
+    h.tg.push_photo(USER, USER, picture(size=SIZE), caption="blue --sede 5")
     assert (await h.reply(USER)).startswith("Error: Unknown flag --sede.")
     assert h.tg.count("getFile", status=None) == 0
 
@@ -259,7 +209,9 @@ async def test_upscale_of_a_picture_drawn_from_a_picture_starts_from_that_result
 ) -> None:
     h.fake = PngGenerate()
     engine = await h.start()
-    h.tg.push_photo(USER, USER, picture(), caption="blue --size 128x96 --seed 4 --strength 0.6")
+    h.tg.push_photo(
+        USER, USER, picture(size=SIZE), caption="blue --size 128x96 --seed 4 --strength 0.6"
+    )
     await h.tg.wait_for("sendPhoto")
     (result,) = [m for m in h.tg.sent(USER) if "photo" in m]
     h.tg.push_callback(USER, USER, result["message_id"], "u:1:0")
@@ -286,7 +238,7 @@ async def test_upscale_as_a_photos_caption_upscales_it_without_drawing(h: Harnes
     h.fake = PngGenerate()
     h.fake.hold()
     engine = await h.start()
-    sent = picture()
+    sent = picture(size=SIZE)
     h.tg.push_photo(USER, USER, sent, caption="/upscale")
     await h.tg.wait_for("editMessageText", lambda c: c.params["text"] == "Upscaling…")
     h.fake.release()
@@ -309,7 +261,7 @@ async def test_upscale_as_a_photos_caption_upscales_it_without_drawing(h: Harnes
 async def test_upscale_replying_to_a_picture_takes_a_scale_and_an_upscaler(h: Harness) -> None:
     h.fake = PngGenerate()
     await h.start()
-    sent = picture("JPEG", quality=95)
+    sent = picture("JPEG", size=SIZE, quality=95)
     shared = h.tg.push_photo(GROUP, OTHER, sent, chat_type="supergroup")
     h.tg.push_text(
         GROUP,
@@ -369,7 +321,7 @@ async def test_upscale_refusals_are_one_line_and_download_nothing(
     h: Harness, caption: str, refusal: str
 ) -> None:
     engine = await h.start()
-    h.tg.push_photo(USER, USER, picture(), caption=caption)
+    h.tg.push_photo(USER, USER, picture(size=SIZE), caption=caption)
     assert await h.reply(USER) == refusal
     assert h.tg.count("getFile", status=None) == 0 and engine.jobs() == []
 

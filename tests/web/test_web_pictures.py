@@ -9,84 +9,18 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import struct
-import zlib
-from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from bot.settings import Settings
-from engine.extras import upscale_results
-from engine.request import GenerationRequest, GenerationResult, Limits
-from tests.engine_fakes import FakeGenerate
+from tests.pictures import MB, PngGenerate, picture, pixels, png_bomb
 from tests.web.harness import JSON, Chat, of, post, socket, until
-
-MB = 1024 * 1024
-
-
-def picture(fmt: str = "PNG", **save: Any) -> bytes:
-    """A 40x24 picture whose pixels all differ, so that a stored copy can be compared."""
-    data = bytes(v for y in range(24) for x in range(40) for v in (x * 6, y * 10, x + y))
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (40, 24), data).save(buffer, format=fmt, **save)
-    return buffer.getvalue()
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def pixels(data_or_path: bytes | str) -> bytes:
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(source) as image:
-        return image.convert("RGB").tobytes()
-
-
-def bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A valid little PNG whose header claims a huge picture (a decompression bomb): one
-    compressed row of zeros stands for all of it."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\0" * (1 + 3 * width))
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
-
-
-class PngGenerate(FakeGenerate):
-    """FakeGenerate whose images are real PNGs of the requested size; an upscale of a picture
-    is the engine's own (`upscaled`)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[GenerationResult]:
-        requests: Sequence[GenerationRequest] = args[1]
-        if requests and requests[0].extras_upscale:
-            self.calls.append(list(requests))
-            while self._held and not self._permits.acquire(timeout=0.01):
-                pass  # held as a drawing's step would be
-            return upscaled(requests, kwargs["limits"])
-        results = super().__call__(*args, **kwargs)
-        return [dataclasses.replace(r, png=_png(r.request, r.seed)) for r in results]
-
-
-def upscaled(requests: Sequence[GenerationRequest], limits: Limits) -> list[GenerationResult]:
-    """The engine's Extras upscale (engine/extras.py) with a model that has no upscaler files:
-    Lanczos and Nearest need none."""
-    model = SimpleNamespace(device="cpu", addons=SimpleNamespace(library=None, upscalers=None))
-    return upscale_results(model, requests, limits)  # type: ignore[arg-type]
-
-
-def _png(request: GenerationRequest, seed: int) -> bytes:
-    buffer = io.BytesIO()
-    size = (request.width or 64, request.height or 64)
-    Image.new("RGB", size, (seed % 256, 90, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 async def test_a_picture_sent_with_the_prompt_is_drawn_from(chat: Chat) -> None:
@@ -128,7 +62,7 @@ async def test_an_animated_webp_is_drawn_from_its_first_frame(chat: Chat) -> Non
 
 async def test_pictures_the_door_refuses_are_a_chat_error(chat: Chat) -> None:
     client = await chat.start()
-    too_many = await post(client, "/api/draw", {"text": "x", "image": data_url(bomb())}, 400)
+    too_many = await post(client, "/api/draw", {"text": "x", "image": data_url(png_bomb())}, 400)
     assert too_many["error"].startswith("Error: The image is ")  # e.g. "far too large"
     assert too_many["error"].endswith(": at most 1,048,576 pixels are allowed.")
     unreadable = "Error: That is not a PNG, JPEG or WebP image this bot can read."
@@ -139,12 +73,14 @@ async def test_pictures_the_door_refuses_are_a_chat_error(chat: Chat) -> None:
     for mime in ("image/gif", "image/png"):  # said to be a GIF, or a GIF said to be a PNG
         body = {"text": "x", "image": data_url(gif.getvalue(), mime)}
         assert await post(client, "/api/draw", body, 400) == {"error": unreadable}
-    zh = await client.post("/api/draw?lang=zh", json={"text": "x", "image": data_url(bomb())})
+    zh = await client.post("/api/draw?lang=zh", json={"text": "x", "image": data_url(png_bomb())})
     assert (await zh.json())["error"].startswith("出错了：图片")
     bad = await client.post("/api/draw", json={"text": "x", "image": "!!not base64!!"})
     assert bad.status == 400
     # A bad prompt is refused before the picture is looked at.
-    flag = await post(client, "/api/draw", {"text": "x --sede 1", "image": data_url(bomb())}, 400)
+    flag = await post(
+        client, "/api/draw", {"text": "x --sede 1", "image": data_url(png_bomb())}, 400
+    )
     assert flag["error"].startswith("Error: Unknown flag --sede.")
     assert chat.engine is not None and chat.engine.jobs() == [] and chat.fake.calls == []
     assert not (chat.tmp_path / "results" / "inputs").exists()
