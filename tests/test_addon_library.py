@@ -55,6 +55,16 @@ def test_files_are_found_under_a1111s_names(models: Path) -> None:
     assert registry.models[DEMO].defaults.vae == "None"
 
 
+def test_a_diffusers_vae_folder_is_one_vae_named_by_its_folder(models: Path) -> None:
+    folder = models / "VAE" / "sd-vae-ft-mse"
+    _touch(folder / "config.json", b"{}")
+    _touch(folder / "diffusion_pytorch_model.safetensors")
+    _touch(models / "VAE" / "notes.txt")
+    vaes = ModelRegistry(models).addon_names("VAE")
+    assert "sd-vae-ft-mse" in vaes and "diffusion_pytorch_model.safetensors" not in vaes
+    assert "notes.txt" not in vaes
+
+
 def test_a_vae_is_found_by_stem_and_a_missing_one_lists_what_is_here(models: Path) -> None:
     library = ModelRegistry(models).addons
     assert library.find("VAE", "animevae").name == "animevae.pt"

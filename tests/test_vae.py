@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from engine.errors import BadAddonFile
 from engine.models.checkpoints import SD15_CONFIG
-from engine.models.vae import decode, is_vae_file, load_vae, vae_name
+from engine.models.vae import decode, load_vae
 from tests.ldm_layout import VAE_PREFIX, vae_to_ldm
 
 TINY: dict[str, Any] = {
@@ -169,7 +169,6 @@ def test_each_format_loads_bit_identical(
 ) -> None:
     path = tmp_path / name
     WRITERS[name](original, path)
-    assert is_vae_file(path)
     vae = load_vae(path, config=config, dtype=torch.float32)
     assert isinstance(vae, AutoencoderKL) and not vae.training
     assert not any(p.requires_grad for p in vae.parameters())
@@ -381,21 +380,3 @@ def test_nan_latents_do_not_convert_the_vae(
     latents[0, 0, 0, 0] = float("nan")
     assert not torch.isfinite(decode(vae, latents)[0]).all()
     assert vae.dtype == torch.float16 and not caplog.records
-
-
-# --- 4. names -------------------------------------------------------------------------------
-
-
-def test_vae_name_is_the_file_name() -> None:
-    assert vae_name(Path("models/VAE/animevae.pt")) == "animevae.pt"
-    assert vae_name(Path("models/VAE/sd-vae-ft-mse")) == "sd-vae-ft-mse"
-
-
-def test_is_vae_file_lists_what_a1111_lists(tmp_path: Path) -> None:
-    for name in ["a.pt", "b.ckpt", "c.safetensors", "d.txt", "e.PT", "f.vae.pt"]:
-        (tmp_path / name).write_bytes(b"x")
-    write_config(tmp_path / "folder")
-    (tmp_path / "empty-folder").mkdir()
-    listed = sorted(p.name for p in tmp_path.iterdir() if is_vae_file(p))
-    assert listed == ["a.pt", "b.ckpt", "c.safetensors", "f.vae.pt", "folder"]
-    assert not is_vae_file(tmp_path / "missing.pt")

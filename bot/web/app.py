@@ -305,26 +305,25 @@ async def get_image(request: web.Request) -> web.StreamResponse:
 
 async def get_picture(request: web.Request) -> web.StreamResponse:
     """The picture a drawing of this user was drawn from, as the engine keeps it (its PNG)."""
-    chat = request.app[CHAT]
-    try:
-        record = chat.finished(_job_id(request))
-    except InvalidRequest:
-        raise web.HTTPNotFound() from None
-    if record.request.init_image is None:
-        raise web.HTTPNotFound()
-    return web.FileResponse(record.request.init_image, headers={"Content-Type": "image/png"})
+    return _kept_input(request, "init_image")
 
 
 async def get_mask(request: web.Request) -> web.StreamResponse:
     """The mask a drawing of this user was inpainted with, as the engine keeps it (grey)."""
+    return _kept_input(request, "mask_image")
+
+
+def _kept_input(request: web.Request, field: str) -> web.StreamResponse:
+    """A finished job's kept input file (`init_image` or `mask_image`); 404 if it has none."""
     chat = request.app[CHAT]
     try:
         record = chat.finished(_job_id(request))
     except InvalidRequest:
         raise web.HTTPNotFound() from None
-    if record.request.mask_image is None:
+    path = getattr(record.request, field)
+    if path is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(record.request.mask_image, headers={"Content-Type": "image/png"})
+    return web.FileResponse(path, headers={"Content-Type": "image/png"})
 
 
 async def get_socket(request: web.Request) -> web.WebSocketResponse:

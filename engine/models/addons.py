@@ -65,7 +65,6 @@ class Addons:
         self._dtype = dtype
         self._place_vae = place_vae  # gives pipe.vae, just replaced, the memory profile
         self._own_vae: AutoencoderKL = pipe.vae
-        self._vae_name = "None"
         self._vaes: OrderedDict[tuple[Path, int], AutoencoderKL] = OrderedDict()
         self._files: OrderedDict[tuple[Path, int], Any] = OrderedDict()
         self._loras = LoraPatcher(pipe.unet, pipe.text_encoder)
@@ -93,10 +92,8 @@ class Addons:
         Every file is loaded and checked before anything changes: a bad one raises its
         BadAddonFile (one line) and the pipeline stays as it was."""
         networks = networks_of(request.prompt)
-        loras = [
-            (self._load(self._library.find("LoRA", use.name), Lora.load), use)
-            for use in networks.loras
-        ]
+        lora_files = [(self._library.find("LoRA", use.name), use) for use in networks.loras]
+        loras = [(self._load(file, Lora.load), use) for file, use in lora_files]
         hypernets = [
             (self._load(self._library.find("hypernetwork", use.name), self._load_hypernet), use)
             for use in networks.hypernets
@@ -108,10 +105,8 @@ class Addons:
         if vae is not self._pipe.vae:
             self._pipe.vae = vae
             self._place_vae()
-        self._vae_name = vae_file.name if vae_file is not None else "None"
         lora_hashes = ", ".join(
-            f"{_clean(use.name)}: {self._library.short_hash(self._library.find('LoRA', use.name))}"
-            for _, use in loras
+            f"{_clean(use.name)}: {self._library.short_hash(file)}" for file, use in lora_files
         )
         return InUse(
             vae=(vae_file.name, self._library.short_hash(vae_file)) if vae_file else None,

@@ -23,6 +23,9 @@ class HashCache:
 
     def __init__(self, models_dir: Path) -> None:
         self.file = models_dir / CACHE_NAME
+        # Hashes known in this process, by (cache key, size, mtime): the drawing path asks for
+        # add-ons' hashes every batch (the infotext), without reading the JSON file each time.
+        self._known: dict[tuple[str, int, int], str] = {}
 
     def read(self) -> dict[str, Any]:
         """The whole cache (empty when missing or unreadable)."""
@@ -46,11 +49,15 @@ class HashCache:
 
     def sha256(self, path: Path, *, addnet: bool = False) -> str:
         """The full hex digest (computed once per file version, seconds per GB)."""
+        stat = path.stat()
+        known = (_key(path, addnet), stat.st_size, stat.st_mtime_ns)
+        if known in self._known:
+            return self._known[known]
         cache = self.read()
         found = self.cached(path, cache, addnet=addnet)
         if found is not None:
+            self._known[known] = found
             return found
-        stat = path.stat()
         with path.open("rb") as f:
             digest = _addnet_sha256(f) if addnet else _sha256(f)
         cache[_key(path, addnet)] = {
@@ -64,6 +71,7 @@ class HashCache:
             os.replace(tmp, self.file)  # atomic: a crash never leaves a torn cache
         except OSError as e:
             log.warning("cannot write the hash cache %s: %s", self.file, e)
+        self._known[known] = digest
         return digest
 
 

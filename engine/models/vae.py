@@ -33,7 +33,6 @@ from engine.weights import read_weights
 log = logging.getLogger(__name__)
 
 KIND = "VAE"
-VAE_SUFFIXES = (".pt", ".ckpt", ".safetensors")  # A1111's models/VAE globs (case-sensitive)
 LDM_PREFIX = "first_stage_model."
 # A1111 `load_vae_dict`: training leftovers it drops before `load_state_dict`.
 LOSS_PREFIX = "loss"
@@ -74,20 +73,6 @@ _PICKLE_METADATA: list[Any] = [
         "numpy.dtype",
     )
 ]
-
-
-def vae_name(path: Path) -> str:
-    """A1111's `VAE:` infotext value (`get_loaded_vae_name`): the file's basename with its
-    extension (`animevae.pt`); a diffusers folder's own name."""
-    return path.name
-
-
-def is_vae_file(path: Path) -> bool:
-    """Whether A1111 would list `path` as a VAE (a `.pt`, `.ckpt` or `.safetensors` file), or
-    it is a diffusers VAE folder (one with a config.json)."""
-    if path.is_dir():
-        return (path / "config.json").is_file()
-    return path.suffix in VAE_SUFFIXES and path.is_file()
 
 
 def load_vae(
