@@ -40,6 +40,7 @@ from engine.prompting.presets import (
     with_uc_preset,
 )
 from engine.request import GenerationRequest, Limits
+from engine.sampling.schedules import AUTOMATIC, SCHEDULE_LABELS, schedule_label
 
 MAX_CHARS = Limits().max_prompt_chars  # the default cap on what a user types
 MAX_RATIO = 4  # `--ar` from 1:4 to 4:1 (beyond, one side would fall under 64 or over 2048 px)
@@ -229,6 +230,15 @@ def _vae(flag: str, value: str) -> str | None:
     return None if name.lower() in ("auto", "automatic") else name
 
 
+def _schedule(flag: str, value: str) -> str:
+    """`--schedule NAME`: A1111 v1.9's "Schedule type" in any case ("karras", "sgm uniform");
+    "auto" is "Automatic". A name v1.9.4 lacks goes on as typed: the door lists the choices."""
+    name = value.strip()
+    if name.lower() == "auto":
+        return AUTOMATIC
+    return schedule_label(name) or name
+
+
 def _switch(flag: str, value: str) -> bool:
     return True
 
@@ -255,6 +265,16 @@ FLAGS: dict[str, Flag] = {
         "sampler",
         _text,
         Phrase("sampler name, e.g. 'Euler a'", "help_sampler", example="'Euler a'"),
+        "many",
+    ),
+    "--schedule": Flag(
+        "schedule_type",
+        _schedule,
+        Phrase(
+            f"schedule type: one of {', '.join(SCHEDULE_LABELS)}",
+            "help_schedule",
+            choices=", ".join(SCHEDULE_LABELS),
+        ),
         "many",
     ),
     "--neg": Flag("negative_prompt", _text, _NEGATIVE, "many"),

@@ -19,7 +19,7 @@ from engine.request import (
     Limits,
     RequestDefaults,
 )
-from engine.sampling.samplers import canonical_sampler
+from engine.sampling.samplers import resolve_sampler
 
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
@@ -125,8 +125,12 @@ def check_request(
     _check_noise(req, limits)
     _check_pictures(req, limits)
     hypernet = (defaults or RequestDefaults()).hypernet
+    sampler, schedule_type = resolve_sampler(req.sampler, req.schedule_type)
     return dataclasses.replace(
-        req, sampler=canonical_sampler(req.sampler), prompt=with_hypernet(req.prompt, hypernet)
+        req,
+        sampler=sampler,
+        schedule_type=schedule_type,
+        prompt=with_hypernet(req.prompt, hypernet),
     )
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.errors import InvalidRequest
 from engine.request import GenerationRequest
+from engine.sampling.samplers import resolve_sampler, split_schedule_suffix
+from engine.sampling.schedules import AUTOMATIC, schedule_label
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -160,8 +162,9 @@ def create_infotext(
     model's `Conditional mask weight` (A1111's 1.0).
 
     `seed`/`subseed` are this image's; `uses_ensd` says whether the sampler draws ancestral
-    noise (A1111 writes ENSD only then); `schedule_type` is written only where A1111 v1.9 would
-    otherwise read the sampler name with another schedule (e.g. "Uniform" for "DPM++ 2M").
+    noise (A1111 writes ENSD only then); `schedule_type` is the row's v1.9 "Schedule type"
+    label (`with_schedule_type`): a request's own choice ("Exponential"), or "Uniform" where
+    v1.9 would read the name alone as Karras ("DPM++ 2M"); None where the name says it all.
     """
     req = request
     assert req.guidance_scale is not None and req.clip_skip is not None
@@ -294,19 +297,36 @@ def _parse_version(text: str | None) -> tuple[int, int, int, int] | None:
     return major, minor, patch, post
 
 
-def sampler_from_infotext(params: Mapping[str, str]) -> str | None:
-    """Our sampler name for an infotext's `Sampler` and `Schedule type` (None if absent)."""
+def sampler_from_infotext(params: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """Our (sampler, schedule type) for an infotext's `Sampler` and `Schedule type`.
+
+    As A1111 v1.9.4 `get_sampler_and_scheduler` reads them: a schedule named at the end of the
+    sampler name wins ("DPM++ 2M Karras"); "Automatic" is the v1.9 sampler's own default
+    (Karras for `V19_KARRAS_BY_DEFAULT`, else uniform); labels and v1.5-1.8's lower-case
+    names ("karras") both count. Unlike v1.9, a missing `Schedule type` keeps the name's
+    pre-v1.9 meaning ("DPM++ 2M" = uniform), and a type v1.9.4 lacks (v1.10's "Align Your
+    Steps") is passed on for the door to refuse rather than drawn as "Automatic". Where a
+    table row already means the pair, the row's name and None come back (`resolve_sampler`).
+    """
     name = params.get("Sampler")
     if not name:
-        return None
-    schedule = params.get("Schedule type", "").strip()
-    if schedule.lower() in ("", "uniform"):
-        return name
-    if schedule.lower() == "automatic":
-        return f"{name} Karras" if name in V19_KARRAS_BY_DEFAULT else name
-    if schedule.lower() == "karras":
-        return name if name.endswith(" Karras") else f"{name} Karras"
-    return f"{name} {schedule}"
+        return None, None
+    text = params.get("Schedule type", "").strip()
+    name, label = split_schedule_suffix(name)
+    if label is None:
+        if not text:
+            return name, None
+        label = schedule_label(text)
+        if label is None:
+            return name, text
+    if label == AUTOMATIC:
+        if name not in V19_KARRAS_BY_DEFAULT:
+            return name, None
+        label = "Karras"
+    try:
+        return resolve_sampler(name, label)
+    except InvalidRequest:  # not a sampler of ours: the door names it
+        return name, label
 
 
 def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationRequest:
@@ -320,10 +340,12 @@ def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationReq
     if isinstance(info, str):
         info = parse_infotext(info)
     p = info.params
+    sampler, schedule_type = sampler_from_infotext(p)
     fields: dict[str, Any] = {
         "prompt": info.prompt,
         "negative_prompt": info.negative_prompt,
-        "sampler": sampler_from_infotext(p),
+        "sampler": sampler,
+        "schedule_type": schedule_type,
         "num_inference_steps": _number(p, "Steps", int),
         "guidance_scale": _number(p, "CFG scale", float),
         "seed": _number(p, "Seed", int),

@@ -22,7 +22,12 @@ class GenerationRequest:
         num_inference_steps: denoising steps.
         guidance_scale: classifier-free guidance scale ("CFG scale").
         seed: seed of the first image; image i uses seed + i. None draws a random seed.
-        sampler: A1111 sampler name, e.g. "Euler a".
+        sampler: A1111 sampler name, e.g. "Euler a" (old names such as "DPM++ 2M Karras" keep
+            their schedule; "DPM++ 2M" alone is uniform, as before A1111 v1.9).
+        schedule_type: A1111 v1.9's "Schedule type" label ("Karras", "Exponential", … see
+            `engine.sampling.schedules`) run instead of the sampler's own; None or "Automatic"
+            = the sampler's own. The door (`engine.checks`) folds it into the sampler name
+            where a table row already means it ("DPM++ 2M" + "Karras" → "DPM++ 2M Karras").
         model: registry name of the model; None = the engine's current default model.
         model_hash: A1111's hash of the model to draw with (a pasted infotext's `Model hash`:
             10 hex digits, or A1111's old 8); the engine picks the model with this hash first,
@@ -73,6 +78,7 @@ class GenerationRequest:
     guidance_scale: float | None = None
     seed: int | None = None
     sampler: str | None = None
+    schedule_type: str | None = None
     model: str | None = None
     model_hash: str | None = None
     clip_skip: int | None = None
@@ -211,6 +217,7 @@ BATCH_KEYS = (
     "num_inference_steps",
     "guidance_scale",
     "sampler",
+    "schedule_type",
     "clip_skip",
     "model",
     "downcast_alphas_cumprod",

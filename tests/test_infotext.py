@@ -235,18 +235,18 @@ def test_old_a1111_versions_imply_downcast_alphas_cumprod(
 @pytest.mark.parametrize(
     ("sampler", "schedule", "ours"),
     [
-        ("DPM++ 2M", None, "DPM++ 2M"),  # before v1.9: uniform
-        ("DPM++ 2M Karras", None, "DPM++ 2M Karras"),
-        ("DPM++ 2M", "Karras", "DPM++ 2M Karras"),
-        ("DPM++ 2M", "Automatic", "DPM++ 2M Karras"),  # v1.9's default for DPM++ 2M
-        ("DPM++ 2M", "Uniform", "DPM++ 2M"),
-        ("Euler a", "Automatic", "Euler a"),
-        ("DPM2 a", "karras", "DPM2 a Karras"),  # v1.5-1.8 wrote the k_sched_type option lower-case
-        ("DPM++ 2M", "Exponential", "DPM++ 2M Exponential"),  # not ours: rejected at submit
+        ("DPM++ 2M", None, ("DPM++ 2M", None)),  # before v1.9: uniform
+        ("DPM++ 2M Karras", None, ("DPM++ 2M Karras", None)),
+        ("DPM++ 2M", "Karras", ("DPM++ 2M Karras", None)),
+        ("DPM++ 2M", "Automatic", ("DPM++ 2M Karras", None)),  # v1.9's default for DPM++ 2M
+        ("DPM++ 2M", "Uniform", ("DPM++ 2M", None)),
+        ("Euler a", "Automatic", ("Euler a", None)),
+        ("DPM2 a", "karras", ("DPM2 a Karras", None)),  # v1.5-1.8 wrote k_sched_type lower-case
+        ("DPM++ 2M", "Exponential", ("DPM++ 2M", "Exponential")),  # v1.9's separate choice
     ],
 )
 def test_schedule_type_maps_onto_our_sampler_names(
-    sampler: str, schedule: str | None, ours: str
+    sampler: str, schedule: str | None, ours: tuple[str, str | None]
 ) -> None:
     params = {"Sampler": sampler} | ({"Schedule type": schedule} if schedule else {})
     assert sampler_from_infotext(params) == ours

@@ -29,7 +29,8 @@ from engine.sampling.kdiffusion import (
     sample_heun,
     sample_lms,
 )
-from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler
+from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler, with_schedule_type
+from engine.sampling.sigmas import SIGMAS
 from engine.sampling.steps import img2img_steps
 
 # A1111's default denoising strengths: img2img's UI and API (0.75), hires fix's UI (0.7).
@@ -52,12 +53,19 @@ LOOPS: dict[str, SampleFn] = {
 }
 
 
-def sampler_sigmas(row: Sampler, schedule: NoiseSchedule, steps: int) -> Tensor:
-    """A1111 `KDiffusionSampler.get_sigmas` for a row (or DDIM's timesteps)."""
+def sampler_sigmas(
+    row: Sampler, schedule: NoiseSchedule, steps: int, schedule_type: str | None = None
+) -> Tensor:
+    """A1111 `KDiffusionSampler.get_sigmas` for a row (or DDIM's timesteps).
+
+    `schedule_type` is a v1.9 "Schedule type" label run instead of the row's own schedule
+    (None/"Automatic": the row's own, as A1111's "Automatic" is the sampler's own).
+    """
+    row = with_schedule_type(row, schedule_type)
     if row.schedule == "ddim":
         return ddim_timesteps(steps, len(schedule.alphas_cumprod))
     n = steps + 1 if row.discard_penultimate else steps
-    sigmas = schedule.get_sigmas_karras(n) if row.schedule == "karras" else schedule.get_sigmas(n)
+    sigmas = SIGMAS[row.schedule](schedule, n)
     if row.discard_penultimate:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas

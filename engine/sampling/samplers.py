@@ -1,18 +1,27 @@
 """The sampler table: A1111's user-facing names → our own samplers (engine/sampling/kdiffusion.py).
 
-The names and schedules are A1111's before v1.9 ("DPM++ 2M" = uniform sigmas, "DPM++ 2M Karras").
-Pure data without torch, so the chat parser, settings and frontends check names at once; rows
-name their k-diffusion loop as A1111's own table does, and `engine.sampling.loop` runs a row.
+The names and schedules are A1111's before v1.9 ("DPM++ 2M" = uniform sigmas, "DPM++ 2M Karras");
+v1.9's separate "Schedule type" (`engine.sampling.schedules`) replaces a row's own schedule
+(`with_schedule_type`, `resolve_sampler`). Pure data without torch, so the chat parser,
+settings and frontends check names at once; rows name their k-diffusion loop as A1111's own
+table does, and `engine.sampling.loop` runs a row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from engine.errors import NOTHING, InvalidRequest, Phrase
+from engine.sampling.schedules import (
+    BY_LABEL,
+    SCHEDULE_TYPES,
+    ScheduleName,
+    canonical_schedule_type,
+)
 
 # A1111's "second_order" samplers: two model calls per step, so prompt-editing schedules are
 # built for twice the steps (A1111 `SamplerData.total_steps`, `p.step_multiplier`).
@@ -39,11 +48,16 @@ class Sampler:
 
     name: str
     function: str | None  # the loop in kdiffusion.py by name (A1111's table does so); None = DDIM
-    schedule: Literal["uniform", "karras", "ddim"] = "uniform"
+    schedule: ScheduleName = "uniform"
     noise: Literal["none", "ancestral", "brownian"] = "none"
     discard_penultimate: bool = False
     aliases: tuple[str, ...] = ()
     schedule_type: str | None = None
+
+    @property
+    def base(self) -> str:
+        """The A1111 v1.9 sampler name, without the schedule ("DPM++ 2M Karras" → "DPM++ 2M")."""
+        return self.name.removesuffix(" Karras")
 
     @property
     def uses_ensd(self) -> bool:
@@ -131,3 +145,55 @@ def canonical_sampler(name: str) -> str:
             samplers=list(SAMPLERS),
         )
     return found
+
+
+def with_schedule_type(row: Sampler, schedule_type: str | None) -> Sampler:
+    """The row run on a v1.9 schedule type instead of its own (None/"Automatic": its own).
+
+    The label names the schedule in `Sampler.schedule` and in `schedule_type` (the infotext's
+    `Schedule type`). DDIM keeps its timesteps: A1111's DDIM is a timesteps sampler that never
+    reads the schedule type (v1.9.4 `sd_samplers_timesteps`), though its infotext names it.
+    """
+    label = canonical_schedule_type(schedule_type)
+    if label is None:
+        return row
+    if row.schedule == "ddim":
+        return dataclasses.replace(row, schedule_type=label)
+    base = SAMPLERS[row.base]
+    name = BY_LABEL[label].name
+    return dataclasses.replace(base, schedule=cast(ScheduleName, name), schedule_type=label)
+
+
+def resolve_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str | None]:
+    """A request's (sampler, schedule type) as the table's row name and a label, or None where
+    the row's own schedule is that schedule ("DPM++ 2M" + "Karras" → ("DPM++ 2M Karras", None),
+    "Euler" + "Uniform" → ("Euler", None), "Euler" + "Karras" → ("Euler", "Karras")).
+
+    An explicit schedule type replaces the one an old name carries ("DPM++ 2M Karras" +
+    "Exponential" → ("DPM++ 2M", "Exponential")). InvalidRequest for an unknown name of either.
+    """
+    row = SAMPLERS[canonical_sampler(sampler)]
+    label = canonical_schedule_type(schedule_type)
+    if label is None:
+        return row.name, None
+    if row.schedule == "ddim":
+        return row.name, label
+    base = SAMPLERS[row.base]
+    if label == "Karras" and f"{base.name} Karras" in SAMPLERS:
+        return f"{base.name} Karras", None
+    if BY_LABEL[label].name == base.schedule:
+        return base.name, None
+    return base.name, label
+
+
+def split_schedule_suffix(sampler: str) -> tuple[str, str | None]:
+    """A1111 v1.9 `get_sampler_and_scheduler`'s reading of an old name: a trailing schedule
+    label, name or alias is cut off and names the schedule type ("DPM++ 2M Karras" →
+    ("DPM++ 2M", "Karras")); (name, None) when there is none."""
+    found: str | None = None
+    for schedule in SCHEDULE_TYPES:
+        for option in (schedule.label, schedule.name, *schedule.aliases):
+            if sampler.endswith(" " + option):
+                found, sampler = schedule.label, sampler[: -(len(option) + 1)]
+                break
+    return sampler, found

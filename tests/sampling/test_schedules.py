@@ -1,0 +1,333 @@
+"""A1111 v1.9's "Schedule type": the table, every type's sigmas, the door, the flag, the infotext.
+
+The references below are written from A1111 v1.9.4 `modules/sd_schedulers.py` and the
+k-diffusion functions it calls (`get_sigmas_karras`, `get_sigmas_exponential`,
+`get_sigmas_polyexponential`, `DiscreteSchedule.get_sigmas/sigma_to_t/t_to_sigma`), in float64
+numpy from the demo model's own σ table, not from our code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bot.parse import read_request
+from engine.checks import check_request
+from engine.demo.model import SCHEDULER_CONFIG
+from engine.errors import InvalidRequest
+from engine.generate import infotext_for, noise_specs
+from engine.infotext import parse_infotext, request_from_infotext, sampler_from_infotext
+from engine.request import BATCH_KEYS, GenerationRequest, Limits
+from engine.sampling.kdiffusion import NoiseSchedule
+from engine.sampling.loop import sampler_sigmas
+from engine.sampling.samplers import SAMPLERS, resolve_sampler, with_schedule_type
+from engine.sampling.schedules import SCHEDULE_LABELS, SCHEDULE_TYPES, canonical_schedule_type
+
+SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)  # the demo model's noise schedule
+LOG_SIGMAS = np.log(SCHEDULE.sigmas.numpy().astype(np.float64))
+SIGMA_MIN, SIGMA_MAX = float(SCHEDULE.sigmas[0]), float(SCHEDULE.sigmas[-1])
+STEPS = (10, 28)
+
+
+# --- references from A1111 v1.9.4's formulas -----------------------------------------------------
+
+
+def t_to_sigma(t: float) -> float:
+    """k-diffusion `t_to_sigma`: log σ linear between the integer timesteps around t."""
+    low, high = math.floor(t), math.ceil(t)
+    w = t - low
+    return math.exp((1 - w) * LOG_SIGMAS[low] + w * LOG_SIGMAS[high])
+
+
+def sigma_to_t(sigma: float) -> float:
+    """k-diffusion `sigma_to_t`: the t where log σ falls between two table entries."""
+    log_sigma = math.log(sigma)
+    low = min(int(np.sum(log_sigma - LOG_SIGMAS >= 0)) - 1, len(LOG_SIGMAS) - 2)
+    lo, hi = LOG_SIGMAS[low], LOG_SIGMAS[low + 1]
+    w = min(max((lo - log_sigma) / (lo - hi), 0.0), 1.0)
+    return (1 - w) * low + w * (low + 1)
+
+
+def ref_uniform(n: int) -> list[float]:
+    """`uniform` = the model's `get_sigmas(n)`: t = linspace(999, 0, n), then 0."""
+    return [t_to_sigma(t) for t in np.linspace(len(LOG_SIGMAS) - 1, 0, n)] + [0.0]
+
+
+def ref_karras(n: int, rho: float = 7.0) -> list[float]:
+    lo, hi = SIGMA_MIN ** (1 / rho), SIGMA_MAX ** (1 / rho)
+    return [(hi + r * (lo - hi)) ** rho for r in np.linspace(0, 1, n)] + [0.0]
+
+
+def ref_exponential(n: int) -> list[float]:
+    logs = np.linspace(math.log(SIGMA_MAX), math.log(SIGMA_MIN), n)
+    return [math.exp(x) for x in logs] + [0.0]
+
+
+def ref_polyexponential(n: int, rho: float = 1.0) -> list[float]:
+    lmin, lmax = math.log(SIGMA_MIN), math.log(SIGMA_MAX)
+    return [math.exp(r**rho * (lmax - lmin) + lmin) for r in np.linspace(1, 0, n)] + [0.0]
+
+
+def ref_sgm_uniform(n: int) -> list[float]:
+    ts = np.linspace(sigma_to_t(SIGMA_MAX), sigma_to_t(SIGMA_MIN), n + 1)[:-1]
+    return [t_to_sigma(t) for t in ts] + [0.0]
+
+
+REFERENCES = {
+    "Uniform": ref_uniform,
+    "Karras": ref_karras,
+    "Exponential": ref_exponential,
+    "Polyexponential": ref_polyexponential,
+    "SGM Uniform": ref_sgm_uniform,
+}
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def test_the_table_is_a1111_v194s() -> None:
+    assert SCHEDULE_LABELS == (
+        "Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform",
+    )  # fmt: skip
+    names = [(s.name, s.default_rho, s.need_inner_model) for s in SCHEDULE_TYPES]
+    assert names == [
+        ("automatic", -1.0, False),
+        ("uniform", -1.0, True),
+        ("karras", 7.0, False),
+        ("exponential", -1.0, False),
+        ("polyexponential", 1.0, False),
+        ("sgm_uniform", -1.0, True),
+    ]
+    assert set(REFERENCES) == set(SCHEDULE_LABELS) - {"Automatic"}
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("Karras", "Karras"),
+        ("karras", "Karras"),  # v1.5-1.8's k_sched_type values
+        ("EXPONENTIAL", "Exponential"),
+        ("sgm_uniform", "SGM Uniform"),
+        ("SGMUniform", "SGM Uniform"),  # A1111's alias
+        ("sgm uniform", "SGM Uniform"),
+        ("Automatic", None),
+        (None, None),
+    ],
+)
+def test_names_in_any_spelling(text: str | None, label: str | None) -> None:
+    assert canonical_schedule_type(text) == label
+
+
+# --- sigmas --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("label", list(REFERENCES))
+def test_sigmas_are_a1111s(label: str, steps: int) -> None:
+    sigmas = sampler_sigmas(SAMPLERS["Euler"], SCHEDULE, steps, label)
+    assert sigmas.dtype == torch.float32 and sigmas.shape == (steps + 1,)
+    assert sigmas[-1] == 0
+    np.testing.assert_allclose(sigmas.numpy(), REFERENCES[label](steps), rtol=1e-6, atol=0)
+
+
+def test_first_and_last_sigmas_are_the_models() -> None:
+    for label in ("Karras", "Exponential", "Polyexponential", "Uniform"):
+        sigmas = sampler_sigmas(SAMPLERS["Euler"], SCHEDULE, 20, label)
+        assert sigmas[0] == pytest.approx(SIGMA_MAX, rel=1e-6)
+        assert sigmas[-2] == pytest.approx(SIGMA_MIN, rel=1e-6)
+    # SGM Uniform stops one step short of σ_min (n + 1 points, the last dropped).
+    assert sampler_sigmas(SAMPLERS["Euler"], SCHEDULE, 20, "SGM Uniform")[-2] > SIGMA_MIN * 1.5
+
+
+def test_automatic_is_the_rows_own() -> None:
+    for name in ("Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM2 a Karras", "DDIM"):
+        row = SAMPLERS[name]
+        own = sampler_sigmas(row, SCHEDULE, 20)
+        assert torch.equal(sampler_sigmas(row, SCHEDULE, 20, "Automatic"), own)
+        assert torch.equal(sampler_sigmas(row, SCHEDULE, 20, None), own)
+    karras = sampler_sigmas(SAMPLERS["DPM++ 2M Karras"], SCHEDULE, 20)
+    assert torch.equal(karras, sampler_sigmas(SAMPLERS["DPM++ 2M"], SCHEDULE, 20, "Karras"))
+    np.testing.assert_allclose(karras.numpy(), ref_karras(20), rtol=1e-6)
+
+
+def test_a_type_replaces_an_old_names_schedule() -> None:
+    """An explicit type wins over the Karras an old name carries; the loop stays the row's."""
+    row = with_schedule_type(SAMPLERS["DPM++ 2M Karras"], "Exponential")
+    assert (row.name, row.function, row.schedule) == ("DPM++ 2M", "sample_dpmpp_2m", "exponential")
+    assert row.schedule_type == "Exponential"
+    sigmas = sampler_sigmas(SAMPLERS["DPM++ 2M Karras"], SCHEDULE, 12, "Exponential")
+    np.testing.assert_allclose(sigmas.numpy(), ref_exponential(12), rtol=1e-6)
+
+
+@pytest.mark.parametrize("label", ["Karras", "Exponential", "SGM Uniform"])
+def test_discard_penultimate_sigma_with_any_type(label: str) -> None:
+    """DPM2's rows draw steps + 1 sigmas and drop the next-to-last, whatever the type."""
+    sigmas = sampler_sigmas(SAMPLERS["DPM2 a"], SCHEDULE, 10, label)
+    full = REFERENCES[label](11)
+    np.testing.assert_allclose(sigmas.numpy(), full[:-2] + full[-1:], rtol=1e-6)
+
+
+def test_ddim_ignores_the_type_as_a1111s_timesteps_sampler_does() -> None:
+    own = sampler_sigmas(SAMPLERS["DDIM"], SCHEDULE, 20)
+    assert torch.equal(sampler_sigmas(SAMPLERS["DDIM"], SCHEDULE, 20, "Karras"), own)
+
+
+# --- the door ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "resolved"),
+    [
+        ("DPM++ 2M", None, ("DPM++ 2M", None)),
+        ("DPM++ 2M", "Automatic", ("DPM++ 2M", None)),
+        ("DPM++ 2M", "karras", ("DPM++ 2M Karras", None)),
+        ("DPM++ 2M", "Uniform", ("DPM++ 2M", None)),
+        ("DPM++ 2M", "Exponential", ("DPM++ 2M", "Exponential")),
+        ("dpmpp_2m_karras", None, ("DPM++ 2M Karras", None)),
+        ("DPM++ 2M Karras", "exponential", ("DPM++ 2M", "Exponential")),
+        ("DPM++ 2M Karras", "Uniform", ("DPM++ 2M", None)),
+        ("Euler a", "Karras", ("Euler a", "Karras")),
+        ("Euler", "sgm_uniform", ("Euler", "SGM Uniform")),
+        ("DPM2 a", "Polyexponential", ("DPM2 a", "Polyexponential")),
+        ("DDIM", "Karras", ("DDIM", "Karras")),
+    ],
+)
+def test_the_door_resolves_the_pair(
+    sampler: str, schedule: str | None, resolved: tuple[str, str | None]
+) -> None:
+    assert resolve_sampler(sampler, schedule) == resolved
+    request = GenerationRequest(prompt="cat", sampler=sampler, schedule_type=schedule)
+    checked = check_request(request, Limits())
+    assert (checked.sampler, checked.schedule_type) == resolved
+
+
+@pytest.mark.parametrize("name", ["Align Your Steps", "Beta", "linear", ""])
+def test_the_door_refuses_other_types_in_one_line(name: str) -> None:
+    request = GenerationRequest(prompt="cat", schedule_type=name)
+    with pytest.raises(InvalidRequest) as caught:
+        check_request(request, Limits())
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.key == "unknown_schedule_type"
+    assert message == (
+        f"Unknown schedule type {name!r}. Choose one of: Automatic, Uniform, Karras, "
+        "Exponential, Polyexponential, SGM Uniform."
+    )
+
+
+def test_schedule_types_do_not_share_a_batch() -> None:
+    assert "schedule_type" in BATCH_KEYS
+
+
+# --- the flag ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ("--schedule exponential", "Exponential"),
+        ("--schedule KARRAS", "Karras"),
+        ("--schedule sgm uniform", "SGM Uniform"),
+        ("--schedule auto", "Automatic"),
+        ("--schedule Automatic", "Automatic"),
+    ],
+)
+def test_the_schedule_flag(flag: str, expected: str) -> None:
+    parsed = read_request(f"1girl, smile --sampler DPM++ 2M {flag} --seed 3")
+    assert parsed.request.schedule_type == expected
+    assert parsed.request.sampler == "DPM++ 2M" and parsed.request.seed == 3
+
+
+def test_an_unknown_flag_value_is_refused_at_the_door() -> None:
+    parsed = read_request("1girl --schedule align your steps")
+    with pytest.raises(InvalidRequest, match="Unknown schedule type 'align your steps'"):
+        check_request(parsed.request, Limits())
+
+
+def test_old_names_keep_working_from_the_chat() -> None:
+    parsed = read_request("1girl --sampler DPM++ 2M Karras")
+    checked = check_request(parsed.request, Limits())
+    assert (checked.sampler, checked.schedule_type) == ("DPM++ 2M Karras", None)
+
+
+# --- the infotext --------------------------------------------------------------------------------
+
+V19_TEXT = (
+    "1girl, smile\nNegative prompt: lowres\n"
+    "Steps: 20, Sampler: DPM++ 2M, Schedule type: Exponential, CFG scale: 7, Seed: 5, "
+    "Size: 512x512, Model hash: 80ec94bbee, Model: aidraw-demo, Version: v1.9.4"
+)
+MODEL = SimpleNamespace(hash="80ec94bbee", name="aidraw-demo")
+
+
+def resolved(request: GenerationRequest) -> GenerationRequest:
+    return check_request(request, Limits())
+
+
+def write(request: GenerationRequest) -> str:
+    return infotext_for(request, noise_specs(request)[0], MODEL)  # type: ignore[arg-type]
+
+
+def test_a_pasted_v19_infotext_reproduces() -> None:
+    request = resolved(request_from_infotext(V19_TEXT))
+    assert (request.sampler, request.schedule_type) == ("DPM++ 2M", "Exponential")
+    row = with_schedule_type(SAMPLERS[request.sampler], request.schedule_type)
+    assert (row.function, row.schedule) == ("sample_dpmpp_2m", "exponential")
+    line = write(request).split("\n")[-1]
+    assert line.startswith(
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Exponential, CFG scale: 7,"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "written"),
+    [
+        ("Euler", "SGM Uniform", "Sampler: Euler, Schedule type: SGM Uniform,"),
+        (
+            "DPM++ 2M Karras",
+            "Polyexponential",
+            "Sampler: DPM++ 2M, Schedule type: Polyexponential,",
+        ),
+        ("DPM++ 2M", "Karras", "Sampler: DPM++ 2M Karras, CFG scale"),
+        ("DPM++ 2M", None, "Sampler: DPM++ 2M, Schedule type: Uniform,"),
+        ("Euler a", "Automatic", "Sampler: Euler a, CFG scale"),
+        ("DDIM", "Karras", "Sampler: DDIM, Schedule type: Karras,"),  # A1111 writes, ignores it
+    ],
+)
+def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
+    request = resolved(
+        GenerationRequest(
+            prompt="1girl", seed=5, rng="GPU", ensd=0, sampler=sampler, schedule_type=schedule
+        )
+    )
+    text = write(request)
+    assert written in text
+    again = resolved(request_from_infotext(text))
+    assert (again.sampler, again.schedule_type) == (request.sampler, request.schedule_type)
+    assert dataclasses.replace(again, model=None) == dataclasses.replace(request, model=None)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "ours"),
+    [
+        ("DPM++ 2M", None, ("DPM++ 2M", None)),  # before v1.9: uniform
+        ("DPM++ 2M", "Automatic", ("DPM++ 2M Karras", None)),  # v1.9's default for DPM++ 2M
+        ("Euler", "Automatic", ("Euler", None)),
+        ("DPM++ 2M", "Exponential", ("DPM++ 2M", "Exponential")),
+        ("DPM++ 2M Karras", "Exponential", ("DPM++ 2M Karras", None)),  # A1111: the name wins
+        ("Euler a Exponential", None, ("Euler a", "Exponential")),
+        ("Euler", "sgm_uniform", ("Euler", "SGM Uniform")),
+        ("DPM++ 2M", "Align Your Steps", ("DPM++ 2M", "Align Your Steps")),  # refused later
+        ("DPM++ 2M SDE", "Karras", ("DPM++ 2M SDE", "Karras")),  # not ours: refused later
+    ],
+)
+def test_reading_a1111s_pair(
+    sampler: str, schedule: str | None, ours: tuple[str | None, str | None]
+) -> None:
+    params = {"Sampler": sampler} | ({"Schedule type": schedule} if schedule else {})
+    assert sampler_from_infotext(params) == ours
+    assert parse_infotext(f"x\nSteps: 2, Sampler: {sampler}, Seed: 1").params["Sampler"] == sampler
