@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,11 +21,11 @@ from bot.parse import read_request
 from engine.checks import check_request
 from engine.demo.model import SCHEDULER_CONFIG
 from engine.errors import InvalidRequest
-from engine.generate import infotext_for, noise_specs
+from engine.generate import generate, infotext_for, noise_specs
 from engine.infotext import parse_infotext, request_from_infotext, sampler_from_infotext
 from engine.request import BATCH_KEYS, GenerationRequest, Limits
 from engine.sampling.kdiffusion import NoiseSchedule
-from engine.sampling.loop import sampler_sigmas
+from engine.sampling.loop import LOOPS, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, resolve_sampler, with_schedule_type
 from engine.sampling.schedules import SCHEDULE_LABELS, SCHEDULE_TYPES, canonical_schedule_type
 
@@ -331,3 +332,34 @@ def test_reading_a1111s_pair(
     params = {"Sampler": sampler} | ({"Schedule type": schedule} if schedule else {})
     assert sampler_from_infotext(params) == ours
     assert parse_infotext(f"x\nSteps: 2, Sampler: {sampler}, Seed: 1").params["Sampler"] == sampler
+
+
+def test_a_v19_infotext_pasted_into_the_chat_reproduces() -> None:
+    request = read_request(V19_TEXT).request
+    assert (request.sampler, request.schedule_type) == ("DPM++ 2M", "Exponential")
+    again = read_request(V19_TEXT + " --schedule karras").request  # a flag still overrides
+    assert (again.sampler, again.schedule_type) == ("DPM++ 2M", "Karras")
+    checked = check_request(again, Limits())
+    assert (checked.sampler, checked.schedule_type) == ("DPM++ 2M Karras", None)
+
+
+@pytest.mark.slow
+def test_generate_draws_on_the_chosen_type(
+    demo_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[torch.Tensor] = []
+    loop = LOOPS["sample_dpmpp_2m"]
+
+    def recording(model: Any, x: Any, sigmas: torch.Tensor, *args: Any) -> Any:
+        seen.append(sigmas.cpu())
+        return loop(model, x, sigmas, *args)
+
+    monkeypatch.setitem(LOOPS, "sample_dpmpp_2m", recording)
+    request = GenerationRequest(
+        prompt="1girl", width=64, height=64, num_inference_steps=6, seed=5, rng="CPU", ensd=0,
+        sampler="DPM++ 2M", schedule_type="exponential",
+    )  # fmt: skip
+    result = generate(demo_model, [check_request(request, Limits())], limits=Limits())[0]
+    assert "Sampler: DPM++ 2M, Schedule type: Exponential, " in result.infotext
+    np.testing.assert_allclose(seen[0].numpy(), ref_exponential(6), rtol=1e-6)
+    assert (result.request.sampler, result.request.schedule_type) == ("DPM++ 2M", "Exponential")
