@@ -25,7 +25,12 @@ RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
 # The sampler names whose "Automatic" schedule became Karras in A1111 v1.9 (its sampler table's
 # `'scheduler': 'karras'`); older infotexts name the Karras variants in full ("DPM++ 2M Karras").
-V19_KARRAS_BY_DEFAULT = frozenset({"DPM++ 2M", "DPM++ SDE", "DPM++ 2S a", "DPM2", "DPM2 a"})
+# What A1111 v1.9.4's "Automatic" schedule type is for the names whose 'scheduler' option is
+# not the model's uniform one (Restart's name means Karras already).
+V19_AUTOMATIC = {
+    **dict.fromkeys(("DPM++ 2M", "DPM++ SDE", "DPM++ 2S a", "DPM2", "DPM2 a"), "Karras"),
+    **dict.fromkeys(("DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"), "Exponential"),
+}
 # NovelAI's sampler names (PNG `Comment` JSON) → A1111's; A1111 itself knows only some of them.
 NOVELAI_SAMPLERS = {
     "k_euler_ancestral": "Euler a",
@@ -302,7 +307,7 @@ def sampler_from_infotext(params: Mapping[str, str]) -> tuple[str | None, str | 
 
     As A1111 v1.9.4 `get_sampler_and_scheduler` reads them: a schedule named at the end of the
     sampler name wins ("DPM++ 2M Karras"); "Automatic" is the v1.9 sampler's own default
-    (Karras for `V19_KARRAS_BY_DEFAULT`, else uniform); labels and v1.5-1.8's lower-case
+    (`V19_AUTOMATIC`: Karras or Exponential, else uniform); labels and v1.5-1.8's lower-case
     names ("karras") both count. Unlike v1.9, a missing `Schedule type` keeps the name's
     pre-v1.9 meaning ("DPM++ 2M" = uniform), and a type v1.9.4 lacks (v1.10's "Align Your
     Steps") is passed on for the door to refuse rather than drawn as "Automatic". Where a
@@ -320,9 +325,9 @@ def sampler_from_infotext(params: Mapping[str, str]) -> tuple[str | None, str | 
         if label is None:
             return name, text
     if label == AUTOMATIC:
-        if name not in V19_KARRAS_BY_DEFAULT:
+        if name not in V19_AUTOMATIC:
             return name, None
-        label = "Karras"
+        label = V19_AUTOMATIC[name]
     try:
         return resolve_sampler(name, label)
     except InvalidRequest:  # not a sampler of ours: the door names it

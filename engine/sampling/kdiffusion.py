@@ -445,6 +445,87 @@ def sample_dpmpp_2m(
     return x
 
 
+def sample_dpmpp_2m_sde(
+    model: Denoise,
+    x: Tensor,
+    sigmas: Tensor,
+    noise: NoiseSampler,
+    callback: StepCallback,
+    solver_type: Literal["midpoint", "heun"] = "midpoint",
+) -> Tensor:
+    """k-diffusion `sample_dpmpp_2m_sde` (eta 1): DPM-Solver++(2M) SDE, first order at the
+    start, the denoised prediction itself at the end; `noise` is A1111's Brownian sampler.
+
+    With eta 1 the step's exponent is 2h: x ← σ'/σ·e^{-h}·x + (1 - e^{-2h})·D, plus the
+    second-order correction on (D - D_prev)/r (r = h_prev/h) and σ'·√(1 - e^{-2h}) noise.
+    """
+    old_denoised: Tensor | None = None
+    h_last: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = _t_fn(sigmas[i + 1]) - _t_fn(sigmas[i])
+            gain = (-2 * h).expm1().neg()  # 1 - e^{-2h}
+            x = sigmas[i + 1] / sigmas[i] * (-h).exp() * x + gain * denoised
+            if old_denoised is not None and h_last is not None:
+                r = h_last / h  # k-diffusion's order of operations, for A1111's exact floats
+                if solver_type == "heun":
+                    x = x + (gain / (-2 * h) + 1) * (1 / r) * (denoised - old_denoised)
+                else:
+                    x = x + 0.5 * gain * (1 / r) * (denoised - old_denoised)
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * gain.sqrt()
+            h_last = h
+        old_denoised = denoised
+        callback(i, x, denoised)
+    return x
+
+
+def sample_dpmpp_2m_sde_heun(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """`sample_dpmpp_2m_sde` with A1111's `solver_type: heun` ("DPM++ 2M SDE Heun")."""
+    return sample_dpmpp_2m_sde(model, x, sigmas, noise, callback, solver_type="heun")
+
+
+def sample_dpmpp_3m_sde(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """k-diffusion `sample_dpmpp_3m_sde` (eta 1): DPM-Solver++(3M) SDE, building up from first
+    order over the first two steps, the denoised prediction itself at the end.
+
+    With the step exponent 2h, φ₂ = (e^{-2h} - 1)/(2h) + 1 and φ₃ = φ₂/(2h) - ½ weigh the first
+    and second divided differences of the last three denoised predictions.
+    """
+    d_1: Tensor | None = None
+    d_2: Tensor | None = None
+    h_1: Tensor | None = None
+    h_2: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            h = _t_fn(sigmas[i + 1]) - _t_fn(sigmas[i])
+            h2 = 2 * h
+            x = (-h2).exp() * x + (-h2).expm1().neg() * denoised
+            phi_2 = (-h2).expm1() / h2 + 1
+            if d_2 is not None and d_1 is not None and h_1 is not None and h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                slope_0, slope_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
+                first = slope_0 + (slope_0 - slope_1) * r0 / (r0 + r1)
+                second = (slope_0 - slope_1) / (r0 + r1)
+                x = x + phi_2 * first - (phi_2 / h2 - 0.5) * second
+            elif d_1 is not None and h_1 is not None:
+                x = x + phi_2 * (denoised - d_1) / (h_1 / h)
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-h2).expm1().neg().sqrt()
+            h_1, h_2 = h, h_1
+        d_1, d_2 = denoised, d_1
+        callback(i, x, denoised)
+    return x
+
+
 def ddim_timesteps(steps: int, train_steps: int = 1000) -> Tensor:
     """A1111 `CompVisSampler.get_timesteps`: range(0, T, T // steps) + 1, clipped to T-1."""
     return torch.clip(torch.arange(0, train_steps, train_steps // steps) + 1, 0, train_steps - 1)

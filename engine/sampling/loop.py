@@ -22,7 +22,10 @@ from engine.sampling.kdiffusion import (
     sample_dpm_2,
     sample_dpm_2_ancestral,
     sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2m_sde_heun,
     sample_dpmpp_2s_ancestral,
+    sample_dpmpp_3m_sde,
     sample_dpmpp_sde,
     sample_euler,
     sample_euler_ancestral,
@@ -49,6 +52,9 @@ LOOPS: dict[str, SampleFn] = {
         sample_dpmpp_2s_ancestral,
         sample_dpmpp_2m,
         sample_dpmpp_sde,
+        sample_dpmpp_2m_sde,
+        sample_dpmpp_2m_sde_heun,
+        sample_dpmpp_3m_sde,
     )
 }
 
@@ -174,7 +180,9 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     options: dict[str, Any] = {"timestep_spacing": "linspace"}
     if row.schedule == "karras":
         options["use_karras_sigmas"] = True
-    base = row.name.removesuffix(" Karras")
+    if row.schedule == "exponential":
+        options["use_exponential_sigmas"] = True
+    base = row.base
     classes: dict[str, Any] = {
         "Euler a": EulerAncestralDiscreteScheduler,
         "Euler": EulerDiscreteScheduler,
@@ -185,10 +193,20 @@ def make_scheduler(name: str, base_config: Any) -> Any:
         "DPM++ 2S a": DPMSolverSDEScheduler,  # diffusers has no 2S a; the closest in cost
         "DPM++ SDE": DPMSolverSDEScheduler,
         "DPM++ 2M": DPMSolverMultistepScheduler,
+        "DPM++ 2M SDE": DPMSolverMultistepScheduler,
+        "DPM++ 2M SDE Heun": DPMSolverMultistepScheduler,
+        "DPM++ 3M SDE": DPMSolverMultistepScheduler,
         "DDIM": DDIMScheduler,
     }
     if base == "DPM++ 2M":
         options |= {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}
+    if base.startswith(("DPM++ 2M SDE", "DPM++ 3M SDE")):
+        options |= {
+            "algorithm_type": "sde-dpmsolver++",
+            "solver_order": 3 if base.startswith("DPM++ 3M") else 2,
+            "solver_type": "heun" if base.endswith("Heun") else "midpoint",
+            "final_sigmas_type": "zero",
+        }
     if base == "DDIM":
         options = {"timestep_spacing": "leading", "set_alpha_to_one": False, "clip_sample": False}
     return classes[base].from_config(base_config, **options)

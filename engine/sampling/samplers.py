@@ -36,6 +36,10 @@ _SECOND_ORDER = frozenset(
 )
 
 
+# The schedules old (v1.6-1.8) row names carry at their end: "DPM++ 2M SDE Exponential".
+_NAMED_SCHEDULES = (" Karras", " Exponential")
+
+
 @dataclass(frozen=True)
 class Sampler:
     """One row: an A1111 sampler name and how we run it.
@@ -56,8 +60,12 @@ class Sampler:
 
     @property
     def base(self) -> str:
-        """The A1111 v1.9 sampler name, without the schedule ("DPM++ 2M Karras" → "DPM++ 2M")."""
-        return self.name.removesuffix(" Karras")
+        """The A1111 v1.9 sampler name, without the schedule ("DPM++ 2M Karras" → "DPM++ 2M",
+        "DPM++ 2M SDE Exponential" → "DPM++ 2M SDE")."""
+        for suffix in _NAMED_SCHEDULES:
+            if self.name.endswith(suffix):
+                return self.name.removesuffix(suffix)
+        return self.name
 
     @property
     def uses_ensd(self) -> bool:
@@ -74,6 +82,10 @@ def _row(name: str, function: str | None, *aliases: str, **options: Any) -> Samp
 
 
 _K, _U = {"schedule": "karras"}, {"schedule_type": "Uniform"}
+_E: dict[str, Any] = {"schedule": "exponential"}
+# A1111 v1.9.4's Brownian rows without a schedule of their own: v1.9 reads the name alone as
+# Exponential (its 'scheduler' option), so uniform ones write "Schedule type: Uniform".
+_B: dict[str, Any] = {"noise": "brownian"}
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
@@ -114,6 +126,50 @@ SAMPLERS: dict[str, Sampler] = {
         ),
         _row("DPM++ 2M Karras", "sample_dpmpp_2m", "k_dpmpp_2m_ka", **_K),
         _row("DPM++ SDE Karras", "sample_dpmpp_sde", "k_dpmpp_sde_ka", noise="brownian", **_K),
+        # v1.6-1.8's rows of `sample_dpmpp_2m_sde` and `sample_dpmpp_3m_sde` (v1.9 keeps the
+        # plain names, Exponential by default, and the aliases of these).
+        _row("DPM++ 2M SDE", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde", **_B, **_U),
+        _row("DPM++ 2M SDE Karras", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde_ka", **_B, **_K),
+        _row("DPM++ 2M SDE Exponential", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde_exp", **_B, **_E),
+        _row("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde_heun", "k_dpmpp_2m_sde_heun", **_B, **_U),
+        _row(
+            "DPM++ 2M SDE Heun Karras",
+            "sample_dpmpp_2m_sde_heun",
+            "k_dpmpp_2m_sde_heun_ka",
+            **_B,
+            **_K,
+        ),
+        _row(
+            "DPM++ 2M SDE Heun Exponential",
+            "sample_dpmpp_2m_sde_heun",
+            "k_dpmpp_2m_sde_heun_exp",
+            **_B,
+            **_E,
+        ),
+        _row(
+            "DPM++ 3M SDE",
+            "sample_dpmpp_3m_sde",
+            "k_dpmpp_3m_sde",
+            discard_penultimate=True,
+            **_B,
+            **_U,
+        ),
+        _row(
+            "DPM++ 3M SDE Karras",
+            "sample_dpmpp_3m_sde",
+            "k_dpmpp_3m_sde_ka",
+            discard_penultimate=True,
+            **_B,
+            **_K,
+        ),
+        _row(
+            "DPM++ 3M SDE Exponential",
+            "sample_dpmpp_3m_sde",
+            "k_dpmpp_3m_sde_exp",
+            discard_penultimate=True,
+            **_B,
+            **_E,
+        ),
         _row("DDIM", None, "ddim", schedule="ddim"),
     )
 }
@@ -179,8 +235,8 @@ def resolve_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str |
     if row.schedule == "ddim":
         return row.name, label
     base = SAMPLERS[row.base]
-    if label == "Karras" and f"{base.name} Karras" in SAMPLERS:
-        return f"{base.name} Karras", None
+    if f" {label}" in _NAMED_SCHEDULES and f"{base.name} {label}" in SAMPLERS:
+        return f"{base.name} {label}", None
     if BY_LABEL[label].name == base.schedule:
         return base.name, None
     return base.name, label

@@ -297,6 +297,10 @@ def test_a_pasted_v19_infotext_reproduces() -> None:
         ("DPM++ 2M", None, "Sampler: DPM++ 2M, Schedule type: Uniform,"),
         ("Euler a", "Automatic", "Sampler: Euler a, CFG scale"),
         ("DDIM", "Karras", "Sampler: DDIM, Schedule type: Karras,"),  # A1111 writes, ignores it
+        ("DPM++ 2M SDE", "Karras", "Sampler: DPM++ 2M SDE Karras, CFG scale"),
+        ("DPM++ 2M SDE", None, "Sampler: DPM++ 2M SDE, Schedule type: Uniform,"),
+        ("DPM++ 2M SDE Heun", "Exponential", "Sampler: DPM++ 2M SDE Heun Exponential, CFG"),
+        ("DPM++ 3M SDE Karras", "Polyexponential", "Sampler: DPM++ 3M SDE, Schedule type: Poly"),
     ],
 )
 def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
@@ -323,7 +327,14 @@ def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
         ("Euler a Exponential", None, ("Euler a", "Exponential")),
         ("Euler", "sgm_uniform", ("Euler", "SGM Uniform")),
         ("DPM++ 2M", "Align Your Steps", ("DPM++ 2M", "Align Your Steps")),  # refused later
-        ("DPM++ 2M SDE", "Karras", ("DPM++ 2M SDE", "Karras")),  # not ours: refused later
+        ("DPM++ 2M SDE", "Karras", ("DPM++ 2M SDE Karras", None)),
+        ("DPM++ 2M SDE", None, ("DPM++ 2M SDE", None)),  # before v1.9: uniform
+        ("DPM++ 2M SDE", "Automatic", ("DPM++ 2M SDE Exponential", None)),  # v1.9's default
+        ("DPM++ 2M SDE Heun", "Automatic", ("DPM++ 2M SDE Heun Exponential", None)),
+        ("DPM++ 3M SDE", "Automatic", ("DPM++ 3M SDE Exponential", None)),
+        ("DPM++ 3M SDE Exponential", "Karras", ("DPM++ 3M SDE Exponential", None)),
+        ("DPM++ 2M SDE Heun Karras", None, ("DPM++ 2M SDE Heun Karras", None)),
+        ("DPM++ 3M SDE", "SGM Uniform", ("DPM++ 3M SDE", "SGM Uniform")),
     ],
 )
 def test_reading_a1111s_pair(
