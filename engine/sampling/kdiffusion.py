@@ -4,7 +4,7 @@ Written from k-diffusion's published algorithms (crowsonkb/k-diffusion `k_diffus
 and `external.py`, the version A1111 v1.9.4 pins), A1111's DDIM
 (`modules/sd_samplers_timesteps_impl.py`) and A1111's `CFGDenoiser`; run with churn 0, eta 1 and
 s_noise 1, as A1111 runs them. The table of names users pick is engine/sampling/samplers.py.
-About 580 lines: one short function per published algorithm, kept together as k-diffusion does.
+About 660 lines: one short function per published algorithm, kept together as k-diffusion does.
 """
 
 from __future__ import annotations
