@@ -4,7 +4,7 @@ Written from k-diffusion's published algorithms (crowsonkb/k-diffusion `k_diffus
 and `external.py`, the version A1111 v1.9.4 pins), A1111's DDIM
 (`modules/sd_samplers_timesteps_impl.py`) and A1111's `CFGDenoiser`; run with churn 0, eta 1 and
 s_noise 1, as A1111 runs them. The table of names users pick is engine/sampling/samplers.py.
-About 660 lines: one short function per published algorithm, kept together as k-diffusion does.
+About 720 lines: one short function per published algorithm, kept together as k-diffusion does.
 """
 
 from __future__ import annotations
@@ -523,6 +523,69 @@ def sample_dpmpp_3m_sde(
             h_1, h_2 = h, h_1
         d_1, d_2 = denoised, d_1
         callback(i, x, denoised)
+    return x
+
+
+def get_sigmas_karras(
+    n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device: Any = None
+) -> Tensor:
+    """k-diffusion `get_sigmas_karras` between given bounds, computed on `device`."""
+    ramp = torch.linspace(0, 1, n, device=device)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
+
+
+def restart_steps(sigmas: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The (σ, σ_next) steps of A1111's `restart_sampler` with its default restart list.
+
+    From 20 steps on, the main schedule is rebuilt as Karras between the given σ_max and the
+    last σ before 0, shortened by the restart steps: one restart of 9 steps (2 of steps // 4
+    from 36 steps) going back from the σ nearest 0.1 to the σ nearest 2 and down again on a
+    Karras schedule, so the steps stay `len(sigmas) - 1` in all. Below 20: the steps as given.
+    """
+    steps = len(sigmas) - 1
+    restarts: dict[int, tuple[int, int, float]] = {}
+    if steps >= 20:
+        count, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        sigmas = get_sigmas_karras(
+            steps - count * times, sigmas[-2].item(), sigmas[0].item(), device=sigmas.device
+        )
+        restarts = {int(torch.argmin(abs(sigmas - 0.1), dim=0)): (count + 1, times, 2.0)}
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if i + 1 in restarts:
+            n, times, restart_max = restarts[i + 1]
+            top = int(torch.argmin(abs(sigmas - restart_max), dim=0))
+            if top < i + 1:
+                again = get_sigmas_karras(
+                    n, sigmas[i + 1].item(), sigmas[top].item(), device=sigmas.device
+                )[:-1]
+                pairs.extend(list(zip(again[:-1], again[1:], strict=True)) * times)
+    return pairs
+
+
+def sample_restart(
+    model: Denoise, x: Tensor, sigmas: Tensor, noise: NoiseSampler, callback: StepCallback
+) -> Tensor:
+    """A1111 v1.9.4 `sd_samplers_extra.restart_sampler` (Xu et al. 2023, "Restart Sampling"):
+    Heun steps (Euler to σ=0) along `restart_steps`; where σ goes up again, fresh noise
+    (A1111's `torch.randn_like`, i.e. the images' generators) lifts x to the higher σ."""
+    last: Tensor | None = None
+    for i, (sigma, sigma_next) in enumerate(restart_steps(sigmas)):
+        if last is not None and last < sigma:
+            x = x + noise(last, sigma) * (sigma**2 - last**2) ** 0.5
+        denoised = model(x, sigma)
+        d = to_d(x, sigma, denoised)
+        dt = sigma_next - sigma
+        if sigma_next == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, sigma_next, model(x_2, sigma_next))
+            x = x + (d + d_2) / 2 * dt
+        callback(i, x, denoised)
+        last = sigma_next
     return x
 
 

@@ -31,6 +31,7 @@ from engine.sampling.kdiffusion import (
     sample_euler_ancestral,
     sample_heun,
     sample_lms,
+    sample_restart,
 )
 from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler, with_schedule_type
 from engine.sampling.sigmas import SIGMAS
@@ -55,6 +56,7 @@ LOOPS: dict[str, SampleFn] = {
         sample_dpmpp_2m_sde,
         sample_dpmpp_2m_sde_heun,
         sample_dpmpp_3m_sde,
+        sample_restart,
     )
 }
 

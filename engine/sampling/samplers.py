@@ -32,6 +32,7 @@ _SECOND_ORDER = frozenset(
         "sample_dpm_2_ancestral",
         "sample_dpmpp_2s_ancestral",
         "sample_dpmpp_sde",
+        "sample_restart",
     }
 )
 
@@ -44,8 +45,9 @@ _NAMED_SCHEDULES = (" Karras", " Exponential")
 class Sampler:
     """One row: an A1111 sampler name and how we run it.
 
-    `noise` says where extra noise comes from: "ancestral" (the images' ENSD generators,
-    A1111's `uses_ensd`), "brownian" (per-seed Brownian trees) or "none". `schedule_type` is
+    `noise` says where extra noise comes from: "ancestral" (the images' generators, reseeded
+    with ENSD), "brownian" (per-seed Brownian trees) or "none"; `ensd_key` is A1111's
+    `uses_ensd` for an "ancestral" row (whether its infotext names the ENSD). `schedule_type` is
     what to write as A1111 v1.9's "Schedule type" where its "Automatic" would mean another
     schedule for this name.
     """
@@ -57,6 +59,7 @@ class Sampler:
     discard_penultimate: bool = False
     aliases: tuple[str, ...] = ()
     schedule_type: str | None = None
+    ensd_key: bool = True
 
     @property
     def base(self) -> str:
@@ -69,7 +72,7 @@ class Sampler:
 
     @property
     def uses_ensd(self) -> bool:
-        return self.noise == "ancestral"
+        return self.noise == "ancestral" and self.ensd_key
 
     @property
     def conditioning_steps(self) -> int:
@@ -170,6 +173,9 @@ SAMPLERS: dict[str, Sampler] = {
             **_B,
             **_E,
         ),
+        # A1111 v1.9.4 `sd_samplers_extra.restart_sampler`: Karras, "second_order", no
+        # `uses_ensd`, though its restart noise comes from the images' ENSD generators.
+        _row("Restart", "sample_restart", "restart", noise="ancestral", ensd_key=False, **_K),
         _row("DDIM", None, "ddim", schedule="ddim"),
     )
 }
