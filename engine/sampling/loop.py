@@ -21,6 +21,8 @@ from engine.sampling.kdiffusion import (
     sample_ddim,
     sample_dpm_2,
     sample_dpm_2_ancestral,
+    sample_dpm_adaptive,
+    sample_dpm_fast,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
     sample_dpmpp_2m_sde_heun,
@@ -57,8 +59,13 @@ LOOPS: dict[str, SampleFn] = {
         sample_dpmpp_2m_sde_heun,
         sample_dpmpp_3m_sde,
         sample_restart,
+        sample_dpm_fast,
+        sample_dpm_adaptive,
     )
 }
+# The loops that read only σ_max = sigmas[0], σ_min = sigmas[-2] and n = len(sigmas) - 1
+# (k-diffusion's `sigma_min`, `sigma_max`, `n` arguments).
+_RANGE_LOOPS = frozenset({"sample_dpm_fast", "sample_dpm_adaptive"})
 
 
 def sampler_sigmas(
@@ -103,6 +110,11 @@ def sample(
     x = noise_first * sigmas[0]
     if row.noise == "brownian":
         noise = BrownianNoise(x, sigmas, seeds, sources)
+    if row.function in _RANGE_LOOPS:
+        # A1111's txt2img gives them the model's own σ range (`model_wrap.sigmas[0]`, `[-1]`)
+        # and n = steps, though x starts at the schedule's sigmas[0] (img2img: the cut one's).
+        sigmas = sigmas.clone()
+        sigmas[0], sigmas[-2] = schedule.sigma_max, schedule.sigma_min
     return LOOPS[row.function](model, x, sigmas, noise, callback)
 
 

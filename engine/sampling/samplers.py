@@ -173,6 +173,9 @@ SAMPLERS: dict[str, Sampler] = {
             **_B,
             **_E,
         ),
+        # k-diffusion's DPM-Solver-Fast and -23 (adaptive), run from σ_max to σ_min with eta 1.
+        _row("DPM fast", "sample_dpm_fast", "k_dpm_fast", noise="ancestral"),
+        _row("DPM adaptive", "sample_dpm_adaptive", "k_dpm_ad", noise="ancestral"),
         # A1111 v1.9.4 `sd_samplers_extra.restart_sampler`: Karras, "second_order", no
         # `uses_ensd`, though its restart noise comes from the images' ENSD generators.
         _row("Restart", "sample_restart", "restart", noise="ancestral", ensd_key=False, **_K),

@@ -29,10 +29,17 @@ def img2img_steps(steps: int, strength: float, *, fixed: bool = False) -> tuple[
 
 
 def total_steps(row: Sampler, steps: int) -> int:
-    """How many sampler steps (callbacks) a row runs for `steps` (DDIM: one fewer, as A1111)."""
+    """How many sampler steps (callbacks) a row runs for `steps` (DDIM: one fewer, as A1111;
+    DPM fast: `steps` model calls in steps of 3, `_fast_count`; DPM adaptive: an estimate,
+    its tries depend on the error)."""
     if row.schedule == "ddim":
         return _ddim_count(steps) - 1
-    return steps
+    return _fast_count(steps) if row.function == "sample_dpm_fast" else steps
+
+
+def _fast_count(nfe: int) -> int:
+    """DPM-Solver-Fast's steps for `nfe` model calls (k-diffusion `dpm_solver_fast`'s m)."""
+    return nfe // 3 + 1 if nfe > 0 else 0
 
 
 def img2img_total_steps(row: Sampler, steps: int, strength: float, *, fixed: bool = False) -> int:
@@ -40,6 +47,8 @@ def img2img_total_steps(row: Sampler, steps: int, strength: float, *, fixed: boo
     steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
     if row.schedule == "ddim":
         return max(min(t_enc, _ddim_count(steps)) - 1, 0) if steps else 0
+    if row.function == "sample_dpm_fast":
+        return _fast_count(min(t_enc + 1, steps))
     return min(t_enc + 1, steps)
 
 
