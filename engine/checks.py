@@ -19,7 +19,7 @@ from engine.request import (
     Limits,
     RequestDefaults,
 )
-from engine.sampling.samplers import resolve_sampler
+from engine.sampling.samplers import sampler_and_schedule
 
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
@@ -125,7 +125,7 @@ def check_request(
     _check_noise(req, limits)
     _check_pictures(req, limits)
     hypernet = (defaults or RequestDefaults()).hypernet
-    sampler, schedule_type = resolve_sampler(req.sampler, req.schedule_type)
+    sampler, schedule_type = sampler_and_schedule(req.sampler, req.schedule_type)
     return dataclasses.replace(
         req,
         sampler=sampler,

@@ -35,7 +35,7 @@ from engine.request import (
 )
 from engine.sampling.kdiffusion import CFGDenoiser, LatentBlend, NoiseSchedule
 from engine.sampling.loop import sample, sample_img2img
-from engine.sampling.samplers import SAMPLERS, canonical_sampler, with_schedule_type
+from engine.sampling.samplers import infotext_sampler, run_row
 from engine.sampling.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
 from engine.sampling.seeds import ImageRNG, NoiseSpec, random_seed
 from engine.sampling.steps import denoising_strength, planned_steps, total_steps
@@ -127,7 +127,7 @@ def generate(
     specs = [spec for _, spec in items]
 
     # 3. Sampler: our own loop for the table's row, over the model's noise schedule.
-    row = with_schedule_type(SAMPLERS[first.sampler], first.schedule_type)
+    row = run_row(first.sampler, first.schedule_type)
     schedule = NoiseSchedule.from_config(
         model.scheduler_config, downcast=first.downcast_alphas_cumprod
     ).to(model.device)
@@ -358,15 +358,15 @@ def noise_specs(req: GenerationRequest) -> list[NoiseSpec]:
 def infotext_for(req: GenerationRequest, spec: NoiseSpec, model: LoadedModel, **addons: Any) -> str:
     """The A1111 infotext of one image (A1111's key order); `addons` are create_infotext's
     `vae`, `lora_hashes`, `ti_hashes`, `picture_params` and `mask_weight`."""
-    row = with_schedule_type(SAMPLERS[canonical_sampler(req.sampler or "")], req.schedule_type)
+    assert req.sampler is not None
     return create_infotext(
         req,
         seed=spec.seed,
         subseed=spec.subseed if spec.subseed_strength else None,
         model_hash=model.hash,
         model_name=model.name,
-        uses_ensd=row.uses_ensd,
-        schedule_type=row.schedule_type,
+        uses_ensd=run_row(req.sampler, req.schedule_type).uses_ensd,
+        sampler=infotext_sampler(req.sampler, req.schedule_type),
         version=f"aidraw {__version__}",
         **addons,
     )

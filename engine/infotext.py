@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.errors import InvalidRequest
 from engine.request import GenerationRequest
-from engine.sampling.samplers import resolve_sampler, split_schedule_suffix
-from engine.sampling.schedules import AUTOMATIC, schedule_label
+from engine.sampling.samplers import SAMPLERS, canonical_sampler, split_schedule_suffix
+from engine.sampling.schedules import schedule_label
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -23,14 +23,6 @@ if TYPE_CHECKING:
 # A1111 `infotext_utils.re_param`: `key: value` pairs; a value is JSON-quoted or runs to a comma.
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
-# The sampler names whose "Automatic" schedule became Karras in A1111 v1.9 (its sampler table's
-# `'scheduler': 'karras'`); older infotexts name the Karras variants in full ("DPM++ 2M Karras").
-# What A1111 v1.9.4's "Automatic" schedule type is for the names whose 'scheduler' option is
-# not the model's uniform one (Restart's name means Karras already).
-V19_AUTOMATIC = {
-    **dict.fromkeys(("DPM++ 2M", "DPM++ SDE", "DPM++ 2S a", "DPM2", "DPM2 a"), "Karras"),
-    **dict.fromkeys(("DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"), "Exponential"),
-}
 # NovelAI's sampler names (PNG `Comment` JSON) → A1111's; A1111 itself knows only some of them.
 NOVELAI_SAMPLERS = {
     "k_euler_ancestral": "Euler a",
@@ -148,7 +140,7 @@ def create_infotext(
     model_hash: str,
     model_name: str,
     uses_ensd: bool,
-    schedule_type: str | None,
+    sampler: tuple[str, str],
     version: str,
     vae: tuple[str, str] | None = None,
     lora_hashes: str | None = None,
@@ -167,9 +159,8 @@ def create_infotext(
     model's `Conditional mask weight` (A1111's 1.0).
 
     `seed`/`subseed` are this image's; `uses_ensd` says whether the sampler draws ancestral
-    noise (A1111 writes ENSD only then); `schedule_type` is the row's v1.9 "Schedule type"
-    label (`with_schedule_type`): a request's own choice ("Exponential"), or "Uniform" where
-    v1.9 would read the name alone as Karras ("DPM++ 2M"); None where the name says it all.
+    noise (A1111 writes ENSD only then); `sampler` is the v1.9 `Sampler` and `Schedule type`
+    (`samplers.infotext_sampler`: "DPM++ 2M Karras" is ("DPM++ 2M", "Automatic")).
     """
     req = request
     assert req.guidance_scale is not None and req.clip_skip is not None
@@ -179,8 +170,8 @@ def create_infotext(
     hires = req.enable_hr and req.init_image is None
     params: dict[str, object] = {
         "Steps": req.num_inference_steps,
-        "Sampler": req.sampler,
-        "Schedule type": schedule_type,
+        "Sampler": sampler[0],
+        "Schedule type": sampler[1],
         "CFG scale": format_number(req.guidance_scale),
         "Seed": seed,
         "Size": f"{req.width}x{req.height}",
@@ -305,33 +296,24 @@ def _parse_version(text: str | None) -> tuple[int, int, int, int] | None:
 def sampler_from_infotext(params: Mapping[str, str]) -> tuple[str | None, str | None]:
     """Our (sampler, schedule type) for an infotext's `Sampler` and `Schedule type`.
 
-    As A1111 v1.9.4 `get_sampler_and_scheduler` reads them: a schedule named at the end of the
-    sampler name wins ("DPM++ 2M Karras"); "Automatic" is the v1.9 sampler's own default
-    (`V19_AUTOMATIC`: Karras or Exponential, else uniform); labels and v1.5-1.8's lower-case
-    names ("karras") both count. Unlike v1.9, a missing `Schedule type` keeps the name's
-    pre-v1.9 meaning ("DPM++ 2M" = uniform), and a type v1.9.4 lacks (v1.10's "Align Your
-    Steps") is passed on for the door to refuse rather than drawn as "Automatic". Where a
-    table row already means the pair, the row's name and None come back (`resolve_sampler`).
+    A v1.9 pair is kept as written ("DPM++ 2M", "Karras"), so it is written back identically;
+    v1.5-1.8's lower-case names ("karras") read as labels. An old name carrying its schedule
+    ("DPM++ 2M Karras", or "Euler Karras", which is no row) wins over a `Schedule type`, as in
+    A1111 v1.9.4 `get_sampler_and_scheduler`. Unlike v1.9, a missing `Schedule type` keeps the
+    name's pre-v1.9 meaning ("DPM++ 2M" = uniform). Unknown names and types (v1.10's "Align
+    Your Steps") are passed on for the door to refuse rather than drawn as "Automatic".
     """
     name = params.get("Sampler")
     if not name:
         return None, None
     text = params.get("Schedule type", "").strip()
-    name, label = split_schedule_suffix(name)
-    if label is None:
-        if not text:
-            return name, None
-        label = schedule_label(text)
-        if label is None:
-            return name, text
-    if label == AUTOMATIC:
-        if name not in V19_AUTOMATIC:
-            return name, None
-        label = V19_AUTOMATIC[name]
+    label = (schedule_label(text) or text) if text else None
     try:
-        return resolve_sampler(name, label)
-    except InvalidRequest:  # not a sampler of ours: the door names it
-        return name, label
+        row = SAMPLERS[canonical_sampler(name)]
+    except InvalidRequest:  # not a row: maybe a v1.9 name with a schedule at its end
+        base, suffix = split_schedule_suffix(name)
+        return (base, suffix) if suffix else (name, label)
+    return (row.name, None) if row.base != row.name else (row.name, label)
 
 
 def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationRequest:

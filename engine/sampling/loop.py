@@ -35,7 +35,7 @@ from engine.sampling.kdiffusion import (
     sample_lms,
     sample_restart,
 )
-from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler, with_schedule_type
+from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler
 from engine.sampling.sigmas import SIGMAS
 from engine.sampling.steps import img2img_steps
 
@@ -68,16 +68,10 @@ LOOPS: dict[str, SampleFn] = {
 _RANGE_LOOPS = frozenset({"sample_dpm_fast", "sample_dpm_adaptive"})
 
 
-def sampler_sigmas(
-    row: Sampler, schedule: NoiseSchedule, steps: int, schedule_type: str | None = None
-) -> Tensor:
-    """A1111 `KDiffusionSampler.get_sigmas` for a row (or DDIM's timesteps).
-
-    `schedule_type` is a v1.9 "Schedule type" label run instead of the row's own schedule
-    (None/"Automatic": the row's own, as A1111's "Automatic" is the sampler's own).
-    """
-    row = with_schedule_type(row, schedule_type)
-    if row.schedule == "ddim":
+def sampler_sigmas(row: Sampler, schedule: NoiseSchedule, steps: int) -> Tensor:
+    """A1111 `KDiffusionSampler.get_sigmas` for a row (`samplers.run_row`), or DDIM's
+    timesteps."""
+    if row.timesteps:
         return ddim_timesteps(steps, len(schedule.alphas_cumprod))
     n = steps + 1 if row.discard_penultimate else steps
     sigmas = SIGMAS[row.schedule](schedule, n)
@@ -125,7 +119,7 @@ def img2img_sigmas(
     `sample_img2img` cuts them: `sigmas[steps - t_enc - 1:]` for k-diffusion rows (t_enc + 1
     steps), DDIM's `timesteps[:t_enc]` (t_enc - 1 steps)."""
     steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
-    if row.schedule == "ddim":
+    if row.timesteps:
         if steps == 0:  # A1111 divides by zero here (hires at strength 0): nothing to run
             empty = torch.zeros(0, dtype=torch.long)
             return empty, empty

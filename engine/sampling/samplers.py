@@ -1,10 +1,12 @@
 """The sampler table: A1111's user-facing names → our own samplers (engine/sampling/kdiffusion.py).
 
-The names and schedules are A1111's before v1.9 ("DPM++ 2M" = uniform sigmas, "DPM++ 2M Karras");
-v1.9's separate "Schedule type" (`engine.sampling.schedules`) replaces a row's own schedule
-(`with_schedule_type`, `resolve_sampler`). Pure data without torch, so the chat parser,
-settings and frontends check names at once; rows name their k-diffusion loop as A1111's own
-table does, and `engine.sampling.loop` runs a row.
+The names and schedules are A1111's before v1.9 ("DPM++ 2M" = uniform sigmas, "DPM++ 2M Karras"),
+so an old infotext reproduces; v1.9's separate "Schedule type" (`engine.sampling.schedules`)
+replaces a row's own schedule (`run_row`), and "Automatic" is the v1.9 sampler's own default
+(`Sampler.automatic`). Infotexts are written as v1.9 writes them: the v1.9 name and a label
+(`infotext_sampler`). Pure data without torch, so the chat parser, settings and frontends check
+names at once; rows name their loop as A1111's own table does, and `engine.sampling.loop` runs
+a row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any, Literal, cast
 
 from engine.errors import NOTHING, InvalidRequest, Phrase
 from engine.sampling.schedules import (
+    AUTOMATIC,
     BY_LABEL,
+    BY_NAME,
     SCHEDULE_TYPES,
     ScheduleName,
     canonical_schedule_type,
@@ -47,9 +51,9 @@ class Sampler:
 
     `noise` says where extra noise comes from: "ancestral" (the images' generators, reseeded
     with ENSD), "brownian" (per-seed Brownian trees) or "none"; `ensd_key` is A1111's
-    `uses_ensd` for an "ancestral" row (whether its infotext names the ENSD). `schedule_type` is
-    what to write as A1111 v1.9's "Schedule type" where its "Automatic" would mean another
-    schedule for this name.
+    `uses_ensd` for an "ancestral" row (whether its infotext names the ENSD). `automatic` is
+    A1111 v1.9.4's 'scheduler' option of the v1.9 name: the schedule its "Automatic" schedule
+    type means (None: the row's own).
     """
 
     name: str
@@ -58,7 +62,7 @@ class Sampler:
     noise: Literal["none", "ancestral", "brownian"] = "none"
     discard_penultimate: bool = False
     aliases: tuple[str, ...] = ()
-    schedule_type: str | None = None
+    automatic: ScheduleName | None = None
     ensd_key: bool = True
 
     @property
@@ -69,6 +73,11 @@ class Sampler:
             if self.name.endswith(suffix):
                 return self.name.removesuffix(suffix)
         return self.name
+
+    @property
+    def timesteps(self) -> bool:
+        """A1111's timesteps samplers (DDIM): their own timesteps, whatever the schedule type."""
+        return self.schedule == "ddim"
 
     @property
     def uses_ensd(self) -> bool:
@@ -84,11 +93,11 @@ def _row(name: str, function: str | None, *aliases: str, **options: Any) -> Samp
     return Sampler(name, function, aliases=aliases, **options)
 
 
-_K, _U = {"schedule": "karras"}, {"schedule_type": "Uniform"}
+_K: dict[str, Any] = {"schedule": "karras"}
 _E: dict[str, Any] = {"schedule": "exponential"}
-# A1111 v1.9.4's Brownian rows without a schedule of their own: v1.9 reads the name alone as
-# Exponential (its 'scheduler' option), so uniform ones write "Schedule type: Uniform".
-_B: dict[str, Any] = {"noise": "brownian"}
+# A1111 v1.9.4's 'scheduler' option of a name: what its "Automatic" schedule type means.
+_AK: dict[str, Any] = {"automatic": "karras"}
+_B: dict[str, Any] = {"noise": "brownian", "automatic": "exponential"}
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
@@ -98,18 +107,18 @@ SAMPLERS: dict[str, Sampler] = {
         _row("Euler", "sample_euler", "k_euler"),
         _row("LMS", "sample_lms", "k_lms"),
         _row("Heun", "sample_heun", "k_heun"),
-        _row("DPM2", "sample_dpm_2", "k_dpm_2", discard_penultimate=True, **_U),
+        _row("DPM2", "sample_dpm_2", "k_dpm_2", discard_penultimate=True, **_AK),
         _row(
             "DPM2 a",
             "sample_dpm_2_ancestral",
             "k_dpm_2_a",
             noise="ancestral",
             discard_penultimate=True,
-            **_U,
+            **_AK,
         ),
-        _row("DPM++ 2S a", "sample_dpmpp_2s_ancestral", "k_dpmpp_2s_a", noise="ancestral", **_U),
-        _row("DPM++ 2M", "sample_dpmpp_2m", "k_dpmpp_2m", **_U),
-        _row("DPM++ SDE", "sample_dpmpp_sde", "k_dpmpp_sde", noise="brownian", **_U),
+        _row("DPM++ 2S a", "sample_dpmpp_2s_ancestral", "k_dpmpp_2s_a", noise="ancestral", **_AK),
+        _row("DPM++ 2M", "sample_dpmpp_2m", "k_dpmpp_2m", **_AK),
+        _row("DPM++ SDE", "sample_dpmpp_sde", "k_dpmpp_sde", noise="brownian", **_AK),
         _row("LMS Karras", "sample_lms", "k_lms_ka", **_K),
         _row("DPM2 Karras", "sample_dpm_2", "k_dpm_2_ka", discard_penultimate=True, **_K),
         _row(
@@ -131,10 +140,10 @@ SAMPLERS: dict[str, Sampler] = {
         _row("DPM++ SDE Karras", "sample_dpmpp_sde", "k_dpmpp_sde_ka", noise="brownian", **_K),
         # v1.6-1.8's rows of `sample_dpmpp_2m_sde` and `sample_dpmpp_3m_sde` (v1.9 keeps the
         # plain names, Exponential by default, and the aliases of these).
-        _row("DPM++ 2M SDE", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde", **_B, **_U),
+        _row("DPM++ 2M SDE", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde", **_B),
         _row("DPM++ 2M SDE Karras", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde_ka", **_B, **_K),
         _row("DPM++ 2M SDE Exponential", "sample_dpmpp_2m_sde", "k_dpmpp_2m_sde_exp", **_B, **_E),
-        _row("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde_heun", "k_dpmpp_2m_sde_heun", **_B, **_U),
+        _row("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde_heun", "k_dpmpp_2m_sde_heun", **_B),
         _row(
             "DPM++ 2M SDE Heun Karras",
             "sample_dpmpp_2m_sde_heun",
@@ -155,7 +164,6 @@ SAMPLERS: dict[str, Sampler] = {
             "k_dpmpp_3m_sde",
             discard_penultimate=True,
             **_B,
-            **_U,
         ),
         _row(
             "DPM++ 3M SDE Karras",
@@ -182,6 +190,32 @@ SAMPLERS: dict[str, Sampler] = {
         _row("DDIM", None, "ddim", schedule="ddim"),
     )
 }
+
+
+# The v1.9 names as the chats list them, common first: the everyday ones of anime models, then
+# the rest, then the special-purpose ones (DPM fast/adaptive ignore the step count's schedule;
+# LCM wants an LCM model or LoRA). Only rows the table has.
+_GROUPS = {
+    "common": ("Euler a", "Euler", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DDIM"),
+    "more": (
+        "DPM++ 2S a",
+        "DPM++ 2M SDE Heun",
+        "DPM++ 3M SDE",
+        "UniPC",
+        "Heun",
+        "LMS",
+        "DPM2",
+        "DPM2 a",
+        "Restart",
+        "PLMS",
+    ),
+    "special": ("DPM fast", "DPM adaptive", "LCM"),
+}
+SAMPLER_GROUPS: dict[str, tuple[str, ...]] = {
+    group: tuple(name for name in names if name in SAMPLERS) for group, names in _GROUPS.items()
+}
+# A1111 v1.9's sampler names (its dropdown; old names such as "DPM++ 2M Karras" are rows too).
+V19_SAMPLERS: tuple[str, ...] = tuple(n for names in SAMPLER_GROUPS.values() for n in names)
 
 
 def _key(name: str) -> str:
@@ -212,43 +246,52 @@ def canonical_sampler(name: str) -> str:
     return found
 
 
-def with_schedule_type(row: Sampler, schedule_type: str | None) -> Sampler:
-    """The row run on a v1.9 schedule type instead of its own (None/"Automatic": its own).
+def run_row(sampler: str, schedule_type: str | None) -> Sampler:
+    """The row a request's (sampler, schedule type) runs.
 
-    The label names the schedule in `Sampler.schedule` and in `schedule_type` (the infotext's
-    `Schedule type`). DDIM keeps its timesteps: A1111's DDIM is a timesteps sampler that never
-    reads the schedule type (v1.9.4 `sd_samplers_timesteps`), though its infotext names it.
-    """
-    label = canonical_schedule_type(schedule_type)
-    if label is None:
-        return row
-    if row.schedule == "ddim":
-        return dataclasses.replace(row, schedule_type=label)
-    base = SAMPLERS[row.base]
-    name = BY_LABEL[label].name
-    return dataclasses.replace(base, schedule=cast(ScheduleName, name), schedule_type=label)
-
-
-def resolve_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str | None]:
-    """A request's (sampler, schedule type) as the table's row name and a label, or None where
-    the row's own schedule is that schedule ("DPM++ 2M" + "Karras" → ("DPM++ 2M Karras", None),
-    "Euler" + "Uniform" → ("Euler", None), "Euler" + "Karras" → ("Euler", "Karras")).
-
-    An explicit schedule type replaces the one an old name carries ("DPM++ 2M Karras" +
-    "Exponential" → ("DPM++ 2M", "Exponential")). InvalidRequest for an unknown name of either.
+    None keeps the named row ("DPM++ 2M" uniform, "DPM++ 2M Karras"); "Automatic" is the v1.9
+    name's own default (`Sampler.automatic`: "DPM++ 2M" → Karras); another label runs the v1.9
+    name on that schedule. Timesteps samplers (DDIM) keep their timesteps: A1111's never read
+    the schedule type (v1.9.4 `sd_samplers_timesteps`), though their infotext names it.
+    InvalidRequest for an unknown name of either.
     """
     row = SAMPLERS[canonical_sampler(sampler)]
     label = canonical_schedule_type(schedule_type)
-    if label is None:
-        return row.name, None
-    if row.schedule == "ddim":
-        return row.name, label
+    if label is None or row.timesteps:
+        return row
     base = SAMPLERS[row.base]
-    if f" {label}" in _NAMED_SCHEDULES and f"{base.name} {label}" in SAMPLERS:
-        return f"{base.name} {label}", None
-    if BY_LABEL[label].name == base.schedule:
-        return base.name, None
-    return base.name, label
+    if label == AUTOMATIC:
+        return dataclasses.replace(base, schedule=base.automatic or base.schedule)
+    return dataclasses.replace(base, schedule=cast(ScheduleName, BY_LABEL[label].name))
+
+
+def infotext_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str]:
+    """(Sampler, Schedule type) as A1111 v1.9.4 writes them for a request's pair: the v1.9 name
+    and the label chosen, or for none the label v1.9 would read back as this row ("DPM++ 2M" →
+    ("DPM++ 2M", "Uniform"), "DPM++ 2M Karras" → ("DPM++ 2M", "Automatic"), "LMS Karras" →
+    ("LMS", "Karras"), "Euler a" → ("Euler a", "Automatic"))."""
+    row = SAMPLERS[canonical_sampler(sampler)]
+    label = canonical_schedule_type(schedule_type)
+    if label is not None:
+        return row.base, label
+    base = SAMPLERS[row.base]
+    if row.timesteps or row.schedule == (base.automatic or base.schedule):
+        return row.base, AUTOMATIC
+    return row.base, BY_NAME[row.schedule].label
+
+
+def sampler_and_schedule(sampler: str, schedule_type: str | None) -> tuple[str, str | None]:
+    """A request's pair as the table spells it (InvalidRequest for an unknown name of either).
+
+    A schedule type given with an old name replaces the schedule the name carries ("DPM++ 2M
+    Karras" + "Exponential" → ("DPM++ 2M", "Exponential")), so a `--schedule` flag works over a
+    saved default sampler; "Automatic" is kept, so the infotext names it as it was given.
+    """
+    row = SAMPLERS[canonical_sampler(sampler)]
+    label = canonical_schedule_type(schedule_type)
+    if label is None or row.timesteps:
+        return row.name, label
+    return row.base, label
 
 
 def split_schedule_suffix(sampler: str) -> tuple[str, str | None]:

@@ -48,6 +48,7 @@ SCHEDULE_TYPES: tuple[ScheduleType, ...] = (
 )
 SCHEDULE_LABELS: tuple[str, ...] = tuple(s.label for s in SCHEDULE_TYPES)
 BY_LABEL: dict[str, ScheduleType] = {s.label: s for s in SCHEDULE_TYPES}
+BY_NAME: dict[str, ScheduleType] = {s.name: s for s in SCHEDULE_TYPES}
 
 
 def _key(name: str) -> str:
@@ -64,7 +65,7 @@ def schedule_label(name: str) -> str | None:
 
 
 def canonical_schedule_type(name: str | None) -> str | None:
-    """A request's schedule type as A1111's label; None for "Automatic" (the sampler's own).
+    """A request's schedule type as A1111's label ("Automatic" too); None for none.
 
     Raises InvalidRequest listing the choices for a name v1.9.4 does not have.
     """
@@ -80,4 +81,4 @@ def canonical_schedule_type(name: str | None) -> str | None:
             name=name,
             choices=choices,
         )
-    return None if label == AUTOMATIC else label
+    return label

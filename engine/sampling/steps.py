@@ -8,7 +8,7 @@ own steps over a longer schedule.
 from __future__ import annotations
 
 from engine.request import GenerationRequest
-from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler
+from engine.sampling.samplers import Sampler, run_row
 
 IMG2IMG_STRENGTH = 0.75  # A1111's default denoising strength of img2img
 HIRES_STRENGTH = 0.7  # and of the hires pass
@@ -32,7 +32,7 @@ def total_steps(row: Sampler, steps: int) -> int:
     """How many sampler steps (callbacks) a row runs for `steps` (DDIM: one fewer, as A1111;
     DPM fast: `steps` model calls in steps of 3, `_fast_count`; DPM adaptive: an estimate,
     its tries depend on the error)."""
-    if row.schedule == "ddim":
+    if row.timesteps:
         return _ddim_count(steps) - 1
     return _fast_count(steps) if row.function == "sample_dpm_fast" else steps
 
@@ -45,7 +45,7 @@ def _fast_count(nfe: int) -> int:
 def img2img_total_steps(row: Sampler, steps: int, strength: float, *, fixed: bool = False) -> int:
     """How many sampler steps (callbacks) `sample_img2img` runs."""
     steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
-    if row.schedule == "ddim":
+    if row.timesteps:
         return max(min(t_enc, _ddim_count(steps)) - 1, 0) if steps else 0
     if row.function == "sample_dpm_fast":
         return _fast_count(min(t_enc + 1, steps))
@@ -58,7 +58,7 @@ def planned_steps(request: GenerationRequest) -> int:
     the hires pass (what progress and ETAs count)."""
     if request.extras_upscale:
         return 0  # nothing is drawn
-    row = SAMPLERS[canonical_sampler(request.sampler or "")]
+    row = run_row(request.sampler or "", request.schedule_type)
     steps = request.num_inference_steps or 0
     if request.init_image is not None:
         return img2img_total_steps(row, steps, denoising_strength(request))
