@@ -44,7 +44,7 @@ def test_draw_writes_a_png_with_infotext_offline(settings_file: Path, tmp_path: 
         info = image.info["parameters"]
     # NAI's defaults: quality tags before the prompt, the "Low Quality + Bad Anatomy" UC preset.
     assert info.startswith("masterpiece, best quality, 1girl, smile\nNegative prompt: lowres, ")
-    assert "\nSteps: 3, Sampler: Euler a, CFG scale: 11, Seed: 7," in info
+    assert "\nSteps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 11, Seed: 7," in info
     assert "Size: 64x64, Model hash: " in info
 
 

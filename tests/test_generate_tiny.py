@@ -15,7 +15,7 @@ from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.generate import SEED_LIMIT, generate
 from engine.models import ModelRegistry
 from engine.request import GenerationRequest, Limits
-from engine.sampling.samplers import SAMPLERS
+from engine.sampling.samplers import SAMPLERS, infotext_sampler
 from tests.conftest import png_pixels
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,8 @@ def test_png_carries_a1111_infotext(demo_model) -> None:  # type: ignore[no-unty
     assert text == (
         "1girl, silver hair, smile\n"
         "Negative prompt: lowres, bad anatomy\n"
-        "Steps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 64x64, "
+        "Steps: 4, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 1234, "
+        "Size: 64x64, "
         f"Model hash: {demo_model.hash}, Model: aidraw-demo, Clip skip: 2, ENSD: 31337, "
         "RNG: NV, Version: aidraw 0.1.0"
     )
@@ -107,7 +108,8 @@ def test_requests_batched_together_do_not_affect_each_other(demo_model) -> None:
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_every_sampler_draws(demo_model, sampler: str) -> None:  # type: ignore[no-untyped-def]
     result = draw(demo_model, sampler=sampler)[0]
-    assert f"Sampler: {sampler}," in result.infotext
+    name, label = infotext_sampler(sampler, None)  # v1.9 writes "DPM++ 2M Karras" in two
+    assert f"Sampler: {name}, Schedule type: {label}," in result.infotext
     assert png_pixels(result.png).std() > 0
 
 

@@ -26,6 +26,7 @@ from engine.infotext import (
     unquote,
 )
 from engine.request import GenerationRequest
+from engine.sampling.samplers import infotext_sampler
 
 # A1111 v1.9.4 processing.create_infotext, the keys we can write, in its order.
 A1111_ORDER = [
@@ -68,7 +69,7 @@ def write(request: GenerationRequest, **overrides: Any) -> str:
         "model_hash": "80ec94bbee",
         "model_name": "aidraw-demo",
         "uses_ensd": True,
-        "schedule_type": None,
+        "sampler": infotext_sampler(request.sampler or "", request.schedule_type),
         "version": "aidraw 0.1.0",
     }
     return create_infotext(request, **(kwargs | overrides))
@@ -103,7 +104,8 @@ def test_the_default_line_is_a1111s() -> None:
     assert text == (
         "1girl, (silver hair:1.2), smile\n"
         "Negative prompt: lowres, bad anatomy\n"
-        "Steps: 28, Sampler: Euler a, CFG scale: 11, Seed: 1234, Size: 512x768, "
+        "Steps: 28, Sampler: Euler a, Schedule type: Automatic, CFG scale: 11, Seed: 1234, "
+        "Size: 512x768, "
         "Model hash: 80ec94bbee, Model: aidraw-demo, Clip skip: 2, ENSD: 31337, "
         "Version: aidraw 0.1.0"
     )
@@ -114,7 +116,7 @@ def test_every_key_in_a1111s_order() -> None:
         RESOLVED, subseed=77, subseed_strength=0.25, seed_resize_from_w=512,
         seed_resize_from_h=512, rng="NV", downcast_alphas_cumprod=True, sampler="DPM2 a",
     )  # fmt: skip
-    text = write(request, schedule_type="Uniform", subseed=78)
+    text = write(request, subseed=78)
     line = params_line(text)
     written = [pair.split(": ")[0] for pair in line.split(", ")]
     assert written == A1111_ORDER
@@ -237,15 +239,13 @@ def test_old_a1111_versions_imply_downcast_alphas_cumprod(
     [
         ("DPM++ 2M", None, ("DPM++ 2M", None)),  # before v1.9: uniform
         ("DPM++ 2M Karras", None, ("DPM++ 2M Karras", None)),
-        ("DPM++ 2M", "Karras", ("DPM++ 2M Karras", None)),
-        ("DPM++ 2M", "Automatic", ("DPM++ 2M Karras", None)),  # v1.9's default for DPM++ 2M
-        ("DPM++ 2M", "Uniform", ("DPM++ 2M", None)),
-        ("Euler a", "Automatic", ("Euler a", None)),
-        ("DPM2 a", "karras", ("DPM2 a Karras", None)),  # v1.5-1.8 wrote k_sched_type lower-case
-        ("DPM++ 2M", "Exponential", ("DPM++ 2M", "Exponential")),  # v1.9's separate choice
+        ("DPM++ 2M", "Karras", ("DPM++ 2M", "Karras")),
+        ("DPM++ 2M", "Automatic", ("DPM++ 2M", "Automatic")),  # v1.9's default: Karras
+        ("Euler a", "Automatic", ("Euler a", "Automatic")),
+        ("DPM2 a", "karras", ("DPM2 a", "Karras")),  # v1.5-1.8 wrote k_sched_type lower-case
     ],
 )
-def test_schedule_type_maps_onto_our_sampler_names(
+def test_schedule_type_is_read_as_a1111_v19_names_it(
     sampler: str, schedule: str | None, ours: tuple[str, str | None]
 ) -> None:
     params = {"Sampler": sampler} | ({"Schedule type": schedule} if schedule else {})
@@ -258,14 +258,20 @@ def test_variation_resize_rng_read_back() -> None:
         seed_resize_from_h=640, rng="NV", downcast_alphas_cumprod=True,
     )  # fmt: skip
     again = request_from_infotext(write(request))
-    assert again == dataclasses.replace(request, model=None)
+    # "Euler a" is written with v1.9's "Schedule type: Automatic": the same schedule.
+    assert again == dataclasses.replace(request, model=None, schedule_type="Automatic")
 
 
 def test_our_own_infotext_round_trips() -> None:
-    for sampler, schedule in (("DPM++ 2M", "Uniform"), ("DPM++ 2M Karras", None), ("DDIM", None)):
-        request = dataclasses.replace(RESOLVED, sampler=sampler, ensd=0, clip_skip=1)
-        text = write(request, schedule_type=schedule, uses_ensd=False)
-        assert request_from_infotext(text) == request
+    for sampler, schedule in (("DPM++ 2M", "Uniform"), ("DPM++ 2M", "Karras"), ("DDIM", None)):
+        request = dataclasses.replace(
+            RESOLVED, sampler=sampler, schedule_type=schedule, ensd=0, clip_skip=1
+        )
+        text = write(request, uses_ensd=False)
+        again = request_from_infotext(text)
+        assert dataclasses.replace(again, schedule_type=schedule) == request
+        assert again.schedule_type == (schedule or "Automatic")  # DDIM's: written by v1.9
+        assert write(again, uses_ensd=False) == text
 
 
 def test_unreadable_numbers_name_the_key() -> None:

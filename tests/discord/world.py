@@ -23,6 +23,7 @@ from engine.infotext import create_infotext, infotext_from_image
 from engine.job import Job
 from engine.queue import QueueConfig
 from engine.request import GenerationRequest, GenerationResult, Limits
+from engine.sampling.samplers import infotext_sampler
 from tests.engine_fakes import FakeGenerate, FakeLoader, FakeModel, FakeRegistry
 from tests.fakes import FakeDiscord
 from tests.fakes.discord import USER_ID
@@ -70,7 +71,7 @@ def _with_png(result: GenerationResult) -> GenerationResult:
         model_hash="0123456789",
         model_name=request.model or "",
         uses_ensd=False,
-        schedule_type=None,
+        sampler=infotext_sampler(request.sampler or "Euler a", request.schedule_type),
         version="test",
     )
     info = PngInfo()

@@ -221,11 +221,12 @@ def test_a_pasted_infotext_reproduces_the_request(name: str) -> None:
     chat = read_request(f"1girl --sampler '{name}' --steps 24 --seed 7").request
     asked = dataclasses.replace(check_request(chat, Limits()), rng="GPU", ensd=31337)
     text = infotext_for(asked, noise_specs(asked)[0], MODEL)  # type: ignore[arg-type]
-    assert f"Sampler: {name}, CFG scale" in text and "ENSD: 31337" in text
+    assert f"Sampler: {name}, Schedule type: Automatic, CFG scale" in text
+    assert "ENSD: 31337" in text
     again = check_request(read_request(text).request, Limits())
     assert (again.sampler, again.schedule_type, again.num_inference_steps, again.seed) == (
         name,
-        None,
+        "Automatic",
         24,
         7,
     )

@@ -24,7 +24,7 @@ from engine.sampling.kdiffusion import (
     to_d,
 )
 from engine.sampling.loop import LOOPS, sample, sampler_sigmas
-from engine.sampling.samplers import SAMPLERS, canonical_sampler, resolve_sampler
+from engine.sampling.samplers import SAMPLERS, canonical_sampler, infotext_sampler, run_row
 from engine.sampling.seeds import ImageRNG, NoiseSpec
 from tests.sampling.test_samplers import OracleUNet, conditioning
 
@@ -97,8 +97,7 @@ def draws(batch: int = 1) -> list[torch.Tensor]:
     ("steps", "schedule"), [(12, "Karras"), (20, "Karras"), (25, "Uniform"), (40, "Karras")]
 )
 def test_restart_is_a1111s(steps: int, schedule: str) -> None:
-    row = SAMPLERS["Restart"]
-    sigmas = sampler_sigmas(row, SCHEDULE, steps, schedule)
+    sigmas = sampler_sigmas(run_row("Restart", schedule), SCHEDULE, steps)
     x_first = torch.randn((1, *LATENT), generator=torch.Generator().manual_seed(1)) * sigmas[0]
     asked: list[tuple[float, float]] = []
     ours_noise, ref_noise = iter(draws()), iter(draws())
@@ -133,8 +132,9 @@ def test_the_row_is_a1111s() -> None:
     assert row.schedule == "karras" and row.conditioning_steps == 2  # "second_order"
     # Its restart noise is the images' generators' (ENSD too), yet A1111 writes no ENSD.
     assert row.noise == "ancestral" and not row.uses_ensd
-    assert resolve_sampler("Restart", "Karras") == ("Restart", None)
-    assert resolve_sampler("Restart", "Exponential") == ("Restart", "Exponential")
+    assert run_row("Restart", "Automatic") == row  # v1.9's 'scheduler': 'karras'
+    assert infotext_sampler("Restart", None) == ("Restart", "Automatic")
+    assert run_row("Restart", "Exponential").schedule == "exponential"
 
 
 def run(seeds: list[int], x0: torch.Tensor, ensd: int = 0) -> torch.Tensor:
@@ -167,11 +167,11 @@ def test_a_pasted_infotext_reproduces_the_request() -> None:
     asked = dataclasses.replace(check_request(chat, Limits()), rng="GPU")
     assert asked.sampler == "Restart"
     text = infotext_for(asked, noise_specs(asked)[0], MODEL)  # type: ignore[arg-type]
-    assert "Sampler: Restart, CFG scale" in text and "ENSD" not in text
+    assert "Sampler: Restart, Schedule type: Automatic, CFG scale" in text and "ENSD" not in text
     again = check_request(read_request(text).request, Limits())
     assert (again.sampler, again.schedule_type, again.num_inference_steps, again.seed) == (
         "Restart",
-        None,
+        "Automatic",
         24,
         7,
     )

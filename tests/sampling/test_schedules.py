@@ -8,7 +8,6 @@ numpy from the demo model's own σ table, not from our code.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +25,7 @@ from engine.infotext import parse_infotext, request_from_infotext, sampler_from_
 from engine.request import BATCH_KEYS, GenerationRequest, Limits
 from engine.sampling.kdiffusion import NoiseSchedule
 from engine.sampling.loop import LOOPS, sampler_sigmas
-from engine.sampling.samplers import SAMPLERS, resolve_sampler, with_schedule_type
+from engine.sampling.samplers import run_row, sampler_and_schedule
 from engine.sampling.schedules import SCHEDULE_LABELS, SCHEDULE_TYPES, canonical_schedule_type
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)  # the demo model's noise schedule
@@ -116,7 +115,8 @@ def test_the_table_is_a1111_v194s() -> None:
         ("sgm_uniform", "SGM Uniform"),
         ("SGMUniform", "SGM Uniform"),  # A1111's alias
         ("sgm uniform", "SGM Uniform"),
-        ("Automatic", None),
+        ("Automatic", "Automatic"),
+        ("auto matic", "Automatic"),
         (None, None),
     ],
 )
@@ -127,10 +127,14 @@ def test_names_in_any_spelling(text: str | None, label: str | None) -> None:
 # --- sigmas --------------------------------------------------------------------------------------
 
 
+def sigmas_of(sampler: str, steps: int, label: str | None = None) -> torch.Tensor:
+    return sampler_sigmas(run_row(sampler, label), SCHEDULE, steps)
+
+
 @pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("label", list(REFERENCES))
 def test_sigmas_are_a1111s(label: str, steps: int) -> None:
-    sigmas = sampler_sigmas(SAMPLERS["Euler"], SCHEDULE, steps, label)
+    sigmas = sigmas_of("Euler", steps, label)
     assert sigmas.dtype == torch.float32 and sigmas.shape == (steps + 1,)
     assert sigmas[-1] == 0
     np.testing.assert_allclose(sigmas.numpy(), REFERENCES[label](steps), rtol=1e-6, atol=0)
@@ -138,44 +142,63 @@ def test_sigmas_are_a1111s(label: str, steps: int) -> None:
 
 def test_first_and_last_sigmas_are_the_models() -> None:
     for label in ("Karras", "Exponential", "Polyexponential", "Uniform"):
-        sigmas = sampler_sigmas(SAMPLERS["Euler"], SCHEDULE, 20, label)
+        sigmas = sigmas_of("Euler", 20, label)
         assert sigmas[0] == pytest.approx(SIGMA_MAX, rel=1e-6)
         assert sigmas[-2] == pytest.approx(SIGMA_MIN, rel=1e-6)
     # SGM Uniform stops one step short of σ_min (n + 1 points, the last dropped).
-    assert sampler_sigmas(SAMPLERS["Euler"], SCHEDULE, 20, "SGM Uniform")[-2] > SIGMA_MIN * 1.5
+    assert sigmas_of("Euler", 20, "SGM Uniform")[-2] > SIGMA_MIN * 1.5
 
 
-def test_automatic_is_the_rows_own() -> None:
-    for name in ("Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM2 a Karras", "DDIM"):
-        row = SAMPLERS[name]
-        own = sampler_sigmas(row, SCHEDULE, 20)
-        assert torch.equal(sampler_sigmas(row, SCHEDULE, 20, "Automatic"), own)
-        assert torch.equal(sampler_sigmas(row, SCHEDULE, 20, None), own)
-    karras = sampler_sigmas(SAMPLERS["DPM++ 2M Karras"], SCHEDULE, 20)
-    assert torch.equal(karras, sampler_sigmas(SAMPLERS["DPM++ 2M"], SCHEDULE, 20, "Karras"))
+@pytest.mark.parametrize(
+    ("sampler", "automatic"),
+    [
+        ("Euler a", "Euler a"),
+        ("Euler", "Euler"),
+        ("LMS", "LMS"),
+        ("DPM++ 2M", "DPM++ 2M Karras"),  # v1.9's 'scheduler': 'karras'
+        ("DPM2 a", "DPM2 a Karras"),
+        ("DPM++ SDE", "DPM++ SDE Karras"),
+        ("DPM++ 2M SDE", "DPM++ 2M SDE Exponential"),  # 'scheduler': 'exponential'
+        ("DPM++ 3M SDE", "DPM++ 3M SDE Exponential"),
+        ("DPM++ 2M Karras", "DPM++ 2M Karras"),
+        ("Restart", "Restart"),
+        ("DDIM", "DDIM"),
+    ],
+)
+def test_automatic_is_the_v19_names_own(sampler: str, automatic: str) -> None:
+    """ "Automatic" runs what A1111 v1.9.4 runs for the name: its 'scheduler' option."""
+    assert torch.equal(sigmas_of(sampler, 20, "Automatic"), sigmas_of(automatic, 20))
+
+
+def test_no_type_keeps_the_names_old_schedule() -> None:
+    """Before v1.9, "DPM++ 2M" was uniform: a request (or an old infotext) naming it alone
+    still draws on uniform sigmas, and "Karras" on the old Karras row's."""
+    np.testing.assert_allclose(sigmas_of("DPM++ 2M", 20).numpy(), ref_uniform(20), rtol=1e-6)
+    karras = sigmas_of("DPM++ 2M Karras", 20)
+    assert torch.equal(karras, sigmas_of("DPM++ 2M", 20, "Karras"))
     np.testing.assert_allclose(karras.numpy(), ref_karras(20), rtol=1e-6)
 
 
 def test_a_type_replaces_an_old_names_schedule() -> None:
     """An explicit type wins over the Karras an old name carries; the loop stays the row's."""
-    row = with_schedule_type(SAMPLERS["DPM++ 2M Karras"], "Exponential")
+    row = run_row("DPM++ 2M Karras", "Exponential")
     assert (row.name, row.function, row.schedule) == ("DPM++ 2M", "sample_dpmpp_2m", "exponential")
-    assert row.schedule_type == "Exponential"
-    sigmas = sampler_sigmas(SAMPLERS["DPM++ 2M Karras"], SCHEDULE, 12, "Exponential")
+    sigmas = sigmas_of("DPM++ 2M Karras", 12, "Exponential")
     np.testing.assert_allclose(sigmas.numpy(), ref_exponential(12), rtol=1e-6)
 
 
 @pytest.mark.parametrize("label", ["Karras", "Exponential", "SGM Uniform"])
 def test_discard_penultimate_sigma_with_any_type(label: str) -> None:
     """DPM2's rows draw steps + 1 sigmas and drop the next-to-last, whatever the type."""
-    sigmas = sampler_sigmas(SAMPLERS["DPM2 a"], SCHEDULE, 10, label)
+    sigmas = sigmas_of("DPM2 a", 10, label)
     full = REFERENCES[label](11)
     np.testing.assert_allclose(sigmas.numpy(), full[:-2] + full[-1:], rtol=1e-6)
 
 
 def test_ddim_ignores_the_type_as_a1111s_timesteps_sampler_does() -> None:
-    own = sampler_sigmas(SAMPLERS["DDIM"], SCHEDULE, 20)
-    assert torch.equal(sampler_sigmas(SAMPLERS["DDIM"], SCHEDULE, 20, "Karras"), own)
+    own = sigmas_of("DDIM", 20)
+    for label in ("Karras", "Automatic", "SGM Uniform"):
+        assert torch.equal(sigmas_of("DDIM", 20, label), own)
 
 
 # --- the door ------------------------------------------------------------------------------------
@@ -185,23 +208,23 @@ def test_ddim_ignores_the_type_as_a1111s_timesteps_sampler_does() -> None:
     ("sampler", "schedule", "resolved"),
     [
         ("DPM++ 2M", None, ("DPM++ 2M", None)),
-        ("DPM++ 2M", "Automatic", ("DPM++ 2M", None)),
-        ("DPM++ 2M", "karras", ("DPM++ 2M Karras", None)),
-        ("DPM++ 2M", "Uniform", ("DPM++ 2M", None)),
+        ("DPM++ 2M", "automatic", ("DPM++ 2M", "Automatic")),  # kept, to be written back
+        ("DPM++ 2M", "karras", ("DPM++ 2M", "Karras")),
         ("DPM++ 2M", "Exponential", ("DPM++ 2M", "Exponential")),
         ("dpmpp_2m_karras", None, ("DPM++ 2M Karras", None)),
-        ("DPM++ 2M Karras", "exponential", ("DPM++ 2M", "Exponential")),
-        ("DPM++ 2M Karras", "Uniform", ("DPM++ 2M", None)),
+        ("DPM++ 2M Karras", "exponential", ("DPM++ 2M", "Exponential")),  # the type wins
+        ("DPM++ 2M Karras", "Uniform", ("DPM++ 2M", "Uniform")),
         ("Euler a", "Karras", ("Euler a", "Karras")),
+        ("euler_a", None, ("Euler a", None)),
         ("Euler", "sgm_uniform", ("Euler", "SGM Uniform")),
         ("DPM2 a", "Polyexponential", ("DPM2 a", "Polyexponential")),
         ("DDIM", "Karras", ("DDIM", "Karras")),
     ],
 )
-def test_the_door_resolves_the_pair(
+def test_the_door_spells_the_pair(
     sampler: str, schedule: str | None, resolved: tuple[str, str | None]
 ) -> None:
-    assert resolve_sampler(sampler, schedule) == resolved
+    assert sampler_and_schedule(sampler, schedule) == resolved
     request = GenerationRequest(prompt="cat", sampler=sampler, schedule_type=schedule)
     checked = check_request(request, Limits())
     assert (checked.sampler, checked.schedule_type) == resolved
@@ -276,7 +299,7 @@ def write(request: GenerationRequest) -> str:
 def test_a_pasted_v19_infotext_reproduces() -> None:
     request = resolved(request_from_infotext(V19_TEXT))
     assert (request.sampler, request.schedule_type) == ("DPM++ 2M", "Exponential")
-    row = with_schedule_type(SAMPLERS[request.sampler], request.schedule_type)
+    row = run_row(request.sampler or "", request.schedule_type)
     assert (row.function, row.schedule) == ("sample_dpmpp_2m", "exponential")
     line = write(request).split("\n")[-1]
     assert line.startswith(
@@ -293,17 +316,26 @@ def test_a_pasted_v19_infotext_reproduces() -> None:
             "Polyexponential",
             "Sampler: DPM++ 2M, Schedule type: Polyexponential,",
         ),
-        ("DPM++ 2M", "Karras", "Sampler: DPM++ 2M Karras, CFG scale"),
+        ("DPM++ 2M", "Karras", "Sampler: DPM++ 2M, Schedule type: Karras,"),
+        ("DPM++ 2M", "Automatic", "Sampler: DPM++ 2M, Schedule type: Automatic,"),
         ("DPM++ 2M", None, "Sampler: DPM++ 2M, Schedule type: Uniform,"),
-        ("Euler a", "Automatic", "Sampler: Euler a, CFG scale"),
+        ("DPM++ 2M Karras", None, "Sampler: DPM++ 2M, Schedule type: Automatic,"),
+        ("LMS Karras", None, "Sampler: LMS, Schedule type: Karras,"),
+        ("Euler a", "Automatic", "Sampler: Euler a, Schedule type: Automatic,"),
+        ("Euler a", None, "Sampler: Euler a, Schedule type: Automatic,"),
+        ("Euler a", "Uniform", "Sampler: Euler a, Schedule type: Uniform,"),
         ("DDIM", "Karras", "Sampler: DDIM, Schedule type: Karras,"),  # A1111 writes, ignores it
-        ("DPM++ 2M SDE", "Karras", "Sampler: DPM++ 2M SDE Karras, CFG scale"),
+        ("DPM++ 2M SDE", "Karras", "Sampler: DPM++ 2M SDE, Schedule type: Karras,"),
         ("DPM++ 2M SDE", None, "Sampler: DPM++ 2M SDE, Schedule type: Uniform,"),
-        ("DPM++ 2M SDE Heun", "Exponential", "Sampler: DPM++ 2M SDE Heun Exponential, CFG"),
+        ("DPM++ 2M SDE Exponential", None, "Sampler: DPM++ 2M SDE, Schedule type: Automatic,"),
+        ("DPM++ 2M SDE Heun", "Exponential", "Sampler: DPM++ 2M SDE Heun, Schedule type: Exp"),
         ("DPM++ 3M SDE Karras", "Polyexponential", "Sampler: DPM++ 3M SDE, Schedule type: Poly"),
+        ("Restart", None, "Sampler: Restart, Schedule type: Automatic,"),
     ],
 )
 def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
+    """Written as A1111 v1.9.4 writes the pair; pasted back, the same sigmas, and written
+    back identically."""
     request = resolved(
         GenerationRequest(
             prompt="1girl", seed=5, rng="GPU", ensd=0, sampler=sampler, schedule_type=schedule
@@ -312,29 +344,34 @@ def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
     text = write(request)
     assert written in text
     again = resolved(request_from_infotext(text))
-    assert (again.sampler, again.schedule_type) == (request.sampler, request.schedule_type)
-    assert dataclasses.replace(again, model=None) == dataclasses.replace(request, model=None)
+    assert write(again) == text
+    ours, theirs = (
+        run_row(request.sampler or "", request.schedule_type),
+        run_row(again.sampler or "", again.schedule_type),
+    )
+    assert (ours.function, ours.schedule) == (theirs.function, theirs.schedule)
 
 
 @pytest.mark.parametrize(
     ("sampler", "schedule", "ours"),
     [
         ("DPM++ 2M", None, ("DPM++ 2M", None)),  # before v1.9: uniform
-        ("DPM++ 2M", "Automatic", ("DPM++ 2M Karras", None)),  # v1.9's default for DPM++ 2M
-        ("Euler", "Automatic", ("Euler", None)),
-        ("DPM++ 2M", "Exponential", ("DPM++ 2M", "Exponential")),
+        ("DPM++ 2M", "Automatic", ("DPM++ 2M", "Automatic")),  # v1.9's default for DPM++ 2M
+        ("DPM++ 2M", "Karras", ("DPM++ 2M", "Karras")),
+        ("Euler", "Automatic", ("Euler", "Automatic")),
+        ("DPM++ 2M", "exponential", ("DPM++ 2M", "Exponential")),  # v1.5-1.8's option value
         ("DPM++ 2M Karras", "Exponential", ("DPM++ 2M Karras", None)),  # A1111: the name wins
+        ("DPM++ 2M Karras", None, ("DPM++ 2M Karras", None)),
         ("Euler a Exponential", None, ("Euler a", "Exponential")),
+        ("Euler Karras", "Automatic", ("Euler", "Karras")),
         ("Euler", "sgm_uniform", ("Euler", "SGM Uniform")),
         ("DPM++ 2M", "Align Your Steps", ("DPM++ 2M", "Align Your Steps")),  # refused later
-        ("DPM++ 2M SDE", "Karras", ("DPM++ 2M SDE Karras", None)),
         ("DPM++ 2M SDE", None, ("DPM++ 2M SDE", None)),  # before v1.9: uniform
-        ("DPM++ 2M SDE", "Automatic", ("DPM++ 2M SDE Exponential", None)),  # v1.9's default
-        ("DPM++ 2M SDE Heun", "Automatic", ("DPM++ 2M SDE Heun Exponential", None)),
-        ("DPM++ 3M SDE", "Automatic", ("DPM++ 3M SDE Exponential", None)),
+        ("DPM++ 2M SDE", "Automatic", ("DPM++ 2M SDE", "Automatic")),
         ("DPM++ 3M SDE Exponential", "Karras", ("DPM++ 3M SDE Exponential", None)),
         ("DPM++ 2M SDE Heun Karras", None, ("DPM++ 2M SDE Heun Karras", None)),
         ("DPM++ 3M SDE", "SGM Uniform", ("DPM++ 3M SDE", "SGM Uniform")),
+        ("Nonsense", "Karras", ("Nonsense", "Karras")),  # refused at the door
     ],
 )
 def test_reading_a1111s_pair(
@@ -351,7 +388,7 @@ def test_a_v19_infotext_pasted_into_the_chat_reproduces() -> None:
     again = read_request(V19_TEXT + " --schedule karras").request  # a flag still overrides
     assert (again.sampler, again.schedule_type) == ("DPM++ 2M", "Karras")
     checked = check_request(again, Limits())
-    assert (checked.sampler, checked.schedule_type) == ("DPM++ 2M Karras", None)
+    assert (checked.sampler, checked.schedule_type) == ("DPM++ 2M", "Karras")
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ def test_chat_flag_and_pasted_infotext_name_the_rows() -> None:
     pasted = parse_request(
         "1girl\nSteps: 20, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 7, Seed: 1"
     )
-    assert (pasted.sampler, pasted.schedule_type) == ("DPM++ 2M SDE Karras", None)
+    assert (pasted.sampler, pasted.schedule_type) == ("DPM++ 2M SDE", "Karras")
     pasted = parse_request("1girl\nSteps: 20, Sampler: DPM++ 3M SDE, Seed: 1")
     checked = check_request(pasted, Limits())
     assert checked.sampler == "DPM++ 3M SDE"

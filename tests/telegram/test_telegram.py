@@ -678,7 +678,9 @@ async def test_demo_model_photo_carries_the_infotext(
     assert image.size == (64, 64)
     infotext = image.info["parameters"]
     assert infotext.startswith(QUALITY + "1girl, smile\nNegative prompt: lowres, ")
-    assert "Steps: 2, Sampler: Euler a, CFG scale: 11, Seed: 7, Size: 64x64" in infotext
+    assert (
+        "Steps: 2, Sampler: Euler a, Schedule type: Automatic, CFG scale: 11, Seed: 7, Size: 64x64"
+    ) in infotext
     assert document.params["caption"] == infotext
     assert photo.params["caption"] == (
         "Job 1 · Seed 7 · aidraw-demo · 2 steps\nUC: Low Quality + Bad Anatomy\n\n"
