@@ -57,7 +57,7 @@ class Sampler:
     """
 
     name: str
-    function: str | None  # the loop in kdiffusion.py by name (A1111's table does so); None = DDIM
+    function: str  # its loop by name, as A1111's table names it (`loop.LOOPS`, `TIMESTEPS_LOOPS`)
     schedule: ScheduleName = "uniform"
     noise: Literal["none", "ancestral", "brownian"] = "none"
     discard_penultimate: bool = False
@@ -76,7 +76,8 @@ class Sampler:
 
     @property
     def timesteps(self) -> bool:
-        """A1111's timesteps samplers (DDIM): their own timesteps, whatever the schedule type."""
+        """A1111's timesteps samplers (DDIM, PLMS, UniPC): their own timesteps, whatever the
+        schedule type."""
         return self.schedule == "ddim"
 
     @property
@@ -89,7 +90,7 @@ class Sampler:
         return 2 if self.function in _SECOND_ORDER else 1
 
 
-def _row(name: str, function: str | None, *aliases: str, **options: Any) -> Sampler:
+def _row(name: str, function: str, *aliases: str, **options: Any) -> Sampler:
     return Sampler(name, function, aliases=aliases, **options)
 
 
@@ -186,8 +187,18 @@ SAMPLERS: dict[str, Sampler] = {
         _row("DPM adaptive", "sample_dpm_adaptive", "k_dpm_ad", noise="ancestral"),
         # A1111 v1.9.4 `sd_samplers_extra.restart_sampler`: Karras, "second_order", no
         # `uses_ensd`, though its restart noise comes from the images' ENSD generators.
-        _row("Restart", "sample_restart", "restart", noise="ancestral", ensd_key=False, **_K),
-        _row("DDIM", None, "ddim", schedule="ddim"),
+        _row(
+            "Restart", "sample_restart", "restart", noise="ancestral", ensd_key=False, **_K, **_AK
+        ),
+        # A1111 v1.9.4 `sd_samplers_timesteps`: their own timesteps ("ddim"), eta 0 (no noise,
+        # no `uses_ensd`).
+        _row("DDIM", "sample_ddim", "ddim", schedule="ddim"),
+        _row("PLMS", "sample_plms", "plms", schedule="ddim"),
+        _row("UniPC", "sample_unipc", "unipc", schedule="ddim"),
+        # A1111 v1.9.4 `sd_samplers_lcm`: its own model wrapper and 50-timestep table
+        # (engine/sampling/lcm.py), whose `get_sigmas` is "Automatic" (no 'scheduler' option);
+        # noise from the images' ENSD generators, though no `uses_ensd`.
+        _row("LCM", "sample_lcm", "k_lcm", noise="ancestral", ensd_key=False),
     )
 }
 
@@ -251,8 +262,9 @@ def run_row(sampler: str, schedule_type: str | None) -> Sampler:
 
     None keeps the named row ("DPM++ 2M" uniform, "DPM++ 2M Karras"); "Automatic" is the v1.9
     name's own default (`Sampler.automatic`: "DPM++ 2M" → Karras); another label runs the v1.9
-    name on that schedule. Timesteps samplers (DDIM) keep their timesteps: A1111's never read
-    the schedule type (v1.9.4 `sd_samplers_timesteps`), though their infotext names it.
+    name on that schedule. Timesteps samplers (DDIM, PLMS, UniPC) keep their timesteps:
+    A1111's never read the schedule type (v1.9.4 `sd_samplers_timesteps`), though their
+    infotext names it.
     InvalidRequest for an unknown name of either.
     """
     row = SAMPLERS[canonical_sampler(sampler)]
@@ -266,18 +278,25 @@ def run_row(sampler: str, schedule_type: str | None) -> Sampler:
 
 
 def infotext_sampler(sampler: str, schedule_type: str | None) -> tuple[str, str]:
-    """(Sampler, Schedule type) as A1111 v1.9.4 writes them for a request's pair: the v1.9 name
-    and the label chosen, or for none the label v1.9 would read back as this row ("DPM++ 2M" →
-    ("DPM++ 2M", "Uniform"), "DPM++ 2M Karras" → ("DPM++ 2M", "Automatic"), "LMS Karras" →
-    ("LMS", "Karras"), "Euler a" → ("Euler a", "Automatic"))."""
+    """(Sampler, Schedule type) as A1111 v1.9.4 writes them for a request's pair.
+
+    The v1.9 name, and the label of the schedule that ran: v1.9.4's `get_sigmas` overwrites
+    the infotext's "Automatic" with the schedule its 'scheduler' option chose, so "DPM++ 2M" +
+    "Automatic" is written "Karras"; "Automatic" stays only where the name has no such option
+    and ran its own sigmas ("Euler a", "DPM fast"). Timesteps samplers write the label given
+    ("Automatic" for none), as v1.9.4 does. No type means the row's own schedule: "DPM++ 2M"
+    → "Uniform", "DPM++ 2M Karras" and "LMS Karras" → "Karras".
+    """
     row = SAMPLERS[canonical_sampler(sampler)]
     label = canonical_schedule_type(schedule_type)
-    if label is not None:
+    if row.timesteps:
+        return row.base, label or AUTOMATIC
+    if label not in (None, AUTOMATIC):
         return row.base, label
-    base = SAMPLERS[row.base]
-    if row.timesteps or row.schedule == (base.automatic or base.schedule):
+    base, schedule = SAMPLERS[row.base], run_row(sampler, schedule_type).schedule
+    if base.automatic is None and schedule == base.schedule:
         return row.base, AUTOMATIC
-    return row.base, BY_NAME[row.schedule].label
+    return row.base, BY_NAME[schedule].label
 
 
 def sampler_and_schedule(sampler: str, schedule_type: str | None) -> tuple[str, str | None]:

@@ -133,7 +133,7 @@ def test_the_row_is_a1111s() -> None:
     # Its restart noise is the images' generators' (ENSD too), yet A1111 writes no ENSD.
     assert row.noise == "ancestral" and not row.uses_ensd
     assert run_row("Restart", "Automatic") == row  # v1.9's 'scheduler': 'karras'
-    assert infotext_sampler("Restart", None) == ("Restart", "Automatic")
+    assert infotext_sampler("Restart", None) == ("Restart", "Karras")
     assert run_row("Restart", "Exponential").schedule == "exponential"
 
 
@@ -167,11 +167,11 @@ def test_a_pasted_infotext_reproduces_the_request() -> None:
     asked = dataclasses.replace(check_request(chat, Limits()), rng="GPU")
     assert asked.sampler == "Restart"
     text = infotext_for(asked, noise_specs(asked)[0], MODEL)  # type: ignore[arg-type]
-    assert "Sampler: Restart, Schedule type: Automatic, CFG scale" in text and "ENSD" not in text
+    assert "Sampler: Restart, Schedule type: Karras, CFG scale" in text and "ENSD" not in text
     again = check_request(read_request(text).request, Limits())
     assert (again.sampler, again.schedule_type, again.num_inference_steps, again.seed) == (
         "Restart",
-        "Automatic",
+        "Karras",
         24,
         7,
     )

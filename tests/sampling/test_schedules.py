@@ -25,8 +25,13 @@ from engine.infotext import parse_infotext, request_from_infotext, sampler_from_
 from engine.request import BATCH_KEYS, GenerationRequest, Limits
 from engine.sampling.kdiffusion import NoiseSchedule
 from engine.sampling.loop import LOOPS, sampler_sigmas
-from engine.sampling.samplers import run_row, sampler_and_schedule
-from engine.sampling.schedules import SCHEDULE_LABELS, SCHEDULE_TYPES, canonical_schedule_type
+from engine.sampling.samplers import SAMPLERS, V19_SAMPLERS, run_row, sampler_and_schedule
+from engine.sampling.schedules import (
+    BY_LABEL,
+    SCHEDULE_LABELS,
+    SCHEDULE_TYPES,
+    canonical_schedule_type,
+)
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)  # the demo model's noise schedule
 LOG_SIGMAS = np.log(SCHEDULE.sigmas.numpy().astype(np.float64))
@@ -317,9 +322,9 @@ def test_a_pasted_v19_infotext_reproduces() -> None:
             "Sampler: DPM++ 2M, Schedule type: Polyexponential,",
         ),
         ("DPM++ 2M", "Karras", "Sampler: DPM++ 2M, Schedule type: Karras,"),
-        ("DPM++ 2M", "Automatic", "Sampler: DPM++ 2M, Schedule type: Automatic,"),
+        ("DPM++ 2M", "Automatic", "Sampler: DPM++ 2M, Schedule type: Karras,"),  # as v1.9.4
         ("DPM++ 2M", None, "Sampler: DPM++ 2M, Schedule type: Uniform,"),
-        ("DPM++ 2M Karras", None, "Sampler: DPM++ 2M, Schedule type: Automatic,"),
+        ("DPM++ 2M Karras", None, "Sampler: DPM++ 2M, Schedule type: Karras,"),
         ("LMS Karras", None, "Sampler: LMS, Schedule type: Karras,"),
         ("Euler a", "Automatic", "Sampler: Euler a, Schedule type: Automatic,"),
         ("Euler a", None, "Sampler: Euler a, Schedule type: Automatic,"),
@@ -327,10 +332,11 @@ def test_a_pasted_v19_infotext_reproduces() -> None:
         ("DDIM", "Karras", "Sampler: DDIM, Schedule type: Karras,"),  # A1111 writes, ignores it
         ("DPM++ 2M SDE", "Karras", "Sampler: DPM++ 2M SDE, Schedule type: Karras,"),
         ("DPM++ 2M SDE", None, "Sampler: DPM++ 2M SDE, Schedule type: Uniform,"),
-        ("DPM++ 2M SDE Exponential", None, "Sampler: DPM++ 2M SDE, Schedule type: Automatic,"),
+        ("DPM++ 2M SDE Exponential", None, "Sampler: DPM++ 2M SDE, Schedule type: Exponential,"),
         ("DPM++ 2M SDE Heun", "Exponential", "Sampler: DPM++ 2M SDE Heun, Schedule type: Exp"),
         ("DPM++ 3M SDE Karras", "Polyexponential", "Sampler: DPM++ 3M SDE, Schedule type: Poly"),
-        ("Restart", None, "Sampler: Restart, Schedule type: Automatic,"),
+        ("Restart", None, "Sampler: Restart, Schedule type: Karras,"),
+        ("DDIM", None, "Sampler: DDIM, Schedule type: Automatic,"),
     ],
 )
 def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
@@ -350,6 +356,75 @@ def test_round_trip(sampler: str, schedule: str | None, written: str) -> None:
         run_row(again.sampler or "", again.schedule_type),
     )
     assert (ours.function, ours.schedule) == (theirs.function, theirs.schedule)
+
+
+# A1111 v1.9.4's sampler list and each name's 'scheduler' option (sd_samplers_kdiffusion.py
+# `samplers_k_diffusion`, sd_samplers_timesteps.py, sd_samplers_lcm.py), transcribed here.
+A1111_V19 = {
+    "DPM++ 2M": "karras",
+    "DPM++ SDE": "karras",
+    "DPM++ 2M SDE": "exponential",
+    "DPM++ 2M SDE Heun": "exponential",
+    "DPM++ 2S a": "karras",
+    "DPM++ 3M SDE": "exponential",
+    "Euler a": None,
+    "Euler": None,
+    "LMS": None,
+    "Heun": None,
+    "DPM2": "karras",
+    "DPM2 a": "karras",
+    "DPM fast": None,
+    "DPM adaptive": None,
+    "Restart": "karras",
+    "DDIM": "timesteps",
+    "PLMS": "timesteps",
+    "UniPC": "timesteps",
+    "LCM": None,
+}
+A1111_LABELS = {"uniform": "Uniform", "karras": "Karras", "exponential": "Exponential"}
+
+
+def test_the_chats_list_is_a1111_v19s() -> None:
+    assert sorted(V19_SAMPLERS) == sorted(A1111_V19)
+
+
+def a1111_writes(name: str, label: str) -> str:
+    """The `Schedule type` A1111 v1.9.4 writes after sampling: `get_sigmas` replaces it with
+    the label of a schedule it resolved (the option's, for "Automatic")."""
+    option = A1111_V19[name]
+    if option == "timesteps" or label != "Automatic":
+        return label
+    return A1111_LABELS[option] if option else "Automatic"
+
+
+@pytest.mark.parametrize("label", SCHEDULE_LABELS)
+@pytest.mark.parametrize("name", list(A1111_V19))
+def test_every_v19_pair_reproduces_and_is_written_back(name: str, label: str) -> None:
+    """An infotext v1.9.4 wrote for any pair draws on the schedule v1.9.4 drew on and is
+    written back identically; the pair the UI sent ("Automatic") is written as v1.9.4 does."""
+    sent = (
+        f"1girl\nSteps: 20, Sampler: {name}, Schedule type: {label}, CFG scale: 7, Seed: 5, "
+        "Size: 64x64, Model hash: 80ec94bbee, Model: aidraw-demo, Version: v1.9.4"
+    )
+    request = resolved(request_from_infotext(sent))
+    row = run_row(request.sampler or "", request.schedule_type)
+    option = A1111_V19[name]
+    if option == "timesteps":
+        assert row.timesteps and row.name == name
+    else:
+        if label != "Automatic":
+            expected = BY_LABEL[label].name
+        else:  # the option's schedule, or the sampler's own sigmas
+            expected = option or SAMPLERS[name].schedule
+        assert (row.base, row.schedule) == (name, expected)
+    written = a1111_writes(name, label)
+    pair = f", Sampler: {name}, Schedule type: {written}, CFG scale: 7, Seed: 5,"
+    assert pair in write(request)
+    stored = sent.replace(f"Schedule type: {label},", f"Schedule type: {written},")
+    again = resolved(request_from_infotext(stored))
+    assert pair in write(again)
+    theirs = run_row(again.sampler or "", again.schedule_type)
+    assert (theirs.function, theirs.schedule) == (row.function, row.schedule)
 
 
 @pytest.mark.parametrize(
