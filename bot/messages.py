@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Literal
 
+from bot.parse import SAMPLER_LIST
 from engine.errors import (
     EngineClosed,
     EngineError,
@@ -21,6 +22,7 @@ from engine.errors import (
 )
 from engine.infotext import format_number, parse_infotext
 from engine.request import GenerationRequest
+from engine.sampling.schedules import SCHEDULE_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,15 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "discord_opt_seed": {"en": "Seed (-1 = random)", "zh": "种子（-1 = 随机）"},
     "discord_opt_steps": {"en": "Denoising steps", "zh": "采样步数"},
     "discord_opt_scale": {"en": "CFG scale", "zh": "CFG 提示词相关性"},
-    "discord_opt_sampler": {"en": "Sampler", "zh": "采样器"},
+    "discord_opt_sampler": {
+        "en": "Sampler; an older name such as DPM++ 2M Karras works as --sampler in the prompt",
+        "zh": "采样器；旧名称（如 DPM++ 2M Karras）可在提示词里用 --sampler 写",
+    },
+    "discord_opt_schedule": {
+        "en": "Schedule type; Automatic = the sampler's default (DPM++ 2M: Karras); "
+        "none = as named",
+        "zh": "调度类型；Automatic = 采样器的默认（DPM++ 2M 为 Karras）；不选 = 按采样器名称",
+    },
     "discord_opt_model": {"en": "Model", "zh": "模型"},
     "discord_opt_count": {"en": "Number of images", "zh": "图片数量"},
     "discord_opt_image": {
@@ -300,16 +310,16 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": (
             "**/draw** `prompt` draws it, e.g. `1girl, silver hair, (smile:1.2) --seed 42`.\n"
             "Flags in the prompt: {flags}.\n"
-            "A line `Negative prompt: …` and a whole pasted A1111 infotext work too; the "
-            "options of /draw set the same things. Its `image` option draws from a picture "
-            "(`--strength 0.3` keeps it close, `0.9` changes a lot); add a `mask` (white where "
-            "to redraw, black to keep) to redraw only part of it.\n"
+            "A line `Negative prompt: …` or a pasted A1111 infotext works too; /draw's options "
+            "set the same things. Its `image` draws from a picture (`--strength 0.3` keeps it "
+            "close, `0.9` changes a lot); a `mask` (white: redraw, black: keep) redraws only "
+            "part of it.\n"
             "Buttons: 🎲 same request, new seed · 🔀 Vary (subtle) / Vary (strong): the first "
-            "image with a new variation seed, at strength {subtle} / {strong} · 🔍 Upscale: "
-            "the first image at twice the size · ✏️ edit the prompt and draw again (same "
-            "seed) · 🗑 delete · ❌ cancel while waiting.\n"
+            "image, a new variation seed at strength {subtle} / {strong} · 🔍 Upscale: the "
+            "first image at twice the size · ✏️ edit the prompt, same seed · 🗑 delete · ❌ "
+            "cancel while waiting.\n"
             "**/upscale** `image` [`scale` 1–4] [`upscaler`] makes a picture bigger without "
-            "drawing it again.\n"
+            "redrawing it.\n"
             "Commands: /queue, /cancel [job], /settings, /history [job], /help."
         ),
         "zh": (
@@ -325,7 +335,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
         ),
     },
-    "discord_help_flag": {"en": "`{flag}` ({help})", "zh": "`{flag}`（{help}）"},
+    "discord_help_flag": {"en": "{flag} ({help})", "zh": "{flag}（{help}）"},
     "discord_models": {
         "en": "Models (★ default for new jobs, ● loaded):\n{models}",
         "zh": "模型（★ 新任务默认，● 已加载）：\n{models}",
@@ -405,9 +415,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "Send me a prompt and I draw it (in groups: /draw <prompt>, or reply to me), e.g.\n"
             "1girl, silver hair, (smile:1.2) --seed 42 --steps 20\n\n"
             "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
-            "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
-            "--n COUNT, --model NAME, --clip-skip N, --hires [SCALE], --strength F, "
-            "--hn NAME[:S], --vae NAME, <lora:NAME:W> in the prompt.\n"
+            "--ar W:H, --sampler NAME, --schedule TYPE, --neg TEXT, --uc lqba|lq|none, "
+            "--no-quality, --n COUNT, --model NAME, --clip-skip N, --hires [SCALE], "
+            "--strength F, --hn NAME[:S], --vae NAME, <lora:NAME:W> in the prompt.\n"
+            "Samplers — {samplers}; old names such as 'DPM++ 2M Karras' work too.\n"
+            "--schedule TYPE: {schedules}; Automatic is the sampler's own default.\n"
             'A second line "Negative prompt: …" and a pasted A1111 infotext work too.\n'
             "Send a picture with the prompt as its caption (or reply to a picture with a "
             "prompt) to draw from it; --strength 0.3 keeps it close, 0.9 changes a lot.\n"
@@ -422,9 +434,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "发给我提示词就画（群里用 /draw <提示词>，或回复我的消息），例如：\n"
             "1girl, silver hair, (smile:1.2) --seed 42 --steps 20\n\n"
             "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
-            "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
-            "--n 数量、--model 名称、--clip-skip N、--hires [倍数]、--strength F、"
+            "--ar 宽:高、--sampler 名称、--schedule 类型、--neg 文本、--uc lqba|lq|none、"
+            "--no-quality、--n 数量、--model 名称、--clip-skip N、--hires [倍数]、--strength F、"
             "--hn 名称[:强度]、--vae 名称，提示词里写 <lora:名称:权重>。\n"
+            "采样器——{samplers}；旧名称（如 'DPM++ 2M Karras'）也可以。\n"
+            "--schedule 类型：{schedules}；Automatic 即采样器自己的默认。\n"
             '第二行写 "Negative prompt: …"，或粘贴 A1111 的图片信息，也可以。\n'
             "发送图片并把提示词写在图片说明里（或用提示词回复一张图），就以这张图作画；"
             "--strength 0.3 改动小，0.9 改动大。\n"
@@ -504,14 +518,14 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "tg_settings": {
         "en": (
             "Your settings ({mark} = saved by you, the rest are the bot's):\n{values}\n\n"
-            'Change: /settings steps=20 size=512x768 sampler="DPM++ 2M Karras" '
+            'Change: /settings steps=20 size=512x768 sampler="DPM++ 2M" schedule=karras '
             'scale=7 neg="lowres" uc=lq quality=off syntax=nai doc=on lang=zh\n'
             "steps=default drops a value of yours (the bot's applies again); /settings reset "
             "drops them all."
         ),
         "zh": (
             "你的设置（{mark} = 你保存的，其余为机器人的）：\n{values}\n\n"
-            '修改：/settings steps=20 size=512x768 sampler="DPM++ 2M Karras" '
+            '修改：/settings steps=20 size=512x768 sampler="DPM++ 2M" schedule=karras '
             'scale=7 neg="lowres" uc=lq quality=off syntax=nai doc=on lang=zh\n'
             "steps=default 删除你保存的一项（恢复机器人的）；/settings reset 全部删除。"
         ),
@@ -581,9 +595,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "Type a prompt and press Enter, e.g.\n"
             "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size {size}\n"
             "Flags: --seed N, --steps N, --scale F, --size WxH|portrait|landscape|square, "
-            "--ar W:H, --sampler NAME, --neg TEXT, --uc lqba|lq|none, --no-quality, "
-            "--n COUNT, --model NAME, --clip-skip N, --hires [SCALE], --strength F, "
-            "--hn NAME[:S], --vae NAME, <lora:NAME:W> in the prompt. "
+            "--ar W:H, --sampler NAME, --schedule TYPE, --neg TEXT, --uc lqba|lq|none, "
+            "--no-quality, --n COUNT, --model NAME, --clip-skip N, --hires [SCALE], "
+            "--strength F, --hn NAME[:S], --vae NAME, <lora:NAME:W> in the prompt.\n"
+            "Samplers — {samplers}; old names such as 'DPM++ 2M Karras' work too.\n"
+            "--schedule TYPE: {schedules}; Automatic is the sampler's own default.\n"
             "/draw in front works too, and so does a "
             "pasted A1111 infotext. Shift+Enter starts a new line. + Picture (or a picture "
             "dropped or pasted here) draws from that picture: --strength 0.3 keeps it close, "
@@ -595,9 +611,11 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "输入提示词后按回车，例如：\n"
             "1girl, silver hair, (smile:1.2) --seed 42 --steps 20 --size {size}\n"
             "参数：--seed N、--steps N、--scale F、--size 宽x高|portrait|landscape|square、"
-            "--ar 宽:高、--sampler 名称、--neg 文本、--uc lqba|lq|none、--no-quality、"
-            "--n 数量、--model 名称、--clip-skip N、--hires [倍数]、--strength F、"
-            "--hn 名称[:强度]、--vae 名称，提示词里写 <lora:名称:权重>。"
+            "--ar 宽:高、--sampler 名称、--schedule 类型、--neg 文本、--uc lqba|lq|none、"
+            "--no-quality、--n 数量、--model 名称、--clip-skip N、--hires [倍数]、--strength F、"
+            "--hn 名称[:强度]、--vae 名称，提示词里写 <lora:名称:权重>。\n"
+            "采样器——{samplers}；旧名称（如 'DPM++ 2M Karras'）也可以。\n"
+            "--schedule 类型：{schedules}；Automatic 即采样器自己的默认。\n"
             "前面加 /draw 也可以，粘贴 A1111 图片信息也行。"
             "Shift+回车换行。点 + 图片（或把图片拖到、粘贴到这里）以图作画："
             "--strength 0.3 改动小，0.9 改动大；✎ 蒙版 可涂出要重绘的地方（其余保留）。"
@@ -687,6 +705,10 @@ MESSAGES: dict[str, dict[Locale, str]] = {
     "web_steps": {"en": "Steps", "zh": "步数"},
     "web_scale": {"en": "CFG scale", "zh": "CFG 系数"},
     "web_sampler": {"en": "Sampler", "zh": "采样器"},
+    "web_schedule": {"en": "Schedule type", "zh": "调度类型"},
+    "web_samplers_common": {"en": "Common", "zh": "常用"},
+    "web_samplers_more": {"en": "More", "zh": "更多"},
+    "web_samplers_special": {"en": "Special", "zh": "特殊"},
     "web_negative": {"en": "Negative prompt", "zh": "负面提示词"},
     "web_uc": {"en": "Undesired-content preset", "zh": "负面预设"},
     "web_quality": {"en": "Quality tags", "zh": "质量标签"},
@@ -773,7 +795,8 @@ ERRORS_ZH: dict[str, str] = {
     "help_scale": "CFG 提示词相关性",
     "help_size": "宽x高，或 {sizes}…",
     "help_ar": "宽高比 宽:高，例如 2:3",
-    "help_sampler": "采样器名称，例如 {example}",
+    "help_sampler": "{groups}；或旧名称，例如 {example}",
+    "sampler_groups": "常用：{common} · 更多：{more} · 特殊：{special}",
     "help_schedule": "调度类型：{choices} 之一",
     "help_negative": "反向提示词",
     "help_uc": "反向预设：{choices} 之一",
@@ -812,6 +835,10 @@ ERRORS_ZH: dict[str, str] = {
     "side_range": "{side} {value} 不可用：请用 8 的倍数，范围 {min} 到 {max}。",
     "size_too_large": "{width}x{height} 太大了：最多 {max_pixels:,} 像素（例如 {example}）。",
     "steps_range": "步数 {steps} 不可用：请用 1 到 {max}。",
+    "unipc_steps": (
+        "{sampler} 每轮至少要 {min} 步，这个请求只给它 {steps} 步："
+        "请增加步数（以图生图也可提高重绘幅度）。"
+    ),
     "cfg_range": "CFG 系数 {scale} 不可用：请用 1 到 {max}。",
     "count_range": "数量 {count} 不可用：请用 1 到 {max}。",
     "seed_range": "种子 {seed} 不可用：请用 0 到 {max}，或 -1 表示随机。",
@@ -868,7 +895,9 @@ ERRORS_ZH: dict[str, str] = {
     "unknown_syntax": "未知的提示词语法 {syntax!r}：请用 {choices} 之一。",
     "unknown_uc_preset": "未知的反向预设 {name!r}：请用 {choices} 之一。",
     "unknown_size": "未知的尺寸 {name!r}：请用 宽x高 或以下之一：{sizes}。",
-    "unknown_sampler": "未知的采样器 {name!r}。{hint}可选：{samplers}。",
+    "unknown_sampler": (
+        "未知的采样器 {name!r}。{hint}可选：{samplers}（旧名称如 {example!r} 也可以）。"
+    ),
     "unknown_schedule_type": "未知的调度类型 {name!r}。可选：{choices}。",
     "infotext_not_number": "图片信息中的 {name} {value!r} 不是数字。",
     "infotext_masked_content": "图片信息中的蒙版内容 {value!r} 不是 {choices} 之一。",
@@ -928,6 +957,15 @@ def locale_of(code: str | None) -> Locale:
 def text(key: str, locale: Locale = "en", **values: object) -> str:
     """The message `key` in `locale`, formatted with `values`."""
     return MESSAGES[key][locale].format(**values)
+
+
+def sampler_help(locale: Locale) -> dict[str, str]:
+    """The help texts' {samplers} and {schedules}: A1111 v1.9's sampler names, grouped with
+    the everyday ones first, and its schedule types."""
+    return {
+        "samplers": error_message(SAMPLER_LIST, locale),
+        "schedules": LIST_SEPARATOR[locale].join(SCHEDULE_LABELS),
+    }
 
 
 # A1111's denoising strengths where a request leaves it to the engine (GenerationRequest).

@@ -40,6 +40,7 @@ from engine.prompting.presets import (
     with_uc_preset,
 )
 from engine.request import GenerationRequest, Limits
+from engine.sampling.samplers import SAMPLER_GROUPS, SAMPLERS, canonical_sampler
 from engine.sampling.schedules import AUTOMATIC, SCHEDULE_LABELS, schedule_label
 
 MAX_CHARS = Limits().max_prompt_chars  # the default cap on what a user types
@@ -243,6 +244,14 @@ def _switch(flag: str, value: str) -> bool:
     return True
 
 
+# A1111 v1.9's sampler names as the help texts list them: grouped, the everyday ones first.
+SAMPLER_LIST = Phrase(
+    " · ".join(f"{group}: {', '.join(names)}" for group, names in SAMPLER_GROUPS.items()),
+    "sampler_groups",
+    common=list(SAMPLER_GROUPS["common"]),
+    more=list(SAMPLER_GROUPS["more"]),
+    special=list(SAMPLER_GROUPS["special"]),
+)
 _SCALE = Phrase("CFG scale", "help_scale")
 _NEGATIVE = Phrase("negative prompt", "help_negative")
 FLAGS: dict[str, Flag] = {
@@ -264,7 +273,12 @@ FLAGS: dict[str, Flag] = {
     "--sampler": Flag(
         "sampler",
         _text,
-        Phrase("sampler name, e.g. 'Euler a'", "help_sampler", example="'Euler a'"),
+        Phrase(
+            f"{SAMPLER_LIST}; or an old name, e.g. 'DPM++ 2M Karras'",
+            "help_sampler",
+            groups=SAMPLER_LIST,
+            example="'DPM++ 2M Karras'",
+        ),
         "many",
     ),
     "--schedule": Flag(
@@ -481,6 +495,8 @@ def read_request(
     for key, value in values.items():
         if key not in _PROMPT_KEYS:
             fields[key] = value
+    if "sampler" in values and "schedule_type" not in values and _has_schedule(values["sampler"]):
+        fields["schedule_type"] = None  # an old name's own schedule wins over a saved default
     if "model" in values:  # --model wins over a pasted infotext's model
         fields["model_hash"] = None
     if "size" in values and "ratio" in values:
@@ -654,6 +670,8 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
             modes=list(EMPHASIS_MODES),
         )
     fields["emphasis"] = emphasis
+    # Even when absent (the name's own schedule): a saved default must not change a paste.
+    fields["schedule_type"] = request.schedule_type
     model, model_hash = info.params.get("Model"), info.params.get("Model hash")
     if model or model_hash:  # as A1111's paste: that model (by hash, then name) if it is here
         fields["model"], fields["model_hash"] = model, model_hash
@@ -663,6 +681,15 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
     if ignored:
         notes.append(f"Ignored infotext settings this bot does not use: {', '.join(ignored)}.")
     return fields
+
+
+def _has_schedule(sampler: str) -> bool:
+    """Whether a sampler name is an old one that carries its schedule ("DPM++ 2M Karras")."""
+    try:
+        row = SAMPLERS[canonical_sampler(sampler)]
+    except InvalidRequest:
+        return False  # the door names the choices
+    return row.name != row.base
 
 
 def _convert(text: str, syntax: str, notes: list[str]) -> str:

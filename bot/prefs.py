@@ -14,7 +14,8 @@ from bot.parse import PromptSettings
 from engine.config import ConfigError, build
 from engine.errors import InvalidRequest
 from engine.request import GenerationRequest, RequestDefaults
-from engine.sampling.samplers import canonical_sampler
+from engine.sampling.samplers import SAMPLERS, canonical_sampler
+from engine.sampling.schedules import canonical_schedule_type
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -39,6 +40,8 @@ class UserPrefs:
         num_inference_steps: default steps.
         guidance_scale: default CFG scale.
         sampler: default sampler (A1111 name).
+        schedule_type: default A1111 v1.9 schedule type label ("Karras", "Automatic", …); None
+            = the sampler name's own schedule.
         negative_prompt: negative prompt added to every request.
         uc_preset: NAI undesired-content preset.
         quality_tags: prepend NAI's quality tags.
@@ -52,6 +55,7 @@ class UserPrefs:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     sampler: str | None = None
+    schedule_type: str | None = None
     negative_prompt: str | None = None
     uc_preset: Literal["Low Quality + Bad Anatomy", "Low Quality", "None"] | None = None
     quality_tags: bool | None = None
@@ -61,7 +65,14 @@ class UserPrefs:
 
     def request_defaults(self, requester: str) -> GenerationRequest:
         """The template `parse_request` fills unset fields from."""
-        fields = ("width", "height", "num_inference_steps", "guidance_scale", "sampler")
+        fields = (
+            "width",
+            "height",
+            "num_inference_steps",
+            "guidance_scale",
+            "sampler",
+            "schedule_type",
+        )
         values: dict[str, Any] = {f: getattr(self, f) for f in fields}
         return GenerationRequest(
             prompt="", negative_prompt=self.negative_prompt or "", requester=requester, **values
@@ -116,7 +127,15 @@ class UserSettingsStore:
         except ConfigError as e:
             raise InvalidRequest(str(e).removeprefix("settings.")) from None
         if changed.sampler is not None:
-            changed = dataclasses.replace(changed, sampler=canonical_sampler(changed.sampler))
+            row = SAMPLERS[canonical_sampler(changed.sampler)]
+            changed = dataclasses.replace(changed, sampler=row.name)
+            if "sampler" in values and "schedule_type" not in values and row.name != row.base:
+                # An old name ("DPM++ 2M Karras") carries its schedule: a saved schedule type
+                # would replace it.
+                changed = dataclasses.replace(changed, schedule_type=None)
+        if changed.schedule_type is not None:
+            label = canonical_schedule_type(changed.schedule_type)
+            changed = dataclasses.replace(changed, schedule_type=label)
         data = {k: v for k, v in dataclasses.asdict(changed).items() if v is not None}
         with self._lock:
             self._db.execute(

@@ -20,6 +20,7 @@ from engine.request import (
     RequestDefaults,
 )
 from engine.sampling.samplers import sampler_and_schedule
+from engine.sampling.steps import UNIPC_ORDER, unipc_short_pass
 
 MIN_SIDE = 64
 MAX_GUIDANCE = 30.0
@@ -126,12 +127,24 @@ def check_request(
     _check_pictures(req, limits)
     hypernet = (defaults or RequestDefaults()).hypernet
     sampler, schedule_type = sampler_and_schedule(req.sampler, req.schedule_type)
-    return dataclasses.replace(
+    checked = dataclasses.replace(
         req,
         sampler=sampler,
         schedule_type=schedule_type,
         prompt=with_hypernet(req.prompt, hypernet),
     )
+    short = unipc_short_pass(checked)
+    if short is not None:
+        raise InvalidRequest(
+            f"UniPC runs at least {UNIPC_ORDER} steps a pass; this request gives it {short}: "
+            "use more steps (or, for a picture, a higher denoising strength).",
+            field="num_inference_steps",
+            key="unipc_steps",
+            sampler="UniPC",
+            steps=short,
+            min=UNIPC_ORDER,
+        )
+    return checked
 
 
 def _check_noise(req: GenerationRequest, limits: Limits) -> None:

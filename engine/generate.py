@@ -34,7 +34,7 @@ from engine.request import (
     Timings,
 )
 from engine.sampling.kdiffusion import CFGDenoiser, LatentBlend, NoiseSchedule
-from engine.sampling.loop import sample, sample_img2img
+from engine.sampling.loop import denoiser_class, sample, sample_img2img
 from engine.sampling.samplers import infotext_sampler, run_row
 from engine.sampling.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range
 from engine.sampling.seeds import ImageRNG, NoiseSpec, random_seed
@@ -183,7 +183,7 @@ def generate(
                 image_cond: torch.Tensor | None = None,
                 blend: LatentBlend | None = None,
             ) -> CFGDenoiser:
-                return CFGDenoiser(
+                return denoiser_class(row)(  # LCM: its own wrapper and table
                     unet,
                     schedule,
                     cond.at,

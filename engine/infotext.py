@@ -320,7 +320,9 @@ def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationReq
     """The request that reproduces an infotext (A1111's or ours); `changes` override fields.
 
     Keys A1111 leaves out mean its defaults: no `ENSD` is 0, no `Clip skip` is 1, no `RNG` is
-    GPU; no `VAE` is the model's default. LoRAs and hypernetworks are tags in the prompt.
+    GPU; no `VAE` is the model's default. Rows whose noise is ENSD's but whose infotext never
+    names it (Restart, LCM: no `uses_ensd`) leave the ENSD to the defaults, as A1111's paste
+    leaves its setting. LoRAs and hypernetworks are tags in the prompt.
     `Model` is not mapped (model names differ between installs). Raises InvalidRequest
     naming the key whose value cannot be read.
     """
@@ -339,7 +341,7 @@ def request_from_infotext(info: Infotext | str, **changes: Any) -> GenerationReq
         "width": _number(p, "Size-1", int),
         "height": _number(p, "Size-2", int),
         "clip_skip": _number(p, "Clip skip", int),
-        "ensd": _number(p, "ENSD", int) or 0,
+        "ensd": _ensd(p, sampler),
         "rng": p.get("RNG", "GPU"),
         "subseed": _number(p, "Variation seed", int),
         "subseed_strength": _number(p, "Variation seed strength", float) or 0.0,
@@ -384,6 +386,19 @@ def _masked_content(value: str | None) -> int | None:
             value=value,
             choices=list(MASKED_CONTENT),
         ) from None
+
+
+def _ensd(params: Mapping[str, str], sampler: str | None) -> int | None:
+    """The infotext's ENSD; without one, 0, or None (the defaults') for a row that draws
+    ENSD-seeded noise but never writes it."""
+    ensd: int | None = _number(params, "ENSD", int)
+    if ensd is not None:
+        return ensd
+    try:
+        row = SAMPLERS[canonical_sampler(sampler or "")]
+    except InvalidRequest:  # the door refuses it
+        return 0
+    return None if row.noise == "ancestral" and not row.uses_ensd else 0
 
 
 def _number(params: Mapping[str, str], key: str, kind: type[int] | type[float]) -> Any:

@@ -12,8 +12,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
+import aiohttp
 import discord
 import pytest
 from discord import app_commands
@@ -354,6 +355,95 @@ async def test_discord_options_are_checked_like_discord(dc: FakeDiscord, draw_bo
     slash = await dc.slash("draw", {"prompt": "a fox", "init_image": ("in.png", image)})
     await dc.wait_for("followup_send")
     assert dc.followups(slash)[0]["content"] == f"a fox [anime, 28 steps] from {len(image)} bytes"
+
+
+def _choice(name: str) -> dict[str, str]:
+    return {"name": name, "value": name}
+
+
+def _option(name: str = "sampler", **changes: Any) -> dict[str, Any]:
+    option = {"type": 3, "name": name, "description": "Sampler"}
+    return option | {"choices": [_choice(f"s{i}") for i in range(25)]} | changes
+
+
+def _command(*options: dict[str, Any]) -> dict[str, Any]:
+    """A slash command within Discord's limits (a required prompt), with `options` after it."""
+    prompt = {"type": 3, "name": "prompt", "description": "Prompt", "required": True}
+    return {"name": "draw", "description": "Draw a picture", "options": [prompt, *options]}
+
+
+def _errors(body: dict[str, Any], path: str) -> list[str]:
+    node = body["errors"]
+    for part in path.split(".") if path else []:
+        node = node[part]
+    return [error["message"] for error in node["_errors"]]
+
+
+_BIG = [_choice(f"{i:02d}" + "x" * 98) for i in range(25)]  # 25 x 200 characters
+_CHOICES_26 = [_choice(f"s{i}") for i in range(26)]
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "why"),
+    [
+        (_command(_option(choices=_CHOICES_26)), "0.options.1.choices", "25 or fewer"),
+        (_command(_option(description="x" * 101)), "0.options.1.description", "1 and 100"),
+        (_command(_option(description="")), "0.options.1.description", "1 and 100"),
+        (_command(_option(name="Sampler")), "0.options.1.name", "lower-case"),
+        (_command(_option(name="s" * 33)), "0.options.1.name", "1 and 32"),
+        (_command(_option(choices=[_choice("x" * 101)])), "0.options.1.choices.0.name", "100"),
+        (
+            _command(_option(description_localizations={"zh-CN": "采" * 101})),
+            "0.options.1.description_localizations.zh-CN",
+            "1 and 100",
+        ),
+        (_command(_option(), _option("a", required=True)), "0.options", "before non-required"),
+        (_command(*[_option(f"o{i}") for i in range(25)]), "0.options", "25 or fewer"),
+        (_command(*[_option(f"o{i}", choices=_BIG) for i in range(2)]), "0", "maximum size (8000)"),
+        ([_command(), _command()], "", "must be unique"),
+    ],
+)
+async def test_discord_refuses_a_command_registration_over_its_limits(
+    dc: FakeDiscord, command: dict[str, Any] | list[dict[str, Any]], path: str, why: str
+) -> None:
+    url = f"{dc.api_url}/applications/{dc.app_id}/commands"
+    upload = command if isinstance(command, list) else [command]
+    headers = {"Authorization": f"Bot {dc.token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(url, json=upload, headers=headers) as response,
+    ):
+        body = await response.json(content_type=None)
+    assert (response.status, body["code"]) == (400, 50035)
+    assert any(why in message for message in _errors(body, path)), body
+    assert dc.commands == []
+
+    within = _command(*[_option(f"o{i}", choices=_BIG) for i in range(1)])  # 5,000 or so
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(url, json=[within], headers=headers) as response,
+    ):
+        assert response.status == 200
+    assert [c["name"] for c in dc.commands] == ["draw"]
+
+
+async def test_discord_py_uploads_26_choices_and_the_sync_fails(dc: FakeDiscord) -> None:
+    """discord.py does not count choices: only Discord (and so the fake) refuses them."""
+    client = discord.Client(intents=discord.Intents.none())
+    tree = app_commands.CommandTree(client)
+
+    @tree.command(name="draw", description="Draw a picture")
+    @app_commands.choices(sampler=[app_commands.Choice(name=f"s{i}", value=i) for i in range(26)])
+    async def draw(interaction: discord.Interaction, sampler: int) -> None:
+        raise AssertionError("never registered")
+
+    async with client:
+        await client.login(dc.token)
+        with pytest.raises(app_commands.CommandSyncFailure) as failed:
+            await tree.sync()
+    assert "In command 'draw'" in str(failed.value)
+    assert "In parameter 'sampler'" in str(failed.value)
+    assert "Must be 25 or fewer in length." in str(failed.value)
 
 
 async def test_discord_ephemeral_error(dc: FakeDiscord, draw_bot: DrawBot) -> None:

@@ -62,8 +62,8 @@ def pixels_of(path: str, size: tuple[int, int] = (64, 64)) -> np.ndarray:
 def a1111_img2img(
     row_name: str, steps: int, strength: float, x: torch.Tensor, noise: torch.Tensor, fixed: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A1111 v1.9.4 `setup_img2img_steps` + `KDiffusionSampler.sample_img2img` (or the DDIM
-    sampler's): the schedule the loop gets and its start `xi`."""
+    """A1111 v1.9.4 `setup_img2img_steps` + `KDiffusionSampler.sample_img2img` (or
+    `CompVisSampler`'s, DDIM's and PLMS's): the schedule the loop gets and its start `xi`."""
     # sd_samplers_common.setup_img2img_steps(p, steps): `steps` is given for the hires pass only.
     if fixed:
         requested = steps
@@ -72,7 +72,7 @@ def a1111_img2img(
     else:
         t_enc = int(min(strength, 0.999) * steps)
     row = SAMPLERS[row_name]
-    if row.function is None:  # sd_samplers_timesteps.CompVisSampler.sample_img2img
+    if row.timesteps:  # sd_samplers_timesteps.CompVisSampler.sample_img2img
         timesteps = torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
         a = SCHEDULE.alphas_cumprod[timesteps[t_enc]]
         return timesteps[:t_enc], x * torch.sqrt(a) + noise * torch.sqrt(1 - a)
@@ -96,12 +96,12 @@ def _fake_denoiser() -> CFGDenoiser:
 @pytest.mark.parametrize("fixed", [False, True])
 @pytest.mark.parametrize("strength", [0.0, 0.3, 0.5, 0.75, 1.0])
 @pytest.mark.parametrize("steps", [1, 4, 20, 28])
-@pytest.mark.parametrize("row_name", ["Euler a", "DPM++ 2M Karras", "DPM2", "DDIM"])
+@pytest.mark.parametrize("row_name", ["Euler a", "DPM++ 2M Karras", "DPM2", "DDIM", "PLMS"])
 def test_schedule_and_start_are_a1111s(
     row_name: str, steps: int, strength: float, fixed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     row = SAMPLERS[row_name]
-    if fixed and strength == 0 and row.function is None:
+    if fixed and strength == 0 and row.timesteps:
         return  # A1111 divides by zero there (we run nothing)
     x, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     want_sched, want_start = a1111_img2img(row_name, steps, strength, x, noise, fixed)
@@ -113,8 +113,8 @@ def test_schedule_and_start_are_a1111s(
         seen.append((x, sigmas))
         return x
 
-    monkeypatch.setitem(loop.LOOPS, row.function or "", fake_loop)
-    monkeypatch.setattr(loop, "sample_ddim", fake_loop)
+    loops = loop.TIMESTEPS_LOOPS if row.timesteps else loop.LOOPS
+    monkeypatch.setitem(loops, row.function, fake_loop)
     out = sample_img2img(
         row, _fake_denoiser(), x, noise, steps, strength, lambda a, b: noise, lambda *a: None,
         fixed_steps=fixed,
@@ -122,7 +122,7 @@ def test_schedule_and_start_are_a1111s(
     torch.testing.assert_close(out if not seen else seen[0][0], want_start, rtol=0, atol=0)
     runs = len(want_sched) - 1
     assert img2img_total_steps(row, steps, strength, fixed=fixed) == max(runs, 0)
-    if fixed and steps * strength > 0 and row.function is not None:
+    if fixed and steps * strength > 0 and not row.timesteps:
         assert runs == steps  # the hires pass runs exactly its steps
 
 

@@ -223,6 +223,7 @@ SYNC_CASES: dict[str, Callable[[], object]] = {
     "switch with a value": parsed("cat --no-quality=yes"),
     "flag without a value": parsed("cat --seed"),
     "flag without a value, with help params": parsed("cat --size"),
+    "flag without a value, with the sampler groups": parsed("cat --sampler"),
     "weight not a number": parsed("(cat:1.2.3)"),
     "weight too large": parsed("(cat:" + "9" * 400 + ")"),
     "infotext number": parsed("cat\nSteps: twenty, Sampler: Euler a, Seed: 1"),

@@ -14,6 +14,7 @@ from engine.errors import InvalidRequest
 from engine.prompting import extra_networks, to_a1111
 from engine.prompting.presets import UC_PRESETS
 from engine.request import GenerationRequest
+from engine.sampling.samplers import V19_SAMPLERS
 
 R = GenerationRequest
 # Flags and lines on their own: no NAI quality tags and no undesired-content preset.
@@ -130,6 +131,46 @@ def test_user_defaults_fill_unset_fields() -> None:
     )
     with_preset = parse_request("a cat", saved, settings=PromptSettings(quality_tags=False))
     assert with_preset.negative_prompt == f"{LQBA}, lowres"
+
+
+_PASTED = "a cat\nSteps: 20, Sampler: {}, CFG scale: 7, Seed: 1, Size: 512x512"
+
+
+@pytest.mark.parametrize(
+    ("text", "pair"),
+    [
+        ("a cat", ("DPM++ 2M", "Exponential")),  # the saved pair
+        ("a cat --sampler 'Euler a'", ("Euler a", "Exponential")),
+        ("a cat --schedule sgm_uniform", ("DPM++ 2M", "SGM Uniform")),
+        ("a cat --schedule auto", ("DPM++ 2M", "Automatic")),
+        # An old name carries its schedule; --schedule still replaces it (the door's rule).
+        ("a cat --sampler 'DPM++ 2M Karras'", ("DPM++ 2M Karras", None)),
+        ("a cat --sampler k_lms_ka", ("k_lms_ka", None)),
+        ("a cat --sampler 'DPM++ 2M Karras' --schedule Uniform", ("DPM++ 2M Karras", "Uniform")),
+        ("a cat --sampler 'Warp drive'", ("Warp drive", "Exponential")),  # the door refuses it
+        # A pasted infotext is drawn as written: no Schedule type is the name's own schedule.
+        (_PASTED.format("DPM++ 2M Karras"), ("DPM++ 2M Karras", None)),
+        (_PASTED.format("Euler a"), ("Euler a", None)),
+        (_PASTED.format("DPM++ 2M, Schedule type: Karras"), ("DPM++ 2M", "Karras")),
+        (_PASTED.format("Euler a") + " --schedule karras", ("Euler a", "Karras")),
+    ],
+)
+def test_a_saved_schedule_type_never_replaces_the_one_a_name_or_a_paste_gives(
+    text: str, pair: tuple[str, str | None]
+) -> None:
+    saved = R(prompt="", sampler="DPM++ 2M", schedule_type="Exponential")
+    got = parse_request(text, saved, settings=PLAIN)
+    assert (got.sampler, got.schedule_type) == pair
+
+
+def test_the_sampler_help_lists_a1111_v19s_names_in_groups_common_first() -> None:
+    said = str(FLAGS["--sampler"].help)
+    listing, old = said.split("; ")
+    groups = dict(group.split(": ") for group in listing.split(" · "))
+    assert list(groups) == ["common", "more", "special"]
+    assert groups["common"].startswith("Euler a, Euler, DPM++ 2M, ")
+    assert [n for names in groups.values() for n in names.split(", ")] == list(V19_SAMPLERS)
+    assert old == "or an old name, e.g. 'DPM++ 2M Karras'"
 
 
 def test_the_reply_hears_what_was_normalised() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.parse import PromptSettings, parse_request
-from bot.prefs import UserPrefs, UserSettingsStore
+from bot.prefs import UserPrefs, UserSettingsStore, connect
 from engine.errors import InvalidRequest
 from engine.request import GenerationRequest
 
@@ -66,6 +66,41 @@ def test_sampler_names_are_canonicalised(
 
 
 @pytest.mark.parametrize(
+    ("typed", "label"),
+    [("karras", "Karras"), ("SGM Uniform", "SGM Uniform"), ("sgm_uniform", "SGM Uniform")]
+    + [("Automatic", "Automatic"), (None, None)],
+)
+def test_a_schedule_type_is_saved_as_a1111_v19_labels_it(
+    tmp_path: Path, typed: str | None, label: str | None
+) -> None:
+    path = tmp_path / "users.sqlite3"
+    UserSettingsStore(path).update(ALICE, sampler="DPM++ 2M", schedule_type=typed)
+    prefs = UserSettingsStore(path).get(ALICE)
+    assert (prefs.sampler, prefs.schedule_type) == ("DPM++ 2M", label)
+    defaults = prefs.request_defaults(ALICE)
+    assert (defaults.sampler, defaults.schedule_type) == ("DPM++ 2M", label)
+
+
+def test_an_old_sampler_name_drops_a_saved_schedule_type(store: UserSettingsStore) -> None:
+    """ "DPM++ 2M Karras" carries its schedule; a saved "Exponential" would replace it."""
+    store.update(ALICE, sampler="DPM++ 2M", schedule_type="Exponential")
+    assert store.update(ALICE, sampler="Euler a").schedule_type == "Exponential"
+    assert store.update(ALICE, sampler="k_dpmpp_2m_ka").schedule_type is None
+    both = store.update(ALICE, sampler="DPM++ 2M Karras", schedule_type="Uniform")
+    assert (both.sampler, both.schedule_type) == ("DPM++ 2M Karras", "Uniform")
+
+
+def test_settings_saved_before_schedule_types_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "users.sqlite3"
+    store = UserSettingsStore(path)
+    store.close()
+    old = connect(path)
+    old.execute("INSERT INTO user_settings VALUES (?, ?)", (ALICE, '{"sampler": "DDIM"}'))
+    old.close()
+    assert UserSettingsStore(path).get(ALICE) == UserPrefs(sampler="DDIM")
+
+
+@pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"stepz": 3}, r"^stepz: unknown key; allowed: width, height, num_inference_steps"),
@@ -75,6 +110,8 @@ def test_sampler_names_are_canonicalised(
         ({"syntax": "koishi"}, r"^syntax: 'koishi' is not allowed; allowed: 'a1111', 'nai'$"),
         ({"locale": "fr"}, r"^locale: 'fr' is not allowed; allowed: 'en', 'zh'$"),
         ({"sampler": "Eular a"}, r"Unknown sampler 'Eular a'\. Did you mean 'Euler a'\?"),
+        ({"schedule_type": "Beta"}, r"Unknown schedule type 'Beta'\. Choose one of: Automatic, "),
+        ({"schedule_type": 7}, r"^schedule_type: expected str"),
     ],
 )
 def test_bad_values_are_rejected_and_not_saved(

@@ -39,7 +39,8 @@ from engine.infotext import format_number
 from engine.job import Job
 from engine.journal import SavedImage
 from engine.request import GenerationRequest
-from engine.sampling.samplers import SAMPLERS
+from engine.sampling.samplers import V19_SAMPLERS, infotext_sampler
+from engine.sampling.schedules import SCHEDULE_LABELS
 
 
 class AccountCog(PlaceCheckedCog, name="Account"):
@@ -92,6 +93,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         steps=description("discord_opt_steps"),
         scale=description("discord_opt_scale"),
         sampler=description("discord_opt_sampler"),
+        schedule=description("discord_opt_schedule"),
         negative=description("discord_opt_negative"),
         uc_preset=description("discord_opt_uc"),
         quality_tags=description("discord_opt_quality"),
@@ -99,7 +101,10 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         language=description("discord_opt_language"),
         reset=description("discord_opt_reset"),
     )
-    @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
+    @app_commands.choices(
+        sampler=[Choice(name=name, value=name) for name in V19_SAMPLERS],
+        schedule=[Choice(name=label, value=label) for label in SCHEDULE_LABELS],
+    )
     async def user_settings(
         self,
         interaction: discord.Interaction,
@@ -107,6 +112,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         steps: app_commands.Range[int, 1, 1000] | None = None,
         scale: app_commands.Range[float, 1.0, 30.0] | None = None,
         sampler: str | None = None,
+        schedule: str | None = None,
         negative: str | None = None,
         uc_preset: Literal["Low Quality + Bad Anatomy", "Low Quality", "None"] | None = None,
         quality_tags: bool | None = None,
@@ -121,6 +127,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
             "num_inference_steps": steps,
             "guidance_scale": scale,
             "sampler": sampler,
+            "schedule_type": schedule,
             "negative_prompt": negative,
             "uc_preset": uc_preset,
             "quality_tags": quality_tags,
@@ -149,6 +156,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
             ("steps", prefs.num_inference_steps, model.num_inference_steps),
             ("scale", prefs.guidance_scale, model.guidance_scale),
             ("sampler", prefs.sampler, model.sampler),
+            ("schedule", prefs.schedule_type, _schedule(prefs.sampler or model.sampler)),
             ("negative", prefs.negative_prompt or None, text("discord_settings_empty", locale)),
             ("uc_preset", prefs.uc_preset, prompt.uc_preset),
             ("quality_tags", prefs.quality_tags, prompt.quality_tags),
@@ -220,7 +228,20 @@ def _what(request: GenerationRequest, locale: Locale) -> str:
     return request.prompt or messages_caption(request, [], [], locale)
 
 
-_REQUEST_FIELDS = {"width", "height", "num_inference_steps", "guidance_scale", "sampler"}
+_REQUEST_FIELDS = {
+    "width",
+    "height",
+    "num_inference_steps",
+    "guidance_scale",
+    "sampler",
+    "schedule_type",
+}
+
+
+def _schedule(sampler: str) -> str:
+    """The schedule type a sampler name runs with none chosen, as A1111 v1.9 labels it
+    ("DPM++ 2M" → Uniform, "Euler a" or "DPM++ 2M Karras" → Automatic)."""
+    return infotext_sampler(sampler, None)[1]
 
 
 def _setting_line(name: str, saved: object, default: object) -> str:

@@ -53,12 +53,14 @@ from bot.pictures import (
     upscale_request,
     upscale_scale,
 )
+from bot.settings import BotSettings
 from bot.wordlist import find_word
 from engine.checks import check_request
-from engine.errors import EngineError
+from engine.errors import EngineError, Phrase
 from engine.infotext import format_number, infotext_from_image
 from engine.request import GenerationRequest, Limits
-from engine.sampling.samplers import SAMPLERS
+from engine.sampling.samplers import V19_SAMPLERS
+from engine.sampling.schedules import SCHEDULE_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +139,16 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         steps=description("discord_opt_steps"),
         scale=description("discord_opt_scale"),
         sampler=description("discord_opt_sampler"),
+        schedule=description("discord_opt_schedule"),
         model=description("discord_opt_model"),
         count=description("discord_opt_count"),
         image=description("discord_opt_image"),
         mask=description("discord_opt_mask"),
     )
-    @app_commands.choices(sampler=[Choice(name=name, value=name) for name in SAMPLERS])
+    @app_commands.choices(
+        sampler=[Choice(name=name, value=name) for name in V19_SAMPLERS],
+        schedule=[Choice(name=label, value=label) for label in SCHEDULE_LABELS],
+    )
     async def draw(
         self,
         interaction: discord.Interaction,
@@ -153,13 +159,19 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         steps: app_commands.Range[int, 1, 1000] | None = None,
         scale: app_commands.Range[float, 1.0, 30.0] | None = None,
         sampler: str | None = None,
+        schedule: str | None = None,
         model: str | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
         image: discord.Attachment | None = None,
         mask: discord.Attachment | None = None,
     ) -> None:
         options: dict[str, Any] = {"--neg": negative, "--size": size, "--seed": seed}
-        options |= {"--steps": steps, "--scale": scale, "--sampler": sampler}
+        options |= {
+            "--steps": steps,
+            "--scale": scale,
+            "--sampler": sampler,
+            "--schedule": schedule,
+        }
         options |= {"--model": model, "--n": count}
         parsed = self._read(interaction, prompt, options)
         request = parsed.request
@@ -465,23 +477,29 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
 
     @app_commands.command(name="help", description=description("discord_cmd_help"))
     async def help(self, interaction: discord.Interaction) -> None:
-        locale = self._locale(interaction)
-        flags = LIST_SEPARATOR[locale].join(
-            text("discord_help_flag", locale, flag=name, help=error_message(flag.help, locale))
-            for name, flag in FLAGS.items()
-        )
-        bot = self.settings.bot
-        message = text(
-            "discord_help",
-            locale,
-            flags=flags,
-            subtle=format_number(bot.variation_strength),
-            strong=format_number(bot.strong_variation_strength),
-        )
+        message = help_text(self._locale(interaction), self.settings.bot)
         await interaction.response.send_message(clip(message), ephemeral=True)
 
     def _locale(self, interaction: discord.Interaction) -> Locale:
         return interaction_locale(self.store, interaction)
+
+
+def help_text(locale: Locale, bot: BotSettings) -> str:
+    """/help: the flags (aliases with their flag: `--scale`/`--cfg`), the buttons, the commands."""
+    same: dict[int, tuple[Phrase, list[str]]] = {}
+    for name, flag in FLAGS.items():
+        same.setdefault(id(flag.help), (flag.help, []))[1].append(f"`{name}`")
+    flags = LIST_SEPARATOR[locale].join(
+        text("discord_help_flag", locale, flag="/".join(names), help=error_message(help, locale))
+        for help, names in same.values()
+    )
+    return text(
+        "discord_help",
+        locale,
+        flags=flags,
+        subtle=format_number(bot.variation_strength),
+        strong=format_number(bot.strong_variation_strength),
+    )
 
 
 def _infotext(png: bytes) -> str | None:

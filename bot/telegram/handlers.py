@@ -34,7 +34,7 @@ from bot.addons import (
     hypernet_choice,
     installed_addons,
 )
-from bot.messages import Locale, caption, error_text, locale_of, text
+from bot.messages import Locale, caption, error_text, locale_of, sampler_help, text
 from bot.parse import read_request
 from bot.pictures import (
     check_announced,
@@ -314,8 +314,10 @@ async def help_command(update: Update, context: Context) -> None:
     message = update.effective_message
     assert message is not None
     _, _, locale = _who(_deps(context), update.effective_user)
-    key = "tg_start" if (message.text or "").startswith("/start") else "tg_help"
-    await message.reply_text(text(key, locale, help=text("tg_help", locale)))
+    said = text("tg_help", locale, **sampler_help(locale))
+    if (message.text or "").startswith("/start"):
+        said = text("tg_start", locale, help=said)
+    await message.reply_text(said)
 
 
 async def queue_command(update: Update, context: Context) -> None:

@@ -20,6 +20,7 @@ from bot.settings import TelegramSettings
 from engine.errors import NOTHING, InvalidRequest, Phrase
 from engine.infotext import format_number
 from engine.request import RequestDefaults
+from engine.sampling.samplers import infotext_sampler
 
 _ON_OFF = ["on", "off"]
 MINE = "✎"  # marks, in /settings, a value the user saved
@@ -61,6 +62,7 @@ _SETTINGS: dict[str, tuple[tuple[str, ...], Callable[[str, str], Any], str]] = {
     "steps": (("num_inference_steps",), FLAGS["--steps"].read, "20"),
     "scale": (("guidance_scale",), FLAGS["--scale"].read, "7"),
     "sampler": (("sampler",), FLAGS["--sampler"].read, '"DPM++ 2M Karras"'),
+    "schedule": (("schedule_type",), FLAGS["--schedule"].read, "karras"),
     "neg": (("negative_prompt",), FLAGS["--neg"].read, '"lowres, bad hands"'),
     "uc": (("uc_preset",), FLAGS["--uc"].read, "lq"),
     "quality": (("quality_tags",), _bool, "off"),
@@ -72,6 +74,7 @@ _ALIASES = {
     "cfg": "scale",
     "guidance_scale": "scale",
     "num_inference_steps": "steps",
+    "schedule_type": "schedule",
     "negative_prompt": "neg",
     "negative": "neg",
     "uc_preset": "uc",
@@ -177,6 +180,10 @@ def typed_settings(
     wanted = None if fields is None else set(fields)
     mine = {k: v for k, v in dataclasses.asdict(prefs).items() if v is not None}
     effective = dataclasses.replace(defaults, **mine)
+    if effective.schedule_type is None and effective.sampler is not None:
+        # None = the sampler name's own schedule: shown as A1111 v1.9 would label it.
+        label = infotext_sampler(effective.sampler, None)[1]
+        effective = dataclasses.replace(effective, schedule_type=label)
     shown = []
     for name, (names, _, _) in _SETTINGS.items():
         if wanted is not None and not wanted & set(names):

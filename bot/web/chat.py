@@ -24,7 +24,7 @@ from aiohttp import web
 from bot import messages
 from bot.addons import OWN_VAE
 from bot.advice import size_warning
-from bot.messages import LOCALES, Locale, caption, locale_of, text
+from bot.messages import LOCALES, Locale, caption, locale_of, sampler_help, text
 from bot.parse import ParseError, read_request
 from bot.pictures import (
     check_extras,
@@ -359,10 +359,13 @@ class WebChat:
 
     def state(self, locale: Locale) -> dict[str, Any]:
         """Everything the page needs to (re)draw itself."""
-        from engine.sampling.samplers import SAMPLERS
+        from engine.sampling.samplers import SAMPLER_GROUPS, infotext_sampler
+        from engine.sampling.schedules import SCHEDULE_LABELS
 
         prefs = self.store.get(USER)
         defaults = model_defaults(self.engine, self.settings.defaults)
+        # No schedule type = the sampler name's own schedule, as A1111 v1.9 labels it.
+        schedule = infotext_sampler(prefs.sampler or defaults.sampler, None)[1]
         records = reversed(self.engine.history(USER, HISTORY))
         return {
             "type": "state",
@@ -373,6 +376,7 @@ class WebChat:
             "prefs": {name: getattr(prefs, name) for name in PREF_FIELDS},
             "defaults": {
                 **dataclasses.asdict(defaults),
+                "schedule_type": schedule,
                 "negative_prompt": "",
                 "uc_preset": self.settings.prompt.uc_preset,
                 "quality_tags": self.settings.prompt.quality_tags,
@@ -380,7 +384,12 @@ class WebChat:
                 "locale": locale,
             },
             "choices": {
-                "sampler": list(SAMPLERS),
+                # A1111 v1.9's names in groups, common first (old names are valid too).
+                "sampler": [
+                    {"label": text(f"web_samplers_{group}", locale), "names": list(names)}
+                    for group, names in SAMPLER_GROUPS.items()
+                ],
+                "schedule_type": list(SCHEDULE_LABELS),
                 "uc_preset": [LOW_QUALITY_BAD_ANATOMY, "Low Quality", "None"],
                 "syntax": ["a1111", "nai"],
                 "locale": list(LOCALES),
@@ -388,6 +397,7 @@ class WebChat:
             "models": self.engine.models(),
             "model": self.engine.default_model,
             "max_image_bytes": self.settings.limits.max_image_bytes,
+            "sampler_help": sampler_help(locale),
             **self.addons(),
             "history": [
                 self.done_view(r.id, r.request, r.reply_to, r.images, locale) for r in records

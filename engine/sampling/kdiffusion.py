@@ -1,10 +1,10 @@
 """Our port of k-diffusion's sampling around a diffusers UNet: σ schedule, CFG denoiser, samplers.
 
 Written from k-diffusion's published algorithms (crowsonkb/k-diffusion `k_diffusion/sampling.py`
-and `external.py`, the version A1111 v1.9.4 pins), A1111's DDIM
-(`modules/sd_samplers_timesteps_impl.py`) and A1111's `CFGDenoiser`; run with churn 0, eta 1 and
-s_noise 1, as A1111 runs them. The table of names users pick is engine/sampling/samplers.py.
-About 860 lines: one short function per published algorithm, kept together as k-diffusion does.
+and `external.py`, the version A1111 v1.9.4 pins) and A1111's `CFGDenoiser`; run with churn 0,
+eta 1 and s_noise 1, as A1111 runs them. A1111's timesteps samplers (DDIM, PLMS, UniPC) are
+engine/sampling/timesteps.py; the table of names users pick is engine/sampling/samplers.py.
+About 830 lines: one short function per published algorithm, kept together as k-diffusion does.
 """
 
 from __future__ import annotations
@@ -191,25 +191,34 @@ class CFGDenoiser:
         c_in = 1 / (sigma**2 + 1) ** 0.5
         t = self.schedule.sigma_to_t(sigma_in)
         out_cond, out_uncond = self._both(x * c_in, t)
-        if self.schedule.prediction_type == "v_prediction":
-            c_skip, c_out = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5
-            cond = out_cond * c_out + x * c_skip
-            uncond = out_uncond * c_out + x * c_skip
-        else:
-            cond, uncond = x + out_cond * -sigma, x + out_uncond * -sigma
+        cond, uncond = self.to_denoised(x, out_cond, sigma), self.to_denoised(x, out_uncond, sigma)
         denoised = self._guide(cond, uncond)
         return denoised if self.blend is None else self.blend(denoised)
 
-    def eps_at(self, x: Tensor, timestep: int) -> Tensor:
-        """The guided ε prediction for VP latents at an integer timestep (A1111's DDIM)."""
+    def to_denoised(self, x: Tensor, out: Tensor, sigma: Tensor) -> Tensor:
+        """One branch's denoised prediction from its UNet output (k-diffusion `CompVisDenoiser`,
+        `CompVisVDenoiser`); LCM's wrapper adds its boundary condition (`engine.sampling.lcm`)."""
+        if self.schedule.prediction_type == "v_prediction":
+            c_skip, c_out = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5
+            return out * c_out + x * c_skip
+        return x + out * -sigma
+
+    def eps_at(self, x: Tensor, timestep: float) -> Tensor:
+        """The guided ε prediction for VP latents at a timestep (A1111's timesteps samplers,
+        engine/sampling/timesteps.py: whole for DDIM and PLMS, fractional for UniPC).
+
+        A v-prediction becomes ε with ᾱ at the whole timestep at or below (A1111
+        `CompVisTimestepsVDenoiser`: `t.to(torch.int)`, its √ᾱ and √(1 - ᾱ) in ᾱ's dtype).
+        """
         if self.blend is not None:
             x = self.blend(x)
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
         out_cond, out_uncond = self._both(x, t)
         if self.schedule.prediction_type == "v_prediction":
-            a = float(self.schedule.alphas_cumprod[timestep])
-            out_cond = a**0.5 * out_cond + (1 - a) ** 0.5 * x
-            out_uncond = a**0.5 * out_uncond + (1 - a) ** 0.5 * x
+            ac, whole = self.schedule.alphas_cumprod, int(timestep)
+            sqrt_a, sqrt_one_minus_a = torch.sqrt(ac)[whole], torch.sqrt(1 - ac)[whole]
+            out_cond = sqrt_a * out_cond + sqrt_one_minus_a * x
+            out_uncond = sqrt_a * out_uncond + sqrt_one_minus_a * x
         return self._guide(out_cond, out_uncond)
 
     def _guide(self, cond: Tensor, uncond: Tensor) -> Tensor:
@@ -723,43 +732,6 @@ def sample_dpm_adaptive(
         h *= factor
         callback(tries, x, denoised)
         tries += 1
-    return x
-
-
-def ddim_timesteps(steps: int, train_steps: int = 1000) -> Tensor:
-    """A1111 `CompVisSampler.get_timesteps`: range(0, T, T // steps) + 1, clipped to T-1."""
-    return torch.clip(torch.arange(0, train_steps, train_steps // steps) + 1, 0, train_steps - 1)
-
-
-def sample_ddim(
-    model: CFGDenoiser,
-    x: Tensor,
-    timesteps: Tensor,
-    noise: NoiseSampler,
-    callback: StepCallback,
-    eta: float = 0.0,
-) -> Tensor:
-    """A1111 `sd_samplers_timesteps_impl.ddim` (Song et al. 2020) on VP latents.
-
-    It runs len(timesteps) - 1 steps, from the last timestep down to the first, as A1111 does.
-    """
-    # The coefficients are scalars: work them out on the CPU (MPS has no float64).
-    alphas_cumprod, timesteps = model.schedule.alphas_cumprod.cpu(), timesteps.cpu()
-    alphas = alphas_cumprod[timesteps]
-    prev_index = torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))
-    alphas_prev = alphas_cumprod[prev_index].to(torch.float64)
-    a_np, prev_np = alphas.double().numpy(), alphas_prev.numpy()
-    sigmas = eta * np.sqrt((1 - prev_np) / (1 - a_np) * (1 - a_np / prev_np))
-    for i in range(len(timesteps) - 1):
-        index = len(timesteps) - 1 - i
-        e_t = model.eps_at(x, int(timesteps[index]))
-        a_t, a_prev = float(alphas[index]), float(alphas_prev[index])
-        sigma_t = float(sigmas[index])
-        pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t**0.5
-        x = a_prev**0.5 * pred_x0 + (1.0 - a_prev - sigma_t**2) ** 0.5 * e_t
-        if sigma_t:
-            x = x + sigma_t * noise(torch.tensor(0.0), torch.tensor(0.0))
-        callback(i, x, pred_x0)
     return x
 
 

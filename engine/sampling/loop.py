@@ -1,5 +1,6 @@
 """Running a row of the sampler table (`engine.sampling.samplers`): its sigmas, its loop from
-the initial noise as A1111's `KDiffusionSampler` / DDIM sampler do, and its step count."""
+the initial noise as A1111's `KDiffusionSampler` / `CompVisSampler` (DDIM, PLMS, UniPC) do,
+and its step count."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from engine.sampling.kdiffusion import (
     NoiseSchedule,
     StepCallback,
     Tensor,
-    ddim_timesteps,
-    sample_ddim,
     sample_dpm_2,
     sample_dpm_2_ancestral,
     sample_dpm_adaptive,
@@ -35,9 +34,12 @@ from engine.sampling.kdiffusion import (
     sample_lms,
     sample_restart,
 )
+from engine.sampling.lcm import LCMDenoiser, sample_lcm
 from engine.sampling.samplers import SAMPLERS, Sampler, canonical_sampler
 from engine.sampling.sigmas import SIGMAS
 from engine.sampling.steps import img2img_steps
+from engine.sampling.timesteps import ddim_timesteps, sample_ddim, sample_plms
+from engine.sampling.unipc import sample_unipc
 
 # A1111's default denoising strengths: img2img's UI and API (0.75), hires fix's UI (0.7).
 
@@ -61,16 +63,30 @@ LOOPS: dict[str, SampleFn] = {
         sample_restart,
         sample_dpm_fast,
         sample_dpm_adaptive,
+        sample_lcm,
     )
+}
+# The CFG denoiser a loop runs with where it is not k-diffusion's CompVis wrapper: A1111's own
+# sampler classes' (`LCMSampler`'s `CFGDenoiserLCM`, over LCM's 50-timestep table).
+DENOISERS: dict[str, type[CFGDenoiser]] = {"sample_lcm": LCMDenoiser}
+TimestepsFn = Callable[[CFGDenoiser, Tensor, Tensor, NoiseSampler, StepCallback], Tensor]
+# A1111's timesteps samplers (`Sampler.timesteps` rows), over `ddim_timesteps`.
+TIMESTEPS_LOOPS: dict[str, TimestepsFn] = {
+    fn.__name__: fn for fn in (sample_ddim, sample_plms, sample_unipc)
 }
 # The loops that read only σ_max = sigmas[0], σ_min = sigmas[-2] and n = len(sigmas) - 1
 # (k-diffusion's `sigma_min`, `sigma_max`, `n` arguments).
 _RANGE_LOOPS = frozenset({"sample_dpm_fast", "sample_dpm_adaptive"})
 
 
+def denoiser_class(row: Sampler) -> type[CFGDenoiser]:
+    """The CFG denoiser to build for a row (given the model's schedule, LCM's builds its own)."""
+    return DENOISERS.get(row.function or "", CFGDenoiser)
+
+
 def sampler_sigmas(row: Sampler, schedule: NoiseSchedule, steps: int) -> Tensor:
-    """A1111 `KDiffusionSampler.get_sigmas` for a row (`samplers.run_row`), or DDIM's
-    timesteps."""
+    """A1111 `KDiffusionSampler.get_sigmas` for a row (`samplers.run_row`), or a timesteps
+    sampler's timesteps (`CompVisSampler.get_timesteps`)."""
     if row.timesteps:
         return ddim_timesteps(steps, len(schedule.alphas_cumprod))
     n = steps + 1 if row.discard_penultimate else steps
@@ -93,14 +109,15 @@ def sample(
 ) -> Tensor:
     """Run a row from the initial noise (unscaled, float32) to the final latents.
 
-    k-diffusion rows start from noise × σ_max; DDIM starts from the noise itself. `seeds` seed
-    the Brownian trees of the "brownian" rows, one per image, and `sources` are the images' RNG
-    sources their draws come from (A1111's; torchsde's own generator where none are given).
+    k-diffusion rows start from noise × σ_max; timesteps rows (DDIM, PLMS, UniPC) from the noise
+    itself. `seeds` seed the Brownian trees of the "brownian" rows, one per image, and `sources`
+    are the images' RNG sources their draws come from (A1111's; torchsde's own generator where
+    none are given).
     """
     schedule = model.schedule
     sigmas = sampler_sigmas(row, schedule, steps).to(noise_first.device)
-    if row.function is None:
-        return sample_ddim(model, noise_first, sigmas, noise, callback)
+    if row.timesteps:
+        return TIMESTEPS_LOOPS[row.function](model, noise_first, sigmas, noise, callback)
     x = noise_first * sigmas[0]
     if row.noise == "brownian":
         noise = BrownianNoise(x, sigmas, seeds, sources)
@@ -117,7 +134,8 @@ def img2img_sigmas(
 ) -> tuple[Tensor, Tensor]:
     """(the sampler's whole schedule, the part an img2img run takes) as A1111's
     `sample_img2img` cuts them: `sigmas[steps - t_enc - 1:]` for k-diffusion rows (t_enc + 1
-    steps), DDIM's `timesteps[:t_enc]` (t_enc - 1 steps)."""
+    steps), `timesteps[:t_enc]` for timesteps rows (DDIM and PLMS: t_enc - 1 steps; UniPC
+    t_enc steps of its own below the last of them)."""
     steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
     if row.timesteps:
         if steps == 0:  # A1111 divides by zero here (hires at strength 0): nothing to run
@@ -146,22 +164,25 @@ def sample_img2img(
     """A1111 `sample_img2img`: noise the init latents to where the cut schedule starts, then run
     the rest of it (see `img2img_sigmas`; `fixed_steps` for the hires pass).
 
-    k-diffusion rows start from `init_latent + noise · σ_start`; DDIM from
-    `init_latent · √ᾱ + noise · √(1 - ᾱ)` at `timesteps[t_enc]`, one step above where its loop
-    starts, as A1111 does. Brownian trees span the whole schedule, as A1111's do.
+    k-diffusion rows start from `init_latent + noise · σ_start`; timesteps rows from
+    `init_latent · √ᾱ + noise · √(1 - ᾱ)` at `timesteps[t_enc]`, one step above where DDIM's and
+    PLMS's loops start, as A1111 does (UniPC starts just above `timesteps[t_enc - 1]`, A1111's
+    `is_img2img`). Brownian trees span the whole schedule, as A1111's do.
     """
     schedule = model.schedule
     sigmas, run = img2img_sigmas(row, schedule, steps, strength, fixed=fixed_steps)
     sigmas, run = sigmas.to(init_latent.device), run.to(init_latent.device)
-    if row.function is None:
+    if row.timesteps:
         if len(sigmas) == 0:
             return init_latent
         _, t_enc = img2img_steps(steps, strength, fixed=fixed_steps)
         a = schedule.alphas_cumprod.to(init_latent.device)[sigmas[t_enc]]
         x = init_latent * a.sqrt() + noise_first * (1 - a).sqrt()
+        if row.function == "sample_unipc":  # its own timesteps: A1111 says where they start
+            return sample_unipc(model, x, run, noise, callback, img2img=True)
         if len(run) < 2:
             return x
-        return sample_ddim(model, x, run, noise, callback)
+        return TIMESTEPS_LOOPS[row.function](model, x, run, noise, callback)
     x = init_latent + noise_first * run[0]
     if len(run) < 2:
         return x
@@ -181,7 +202,10 @@ def make_scheduler(name: str, base_config: Any) -> Any:
         HeunDiscreteScheduler,
         KDPM2AncestralDiscreteScheduler,
         KDPM2DiscreteScheduler,
+        LCMScheduler,
         LMSDiscreteScheduler,
+        PNDMScheduler,
+        UniPCMultistepScheduler,
     )
 
     row = SAMPLERS[canonical_sampler(name)]
@@ -205,6 +229,9 @@ def make_scheduler(name: str, base_config: Any) -> Any:
         "DPM++ 2M SDE Heun": DPMSolverMultistepScheduler,
         "DPM++ 3M SDE": DPMSolverMultistepScheduler,
         "DDIM": DDIMScheduler,
+        "PLMS": PNDMScheduler,
+        "UniPC": UniPCMultistepScheduler,
+        "LCM": LCMScheduler,
     }
     if base == "DPM++ 2M":
         options |= {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}
@@ -217,4 +244,24 @@ def make_scheduler(name: str, base_config: Any) -> Any:
         }
     if base == "DDIM":
         options = {"timestep_spacing": "leading", "set_alpha_to_one": False, "clip_sample": False}
+    if base == "PLMS":
+        # A1111's timesteps (range(0, 1000, 1000 // steps) + 1, where that has `steps` of them)
+        # and its pseudo improved Euler start (tests/sampling/test_timesteps.py).
+        options = {"timestep_spacing": "leading", "steps_offset": 1, "skip_prk_steps": True}
+        options["set_alpha_to_one"] = False
+    if base == "UniPC":
+        # A1111's defaults; diffusers rounds UniPC's timesteps (999·k/N) to whole ones and its
+        # ᾱ is a float32 cumprod (tests/sampling/test_timesteps.py).
+        options = {
+            "solver_type": "bh1",
+            "solver_order": 3,
+            "lower_order_final": True,
+            "predict_x0": True,
+            "timestep_spacing": "linspace",
+            "final_sigmas_type": "sigma_min",
+        }
+    if base == "LCM":
+        # A1111's constants (`LCMCompVisDenoiser`); diffusers picks other timesteps for most
+        # step counts and starts from unit noise (tests/sampling/test_lcm.py).
+        options = {"original_inference_steps": 50, "timestep_scaling": 10.0, "clip_sample": False}
     return classes[base].from_config(base_config, **options)

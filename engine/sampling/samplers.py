@@ -234,6 +234,7 @@ def _key(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name.lower().replace("++", "pp"))
 
 
+_OLD_NAME = "DPM++ 2M Karras"  # an old name the error gives as an example
 _BY_KEY = {_key(n): s.name for s in SAMPLERS.values() for n in (s.name, *s.aliases)}
 
 
@@ -247,12 +248,14 @@ def canonical_sampler(name: str) -> str:
             suggestion = repr(_BY_KEY[close[0]])
             hint = Phrase(f" Did you mean {suggestion}?", "did_you_mean", suggestion=suggestion)
         raise InvalidRequest(
-            f"Unknown sampler {name!r}.{hint} Choose one of: {', '.join(SAMPLERS)}.",
+            f"Unknown sampler {name!r}.{hint} Choose one of: {', '.join(V19_SAMPLERS)}"
+            f" (old names such as {_OLD_NAME!r} work too).",
             field="sampler",
             key="unknown_sampler",
             name=name,
             hint=hint,
-            samplers=list(SAMPLERS),
+            samplers=list(V19_SAMPLERS),
+            example=_OLD_NAME,
         )
     return found
 

@@ -1,6 +1,7 @@
 """How many steps a request runs, without torch: the engine counts them for progress and ETAs.
 
-A1111's step rules: txt2img runs the sampler's steps (DDIM one fewer); img2img enters the
+A1111's step rules: txt2img runs the sampler's steps (the timesteps samplers as many as their
+timesteps, DDIM and PLMS one fewer); img2img enters the
 sampler's schedule `t_enc` steps before its end (`setup_img2img_steps`); the hires pass runs its
 own steps over a longer schedule.
 """
@@ -12,6 +13,7 @@ from engine.sampling.samplers import Sampler, run_row
 
 IMG2IMG_STRENGTH = 0.75  # A1111's default denoising strength of img2img
 HIRES_STRENGTH = 0.7  # and of the hires pass
+UNIPC_ORDER = 3  # A1111's `uni_pc_order`: UniPC stops on fewer steps than this ("must be <")
 
 
 def img2img_steps(steps: int, strength: float, *, fixed: bool = False) -> tuple[int, int]:
@@ -29,11 +31,12 @@ def img2img_steps(steps: int, strength: float, *, fixed: bool = False) -> tuple[
 
 
 def total_steps(row: Sampler, steps: int) -> int:
-    """How many sampler steps (callbacks) a row runs for `steps` (DDIM: one fewer, as A1111;
-    DPM fast: `steps` model calls in steps of 3, `_fast_count`; DPM adaptive: an estimate,
-    its tries depend on the error)."""
+    """How many sampler steps (callbacks) a row runs for `steps` (timesteps rows: one per
+    timestep, `_ddim_count`, DDIM and PLMS one fewer, as A1111; DPM fast: `steps` model calls
+    in steps of 3, `_fast_count`; DPM adaptive: an estimate, its tries depend on the error)."""
     if row.timesteps:
-        return _ddim_count(steps) - 1
+        count = _ddim_count(steps)
+        return count if row.function == "sample_unipc" else count - 1
     return _fast_count(steps) if row.function == "sample_dpm_fast" else steps
 
 
@@ -45,8 +48,11 @@ def _fast_count(nfe: int) -> int:
 def img2img_total_steps(row: Sampler, steps: int, strength: float, *, fixed: bool = False) -> int:
     """How many sampler steps (callbacks) `sample_img2img` runs."""
     steps, t_enc = img2img_steps(steps, strength, fixed=fixed)
-    if row.timesteps:
-        return max(min(t_enc, _ddim_count(steps)) - 1, 0) if steps else 0
+    if row.timesteps:  # `timesteps[:t_enc]`; UniPC takes as many steps as it has timesteps
+        if not steps:
+            return 0
+        run = min(t_enc, _ddim_count(steps))
+        return run if row.function == "sample_unipc" else max(run - 1, 0)
     if row.function == "sample_dpm_fast":
         return _fast_count(min(t_enc + 1, steps))
     return min(t_enc + 1, steps)
@@ -67,6 +73,25 @@ def planned_steps(request: GenerationRequest) -> int:
         hires = request.hr_second_pass_steps or steps
         total += img2img_total_steps(row, hires, denoising_strength(request), fixed=True)
     return total
+
+
+def unipc_short_pass(request: GenerationRequest) -> int | None:
+    """The steps of a UniPC pass of a checked request that runs fewer than `UNIPC_ORDER`
+    (A1111 stops there, "UniPC order must be < sampling steps"), or None. A hires pass at
+    strength 0 runs nothing and is not counted (A1111 divides by zero there)."""
+    row = run_row(request.sampler or "", request.schedule_type)
+    if row.function != "sample_unipc" or request.extras_upscale:
+        return None
+    steps = request.num_inference_steps or 0
+    strength = denoising_strength(request)
+    if request.init_image is not None:
+        passes = [img2img_total_steps(row, steps, strength)]
+    else:
+        passes = [total_steps(row, steps)]
+        if request.enable_hr and strength > 0:
+            hires = request.hr_second_pass_steps or steps
+            passes.append(img2img_total_steps(row, hires, strength, fixed=True))
+    return min((n for n in passes if n < UNIPC_ORDER), default=None)
 
 
 def denoising_strength(request: GenerationRequest) -> float:

@@ -7,6 +7,11 @@ from typing import Any
 
 import pytest
 
+from bot.discord.draw import help_text
+from bot.messages import LOCALES, MESSAGES
+from bot.settings import BotSettings
+from engine.sampling.samplers import V19_SAMPLERS
+from engine.sampling.schedules import SCHEDULE_LABELS
 from tests.discord.world import (
     ADMIN,
     ADMIN_ID,
@@ -87,6 +92,72 @@ async def test_queue_cancel_history_and_help(world: World, dc: FakeDiscord) -> N
     assert "--seed" in text and "/settings" in text and len(text) <= 2000
 
 
+# A1111 v1.9.4's sampler dropdown: the most /draw's fixed choices and the help texts will list.
+A1111_V19_SAMPLERS = (
+    *("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE"),
+    *("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive"),
+    *("Restart", "DDIM", "PLMS", "UniPC", "LCM"),
+)
+
+
+async def test_draw_and_settings_offer_a1111_v19s_samplers_and_schedule_types(
+    world: World, dc: FakeDiscord
+) -> None:
+    """Fixed choices within Discord's 25 (the fake refuses more); an old name and a saved
+    schedule type still work through the prompt's flags."""
+    engine = await world.start()
+    await dc.wait_for("commands_put")
+    commands = {c["name"]: c for c in dc.commands}
+    for name in ("draw", "settings"):
+        options = {o["name"]: o for o in commands[name]["options"]}
+        assert [c["value"] for c in options["sampler"]["choices"]] == list(V19_SAMPLERS)
+        assert [c["value"] for c in options["schedule"]["choices"]] == list(SCHEDULE_LABELS)
+        zh = options["schedule"]["description_localizations"]["zh-CN"]
+        assert zh == MESSAGES["discord_opt_schedule"]["zh"]
+    assert set(V19_SAMPLERS) <= set(A1111_V19_SAMPLERS) and len(A1111_V19_SAMPLERS) <= 25
+    assert V19_SAMPLERS[:3] == ("Euler a", "Euler", "DPM++ 2M")  # the common ones first
+
+    def pair(job: int) -> tuple[str | None, str | None]:
+        record = engine.record(job)
+        assert record is not None
+        return record.request.sampler, record.request.schedule_type
+
+    draws = [
+        {"sampler": "DPM++ 2M", "schedule": "Karras"},
+        {"sampler": "DPM++ 2M"},  # as before A1111 v1.9: uniform
+        {"prompt": "a cat --sampler 'DPM++ 2M Karras'"},  # an old name, as a flag
+        {"schedule": "SGM Uniform"},
+    ]
+    for options in draws:
+        await final(dc, await dc.slash("draw", {"prompt": "a cat"} | options))
+    assert [pair(job) for job in (1, 2, 3, 4)] == [
+        ("DPM++ 2M", "Karras"),
+        ("DPM++ 2M", None),
+        ("DPM++ 2M Karras", None),
+        ("Euler a", "SGM Uniform"),
+    ]
+
+    saved = await dc.slash("settings", {"sampler": "DPM++ 2M", "schedule": "Exponential"})
+    lines = (await dc.wait_for("interaction_callback", dc.of(saved))).payload["data"]["content"]
+    assert {"sampler = DPM++ 2M ✎", "schedule = Exponential ✎"} <= set(lines.splitlines())
+    await final(dc, await dc.slash("draw", {"prompt": "a dog"}))
+    # An old name carries its own schedule: the saved schedule type does not replace it.
+    await final(dc, await dc.slash("draw", {"prompt": "a dog --sampler 'DPM++ 2M Karras'"}))
+    assert [pair(5), pair(6)] == [("DPM++ 2M", "Exponential"), ("DPM++ 2M Karras", None)]
+    reset = await dc.slash("settings", {"reset": True, "sampler": "DPM++ 2M"})
+    lines = (await dc.wait_for("interaction_callback", dc.of(reset))).payload["data"]["content"]
+    assert "schedule = Uniform" in lines.splitlines()  # what "DPM++ 2M" alone means
+
+
+def test_help_fits_one_message_with_every_a1111_v19_sampler() -> None:
+    """/help lists the samplers in groups; it must stay one message once every v1.9 row is in."""
+    room = sum(len(name) + 2 for name in A1111_V19_SAMPLERS if name not in V19_SAMPLERS)
+    for locale in LOCALES:
+        said = help_text(locale, BotSettings())
+        assert len(said) + room <= 2000, (locale, len(said), room)
+        assert all(name in said for name in V19_SAMPLERS) and "--schedule" in said
+
+
 # --- admin ---------------------------------------------------------------------------------------
 
 
@@ -161,6 +232,7 @@ async def test_settings_show_the_values_draw_uses_never_default(
         "steps = 4",
         "scale = 11",
         "sampler = Euler a",
+        "schedule = Automatic",  # what A1111 v1.9 calls Euler a's own schedule
         "negative = (none)",
         "uc_preset = Low Quality + Bad Anatomy",
         "quality_tags = True",

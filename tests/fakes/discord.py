@@ -9,7 +9,9 @@ the way Discord checks them (option types, choices, ranges, lengths), because di
 Clicks are built from a message the fake returned, so discord.py routes them by message id and
 custom_id. The fake answers like Discord where bots commonly go wrong: a second response to an
 interaction (40060), a followup before the response (10015), empty or oversized messages, more
-than 5 rows/buttons, custom_id > 100 chars, files over the interaction's size limit.
+than 5 rows/buttons, custom_id > 100 chars, files over the interaction's size limit, and command
+registrations over Discord's limits (25 options or choices, name and description lengths, 8000
+characters in all: `discord_schema.command_problems`), which discord.py uploads unchecked.
 After `defer(thinking=True)`, the first followup edits the "thinking" message (same id), as on
 Discord. Responses are JSON with a Content-Type of exactly `application/json`.
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiohttp import WSMsgType, web
 
 from tests.fakes.base import NO_ANSWER, Canned, FakeServer, Stall, Upload, png_size, read_form
-from tests.fakes.discord_schema import command_data
+from tests.fakes.discord_schema import command_data, command_problems, error_tree
 
 if TYPE_CHECKING:
     import pytest
@@ -902,6 +904,10 @@ class FakeDiscord(FakeServer):
             for key in ("name", "description"):
                 if command.get("type", 1) == 1 and not command.get(key):
                     raise _form_error(key, "This field is required")
+        problems = command_problems(payload)
+        if problems:
+            raise DiscordError(400, 50035, "Invalid Form Body", error_tree(problems))
+        for command in payload:
             stored = {
                 "type": 1,
                 "options": [],

@@ -1,4 +1,9 @@
-"""Slash-command interaction data, checked against the schema the bot uploaded.
+"""Slash commands as Discord checks them: their registration, and their interaction data.
+
+Discord refuses a command registration (`PUT .../commands`) that breaks its limits: more than
+25 options or choices, names and descriptions too long or badly formed, a command over the
+combined size; discord.py checks few of them before it uploads. FakeDiscord refuses them too
+(`command_problems`), so a bot that would fail to start on Discord fails in the tests.
 
 Discord refuses option values that break the registered schema (type, choices, min/max value,
 min/max length, required, unknown names) before the bot sees them; discord.py does not check
@@ -8,7 +13,8 @@ send what Discord would never deliver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 OPTION_TYPES = {3: "string", 4: "integer", 5: "boolean", 6: "user", 10: "number", 11: "attachment"}
@@ -16,6 +22,99 @@ _SUBCOMMAND, _GROUP = 1, 2
 
 # (option type, given value, data.resolved to fill) -> the option's value (an id)
 Resolver = Callable[[int, Any, dict[str, Any]], str]
+
+# Discord's limits on a registered command (developer docs, "Application Commands"; the combined
+# size went from 4000 to 8000 characters in 2024, discord/discord-api-docs#6668).
+MAX_COMMANDS = 100  # CHAT_INPUT commands of one scope (global, or one guild)
+MAX_OPTIONS = 25  # options, subcommands or groups of a command, subcommand or group
+MAX_CHOICES = 25  # fixed choices of one option
+MAX_NAME = 32
+MAX_DESCRIPTION = 100
+MAX_CHOICE_NAME = 100
+MAX_CHOICE_VALUE = 100  # a string choice's value
+MAX_COMMAND_SIZE = 8000  # names, descriptions and choice values together (longest locale each)
+# Discord's ^[-_'\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$, in lower case where letters have one.
+_NAME = re.compile(r"^[-_'\w]{1,32}$")
+
+
+def command_problems(commands: list[dict[str, Any]]) -> dict[str, str]:
+    """What Discord refuses in a bulk registration: {error path ("0.options.6.choices", "" for
+    the whole upload): why}; `error_tree` nests them as Discord's 50035 errors are."""
+    problems: dict[str, str] = {}
+    chat = [c for c in commands if c.get("type", 1) == 1]
+    if len(chat) > MAX_COMMANDS:
+        problems[""] = f"Must be {MAX_COMMANDS} or fewer chat input commands."
+    names = [c.get("name") for c in chat]
+    for name in sorted({n for n in names if names.count(n) > 1}, key=str):
+        problems[""] = f"Application command names must be unique ({name!r} is not)."
+    for i, command in enumerate(commands):
+        if command.get("type", 1) != 1:
+            continue
+        problems |= {f"{i}{path}": why for path, why in _option_problems(command)}
+        size = _size(command)
+        if size > MAX_COMMAND_SIZE:
+            problems[str(i)] = f"Command exceeds maximum size ({MAX_COMMAND_SIZE}): {size}."
+    return problems
+
+
+def error_tree(problems: dict[str, str]) -> dict[str, Any]:
+    """Discord's nested errors: {"0": {"options": {"6": {"choices": {"_errors": [...]}}}}}."""
+    tree: dict[str, Any] = {}
+    for path, why in problems.items():
+        node = tree
+        for part in path.split(".") if path else []:
+            node = node.setdefault(part, {})
+        node.setdefault("_errors", []).append({"code": "INVALID", "message": why})
+    return tree
+
+
+def _option_problems(option: dict[str, Any], path: str = "") -> Iterator[tuple[str, str]]:
+    """A command's, subcommand's or option's own problems and its children's."""
+    for key, limit in (("name", MAX_NAME), ("description", MAX_DESCRIPTION)):
+        for where, text in _texts(option, key):
+            if not isinstance(text, str) or not 1 <= len(text) <= limit:
+                yield f"{path}.{where}", f"Must be between 1 and {limit} in length."
+            elif key == "name" and (not _NAME.match(text) or text != text.lower()):
+                yield f"{path}.{where}", "Invalid name: lower-case letters, digits, - _ '."
+    children = option.get("options") or []
+    if len(children) > MAX_OPTIONS:
+        yield f"{path}.options", f"Must be {MAX_OPTIONS} or fewer in length."
+    values = [o for o in children if o.get("type") not in (_SUBCOMMAND, _GROUP)]
+    required = [bool(o.get("required")) for o in values]
+    if required != sorted(required, reverse=True):
+        yield f"{path}.options", "Required options must be placed before non-required options."
+    for j, child in enumerate(children):
+        yield from _option_problems(child, f"{path}.options.{j}")
+    choices = option.get("choices") or []
+    if len(choices) > MAX_CHOICES:
+        yield f"{path}.choices", f"Must be {MAX_CHOICES} or fewer in length."
+    for k, choice in enumerate(choices):
+        for where, text in _texts(choice, "name"):
+            if not isinstance(text, str) or not 1 <= len(text) <= MAX_CHOICE_NAME:
+                yield f"{path}.choices.{k}.{where}", "Must be between 1 and 100 in length."
+        value = choice.get("value")
+        if isinstance(value, str) and not 1 <= len(value) <= MAX_CHOICE_VALUE:
+            yield f"{path}.choices.{k}.value", "Must be between 1 and 100 in length."
+
+
+def _texts(item: dict[str, Any], key: str) -> Iterator[tuple[str, Any]]:
+    """(path, text) of a field and of each of its localizations."""
+    yield key, item.get(key)
+    for locale, text in (item.get(f"{key}_localizations") or {}).items():
+        yield f"{key}_localizations.{locale}", text
+
+
+def _size(item: dict[str, Any]) -> int:
+    """Discord's size of a command: its names, descriptions and choice values, counting the
+    longest localization of each field (the default one included)."""
+    size = _longest(item, "name") + _longest(item, "description")
+    for choice in item.get("choices") or []:
+        size += _longest(choice, "name") + len(str(choice.get("value", "")))
+    return size + sum(_size(option) for option in item.get("options") or [])
+
+
+def _longest(item: dict[str, Any], key: str) -> int:
+    return max(len(str(text or "")) for _, text in _texts(item, key))
 
 
 def find_command(commands: list[dict[str, Any]], name: str) -> dict[str, Any]:

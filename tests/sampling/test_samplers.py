@@ -22,10 +22,11 @@ from engine.demo.model import SCHEDULER_CONFIG
 from engine.errors import InvalidRequest
 from engine.generate import generate
 from engine.request import GenerationRequest, Limits
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule, ddim_timesteps
-from engine.sampling.loop import LOOPS, sample, sampler_sigmas
+from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.loop import LOOPS, TIMESTEPS_LOOPS, sample, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from engine.sampling.steps import total_steps
+from engine.sampling.timesteps import ddim_timesteps
 from tests.conftest import png_pixels
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)
@@ -36,8 +37,9 @@ LATENT = (4, 8, 8)
 
 
 def test_every_row_names_a_loop_we_have() -> None:
-    named = {row.function for row in SAMPLERS.values()} - {None}
-    assert named == set(LOOPS)
+    named = {row.function for row in SAMPLERS.values()}
+    assert named == set(LOOPS) | set(TIMESTEPS_LOOPS)
+    assert {row.function for row in SAMPLERS.values() if row.timesteps} == set(TIMESTEPS_LOOPS)
 
 
 def test_sigmas_are_k_diffusions_for_sd1() -> None:

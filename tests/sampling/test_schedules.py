@@ -248,6 +248,15 @@ def test_the_door_refuses_other_types_in_one_line(name: str) -> None:
     )
 
 
+def test_an_unknown_sampler_lists_the_v19_names_not_the_old_ones() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_request(GenerationRequest(prompt="cat", sampler="Eulr a"), Limits())
+    message = str(caught.value)
+    assert message.startswith("Unknown sampler 'Eulr a'. Did you mean 'Euler a'? Choose one of: ")
+    assert ", ".join(V19_SAMPLERS) in message and "\n" not in message
+    assert "LMS Karras" not in message and "'DPM++ 2M Karras' work too" in message
+
+
 def test_schedule_types_do_not_share_a_batch() -> None:
     assert "schedule_type" in BATCH_KEYS
 

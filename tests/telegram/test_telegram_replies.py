@@ -14,6 +14,7 @@ import pytest
 from bot.settings import BotSettings
 from engine.infotext import format_number
 from engine.request import GenerationResult
+from engine.sampling.samplers import V19_SAMPLERS
 from tests.engine_fakes import FakeGenerate
 from tests.fakes import FakeTelegram
 from tests.telegram.harness import OTHER, QUALITY, USER, Harness, buttons, eventually
@@ -303,6 +304,7 @@ async def test_settings_show_the_values_a_prompt_gets_now(h: Harness) -> None:
         "steps: 4",
         "scale: 11",
         "sampler: Euler a",
+        "schedule: Automatic",  # what A1111 v1.9 calls Euler a's own schedule
         "neg: (none)",
         "uc: Low Quality + Bad Anatomy",
         "quality: on",
@@ -322,11 +324,32 @@ async def test_settings_show_the_values_a_prompt_gets_now(h: Harness) -> None:
     assert await h.reply(USER) == "已保存：neg=（无）。"
 
 
+async def test_a_schedule_type_is_a_setting_and_help_lists_the_samplers_in_groups(
+    h: Harness,
+) -> None:
+    await h.start()
+    h.tg.push_text(USER, USER, '/settings sampler="DPM++ 2M" schedule=karras')
+    assert await h.reply(USER) == "Saved: sampler=DPM++ 2M, schedule=Karras."
+    h.tg.push_text(USER, USER, "/settings")
+    assert "schedule: Karras ✎" in (await h.reply(USER)).splitlines()
+    h.tg.push_text(USER, USER, "/settings schedule=default")  # "DPM++ 2M" alone: uniform
+    assert await h.reply(USER) == "Saved: schedule=Uniform."
+    h.tg.push_text(USER, USER, "/settings schedule=beta")
+    assert (await h.reply(USER)).startswith("Error: Unknown schedule type 'beta'.")
+
+    h.tg.push_text(USER, USER, "/help")
+    said = await h.reply(USER)
+    assert "--sampler NAME, --schedule TYPE," in said
+    assert "\nSamplers — common: Euler a, Euler, DPM++ 2M, " in said
+    assert all(name in said for name in V19_SAMPLERS)
+    assert "--schedule TYPE: Automatic, Uniform, Karras, " in said
+
+
 async def test_unknown_settings_and_commands_are_answered_clearly_in_both_languages(
     h: Harness,
 ) -> None:
     await h.start()
-    known = "size, steps, scale, sampler, neg, uc, quality, syntax, doc, lang"
+    known = "size, steps, scale, sampler, schedule, neg, uc, quality, syntax, doc, lang"
     zh_known = known.replace(", ", "、")
     cases = [
         (

@@ -19,6 +19,8 @@ from bot.settings import Settings, SettingsError, WebSettings, from_dict
 from bot.web import app as web
 from bot.web.chat import PREF_FIELDS, USER
 from engine.request import GenerationRequest
+from engine.sampling.samplers import SAMPLER_GROUPS
+from engine.sampling.schedules import SCHEDULE_LABELS
 from tests.web.harness import JSON, TIMEOUT_S, Chat, of, post, socket, until
 
 # --- the page ----------------------------------------------------------------------------------
@@ -40,7 +42,12 @@ async def test_state_lists_models_defaults_choices_and_strings(chat: Chat) -> No
     assert (state["vae"], state["hypernet"]) == ("Automatic", "")  # the default model's
     assert state["vaes"] == [] and state["hypernets"] == []
     assert state["defaults"]["width"] == 64  # the default model's own defaults
-    assert "Euler a" in state["choices"]["sampler"]
+    groups = state["choices"]["sampler"]  # A1111 v1.9's names, grouped, common first
+    assert [group["label"] for group in groups] == ["Common", "More", "Special"]
+    assert [group["names"] for group in groups] == [list(g) for g in SAMPLER_GROUPS.values()]
+    assert state["choices"]["schedule_type"] == list(SCHEDULE_LABELS)
+    assert state["defaults"]["schedule_type"] == "Automatic"  # Euler a's own schedule
+    assert state["sampler_help"]["samplers"].startswith("common: Euler a, Euler, DPM++ 2M, ")
     assert state["prefs"] == dict.fromkeys(PREF_FIELDS)
     assert "send_as_document" not in state["prefs"]
     assert state["strings"]["web_reroll"] == "↻ Reroll"
@@ -339,6 +346,19 @@ async def test_saved_defaults_shape_the_next_drawing(chat: Chat) -> None:
     assert state["prefs"] == dict.fromkeys(PREF_FIELDS)
 
 
+async def test_a_saved_schedule_type_goes_with_the_sampler(chat: Chat) -> None:
+    client = await chat.start()
+    values = {"sampler": "DPM++ 2M", "schedule_type": "Karras"}
+    state = await post(client, "/api/settings", {"values": values})
+    assert (state["prefs"]["sampler"], state["prefs"]["schedule_type"]) == ("DPM++ 2M", "Karras")
+    request = (await post(client, "/api/draw", {"text": "cat"}))["job"]["request"]
+    assert request["sampler"] == "DPM++ 2M"
+    record = chat.engine.record(1) if chat.engine is not None else None
+    assert record is not None and record.request.schedule_type == "Karras"
+    state = await post(client, "/api/settings", {"values": {"schedule_type": None}})
+    assert state["defaults"]["schedule_type"] == "Uniform"  # "DPM++ 2M" alone
+
+
 @pytest.mark.parametrize(
     ("values", "error"),
     [
@@ -346,6 +366,7 @@ async def test_saved_defaults_shape_the_next_drawing(chat: Chat) -> None:
         ({"num_inference_steps": 99}, "Error: steps 99 is not allowed: use 1 to 50"),
         ({"width": "wide"}, "Error: width: "),
         ({"sampler": "Eulr a"}, "Error: Unknown sampler 'Eulr a'."),
+        ({"schedule_type": "Beta"}, "Error: Unknown schedule type 'Beta'."),
         ({"send_as_document": True}, "Error: Unknown setting 'send_as_document'."),
         ({"locale": "fr"}, "Error: locale: "),
     ],

@@ -451,14 +451,25 @@ function fillChoices(state) {
   for (const select of document.querySelectorAll("select[data-choices]")) {
     const kind = select.dataset.choices;
     const shown = displayValue(state.defaults[select.name]);
-    const options = [["", t("web_default", { value: shown })]];
+    const options = [new Option(t("web_default", { value: shown }), "")];
     if (kind === "switch") {
-      options.push(...switches);
+      options.push(...switches.map(([value, label]) => new Option(label, value)));
     } else {
-      options.push(...state.choices[kind].map((choice) => [choice, choice]));
+      options.push(...state.choices[kind].map(choiceOption));
     }
-    select.replaceChildren(...options.map(([value, label]) => new Option(label, value)));
+    select.replaceChildren(...options);
   }
+}
+
+// A choice is a value, or a group of them ({label, names}: the samplers) shown as an <optgroup>.
+function choiceOption(choice) {
+  if (typeof choice === "string") {
+    return new Option(choice, choice);
+  }
+  const group = document.createElement("optgroup");
+  group.label = choice.label;
+  group.append(...choice.names.map((name) => new Option(name, name)));
+  return group;
 }
 
 function displayValue(value) {
@@ -473,7 +484,12 @@ function showPrefs(state) {
   for (const [name, value] of Object.entries(state.prefs)) {
     const field = form.elements.namedItem(name);
     if (!field) continue;
-    field.value = value === null ? "" : String(value);
+    const shown = value === null ? "" : String(value);
+    if (field instanceof HTMLSelectElement && ![...field.options].some((o) => o.value === shown)) {
+      // Saved from a longer list (an old sampler name such as "DPM++ 2M Karras"): kept.
+      field.append(new Option(shown, shown));
+    }
+    field.value = shown;
     if (NUMBERS.includes(name) || name === "negative_prompt") {
       field.placeholder = String(state.defaults[name] ?? "");
     }
@@ -611,7 +627,8 @@ function applyState(state) {
   fillAddons(state);
   if (first) {
     // The example's size is the current model's own (the demo model draws 128x128).
-    say(t("web_welcome", { size: `${state.defaults.width}x${state.defaults.height}` }), "info");
+    const size = `${state.defaults.width}x${state.defaults.height}`;
+    say(t("web_welcome", { size, ...state.sampler_help }), "info");
   }
   // What the user typed (the request has the prompt with its quality tags); nothing for a
   // button's job.
