@@ -32,7 +32,7 @@ from diffusers import StableDiffusionPipeline
 from engine.demo.model import DEMO_NAME, save_demo_model
 from engine.device import DeviceOptions
 from engine.models import LoadedModel, ModelRegistry
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
 from engine.sampling.loop import make_scheduler, sample
 from engine.sampling.samplers import SAMPLERS, V19_SAMPLERS, Sampler, canonical_sampler, run_row
 from engine.sampling.schedules import AUTOMATIC, SCHEDULE_LABELS, schedule_label

@@ -33,7 +33,7 @@ from engine.request import (
     RngSource,
     Timings,
 )
-from engine.sampling.kdiffusion import CFGDenoiser, LatentBlend, NoiseSchedule
+from engine.sampling.denoiser import CFGDenoiser, LatentBlend, NoiseSchedule
 from engine.sampling.loop import denoiser_class, sample, sample_img2img
 from engine.sampling.samplers import infotext_sampler, run_row
 from engine.sampling.seeds import SEED_LIMIT as SEED_LIMIT  # re-exported: the random seed range

@@ -30,7 +30,7 @@ from engine.models.vae import decode, encode
 from engine.pictures import Upscale, upscale_picture
 from engine.prompting.conditioning import Conditioning
 from engine.request import GenerationRequest
-from engine.sampling.kdiffusion import CFGDenoiser, LatentBlend, StepCallback
+from engine.sampling.denoiser import CFGDenoiser, LatentBlend, StepCallback
 from engine.sampling.loop import sample_img2img
 from engine.sampling.samplers import Sampler
 from engine.sampling.seeds import ImageRNG, NoiseSpec

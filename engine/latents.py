@@ -19,7 +19,7 @@ from PIL import Image
 
 from engine.models.vae import encode, encode_scaled
 from engine.pictures import PreparedPicture
-from engine.sampling.kdiffusion import LatentBlend
+from engine.sampling.denoiser import LatentBlend
 from engine.sampling.seeds import ImageRNG, NoiseSpec
 
 OPT_F = 8  # A1111's `opt_f`: pixels per latent cell

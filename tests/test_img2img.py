@@ -18,7 +18,7 @@ from engine.infotext import request_from_infotext
 from engine.pictures import resize_image
 from engine.request import GenerationRequest, Limits
 from engine.sampling import loop
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
 from engine.sampling.loop import img2img_sigmas, sample, sample_img2img
 from engine.sampling.samplers import SAMPLERS
 from engine.sampling.steps import img2img_total_steps, planned_steps

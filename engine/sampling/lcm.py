@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from engine.sampling.kdiffusion import (
+from engine.sampling.denoiser import (
     CFGDenoiser,
     Denoise,
     NoiseSampler,

@@ -10,18 +10,19 @@ from typing import Any
 import torch
 
 from engine.request import RngSource
-from engine.sampling.kdiffusion import (
-    BrownianNoise,
+from engine.sampling.brownian import BrownianNoise
+from engine.sampling.denoiser import (
     CFGDenoiser,
     Denoise,
     NoiseSampler,
     NoiseSchedule,
     StepCallback,
     Tensor,
+)
+from engine.sampling.dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from engine.sampling.kdiffusion import (
     sample_dpm_2,
     sample_dpm_2_ancestral,
-    sample_dpm_adaptive,
-    sample_dpm_fast,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
     sample_dpmpp_2m_sde_heun,

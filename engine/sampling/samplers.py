@@ -1,4 +1,4 @@
-"""The sampler table: A1111's user-facing names → our own samplers (engine/sampling/kdiffusion.py).
+"""The sampler table: A1111's user-facing names → our own samplers (the loops in engine/sampling/).
 
 The names and schedules are A1111's before v1.9 ("DPM++ 2M" = uniform sigmas, "DPM++ 2M Karras"),
 so an old infotext reproduces; v1.9's separate "Schedule type" (`engine.sampling.schedules`)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.sampling.kdiffusion import NoiseSchedule, Tensor, append_zero
+from engine.sampling.denoiser import NoiseSchedule, Tensor, append_zero
 
 
 def uniform(schedule: NoiseSchedule, n: int) -> Tensor:

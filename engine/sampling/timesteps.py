@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSampler, StepCallback, Tensor
+from engine.sampling.denoiser import CFGDenoiser, NoiseSampler, StepCallback, Tensor
 
 
 def ddim_timesteps(steps: int, train_steps: int = 1000) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSampler, StepCallback, Tensor
+from engine.sampling.denoiser import CFGDenoiser, NoiseSampler, StepCallback, Tensor
 from engine.sampling.steps import UNIPC_ORDER
 
 

@@ -17,7 +17,8 @@ from engine.checks import check_request
 from engine.demo.model import SCHEDULER_CONFIG
 from engine.generate import infotext_for, noise_specs
 from engine.request import Limits
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule, get_ancestral_step
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
+from engine.sampling.kdiffusion import get_ancestral_step
 from engine.sampling.loop import LOOPS, sample, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from engine.sampling.seeds import ImageRNG, NoiseSpec

@@ -17,7 +17,7 @@ from engine.demo.model import SCHEDULER_CONFIG
 from engine.generate import generate
 from engine.infotext import request_from_infotext
 from engine.request import GenerationRequest, Limits, RngSource
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
 from engine.sampling.lcm import LCMDenoiser, LCMSchedule, boundary_scalings, sample_lcm
 from engine.sampling.loop import (
     LOOPS,

@@ -15,14 +15,8 @@ from engine.checks import check_request
 from engine.demo.model import SCHEDULER_CONFIG
 from engine.generate import infotext_for, noise_specs
 from engine.request import Limits
-from engine.sampling.kdiffusion import (
-    CFGDenoiser,
-    NoiseSchedule,
-    get_sigmas_karras,
-    restart_steps,
-    sample_restart,
-    to_d,
-)
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
+from engine.sampling.kdiffusion import get_sigmas_karras, restart_steps, sample_restart, to_d
 from engine.sampling.loop import LOOPS, sample, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler, infotext_sampler, run_row
 from engine.sampling.seeds import ImageRNG, NoiseSpec

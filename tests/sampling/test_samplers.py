@@ -22,7 +22,7 @@ from engine.demo.model import SCHEDULER_CONFIG
 from engine.errors import InvalidRequest
 from engine.generate import generate
 from engine.request import GenerationRequest, Limits
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
 from engine.sampling.loop import LOOPS, TIMESTEPS_LOOPS, sample, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from engine.sampling.steps import total_steps

@@ -23,7 +23,7 @@ from engine.errors import InvalidRequest
 from engine.generate import generate, infotext_for, noise_specs
 from engine.infotext import parse_infotext, request_from_infotext, sampler_from_infotext
 from engine.request import BATCH_KEYS, GenerationRequest, Limits
-from engine.sampling.kdiffusion import NoiseSchedule
+from engine.sampling.denoiser import NoiseSchedule
 from engine.sampling.loop import LOOPS, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, V19_SAMPLERS, run_row, sampler_and_schedule
 from engine.sampling.schedules import (

@@ -21,7 +21,8 @@ import torchsde
 from torchsde._brownian import brownian_interval
 
 from engine.request import RngSource
-from engine.sampling.kdiffusion import BrownianNoise, NoiseSchedule
+from engine.sampling.brownian import BrownianNoise
+from engine.sampling.denoiser import NoiseSchedule
 from engine.sampling.seeds import PhiloxGenerator
 from tests.sampling.test_samplers import BASE, assert_latents_close, draw_latents
 from tests.sampling.test_seeds import reference_slerp

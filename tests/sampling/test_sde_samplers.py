@@ -11,12 +11,8 @@ from diffusers import DPMSolverMultistepScheduler
 
 from engine.demo.model import SCHEDULER_CONFIG
 from engine.request import RngSource
-from engine.sampling.kdiffusion import (
-    CFGDenoiser,
-    NoiseSchedule,
-    sample_dpmpp_2m_sde,
-    sample_dpmpp_3m_sde,
-)
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
+from engine.sampling.kdiffusion import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde
 from engine.sampling.loop import LOOPS, sample, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler
 from tests.sampling.test_samplers import OracleUNet, conditioning

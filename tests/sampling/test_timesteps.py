@@ -24,7 +24,7 @@ from engine.errors import InvalidRequest
 from engine.generate import generate, infotext_for, noise_specs
 from engine.infotext import request_from_infotext
 from engine.request import GenerationRequest, Limits
-from engine.sampling.kdiffusion import CFGDenoiser, NoiseSchedule
+from engine.sampling.denoiser import CFGDenoiser, NoiseSchedule
 from engine.sampling.loop import make_scheduler, sample_img2img, sampler_sigmas
 from engine.sampling.samplers import SAMPLERS, canonical_sampler, infotext_sampler, run_row
 from engine.sampling.steps import img2img_total_steps, planned_steps, total_steps
