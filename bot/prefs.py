@@ -30,6 +30,17 @@ def model_defaults(engine: Engine[Any], fallback: RequestDefaults) -> RequestDef
         return fallback
 
 
+# The settings that are a request's own fields (the rest shape the prompt or the reply).
+REQUEST_FIELDS = (
+    "width",
+    "height",
+    "num_inference_steps",
+    "guidance_scale",
+    "sampler",
+    "schedule_type",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class UserPrefs:
     """What a user saved with /settings; None = the bot's default.
@@ -65,15 +76,7 @@ class UserPrefs:
 
     def request_defaults(self, requester: str) -> GenerationRequest:
         """The template `parse_request` fills unset fields from."""
-        fields = (
-            "width",
-            "height",
-            "num_inference_steps",
-            "guidance_scale",
-            "sampler",
-            "schedule_type",
-        )
-        values: dict[str, Any] = {f: getattr(self, f) for f in fields}
+        values: dict[str, Any] = {f: getattr(self, f) for f in REQUEST_FIELDS}
         return GenerationRequest(
             prompt="", negative_prompt=self.negative_prompt or "", requester=requester, **values
         )

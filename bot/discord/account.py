@@ -33,7 +33,7 @@ from bot.discord.views import job_view, result_actions
 from bot.messages import Locale, text
 from bot.messages import caption as messages_caption
 from bot.parse import read_request
-from bot.prefs import model_defaults
+from bot.prefs import REQUEST_FIELDS, model_defaults
 from engine.checks import check_request
 from engine.infotext import format_number
 from engine.job import Job
@@ -172,7 +172,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
             changes |= {"width": sized.width, "height": sized.height}
         if not changes:
             return
-        fields = {k: v for k, v in changes.items() if k in _REQUEST_FIELDS}
+        fields = {k: v for k, v in changes.items() if k in REQUEST_FIELDS}
         template = self.store.get(user).request_defaults(user)
         request = dataclasses.replace(template, prompt="x", **fields)
         check_request(request, self.settings.limits, self.settings.defaults)
@@ -226,16 +226,6 @@ class AccountCog(PlaceCheckedCog, name="Account"):
 def _what(request: GenerationRequest, locale: Locale) -> str:
     """A job's prompt; an upscale of a picture has none: its line."""
     return request.prompt or messages_caption(request, [], [], locale)
-
-
-_REQUEST_FIELDS = {
-    "width",
-    "height",
-    "num_inference_steps",
-    "guidance_scale",
-    "sampler",
-    "schedule_type",
-}
 
 
 def _schedule(sampler: str) -> str:

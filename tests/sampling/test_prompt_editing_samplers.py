@@ -13,13 +13,8 @@ from engine.request import GenerationRequest, Limits
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize(
-    ("sampler", "multiplier"),
-    [("Euler a", 1), ("Euler", 1), ("DPM++ 2M", 1), ("Heun", 2), ("DPM2", 2), ("DPM++ SDE", 2)],
-)
-def test_editing_schedule_spans_every_model_call(
-    demo_model: Any, monkeypatch: pytest.MonkeyPatch, sampler: str, multiplier: int
-) -> None:
+def spy_on_editing(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], list[int]]:
+    """The steps prompt editing's schedule is built for, and the steps it is asked for."""
     seen: dict[str, int] = {}
     asked: list[int] = []
     real = generate_module.encode_conditioning
@@ -37,6 +32,17 @@ def test_editing_schedule_spans_every_model_call(
         return conditioning
 
     monkeypatch.setattr(generate_module, "encode_conditioning", spy)
+    return seen, asked
+
+
+@pytest.mark.parametrize(
+    ("sampler", "multiplier"),
+    [("Euler a", 1), ("Euler", 1), ("DPM++ 2M", 1), ("Heun", 2), ("DPM2", 2), ("DPM++ SDE", 2)],
+)
+def test_editing_schedule_spans_every_model_call(
+    demo_model: Any, monkeypatch: pytest.MonkeyPatch, sampler: str, multiplier: int
+) -> None:
+    seen, asked = spy_on_editing(monkeypatch)
     request = GenerationRequest(
         prompt="[cat:dog:0.5]", width=64, height=64, num_inference_steps=6, seed=1, sampler=sampler
     )

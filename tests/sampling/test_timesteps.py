@@ -16,7 +16,6 @@ import torch
 from diffusers import PNDMScheduler, UniPCMultistepScheduler
 from PIL import Image
 
-import engine.generate as generate_module
 from bot.parse import read_request
 from engine.checks import check_request
 from engine.demo.model import SCHEDULER_CONFIG
@@ -31,6 +30,7 @@ from engine.sampling.steps import img2img_total_steps, planned_steps, total_step
 from engine.sampling.timesteps import ddim_timesteps, sample_ddim, sample_plms
 from engine.sampling.unipc import sample_unipc
 from tests.conftest import png_pixels
+from tests.sampling.test_prompt_editing_samplers import spy_on_editing
 
 SCHEDULE = NoiseSchedule.from_config(SCHEDULER_CONFIG)
 DOWNCAST = NoiseSchedule.from_config(SCHEDULER_CONFIG, downcast=True)  # fp16 ᾱ
@@ -504,28 +504,6 @@ def test_img2img_noises_to_the_timestep_above_and_unipc_starts_below_it() -> Non
 # --- end to end on the demo model ----------------------------------------------------------------
 
 pipeline_tests = pytest.mark.slow
-
-
-def spy_on_editing(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], list[int]]:
-    """The steps prompt editing's schedule is built for, and the steps it is asked for."""
-    seen: dict[str, int] = {}
-    asked: list[int] = []
-    real = generate_module.encode_conditioning
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        seen["steps"] = kwargs["steps"]
-        conditioning = real(*args, **kwargs)
-        original_at = conditioning.at
-
-        def at(step: int, images: Any = None) -> Any:
-            asked.append(step)
-            return original_at(step, images)
-
-        object.__setattr__(conditioning, "at", at)
-        return conditioning
-
-    monkeypatch.setattr(generate_module, "encode_conditioning", spy)
-    return seen, asked
 
 
 def request_for(text: str) -> GenerationRequest:
