@@ -174,8 +174,8 @@ def test_a_new_user_draws_rerolls_and_cancels_in_the_browser(server: str, tmp_pa
             infotext = downloaded_infotext(page, first.locator("a.download"))
             assert infotext.startswith("masterpiece, best quality, 1girl, silver hair, smile\n")
             assert (
-                "\nSteps: 20, Sampler: Euler, CFG scale: 11, Seed: 1234, Size: 128x128, "
-                in infotext
+                "\nSteps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 11, Seed: 1234, "
+                "Size: 128x128, " in infotext
             )
             assert "Model: aidraw-demo" in infotext
             expect(first.locator("pre.infotext")).to_have_text(infotext)
