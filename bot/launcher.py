@@ -73,9 +73,10 @@ async def serve(settings: Settings) -> int:
     run_web_chat = discord_token is None and telegram_token is None
     admins: tuple[str, ...] = ()
     if run_web_chat and settings.web.local_admin:
+        from bot.api.access import LOCAL  # so may the API's loopback caller (no credentials)
         from bot.web.chat import USER  # the web chat's one user may swap models and cancel jobs
 
-        admins = (USER,)
+        admins = (USER, LOCAL)
     engine, store = build_engine(settings, admins=admins)
     frontends: dict[str, Coroutine[Any, Any, None]] = {}
     if discord_token is not None:

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -28,6 +27,10 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from bot.addons import addons_text, hypernet_choice
+from bot.api.access import AUTH_ENV as API_AUTH_ENV
+from bot.api.access import TOKEN_ENV as API_TOKEN_ENV
+from bot.api.access import Credentials, is_loopback
+from bot.api.app import add_api, api_guard, is_api_path
 from bot.messages import LOCALES, error_text, text
 from bot.pictures import check_announced
 from bot.prefs import UserSettingsStore
@@ -55,7 +58,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The access token (if set), else a loopback Host; same-origin writes only."""
+    """The access token (if set), else a loopback Host; same-origin writes only. The A1111
+    API's paths have their own guard (bot/api: its credentials, A1111's error shape)."""
+    if is_api_path(request.path):
+        return await handler(request)
     chat = request.app[CHAT]
     if chat.token is None:
         # Another site's page may reach 127.0.0.1 through a DNS name it controls (rebinding).
@@ -80,6 +86,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Errors as chat messages: {"error": text} in the user's language."""
+    if is_api_path(request.path):
+        return await handler(request)
     try:
         return await handler(request)
     except web.HTTPException:
@@ -356,14 +364,17 @@ def create_app(
     store: UserSettingsStore,
     *,
     token: str | None = None,
+    api_credentials: Credentials | None = None,
 ) -> web.Application:
-    """The web chat app. The local user is an admin if the engine was built with USER among
-    its admins (the launcher does so when [web] local_admin is true)."""
+    """The web chat app, with the A1111 API beside it. The local user is an admin if the engine
+    was built with USER among its admins (the launcher does so when [web] local_admin is
+    true); so is the API's loopback caller with bot.api.access.LOCAL. `api_credentials` None:
+    the API answers loopback callers without credentials."""
     # Bodies are chat text: two prompts of max_prompt_chars (UTF-8) and some JSON around; a
     # drawing's may add a picture and a mask of max_image_bytes each as base64 (4 characters
     # per 3 bytes).
     max_body = 64 * 1024 + 8 * settings.limits.max_prompt_chars
-    app = web.Application(middlewares=[guard, errors], client_max_size=max_body)
+    app = web.Application(middlewares=[api_guard, guard, errors], client_max_size=max_body)
     chat = WebChat(engine, settings, store, token=token)
     app[CHAT] = chat
     app[TEXT_BODY] = max_body
@@ -384,6 +395,7 @@ def create_app(
     app.router.add_get("/images/{job}/{index}.png", get_image)
     app.router.add_get("/pictures/{job}.png", get_picture)
     app.router.add_get("/masks/{job}.png", get_mask)
+    add_api(app, engine, settings, api_credentials or Credentials())
     app.on_shutdown.append(_close_sockets)
     for job in engine.recovered():  # replies owed from before a restart
         if WebReply.parse(job.reply_to) is not None:
@@ -391,25 +403,18 @@ def create_app(
     return app
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def run_web(engine: Engine[Any], settings: Settings, store: UserSettingsStore) -> None:
     """Serve the web chat until cancelled; print its address once it listens."""
     host, port = settings.web.host, settings.web.port
     token = env_token(TOKEN_ENV)
-    if not is_loopback(host) and token is None:
+    credentials = Credentials.from_env()
+    if not is_loopback(host) and (token is None or not credentials.required):
         raise SettingsError(
             f"web.host = {host!r} is reachable from other machines: set {TOKEN_ENV} to an "
-            'access token first (or use host = "127.0.0.1")'
+            f"access token and {API_AUTH_ENV} (user:password,…) or {API_TOKEN_ENV} for the "
+            'A1111 API first (or use host = "127.0.0.1")'
         )
-    app = create_app(engine, settings, store, token=token)
+    app = create_app(engine, settings, store, token=token, api_credentials=credentials)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
