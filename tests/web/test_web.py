@@ -526,7 +526,7 @@ async def test_run_web_prints_its_address_serves_and_stops(
 @pytest.mark.parametrize(
     ("token", "local_admin", "admins"),
     [
-        (None, True, ("web:local",)),
+        (None, True, ("web:local", "api:local")),  # the API's loopback caller too
         (None, False, ()),
         ("AIDRAW_TELEGRAM_TOKEN", True, ()),  # no web chat: no local user to trust
     ],
