@@ -15,15 +15,13 @@ from typing import Any
 from bot.api.errors import invalid
 from bot.api.options import ApiOptions, check_option
 from bot.api.schema import Img2Img, Txt2Img
+from engine.errors import InvalidRequest
 from engine.infotext import parse_infotext
 from engine.request import GenerationRequest, GenerationResult
-from engine.sampling.samplers import SAMPLERS, canonical_sampler
+from engine.sampling.samplers import SAMPLERS, canonical_sampler, run_row
+from engine.sampling.schedules import AUTOMATIC
 from engine.version import __version__
 
-# A1111 v1.9's schedulers the sampler table can run: "automatic" (each sampler's own) and
-# the two schedules its names carry ("X Karras" rows; the rest uniform). The one place that
-# reads the sampler table: the schedule-type work changes only this.
-SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
 # override_settings the API honours per request (the rest of A1111's are ignored, as unknown
 # fields are): each becomes a GenerationRequest field.
 OVERRIDES = {
@@ -35,22 +33,32 @@ OVERRIDES = {
 MAX_ITERATIONS = 100  # n_iter: each iteration is one queued job, so fair share still holds
 
 
-def sampler_of(name: str | None, scheduler: str | None) -> str:
-    """The sampler table's row for A1111's sampler name (and v1.9 scheduler)."""
-    row = SAMPLERS[canonical_sampler(name or "Euler")]  # unknown: 404, listing the names
-    wanted = (scheduler or "automatic").lower()
-    if wanted == "automatic":
-        return row.name
-    if wanted == "karras" and row.schedule == "karras":
-        return row.name
-    if wanted == "karras" and f"{row.name} Karras" in SAMPLERS:
-        return f"{row.name} Karras"
-    if wanted == "uniform" and row.schedule == "uniform":
-        return row.name
-    raise invalid(
-        f"scheduler {scheduler!r} is not available with sampler {row.name!r}: use "
-        + ", ".join(repr(s) for s in SCHEDULERS if s == "automatic" or s == row.schedule)
-    )
+def sampler_of(name: str | None, scheduler: str | None) -> tuple[str, str | None]:
+    """(sampler, schedule type) for A1111 v1.9's `sampler_name` and `scheduler`.
+
+    As A1111's API: "Euler" when none is named, and no scheduler is v1.9's "Automatic" (the
+    sampler's own: Karras for "DPM++ 2M"), not the chat's pre-v1.9 reading of a bare name; an
+    old name that carries its schedule ("DPM++ 2M Karras") keeps it. Unknown names of either
+    are refused at the door (`engine.checks`), listing the choices.
+    """
+    sampler = name or "Euler"
+    if scheduler is None:
+        try:
+            row = SAMPLERS[canonical_sampler(sampler)]
+        except InvalidRequest:
+            return sampler, None  # the door names the choices
+        return sampler, (None if row.name != row.base else AUTOMATIC)
+    return sampler, scheduler
+
+
+def _unless_same(value: str | None, same: str) -> str | None:
+    return None if value == same else value
+
+
+def _same(pair: tuple[str, str | None]) -> tuple[str, str]:
+    """A (sampler, schedule type) pair as what it runs, to compare two spellings."""
+    row = run_row(*pair)
+    return row.function, row.schedule
 
 
 def decode_picture(value: str, name: str) -> bytes:
@@ -87,9 +95,9 @@ def base_request(
         elif key in OVERRIDES:
             changes[OVERRIDES[key]] = check_option(key, value)
     hires: dict[str, Any] = {}
+    sampler, schedule_type = sampler_of(body.sampler_name or body.sampler_index, body.scheduler)
     if isinstance(body, Txt2Img) and body.enable_hr:
-        sampler = sampler_of(body.sampler_name or body.sampler_index, body.scheduler)
-        _refuse_hires_changes(body, sampler, model)
+        _refuse_hires_changes(body, (sampler, schedule_type), model)
         hires = {
             "enable_hr": True,
             "hr_scale": body.hr_scale,
@@ -117,7 +125,8 @@ def base_request(
         num_inference_steps=body.steps,
         guidance_scale=body.cfg_scale,
         seed=None if body.seed == -1 else body.seed,
-        sampler=sampler_of(body.sampler_name or body.sampler_index, body.scheduler),
+        sampler=sampler,
+        schedule_type=schedule_type,
         model=model,
         batch_size=body.batch_size,
         requester=requester,
@@ -242,11 +251,18 @@ def _refuse_unsupported(body: Txt2Img | Img2Img) -> None:
         raise invalid("inpainting_mask_invert is not available: send the mask inverted")
 
 
-def _refuse_hires_changes(body: Txt2Img, sampler: str, model: str | None) -> None:
+def _refuse_hires_changes(
+    body: Txt2Img, sampler: tuple[str, str | None], model: str | None
+) -> None:
     """A1111's hires pass may change sampler, model or prompt; ours repeats the first's."""
     if body.hr_resize_x or body.hr_resize_y:
         raise invalid("hr_resize_x/hr_resize_y are not available: use hr_scale (1 to 4)")
-    if body.hr_sampler_name and sampler_of(body.hr_sampler_name, body.hr_scheduler) != sampler:
+    # A1111's "Use same sampler" / "Use same scheduler" (its UI's values) mean none.
+    hr_sampler = _unless_same(body.hr_sampler_name, "Use same sampler")
+    hr_scheduler = _unless_same(body.hr_scheduler, "Use same scheduler")
+    if (hr_sampler or hr_scheduler) and _same(
+        sampler_of(hr_sampler or sampler[0], hr_scheduler or body.scheduler)
+    ) != _same(sampler):
         raise invalid("hr_sampler_name: the hires pass uses the first pass's sampler here")
     named = body.hr_checkpoint_name
     if named and named != "Use same checkpoint" and checkpoint_name(named) != model:

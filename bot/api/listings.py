@@ -6,13 +6,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.api.access import is_loopback
-from bot.api.drawing import SCHEDULERS, checkpoint_name
+from bot.api.drawing import checkpoint_name
 from bot.api.errors import ApiError, invalid
 from bot.api.options import check_option
 from bot.api.service import API, read_json, requester
 from bot.pictures import picture_upscalers
 from engine.request import LATENT_UPSCALERS
-from engine.sampling.samplers import SAMPLERS
+from engine.sampling.samplers import SAMPLERS, V19_SAMPLERS
+from engine.sampling.schedules import SCHEDULE_TYPES
 
 
 async def ping(request: web.Request) -> web.StreamResponse:
@@ -37,8 +38,17 @@ async def sd_models(request: web.Request) -> web.StreamResponse:
 
 
 async def samplers(request: web.Request) -> web.StreamResponse:
+    """A1111 v1.9's sampler list, with its 'scheduler' option where it has one."""
+    rows = [SAMPLERS[name] for name in V19_SAMPLERS]
     return web.json_response(
-        [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SAMPLERS.values()]
+        [
+            {
+                "name": row.name,
+                "aliases": list(row.aliases),
+                "options": {"scheduler": row.automatic} if row.automatic else {},
+            }
+            for row in rows
+        ]
     )
 
 
@@ -46,13 +56,13 @@ async def schedulers(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         [
             {
-                "name": name,
-                "label": label,
-                "aliases": None,
-                "default_rho": -1,
-                "need_inner_model": False,
+                "name": s.name,
+                "label": s.label,
+                "aliases": list(s.aliases) or None,
+                "default_rho": s.default_rho,
+                "need_inner_model": s.need_inner_model,
             }
-            for name, label in SCHEDULERS.items()
+            for s in SCHEDULE_TYPES
         ]
     )
 

@@ -79,7 +79,7 @@ async def test_a1111_defaults_and_same_seed_same_pixels(api: Api, demo_models_di
     # A1111's API defaults, not the chat's NAI ones: Euler, CFG 7, clip skip 1, ENSD 0.
     assert (info["sampler_name"], info["cfg_scale"], info["clip_skip"]) == ("Euler", 7.0, 1)
     text = info["infotexts"][0]
-    assert "Sampler: Euler," in text and "CFG scale: 7," in text
+    assert "Sampler: Euler, Schedule type: Automatic, CFG scale: 7," in text
     assert "ENSD" not in text and "Clip skip" not in text
     assert text.startswith("1girl\n")  # the prompt as sent: no quality tags, no UC preset
     again = await api.call("POST", "/sdapi/v1/txt2img", body)
@@ -92,6 +92,40 @@ async def test_a1111_defaults_and_same_seed_same_pixels(api: Api, demo_models_di
     )
     seeds = json.loads(random["info"])["all_seeds"]
     assert seeds[1] == seeds[0] + 1 and len(random["images"]) == 2
+
+
+async def test_a_sampler_without_a_scheduler_is_a1111_v19s_automatic(
+    api: Api, demo_models_dir: Path
+) -> None:
+    """A1111 v1.9's API runs "DPM++ 2M" on its own Karras schedule; a scheduler is honoured;
+    an old name keeps the schedule it carries; the listings are v1.9.4's."""
+    await api.start(demo_models=demo_models_dir)
+    body = {"prompt": "1girl", "width": 64, "height": 64, "steps": 3, "seed": 5}
+    drawn = {}
+    for sampler, scheduler in (
+        ("DPM++ 2M", None),
+        ("DPM++ 2M", "karras"),
+        ("DPM++ 2M", "Uniform"),
+        ("DPM++ 2M Karras", None),
+    ):
+        asked = {**body, "sampler_name": sampler} | ({"scheduler": scheduler} if scheduler else {})
+        answer = await api.call("POST", "/sdapi/v1/txt2img", asked)
+        drawn[sampler, scheduler] = answer
+    karras = json.loads(drawn["DPM++ 2M", None]["info"])["infotexts"][0]
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in karras
+    uniform = json.loads(drawn["DPM++ 2M", "Uniform"]["info"])["infotexts"][0]
+    assert "Sampler: DPM++ 2M, Schedule type: Uniform," in uniform
+    pixels = {key: np.asarray(png_of(a["images"][0])) for key, a in drawn.items()}
+    assert np.array_equal(pixels["DPM++ 2M", None], pixels["DPM++ 2M", "karras"])
+    assert np.array_equal(pixels["DPM++ 2M", None], pixels["DPM++ 2M Karras", None])
+    assert not np.array_equal(pixels["DPM++ 2M", None], pixels["DPM++ 2M", "Uniform"])
+    samplers = await api.call("GET", "/sdapi/v1/samplers")
+    assert len(samplers) == 19 and "DPM++ 2M Karras" not in [s["name"] for s in samplers]
+    assert {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}} in (
+        samplers
+    )
+    schedulers = await api.call("GET", "/sdapi/v1/schedulers")
+    assert [s["label"] for s in schedulers][:3] == ["Automatic", "Uniform", "Karras"]
 
 
 async def test_img2img_data_urls_mask_extras_and_png_info(api: Api, demo_models_dir: Path) -> None:
