@@ -2,8 +2,9 @@
 
 Frontends plug in as coroutines that run until cancelled and clean up on the way out:
 `bot.discord.bot.run_discord(engine, settings, store, token)`,
-`bot.telegram.app.run_telegram(engine, settings, store, token)` and, when no token is
-set, `bot.web.app.run_web(engine, settings, store)`.
+`bot.telegram.app.run_telegram(engine, settings, store, token)` and, when no token is set
+(or beside them with `[web] serve = "always"`), `bot.web.app.run_web(engine, settings, store)`,
+the web chat and the A1111 API.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.prefs import UserSettingsStore
-from bot.settings import Settings, env_token
+from bot.settings import Settings, SettingsError, env_token
 from engine.engine import Engine
 from engine.errors import InvalidRequest
 
@@ -70,7 +71,13 @@ async def serve(settings: Settings) -> int:
     Returns the exit code: 0 after a signal, 1 if a frontend or the engine stopped by itself.
     """
     discord_token, telegram_token = env_token(DISCORD_TOKEN), env_token(TELEGRAM_TOKEN)
-    run_web_chat = discord_token is None and telegram_token is None
+    no_bot = discord_token is None and telegram_token is None
+    run_web_chat = settings.web.serve == "always" or (settings.web.serve == "auto" and no_bot)
+    if no_bot and not run_web_chat:
+        raise SettingsError(
+            f'[web] serve = "never" and no bot token: set {DISCORD_TOKEN} or {TELEGRAM_TOKEN},'
+            " or serve the web chat"
+        )
     admins: tuple[str, ...] = ()
     if run_web_chat and settings.web.local_admin:
         from bot.api.access import LOCAL  # so may the API's loopback caller (no credentials)

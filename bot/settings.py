@@ -125,14 +125,17 @@ class DiscordSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class WebSettings:
-    """The local web chat (`aidraw run` with no bot token; access token: AIDRAW_WEB_TOKEN).
+    """The web server: the web chat and the A1111 API (access token: AIDRAW_WEB_TOKEN).
 
     Args:
+        serve: "auto" runs it when no bot token is set; "always" beside the Discord and
+            Telegram bots too (so A1111 API clients share the bots' queue); "never" not at all.
         host: address to listen on; anything but loopback needs AIDRAW_WEB_TOKEN set.
         port: TCP port; 0 = any free port (the address is printed at start-up).
         local_admin: the web chat's user ("web:local") may swap models and cancel any job.
     """
 
+    serve: Literal["auto", "always", "never"] = "auto"
     host: str = "127.0.0.1"
     port: int = 7860
     local_admin: bool = True

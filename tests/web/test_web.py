@@ -524,17 +524,20 @@ async def test_run_web_prints_its_address_serves_and_stops(
 
 
 @pytest.mark.parametrize(
-    ("token", "local_admin", "admins"),
+    ("token", "serve", "local_admin", "admins"),
     [
-        (None, True, ("web:local", "api:local")),  # the API's loopback caller too
-        (None, False, ()),
-        ("AIDRAW_TELEGRAM_TOKEN", True, ()),  # no web chat: no local user to trust
+        (None, "auto", True, ("web:local", "api:local")),  # the API's loopback caller too
+        (None, "always", False, ()),
+        ("AIDRAW_TELEGRAM_TOKEN", "auto", True, ()),  # no web chat: no local user to trust
+        ("AIDRAW_TELEGRAM_TOKEN", "always", True, ("web:local", "api:local")),  # beside the bot
+        ("AIDRAW_DISCORD_TOKEN", "never", True, ()),
     ],
 )
 async def test_the_launcher_builds_the_engine_with_the_local_admin_only_for_the_web_chat(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     token: str | None,
+    serve: str,
     local_admin: bool,
     admins: tuple[str, ...],
 ) -> None:
@@ -554,10 +557,24 @@ async def test_the_launcher_builds_the_engine_with_the_local_admin_only_for_the_
     if token is not None:
         monkeypatch.setenv(token, "123:abc")
     monkeypatch.setattr(launcher, "build_engine", build_engine)
-    settings = from_dict({"web": {"local_admin": local_admin}}, root=tmp_path)
+    settings = from_dict({"web": {"local_admin": local_admin, "serve": serve}}, root=tmp_path)
     with pytest.raises(Built):
         await launcher.serve(settings)
     assert seen == [admins] and USER == "web:local"
+
+
+async def test_the_launcher_refuses_to_serve_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import launcher
+
+    for var in (launcher.DISCORD_TOKEN, launcher.TELEGRAM_TOKEN):
+        monkeypatch.delenv(var, raising=False)
+    settings = from_dict({"web": {"serve": "never"}}, root=tmp_path)
+    with pytest.raises(SettingsError, match='serve = "never" and no bot token'):
+        await launcher.serve(settings)
+    with pytest.raises(SettingsError, match="serve"):
+        from_dict({"web": {"serve": "sometimes"}}, root=tmp_path)
 
 
 def test_build_engine_adds_the_given_admins_to_the_configured_ones(tmp_path: Path) -> None:
