@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,58 @@ async def test_options_set_the_api_defaults_and_the_model(api: Api, demo_models_
     await api.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "aidraw-demo"})
     models: list[dict[str, Any]] = await api.call("GET", "/sdapi/v1/sd-models")
     assert [m["model_name"] for m in models] == ["aidraw-demo"]
+
+
+async def test_img2img_with_the_webuiapi_client(api: Api, demo_models_dir: Path) -> None:
+    await api.start(demo_models=demo_models_dir)
+    picture = Image.new("RGB", (64, 64), (200, 40, 90))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    sdk = await client(api)
+    result = await asyncio.to_thread(
+        sdk.img2img,
+        images=[picture],
+        mask_image=mask,
+        prompt="1girl, smile",
+        seed=9,
+        width=64,
+        height=64,
+        steps=4,
+        denoising_strength=0.5,
+    )
+    [image] = result.images
+    text = image.info["parameters"]
+    assert image.size == (64, 64) and result.info["infotexts"] == [text]
+    assert "Denoising strength: 0.5" in text and "Mask blur: 4" in text and "Seed: 9," in text
+    # Outside the mask the picture is kept (A1111 pastes the original back there).
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert np.abs(pixels[:8, :8] - [200, 40, 90]).max() <= 2
+
+
+async def test_the_vae_option_and_override(
+    api: Api, demo_models_dir: Path, tmp_path: Path, demo_model: Any
+) -> None:
+    from tests.addon_files import write_vae
+
+    models = tmp_path / "models"
+    shutil.copytree(demo_models_dir, models)
+    write_vae(models / "VAE" / "warm.safetensors", demo_model.pipe, shift=0.05)
+    await api.start(demo_models=models)
+    assert [v["model_name"] for v in await api.call("GET", "/sdapi/v1/sd-vae")] == [
+        "warm.safetensors"
+    ]
+    plain = await api.call("POST", "/sdapi/v1/txt2img", TINY)
+    warm = await api.call(
+        "POST", "/sdapi/v1/txt2img", {**TINY, "override_settings": {"sd_vae": "warm.safetensors"}}
+    )
+    assert "VAE: warm.safetensors" in json.loads(warm["info"])["infotexts"][0]
+    assert "VAE:" not in json.loads(plain["info"])["infotexts"][0]
+    assert not np.array_equal(
+        np.asarray(png_of(plain["images"][0])), np.asarray(png_of(warm["images"][0]))
+    )
+    await api.call("POST", "/sdapi/v1/options", {"sd_vae": "warm.safetensors"})
+    assert (await api.call("GET", "/sdapi/v1/options"))["sd_vae"] == "warm.safetensors"
+    again = await api.call("POST", "/sdapi/v1/txt2img", TINY)  # the option: every request
+    assert json.loads(again["info"])["infotexts"] == json.loads(warm["info"])["infotexts"]
+    bad = await api.call("POST", "/sdapi/v1/options", {"sd_vae": "nope.pt"}, status=404)
+    assert "warm.safetensors" in bad["detail"]
