@@ -91,6 +91,11 @@ class Call:
         """generate()'s cancel check (torch thread): stop when nobody wants the batch."""
         return self._interrupted() or all(job.done() for job in self.jobs)
 
+    def finish_early(self) -> bool:
+        """generate()'s early finish (torch thread): every job still wanted asked for it."""
+        live = [job for job in self.jobs if not job.done()]
+        return bool(live) and all(job.finish_early for job in live)
+
     # --- the loop's side ------------------------------------------------------------------
 
     def _on_step(self, step: int, total: int, at: float, previews: dict[int, bytes] | None) -> None:

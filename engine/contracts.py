@@ -104,4 +104,5 @@ class GenerateFn(Protocol[M_contra]):
         limits: Limits,
         on_step: StepFn | None = None,
         cancelled: Callable[[], bool] | None = None,
+        finish_early: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]: ...

@@ -251,6 +251,20 @@ class Engine(Generic[M]):
         self._finish(job, "cancelled", cancelled)
         return True
 
+    def finish_early(self, job_id: int, by: str) -> bool:
+        """A1111's interrupt and skip: a drawing job stops sampling at its next step and is
+        done with what it has drawn (the last step's denoised prediction, decoded), once every
+        batch-mate asks the same (until then it draws on with them); a waiting one is
+        cancelled. True if the job was still unfinished. Raises as `cancel` does.
+        """
+        self._check_open()
+        job = self._jobs.get(job_id)
+        if job is None or job.state != "running":
+            return self.cancel(job_id, by)
+        self._check_owner(job.requester, by, job_id)
+        job.finish_early = True
+        return True
+
     def job(self, job_id: int) -> Job | None:
         """An unfinished job by id (finished ones: `record()`)."""
         return self._jobs.get(job_id)
@@ -536,6 +550,7 @@ class Engine(Generic[M]):
             limits=self._limits,
             on_step=call.on_step_in_worker,
             cancelled=call.cancelled,
+            finish_early=call.finish_early,
         )
         try:
             results = await self.run_in_worker(draw)

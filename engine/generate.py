@@ -65,6 +65,10 @@ def _check_finite(images: torch.Tensor, stage: Phrase) -> None:
         )
 
 
+class _StopEarly(Exception):
+    """From the step callback: finish with what the steps so far have drawn."""
+
+
 def generate(
     model: LoadedModel,
     requests: Sequence[GenerationRequest],
@@ -72,6 +76,7 @@ def generate(
     limits: Limits,
     on_step: StepCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    finish_early: Callable[[], bool] | None = None,
 ) -> list[GenerationResult]:
     """Draw every image of `requests` (which must share BATCH_KEYS) in one sampling loop.
 
@@ -79,6 +84,8 @@ def generate(
     (`enable_hr`: a second pass at the upscaled size), as A1111 v1.9.4 draws them.
     Returns one GenerationResult per image, in order (request by request, seed by seed). Each
     image draws its noise from its own generator, so it does not depend on its batch-mates.
+    When `finish_early()` turns true, sampling stops after that step and the images are the
+    last step's denoised prediction, decoded (A1111's interrupt and skip; no hires pass after).
     Raises InvalidRequest, JobCancelled (when `cancelled()` turns true) or GenerationFailed.
     """
     pipe = model.pipe
@@ -194,81 +201,94 @@ def generate(
                 )
 
             done = [0]  # steps of the passes before this one (hires fix)
+            last: list[torch.Tensor | None] = [None]  # A1111's `last_latent`
 
             def step_end(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+                last[0] = denoised
                 if on_step is not None:
                     # The denoised prediction, not the noisy x: what A1111's live preview shows.
                     on_step(done[0] + step + 1, total, denoised)
                 if cancelled is not None and cancelled():
                     raise JobCancelled("cancelled", key="cancelled")
+                if finish_early is not None and finish_early():
+                    raise _StopEarly
 
-            seeds, sources = [s.seed for s in specs], [s.source for s in specs]
-            if picture is not None:
-                # 6a. img2img: the picture's latents, noised to where the cut schedule starts;
-                #     inpainting keeps the init latents outside the mask at every model call.
-                init = init_latents(
-                    pipe.vae,
-                    picture,
-                    specs,
-                    inpainting_fill=first.inpainting_fill,
-                    inpainting_unet=inpainting_unet,
-                    device=model.device,
-                )
-                latents = sample_img2img(
-                    row,
-                    denoiser(conditioning, init.image_cond, init.blend),
-                    init.latents,
-                    noise,
-                    steps,
-                    denoising_strength(first),
-                    lambda sigma, sigma_next: rng.next(),
-                    step_end,
-                    seeds=seeds,
-                    sources=sources,
-                )
-                if init.blend is not None:
-                    latents = init.blend(latents)
-            else:
-                image_cond = (
-                    image_conditioning(pipe.vae, None, None, latent_size, len(items))
-                    if inpainting_unet
-                    else None
-                )
-                latents = sample(
-                    row,
-                    denoiser(conditioning, image_cond),
-                    noise,
-                    steps,
-                    lambda sigma, sigma_next: rng.next(),
-                    step_end,
-                    seeds=seeds,
-                    sources=sources,
-                )
-            _check_finite(latents, _DENOISING)
-            if first.enable_hr:
-                # 6b. Hires fix: upscale (latents, or the decoded pictures), then an img2img
-                #     pass at the new size with fresh noise from the same seeds.
-                done[0] = total_steps(row, steps)
-                latents = hires_pass(
-                    first,
-                    latents,
-                    row=row,
-                    vae=pipe.vae,
-                    denoiser=denoiser,
-                    conditioning=encode_prompts(
-                        (first.hr_second_pass_steps or steps) * row.conditioning_steps
-                    ),
-                    specs=specs,
-                    step_end=step_end,
-                    inpainting_unet=inpainting_unet,
-                    upscale=functools.partial(
-                        upscale_image,
-                        library=model.addons.library,
+            def denoise() -> torch.Tensor:
+                """The sampling passes: txt2img or img2img, then hires fix."""
+                seeds, sources = [s.seed for s in specs], [s.source for s in specs]
+                if picture is not None:
+                    # 6a. img2img: the picture's latents, noised to where the cut schedule starts;
+                    #     inpainting keeps the init latents outside the mask at every model call.
+                    init = init_latents(
+                        pipe.vae,
+                        picture,
+                        specs,
+                        inpainting_fill=first.inpainting_fill,
+                        inpainting_unet=inpainting_unet,
                         device=model.device,
-                        cache=model.addons.upscalers,
-                    ),
-                )
+                    )
+                    latents = sample_img2img(
+                        row,
+                        denoiser(conditioning, init.image_cond, init.blend),
+                        init.latents,
+                        noise,
+                        steps,
+                        denoising_strength(first),
+                        lambda sigma, sigma_next: rng.next(),
+                        step_end,
+                        seeds=seeds,
+                        sources=sources,
+                    )
+                    if init.blend is not None:
+                        latents = init.blend(latents)
+                else:
+                    image_cond = (
+                        image_conditioning(pipe.vae, None, None, latent_size, len(items))
+                        if inpainting_unet
+                        else None
+                    )
+                    latents = sample(
+                        row,
+                        denoiser(conditioning, image_cond),
+                        noise,
+                        steps,
+                        lambda sigma, sigma_next: rng.next(),
+                        step_end,
+                        seeds=seeds,
+                        sources=sources,
+                    )
                 _check_finite(latents, _DENOISING)
+                if first.enable_hr:
+                    # 6b. Hires fix: upscale (latents, or the decoded pictures), then an img2img
+                    #     pass at the new size with fresh noise from the same seeds.
+                    done[0] = total_steps(row, steps)
+                    latents = hires_pass(
+                        first,
+                        latents,
+                        row=row,
+                        vae=pipe.vae,
+                        denoiser=denoiser,
+                        conditioning=encode_prompts(
+                            (first.hr_second_pass_steps or steps) * row.conditioning_steps
+                        ),
+                        specs=specs,
+                        step_end=step_end,
+                        inpainting_unet=inpainting_unet,
+                        upscale=functools.partial(
+                            upscale_image,
+                            library=model.addons.library,
+                            device=model.device,
+                            cache=model.addons.upscalers,
+                        ),
+                    )
+                    _check_finite(latents, _DENOISING)
+                return latents
+
+            try:
+                latents = denoise()
+            except _StopEarly:  # A1111's interrupt/skip: the last denoised prediction
+                assert last[0] is not None
+                latents = last[0]
             t2 = time.perf_counter()
 
             # 7. Decode with the VAE (again in fp32 if fp16 made NaN: A1111's --no-half-vae),

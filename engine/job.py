@@ -67,6 +67,8 @@ class Job:
         self.batch_key: Hashable = (*(getattr(request, key) for key in BATCH_KEYS), networks)
         self._engine = engine
         self._state: JobState = "queued"
+        # A1111's interrupt/skip while drawing: done with what is drawn (`Engine.finish_early`).
+        self.finish_early = False
         self._step = 0
         self._total = 0
         self._preview: bytes | None = None

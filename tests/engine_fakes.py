@@ -157,6 +157,7 @@ class FakeGenerate:
         limits: Limits,
         on_step: Callable[[int, int, Any], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        finish_early: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
         self.threads.add(threading.get_ident())
         if requests and requests[0].prompt == "warm-up":
@@ -190,6 +191,8 @@ class FakeGenerate:
                 on_step(step, total, self._latents(images, step / total))
             if cancelled is not None and cancelled():
                 raise JobCancelled("cancelled")
+            if finish_early is not None and finish_early():
+                break  # as generate(): done with what the steps so far drew
         results = []
         for request in requests:
             seed = request.seed if request.seed is not None else 1000

@@ -440,6 +440,40 @@ async def test_cancelling_one_job_of_a_batch_keeps_the_others(h: Harness) -> Non
     assert h.results == [f"{stay.id:06d}-1.png"]
 
 
+async def test_finish_early_ends_a_drawing_job_with_what_it_drew(h: Harness) -> None:
+    """A1111's interrupt/skip: the job is done (its images saved) after the current step; a
+    waiting job is cancelled instead, and only the owner or an admin may ask."""
+    engine = h.engine()
+    h.fake.hold()
+    job = engine.submit(req("long", num_inference_steps=20))
+    waiting = engine.submit(req("waiting", "u2"))
+    h.fake.allow(2)
+    await until(job, lambda p: p.step == 2)
+    with pytest.raises(InvalidRequest, match=rf"Only whoever asked for job #{job.id}"):
+        engine.finish_early(job.id, by="stranger")
+    assert engine.finish_early(job.id, by="u1") and engine.finish_early(waiting.id, by="u2")
+    h.fake.allow(1)
+    assert (await job.result())[0].png == b"long|7"
+    # It stops at the step the flag finds (the fake may be past step 2's check already).
+    assert h.fake.steps_run[0] in ([1, 2], [1, 2, 3]) and job.progress.state == "done"
+    assert isinstance(await outcome(waiting), JobCancelled)
+    assert h.results == [f"{job.id:06d}-1.png"]
+
+
+async def test_finish_early_waits_for_every_batch_mate(h: Harness) -> None:
+    engine = h.engine(paused=True, max_batch=4)
+    stop = engine.submit(req("stop", "A"))
+    stay = engine.submit(req("stay", "B"))
+    h.fake.hold()
+    engine.resume()
+    h.fake.allow(1)
+    await until(stop, lambda p: p.step == 1)
+    assert engine.finish_early(stop.id, by="A")
+    h.fake.release()
+    assert [len(await stop.result()), len(await stay.result())] == [1, 1]
+    assert h.fake.steps_run == [[1, 2, 3, 4]]  # B wanted all of it: the batch drew on
+
+
 async def test_only_the_owner_or_an_admin_can_cancel(h: Harness) -> None:
     engine = h.engine(paused=True, admins=("root",))
     job = engine.submit(req("x", "owner"))

@@ -60,6 +60,7 @@ class Spy:
         limits: Limits,
         on_step: Callable[[int, int, Any], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        finish_early: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
         self.calls.append(sum(r.batch_size for r in requests))
         seen: list[torch.Tensor] = []
@@ -73,7 +74,14 @@ class Spy:
                 self.reached.set()
                 self.proceed.wait(TIMEOUT_S)
 
-        return generate(model, requests, limits=limits, on_step=step, cancelled=cancelled)
+        return generate(
+            model,
+            requests,
+            limits=limits,
+            on_step=step,
+            cancelled=cancelled,
+            finish_early=finish_early,
+        )
 
 
 def zero_unet(model: LoadedModel) -> LoadedModel:

@@ -150,6 +150,36 @@ def test_progress_is_reported_every_step(demo_model) -> None:  # type: ignore[no
     assert seen == [(i, 4, (1, 4, 8, 8)) for i in range(1, 5)]
 
 
+def test_finish_early_draws_the_last_denoised_prediction(demo_model) -> None:  # type: ignore[no-untyped-def]
+    """A1111's interrupt: sampling stops after the step, and the picture is that step's
+    denoised prediction decoded (its `last_latent`), with the request's own infotext."""
+    from engine.generate import decode
+    from engine.latents import to_images
+
+    steps: list[int] = []
+    predictions: list[torch.Tensor] = []
+
+    def on_step(step: int, total: int, denoised: torch.Tensor) -> None:
+        steps.append(step)
+        predictions.append(denoised.clone())
+
+    request = dataclasses.replace(BASE, num_inference_steps=8, batch_size=2)
+    [first, second] = generate(
+        demo_model,
+        [request],
+        limits=LIMITS,
+        on_step=on_step,
+        finish_early=lambda: len(steps) >= 3,
+    )
+    assert steps == [1, 2, 3]
+    expected = to_images(decode(demo_model.pipe.vae, predictions[-1]))
+    for result, image in zip((first, second), expected, strict=True):
+        assert np.array_equal(png_pixels(result.png), np.asarray(image.convert("RGB")))
+    assert "Steps: 8," in first.infotext and (first.seed, second.seed) == (1234, 1235)
+    whole = png_pixels(draw(demo_model, num_inference_steps=8)[0].png)
+    assert np.abs(png_pixels(first.png).astype(int) - whole).mean() > 1  # not the full drawing
+
+
 def test_cancel_stops_at_the_next_step(demo_model) -> None:  # type: ignore[no-untyped-def]
     steps: list[int] = []
     with pytest.raises(JobCancelled):

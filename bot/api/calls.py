@@ -46,20 +46,22 @@ class Calls:
         return [call for call in self.active if call.requester == requester]
 
     def interrupt(self, requester: str) -> None:
-        """Stop the caller's calls: the drawing job now, no further iterations."""
+        """Stop the caller's calls: the drawing job with what it has drawn (A1111's last
+        denoised prediction), no further iterations."""
         for call in self.of(requester):
             call.interrupted = True
-            self._cancel(call)
+            self._stop(call)
 
     def skip(self, requester: str) -> None:
-        """Stop the caller's drawing iterations; their calls go on with the next."""
+        """Stop the caller's drawing iterations with what they have drawn; their calls go on
+        with the next."""
         for call in self.of(requester):
             call.skipped = True
-            self._cancel(call)
+            self._stop(call)
 
-    def _cancel(self, call: Call) -> None:
+    def _stop(self, call: Call) -> None:
         if call.job is not None and not call.job.done():
-            self.engine.cancel(call.job.id, by=call.requester)
+            self.engine.finish_early(call.job.id, by=call.requester)
 
     def progress(self, requester: str, *, with_image: bool) -> dict[str, Any]:
         """A1111's /progress answer for the caller's oldest call (idle: all zeros)."""

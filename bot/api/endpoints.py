@@ -61,10 +61,10 @@ async def _draw(request: web.Request, body: Txt2Img | Img2Img, kind: str) -> web
                 break
             try:
                 results += await _one(api, request, call, run)
-            except JobCancelled:
+            except JobCancelled:  # stopped before it was drawing: nothing to give
                 if not (call.interrupted or call.skipped):
                     raise  # an admin's cancel: the caller is told
-                call.skipped = False
+            call.skipped = False
             call.done += 1
     except ClientGone:
         return web.Response(status=499)  # nobody reads it; aiohttp needs an answer

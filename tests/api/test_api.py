@@ -141,7 +141,9 @@ async def test_progress_interrupt_and_the_next_job(api: Api) -> None:
     assert now["state"]["job_count"] == 3 and now["state"]["sampling_steps"] == 10
     assert await api.call("POST", "/sdapi/v1/interrupt") == {}
     stopped = await asyncio.wait_for(drawing, TIMEOUT_S)
-    assert stopped["images"] == []  # nothing was finished; still 200
+    # A1111's answer: the drawing iteration with what it had drawn, none of the others.
+    assert len(stopped["images"]) == 1
+    assert api.fake.steps_run[0][-1] < 10 and len(api.fake.steps_run) == 1
     api.fake.release()
     after = await api.call("POST", "/sdapi/v1/txt2img", TINY)
     assert len(after["images"]) == 1  # the next job is not interrupted
@@ -160,7 +162,10 @@ async def test_skip_goes_on_with_the_next_iteration(api: Api) -> None:
     await api.call("POST", "/sdapi/v1/skip")
     api.fake.release()
     drawn = await asyncio.wait_for(drawing, TIMEOUT_S)
-    assert len(drawn["images"]) == 1 and json.loads(drawn["info"])["all_seeds"] == [1235]
+    # The skipped iteration gives what it had drawn (A1111's), the next one all of it.
+    assert len(drawn["images"]) == 2 and json.loads(drawn["info"])["all_seeds"] == [1234, 1235]
+    first, second = api.fake.steps_run
+    assert first[-1] < 10 and second[-1] == 10
 
 
 async def test_a_caller_that_hangs_up_cancels_its_queued_job(api: Api) -> None:

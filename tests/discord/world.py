@@ -50,9 +50,15 @@ class PngGenerate(FakeGenerate):
         limits: Limits,
         on_step: Callable[[int, int, Any], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        finish_early: Callable[[], bool] | None = None,
     ) -> list[GenerationResult]:
         results = super().__call__(
-            model, requests, limits=limits, on_step=on_step, cancelled=cancelled
+            model,
+            requests,
+            limits=limits,
+            on_step=on_step,
+            cancelled=cancelled,
+            finish_early=finish_early,
         )
         if results and results[0].request.extras_upscale:
             return results  # the engine's own upscale (FakeGenerate): a real PNG already
