@@ -140,6 +140,7 @@ async def test_progress_interrupt_and_the_next_job(api: Api) -> None:
     assert now["progress"] > 0 and isinstance(now["eta_relative"], float)
     assert now["state"]["job_count"] == 3 and now["state"]["sampling_steps"] == 10
     assert await api.call("POST", "/sdapi/v1/interrupt") == {}
+    api.fake.allow(1)  # the drawing stops at the end of its next step, as generate() does
     stopped = await asyncio.wait_for(drawing, TIMEOUT_S)
     # A1111's answer: the drawing iteration with what it had drawn, none of the others.
     assert len(stopped["images"]) == 1
