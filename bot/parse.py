@@ -40,7 +40,7 @@ from engine.prompting.presets import (
     with_uc_preset,
 )
 from engine.request import GenerationRequest, Limits
-from engine.sampling.samplers import SAMPLER_GROUPS, SAMPLERS, canonical_sampler
+from engine.sampling.samplers import SAMPLER_GROUPS, carries_schedule
 from engine.sampling.schedules import AUTOMATIC, SCHEDULE_LABELS, schedule_label
 
 MAX_CHARS = Limits().max_prompt_chars  # the default cap on what a user types
@@ -495,7 +495,11 @@ def read_request(
     for key, value in values.items():
         if key not in _PROMPT_KEYS:
             fields[key] = value
-    if "sampler" in values and "schedule_type" not in values and _has_schedule(values["sampler"]):
+    if (
+        "sampler" in values
+        and "schedule_type" not in values
+        and carries_schedule(values["sampler"])
+    ):
         fields["schedule_type"] = None  # an old name's own schedule wins over a saved default
     if "model" in values:  # --model wins over a pasted infotext's model
         fields["model_hash"] = None
@@ -681,15 +685,6 @@ def _infotext_fields(info: Any, notes: list[str]) -> dict[str, Any]:
     if ignored:
         notes.append(f"Ignored infotext settings this bot does not use: {', '.join(ignored)}.")
     return fields
-
-
-def _has_schedule(sampler: str) -> bool:
-    """Whether a sampler name is an old one that carries its schedule ("DPM++ 2M Karras")."""
-    try:
-        row = SAMPLERS[canonical_sampler(sampler)]
-    except InvalidRequest:
-        return False  # the door names the choices
-    return row.name != row.base
 
 
 def _convert(text: str, syntax: str, notes: list[str]) -> str:

@@ -15,10 +15,9 @@ from typing import Any
 from bot.api.errors import invalid
 from bot.api.options import ApiOptions, check_option
 from bot.api.schema import Img2Img, Txt2Img
-from engine.errors import InvalidRequest
 from engine.infotext import parse_infotext
 from engine.request import GenerationRequest, GenerationResult
-from engine.sampling.samplers import SAMPLERS, canonical_sampler, run_row
+from engine.sampling.samplers import carries_schedule, run_row
 from engine.sampling.schedules import AUTOMATIC
 from engine.version import __version__
 
@@ -43,11 +42,7 @@ def sampler_of(name: str | None, scheduler: str | None) -> tuple[str, str | None
     """
     sampler = name or "Euler"
     if scheduler is None:
-        try:
-            row = SAMPLERS[canonical_sampler(sampler)]
-        except InvalidRequest:
-            return sampler, None  # the door names the choices
-        return sampler, (None if row.name != row.base else AUTOMATIC)
+        return sampler, (None if carries_schedule(sampler) else AUTOMATIC)
     return sampler, scheduler
 
 

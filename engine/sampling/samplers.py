@@ -260,6 +260,16 @@ def canonical_sampler(name: str) -> str:
     return found
 
 
+def carries_schedule(sampler: str) -> bool:
+    """Whether a sampler name is an old one that names its schedule ("DPM++ 2M Karras");
+    False for an unknown name (the door refuses it, listing the choices)."""
+    try:
+        row = SAMPLERS[canonical_sampler(sampler)]
+    except InvalidRequest:
+        return False
+    return row.name != row.base
+
+
 def run_row(sampler: str, schedule_type: str | None) -> Sampler:
     """The row a request's (sampler, schedule type) runs.
 
