@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from bot.backup import run_backups
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
 from engine.engine import Engine
@@ -103,8 +104,11 @@ async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    back_up_now = asyncio.Event()  # SIGUSR1: a backup into [backup] dir (bot/backup.py)
+    loop.add_signal_handler(signal.SIGUSR1, back_up_now.set)
     engine_task = asyncio.create_task(engine.run(), name="engine")
     tasks = [asyncio.create_task(coro, name=name) for name, coro in frontends.items()]
+    tasks.append(asyncio.create_task(run_backups(engine, settings, back_up_now), name="backups"))
     log.info("aidraw running: %s", ", ".join(frontends))
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -127,7 +131,7 @@ async def serve(settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await engine_task
         store.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         log.info("aidraw stopped")
     return 1 if failed else 0

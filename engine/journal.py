@@ -126,6 +126,17 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    def backup(self, target: str | Path) -> None:
+        """Copy the journal into the SQLite file `target` as it is now: SQLite's online
+        backup through this connection, which holds the file's lock (no other can read it)."""
+        with self._sql(f"back up (to {target})"):
+            copy = sqlite3.connect(str(target))
+            try:
+                self._db.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                copy.close()
+
     def add(self, request: GenerationRequest, *, reply_to: str, submitted_at: float) -> int:
         """Record a new queued job; returns its id (ids only grow, even across restarts)."""
         with self._sql("add a job to"):
