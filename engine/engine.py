@@ -300,6 +300,11 @@ class Engine(Generic[M]):
         self._check_open()
         return self._journal.history(requester, limit)
 
+    def undelivered(self) -> dict[str, int]:
+        """Finished jobs whose reply is not confirmed yet, by platform (metrics)."""
+        self._check_open()
+        return self._journal.undelivered_counts()
+
     def backup_journal(self, target: str | Path) -> None:
         """Copy the journal into the SQLite file `target` (JournalError if it cannot)."""
         self._check_open()

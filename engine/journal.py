@@ -211,6 +211,17 @@ class Journal:
             "AND reply_to != '' AND delivered = 0 ORDER BY id"
         )
 
+    def undelivered_counts(self) -> dict[str, int]:
+        """How many finished jobs' replies are not confirmed, by the platform of their reply
+        address ("telegram:777:42" → "telegram")."""
+        with self._sql("count undelivered replies in"):
+            rows = self._db.execute(
+                "SELECT substr(reply_to, 1, instr(reply_to || ':', ':') - 1), count(*) FROM jobs "
+                "WHERE state IN ('done', 'failed', 'cancelled') AND reply_to != '' "
+                "AND delivered = 0 GROUP BY 1"
+            ).fetchall()
+        return {str(platform): int(n) for platform, n in rows}
+
     def history(self, requester: str | None = None, limit: int = 10) -> list[JobRecord]:
         """Finished drawings, newest first (rows that cannot be read back are left out)."""
         where = "state = 'done'" + (" AND requester = ?" if requester is not None else "")

@@ -32,7 +32,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from bot.backoff import GIVE_UPS, RETRIES
 from engine.engine import Engine
+from engine.errors import EngineError
 from engine.stats import Histogram as EngineHistogram
 from engine.version import __version__
 
@@ -42,6 +44,7 @@ PATHS = ("/metrics", "/healthz")
 LAG_EVERY_S = 0.5  # how often the event loop's lag is sampled
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OUTCOMES = ("done", "failed", "cancelled")
+PLATFORMS = ("discord", "telegram")
 
 
 class EngineCollector(Collector):
@@ -111,6 +114,7 @@ class EngineCollector(Collector):
             addons.add_metric([kind], n)
         yield addons
         yield _gauge("aidraw_journal_bytes", "Size of the job journal", _journal_bytes(engine))
+        yield from _deliveries(engine)
         yield from _gpu_memory()
 
 
@@ -211,6 +215,35 @@ def _journal_bytes(engine: Engine[Any]) -> int:
         with contextlib.suppress(OSError):
             total += Path(journal + suffix).stat().st_size
     return total
+
+
+def _deliveries(engine: Engine[Any]) -> Iterator[Metric]:
+    """Chat API calls tried again and given up (bot/backoff.py), and replies not confirmed."""
+    retries = CounterMetricFamily(
+        "aidraw_delivery_retries",
+        "Chat API calls tried again after a transient failure, by platform",
+        labels=["platform"],
+    )
+    failures = CounterMetricFamily(
+        "aidraw_delivery_failures",
+        "Chat API calls given up after every try, by platform",
+        labels=["platform"],
+    )
+    for platform in sorted({*PLATFORMS, *RETRIES, *GIVE_UPS} - {""}):
+        retries.add_metric([platform], RETRIES[platform])
+        failures.add_metric([platform], GIVE_UPS[platform])
+    yield retries
+    yield failures
+    pending = GaugeMetricFamily(
+        "aidraw_replies_undelivered",
+        "Finished jobs whose reply is not confirmed (sent after the next start), by platform",
+        labels=["platform"],
+    )
+    with contextlib.suppress(EngineError):  # closed: nothing to say
+        counts = engine.undelivered()
+        for platform in sorted({*PLATFORMS, *counts}):
+            pending.add_metric([platform], counts.get(platform, 0))
+    yield pending
 
 
 def _gpu_memory() -> Iterator[Metric]:
