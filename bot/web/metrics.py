@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client import generate_latest as render
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -118,24 +118,24 @@ class EngineCollector(Collector):
         yield from _gpu_memory()
 
 
-class Metrics:
-    """An app's registry: the engine's collector and the event loop's lag."""
+class Metrics(Collector):
+    """An app's registry: the engine's collector, and the event loop's lag measured here."""
 
     def __init__(self, engine: Engine[Any]) -> None:
         self.engine = engine
+        self.lag = EngineHistogram(LAG_BUCKETS)
+        self.last_lag = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(EngineCollector(engine))
-        self.lag = Histogram(
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield _histogram(
             "aidraw_event_loop_lag_seconds",
             "How late the event loop ran a timer (a blocked loop delays every chat)",
-            buckets=LAG_BUCKETS,
-            registry=self.registry,
+            self.lag,
         )
-        self.last_lag = Gauge(
-            "aidraw_event_loop_lag_last_seconds",
-            "The last lag measured",
-            registry=self.registry,
-        )
+        yield _gauge("aidraw_event_loop_lag_last_seconds", "The last lag measured", self.last_lag)
 
     async def watch_lag(self, every_s: float = LAG_EVERY_S) -> None:
         """Sample the loop's lag until cancelled."""
@@ -145,7 +145,7 @@ class Metrics:
             await asyncio.sleep(every_s)
             lag = max(0.0, loop.time() - before - every_s)
             self.lag.observe(lag)
-            self.last_lag.set(lag)
+            self.last_lag = lag
 
 
 METRICS = web.AppKey("metrics", Metrics)
