@@ -202,3 +202,20 @@ def test_a_damaged_journal_says_restore_it(
     [(line, fix)] = problems(out)
     assert line.startswith("FAIL  journal") and "is damaged" in line
     assert "aidraw restore BACKUP_DIR" in fix
+
+
+def test_the_journal_of_a_running_bot_is_in_use_not_damaged(
+    tmp_path: Path, demo_models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.journal import Journal
+
+    settings = write_settings(tmp_path, demo_models_dir)
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")  # as the running engine holds it
+    try:
+        code, out = doctor(settings, capsys)
+    finally:
+        journal.close()
+    assert code == 0, out
+    assert "journal.sqlite3: in use by a running aidraw" in out
+    code, out = doctor(settings, capsys)
+    assert code == 0 and "0 job(s) waiting" in out

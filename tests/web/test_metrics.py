@@ -167,3 +167,18 @@ async def test_with_an_api_token_metrics_need_it(chat: Chat) -> None:
         assert value(samples, "aidraw_engine_up") == 1.0
     finally:
         await client.close()
+
+
+@pytest.mark.gpu
+async def test_gpu_memory_in_use_and_its_peak_are_reported(chat: Chat) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    client = await chat.start()
+    block = torch.empty(64 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    samples = await scrape(client)
+    used = {k[1]: v for k, v in samples.items() if k[0] == "aidraw_gpu_memory_bytes"}
+    peak = {k[1]: v for k, v in samples.items() if k[0] == "aidraw_gpu_memory_peak_bytes"}
+    [(labels, in_use)] = [(k, v) for k, v in used.items() if k[0][1].startswith("0:")]
+    assert in_use >= block.numel() and peak[labels] >= in_use
+    del block
