@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
             "Start Discord (AIDRAW_DISCORD_TOKEN) and Telegram (AIDRAW_TELEGRAM_TOKEN), each only "
             "when its token is in the environment. With neither token, serve the local web chat "
             "on http://127.0.0.1:7860 ([web] in settings.toml) so the bot can be tried at once. "
-            "Logs one line per job start and end; Ctrl+C or SIGTERM lets the drawing job finish."
+            "Logs one line per job start and end; Ctrl+C or SIGTERM lets the drawing job finish; "
+            "SIGUSR1 writes a backup into [backup] dir."
         ),
     )
     run.set_defaults(func=cmd_run)

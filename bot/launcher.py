@@ -5,6 +5,9 @@ Frontends plug in as coroutines that run until cancelled and clean up on the way
 `bot.telegram.app.run_telegram(engine, settings, store, token)` and, when no token is set
 (or beside them with `[web] serve = "always"`), `bot.web.app.run_web(engine, settings, store)`,
 the web chat and the A1111 API.
+
+Signals: SIGINT and SIGTERM shut down in order; SIGUSR1 writes a backup into [backup] dir
+(bot/backup.py), as every [backup] every_h hours does.
 """
 
 from __future__ import annotations
