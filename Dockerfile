@@ -40,7 +40,10 @@ RUN pip install . \
     # Upscaler networks; its torchvision requirement would replace the torch build.
     && pip install --no-deps 'spandrel==0.4.2'
 
-RUN useradd --create-home --uid 1000 aidraw \
+# UID 1000 (often yours on the host, for the bind-mounted models/); Ubuntu's images give it to
+# a user "ubuntu" already.
+RUN if id ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
+    && useradd --create-home --uid 1000 aidraw \
     && mkdir -p /srv/aidraw/models /srv/aidraw/data \
     && cp settings.toml /srv/aidraw/settings.toml \
     && chown -R aidraw:aidraw /srv/aidraw
