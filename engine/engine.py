@@ -579,8 +579,12 @@ class Engine(Generic[M]):
             cancelled=call.cancelled,
             finish_early=call.finish_early,
         )
+        started = self._clock()
         try:
-            results = await self.run_in_worker(draw)
+            try:
+                results = await self.run_in_worker(draw)
+            finally:  # the torch thread's busy time: near all of it, the device is the bottleneck
+                self.stats.busy_s += self._clock() - started
         except JobCancelled:
             # Every job of the call was cancelled (each is finished already), or shutdown.
             for job in live:

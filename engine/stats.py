@@ -53,11 +53,13 @@ def frontend_of(requester: str) -> str:
 class EngineStats:
     """Counts since the engine started. `jobs` by (outcome, frontend): outcome is "done",
     "failed" or "cancelled"; `wait_s` is queue wait up to the start of drawing, `run_s` the
-    drawing of each job that started; `batch_images` the images of each generate() call."""
+    drawing of each job that started; `batch_images` the images of each generate() call;
+    `busy_s` the seconds generate() calls took, all together."""
 
     submitted: Counter[str] = field(default_factory=Counter)
     jobs: Counter[tuple[str, str]] = field(default_factory=Counter)
     images: int = 0
+    busy_s: float = 0.0  # seconds the torch thread spent in generate() calls
     wait_s: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
     run_s: Histogram = field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
     batch_images: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))

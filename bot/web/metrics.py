@@ -83,6 +83,11 @@ class EngineCollector(Collector):
                 jobs.add_metric([outcome, frontend], stats.jobs[(outcome, frontend)])
         yield jobs
         yield CounterMetricFamily("aidraw_images", "Images drawn", value=stats.images)
+        yield CounterMetricFamily(
+            "aidraw_worker_busy_seconds",
+            "Seconds the torch thread spent drawing (rate near 1: the device is the bottleneck)",
+            value=stats.busy_s,
+        )
         yield _histogram(
             "aidraw_job_wait_seconds", "Queue wait until a job starts drawing", stats.wait_s
         )

@@ -96,6 +96,9 @@ async def test_counters_move_as_jobs_are_drawn_cancelled_and_fail(chat: Chat) ->
     assert value(after, "aidraw_model_loads_total", model="alpha") == 1.0
     assert value(after, "aidraw_model_load_seconds_count") == 1.0
     assert value(after, "aidraw_journal_bytes") > 0
+    assert value(after, "aidraw_worker_busy_seconds_total") > value(
+        before, "aidraw_worker_busy_seconds_total"
+    )
     assert value(after, "aidraw_event_loop_lag_seconds_count") >= 0.0
 
 
