@@ -249,7 +249,7 @@ def _models(settings: Settings, load_models: bool) -> tuple[Any, list[Finding]]:
             )
         )
     for entry in registry.models.values():
-        problem = _model_problem(entry, settings) if not load_models else None
+        problem = _model_problem(entry) if not load_models else None
         if load_models and problem is None:
             problem = _load_problem(registry, entry, settings)
         if problem is None:
@@ -268,7 +268,7 @@ def _models(settings: Settings, load_models: bool) -> tuple[Any, list[Finding]]:
     return registry, findings
 
 
-def _model_problem(entry: Any, settings: Settings) -> str | None:
+def _model_problem(entry: Any) -> str | None:
     """Why a model cannot load, from its files' headers only (no weights are read)."""
     from safetensors import safe_open
 

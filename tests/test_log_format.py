@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,16 @@ from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
 
 
 @pytest.fixture
-def fresh_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("", "bot", "engine"):
-        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+def fresh_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Loggers as at start-up, restored after (setLevel: it also clears their caches)."""
+    loggers = [logging.getLogger(name) for name in ("", "bot", "engine")]
+    saved = [logger.level for logger in loggers]
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+    yield
+    for logger, level in zip(loggers, saved, strict=True):
+        logger.setLevel(level)
 
 
 async def test_json_lines_carry_each_jobs_fields(
@@ -31,7 +38,15 @@ async def test_json_lines_carry_each_jobs_fields(
     stream = io.StringIO()
     logger = logging.getLogger("engine")
     monkeypatch.setattr(logger, "handlers", [log_handler(LogSettings(format="json"), stream)])
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # (setLevel: a level set before may be cached below it)
+    try:
+        await draw_one(tmp_path, stream)
+    finally:
+        logger.setLevel(level)
+
+
+async def draw_one(tmp_path: Path, stream: io.StringIO) -> None:
     engine: Engine[object] = Engine(
         QueueConfig(journal=":memory:", results_dir=str(tmp_path), warm_up=False),
         registry=FakeRegistry(),
