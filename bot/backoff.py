@@ -1,11 +1,20 @@
 """Backoff: how long a frontend waits between tries of a chat API call after a transient failure
-(a 5xx, a dropped connection), for Discord and Telegram alike."""
+(a 5xx, a dropped connection), for Discord and Telegram alike.
+
+RETRIES and GIVE_UPS count, by platform, the tries again and the calls given up after all of
+them, for /metrics. They are process-wide on purpose: the frontends' retry helpers are
+module-level, and one process runs one bot.
+"""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+RETRIES: Counter[str] = Counter()
+GIVE_UPS: Counter[str] = Counter()
 
 
 @dataclass(frozen=True)
@@ -15,6 +24,7 @@ class Backoff:
     first_s: float = 0.5
     max_s: float = 8.0
     total_s: float = 60.0
+    platform: str = ""  # whose tries RETRIES and GIVE_UPS count
 
     def wait(self, failures: int) -> float:
         """Half the capped exponential step, plus up to as much again at random ("equal
@@ -29,4 +39,6 @@ class Backoff:
         failures = 0
         while (wait := self.wait(failures)) + clock() <= deadline:
             failures += 1
+            RETRIES[self.platform] += 1
             yield wait
+        GIVE_UPS[self.platform] += 1

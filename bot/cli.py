@@ -1,4 +1,4 @@
-"""`aidraw draw | models | run | build-demo`: the command line."""
+"""`aidraw draw | models | run | build-demo | doctor | backup | restore`: the command line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.parse import ParsedRequest, read_request
-from bot.settings import Settings, SettingsError, load
+from bot.settings import LogSettings, Settings, SettingsError, load
 from engine.errors import EngineError
 from engine.request import GenerationRequest
 
@@ -28,14 +28,17 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    configure_logging(args.func is cmd_run, verbose=args.verbose)
     if not args.verbose:
         # Library chatter ("torchvision not installed") is noise on a terminal. The libraries
         # read these when first imported, which happens below.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if args.func is cmd_doctor:  # it reports a settings problem instead of stopping at it
+        configure_logging(False, verbose=args.verbose)
+        return cmd_doctor(args)
     try:
         settings = load(args.settings)
+        configure_logging(args.func is cmd_run, verbose=args.verbose, log=settings.log)
         result: int = args.func(args, settings)
         return result
     except (SettingsError, EngineError, UsageError) as e:
@@ -43,16 +46,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def configure_logging(serving: bool, *, verbose: bool) -> None:
+def configure_logging(serving: bool, *, verbose: bool, log: LogSettings | None = None) -> None:
     """Warnings only for one-off commands; a serving bot (`aidraw run`) also logs aidraw's own
-    INFO lines (one per job start and end, model loads, frontends up), libraries stay quiet."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    lines at [log] level (INFO: one per job start and end, model loads, frontends up), as text
+    or JSON lines ([log] format); libraries stay quiet."""
+    log = log or LogSettings()
+    handler = log_handler(log if serving else LogSettings())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if serving:
         for name in ("bot", "engine"):
-            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).setLevel(logging.DEBUG if verbose else log.level)
+
+
+def log_handler(log: LogSettings, stream: Any = None) -> logging.Handler:
+    """A handler writing to `stream` (stderr) in [log] format: text lines or JSON lines (time,
+    level, logger, message, and the fields a line carries, e.g. a job's)."""
+    handler = logging.StreamHandler(stream)
+    if log.format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,10 +112,53 @@ def _parser() -> argparse.ArgumentParser:
             "Start Discord (AIDRAW_DISCORD_TOKEN) and Telegram (AIDRAW_TELEGRAM_TOKEN), each only "
             "when its token is in the environment. With neither token, serve the local web chat "
             "on http://127.0.0.1:7860 ([web] in settings.toml) so the bot can be tried at once. "
-            "Logs one line per job start and end; Ctrl+C or SIGTERM lets the drawing job finish."
+            "Logs one line per job start and end; Ctrl+C or SIGTERM lets the drawing job finish; "
+            "SIGUSR1 writes a backup into [backup] dir."
         ),
     )
     run.set_defaults(func=cmd_run)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check torch, the GPU, models, settings, tokens, chat APIs, disk and the journal",
+        description=(
+            "Check the installation and explain each problem with its fix, on one screen. "
+            "Exit code 1 if there is a problem. Tokens are never printed."
+        ),
+    )
+    doctor.add_argument(
+        "--offline", action="store_true", help="do not ask the Discord and Telegram APIs"
+    )
+    doctor.add_argument(
+        "--load", action="store_true", help="load every model for real (slow), not just its files"
+    )
+    doctor.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for each chat API (5)"
+    )
+    doctor.set_defaults(func=cmd_doctor)
+
+    backup = sub.add_parser(
+        "backup",
+        help="copy the job journal and per-user settings into DIR (the bot must be stopped)",
+        description=(
+            "SQLite's online backup of the journal and the per-user settings into DIR. A "
+            "running bot holds the journal: send it SIGUSR1 instead and it writes a backup "
+            "into [backup] dir."
+        ),
+    )
+    backup.add_argument("dir", type=Path, help="folder for the copies (made if missing)")
+    backup.add_argument(
+        "--results", action="store_true", help="also copy the finished images ([queue] results_dir)"
+    )
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser(
+        "restore",
+        help="put a backup from DIR back (the bot must be stopped)",
+        description="Replace the journal and per-user settings with the copies in DIR.",
+    )
+    restore.add_argument("dir", type=Path, help="a folder made by `aidraw backup` or SIGUSR1")
+    restore.set_defaults(func=cmd_restore)
 
     demo = sub.add_parser("build-demo", help="build the offline demo model into models/")
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
@@ -302,6 +367,42 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from bot.launcher import serve
 
     return asyncio.run(serve(settings))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bot.doctor import examine, report
+
+    findings = asyncio.run(
+        examine(args.settings, offline=args.offline, load_models=args.load, timeout_s=args.timeout)
+    )
+    print(report(findings))
+    return 1 if any(f.level == "fail" for f in findings) else 0
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.backup import BackupError, back_up_files
+
+    try:
+        made = back_up_files(settings, args.dir, results=args.results)
+    except BackupError as e:
+        raise UsageError(str(e)) from None
+    for path in made:
+        print(path)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.backup import BackupError, restore
+
+    try:
+        restored = restore(settings, args.dir)
+    except BackupError as e:
+        raise UsageError(str(e)) from None
+    for path in restored:
+        print(f"restored {path}")
+    return 0
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:

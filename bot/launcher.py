@@ -5,6 +5,9 @@ Frontends plug in as coroutines that run until cancelled and clean up on the way
 `bot.telegram.app.run_telegram(engine, settings, store, token)` and, when no token is set
 (or beside them with `[web] serve = "always"`), `bot.web.app.run_web(engine, settings, store)`,
 the web chat and the A1111 API.
+
+Signals: SIGINT and SIGTERM shut down in order; SIGUSR1 writes a backup into [backup] dir
+(bot/backup.py), as every [backup] every_h hours does.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from bot.backup import run_backups
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
 from engine.engine import Engine
@@ -103,8 +107,11 @@ async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    back_up_now = asyncio.Event()  # SIGUSR1: a backup into [backup] dir (bot/backup.py)
+    loop.add_signal_handler(signal.SIGUSR1, back_up_now.set)
     engine_task = asyncio.create_task(engine.run(), name="engine")
     tasks = [asyncio.create_task(coro, name=name) for name, coro in frontends.items()]
+    tasks.append(asyncio.create_task(run_backups(engine, settings, back_up_now), name="backups"))
     log.info("aidraw running: %s", ", ".join(frontends))
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -127,7 +134,7 @@ async def serve(settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await engine_task
         store.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         log.info("aidraw stopped")
     return 1 if failed else 0

@@ -142,6 +142,37 @@ class WebSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    """What `aidraw run` logs (one-off commands log warnings only; -v: INFO).
+
+    Args:
+        level: aidraw's own log lines while serving: "DEBUG", "INFO" (one line per job start
+            and end, model loads, frontends up), "WARNING" or "ERROR"; libraries log warnings.
+        format: "text" (one line each) or "json" (JSON lines: time, level, logger, message,
+            and each job line's fields: job, requester, frontend, model, size, steps, …).
+    """
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupSettings:
+    """Backups of the journal and the per-user settings (SQLite's online backup).
+
+    Args:
+        dir: folder for the running bot's backups (on SIGUSR1 and every `every_h` hours),
+            relative to settings.toml; each goes into its own dated folder.
+        every_h: hours between automatic backups while the bot runs; 0 = only on SIGUSR1.
+        keep: how many dated backups in `dir` are kept (the oldest go first).
+    """
+
+    dir: str = "data/backups"
+    every_h: float = 0.0
+    keep: int = 7
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything in settings.toml; each table is a dataclass passed to a constructor."""
 
@@ -155,6 +186,8 @@ class Settings:
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
     # The folder settings.toml was read from; relative paths in it are relative to this.
     root: Path = field(default_factory=Path.cwd)
 
@@ -194,6 +227,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "discord.daily_quota": (0, 1_000_000),
     "discord.cooldown_s": (0.0, 86_400.0),
     "web.port": (0, 65535),
+    "backup.every_h": (0.0, 24.0 * 365),
+    "backup.keep": (1, 10_000),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 

@@ -69,7 +69,7 @@ from engine.images import (
     stored_size,
     upscale_size,
 )
-from engine.job import Job
+from engine.job import Job, key_values
 from engine.journal import JobRecord, Journal, JournalError
 from engine.model_slot import ModelSlot, tiny_request
 from engine.prompting.networks import networks_of
@@ -78,6 +78,7 @@ from engine.queue import FairQueue, QueueConfig, batch_limit
 from engine.recovery import replay
 from engine.request import GenerationRequest, GenerationResult, JobState, Limits
 from engine.results import ResultFiles
+from engine.stats import EngineStats, frontend_of
 from engine.timing import Timing
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Engine(Generic[M]):
         self._running: list[Job] = []
         self._call: Call | None = None
         self._timing = Timing()
+        self.stats = EngineStats()  # counts since start, read by bot/web/metrics.py
         self._plan_key: tuple[Any, ...] | None = None
         self._plan: list[list[Job]] = []
         # The one thread that ever runs torch: torch is 1.5-3.8x slower once it hops threads.
@@ -159,6 +161,7 @@ class Engine(Generic[M]):
             run_in_worker=self.run_in_worker,
             warm_up=lambda: self.config.warm_up,
             changed=self._model_loaded,
+            stats=self.stats,
         )
         # The LoRA set merged into the loaded model (by the last batch): with the model, what
         # the queue prefers next (a merge costs time, as a model load does).
@@ -223,6 +226,7 @@ class Engine(Generic[M]):
             queued_at=self._clock(),
         )
         self._enqueue(job)
+        self.stats.submitted[frontend_of(user)] += 1
         return job
 
     def cancel(self, job_id: int, by: str) -> bool:
@@ -295,6 +299,16 @@ class Engine(Generic[M]):
         """Finished drawings, newest first (request, seeds, PNG paths): /history, rerolls."""
         self._check_open()
         return self._journal.history(requester, limit)
+
+    def undelivered(self) -> dict[str, int]:
+        """Finished jobs whose reply is not confirmed yet, by platform (metrics)."""
+        self._check_open()
+        return self._journal.undelivered_counts()
+
+    def backup_journal(self, target: str | Path) -> None:
+        """Copy the journal into the SQLite file `target` (JournalError if it cannot)."""
+        self._check_open()
+        self._journal.backup(target)
 
     def record(self, job_id: int) -> JobRecord | None:
         """What the journal knows of a job, finished or not (e.g. for a reroll button after a
@@ -414,6 +428,27 @@ class Engine(Generic[M]):
             device=self._slot.device_type,
         )
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine loop runs and takes jobs (False before run(), once it stopped or
+        crashed, and while closing): what /healthz reports."""
+        task = self._run_task
+        return task is not None and not task.done() and not self._closing
+
+    def queue_lengths(self) -> dict[str, int]:
+        """Waiting jobs by model (drawing ones not included)."""
+        counts: dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.state == "queued":
+                counts[job.model] = counts.get(job.model, 0) + 1
+        return counts
+
+    def addon_loads(self) -> dict[str, int]:
+        """Add-on files (LoRA, hypernetwork, VAE) the loaded model has read from disk, by kind;
+        counted per loaded model, so a swap starts them again."""
+        loads = getattr(getattr(self._slot.model, "addons", None), "loads", None)
+        return dict(loads) if loads is not None else {}
+
     async def run_in_worker(self, fn: Callable[..., R], *args: Any) -> R:
         """Run `fn(*args)` on the engine's torch thread (after the call in progress): any
         other torch work (upscalers…) must go there too."""
@@ -506,21 +541,13 @@ class Engine(Generic[M]):
             # On failure (logged) the row stays "queued": this try is not counted.
             with contextlib.suppress(JournalError):
                 self._journal.mark_running(job.id)
-            r = job.request
-            log.info(
-                "job %d started for %s: %s %dx%d %d steps %s, %d image(s), batch of %d, "
-                "waited %.1f s",
-                job.id,
-                job.requester or "-",
-                job.model,
-                r.width,
-                r.height,
-                r.num_inference_steps,
-                r.sampler,
-                job.images,
-                len(batch),
-                now - job.queued_at,
-            )
+            fields = {
+                **job.log_fields(),
+                "batch": len(batch),
+                "wait_s": round(now - job.queued_at, 3),
+            }
+            log.info("job start %s", key_values(fields), extra={**fields, "event": "job_start"})
+            self.stats.wait_s.observe(now - job.queued_at)
             job.start(now)
         self._running = batch
         try:
@@ -552,8 +579,12 @@ class Engine(Generic[M]):
             cancelled=call.cancelled,
             finish_early=call.finish_early,
         )
+        started = self._clock()
         try:
-            results = await self.run_in_worker(draw)
+            try:
+                results = await self.run_in_worker(draw)
+            finally:  # the torch thread's busy time: near all of it, the device is the bottleneck
+                self.stats.busy_s += self._clock() - started
         except JobCancelled:
             # Every job of the call was cancelled (each is finished already), or shutdown.
             for job in live:
@@ -586,6 +617,7 @@ class Engine(Generic[M]):
                 self._finish(job, "failed", error)
             return
         call.record_duration()
+        self.stats.batch_images.observe(len(results))
         if len(results) != sum(job.images for job in live):
             log.error("generate() returned %d images for %d jobs", len(results), len(live))
             for job in live:
@@ -646,15 +678,20 @@ class Engine(Generic[M]):
         self._queue.remove(job.id)
         now = self._clock()
         started = job._started_at if job._started_at is not None else now
-        log.info(
-            "job %d for %s %s after %.1f s drawing, %.1f s waiting%s",
-            job.id,
-            job.requester or "-",
-            state,
-            now - started,
-            started - job.queued_at,
-            f": {error}" if error is not None else "",
-        )
+        fields = {
+            **job.log_fields(),
+            "outcome": state,
+            "wait_s": round(started - job.queued_at, 3),
+            "run_s": round(now - started, 3),
+        }
+        if error is not None:
+            fields["error"] = str(error)
+        log.info("job end %s", key_values(fields), extra={**fields, "event": "job_end"})
+        frontend = frontend_of(job.requester)
+        self.stats.jobs[(state, frontend)] += 1
+        if job._started_at is not None:
+            self.stats.run_s.observe(now - started)
+        self.stats.images += len(results or ())
         job.end(state, error, results)
         self._queue_changed()
 

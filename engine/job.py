@@ -18,10 +18,19 @@ from engine.journal import JobRecord
 from engine.prompting.networks import networks_of
 from engine.request import BATCH_KEYS, GenerationRequest, GenerationResult, JobState, Progress
 from engine.sampling.steps import planned_steps
+from engine.stats import frontend_of
 
 log = logging.getLogger(__name__)
 
 FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
+
+
+def key_values(fields: dict[str, str | int | float]) -> str:
+    """`key=value` pairs for a log line (values with spaces quoted)."""
+    return " ".join(
+        f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
+        for k, v in fields.items()
+    )
 
 
 class Estimates(Protocol):
@@ -121,6 +130,20 @@ class Job:
     @property
     def requester(self) -> str:
         return self.request.requester
+
+    def log_fields(self) -> dict[str, str | int | float]:
+        """What the job start and end log lines say of a job (also as JSON log fields)."""
+        r = self.request
+        return {
+            "job": self.id,
+            "requester": self.requester or "-",
+            "frontend": frontend_of(self.requester),
+            "model": self.model,
+            "size": f"{r.width}x{r.height}",
+            "steps": r.num_inference_steps or 0,
+            "sampler": r.sampler or "-",
+            "images": self.images,
+        }
 
     @property
     def images(self) -> int:

@@ -126,6 +126,17 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    def backup(self, target: str | Path) -> None:
+        """Copy the journal into the SQLite file `target` as it is now: SQLite's online
+        backup through this connection, which holds the file's lock (no other can read it)."""
+        with self._sql(f"back up (to {target})"):
+            copy = sqlite3.connect(str(target))
+            try:
+                self._db.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                copy.close()
+
     def add(self, request: GenerationRequest, *, reply_to: str, submitted_at: float) -> int:
         """Record a new queued job; returns its id (ids only grow, even across restarts)."""
         with self._sql("add a job to"):
@@ -199,6 +210,17 @@ class Journal:
             "WHERE state IN ('done', 'failed', 'cancelled') "
             "AND reply_to != '' AND delivered = 0 ORDER BY id"
         )
+
+    def undelivered_counts(self) -> dict[str, int]:
+        """How many finished jobs' replies are not confirmed, by the platform of their reply
+        address ("telegram:777:42" → "telegram")."""
+        with self._sql("count undelivered replies in"):
+            rows = self._db.execute(
+                "SELECT substr(reply_to, 1, instr(reply_to || ':', ':') - 1), count(*) FROM jobs "
+                "WHERE state IN ('done', 'failed', 'cancelled') AND reply_to != '' "
+                "AND delivered = 0 GROUP BY 1"
+            ).fetchall()
+        return {str(platform): int(n) for platform, n in rows}
 
     def history(self, requester: str | None = None, limit: int = 10) -> list[JobRecord]:
         """Finished drawings, newest first (rows that cannot be read back are left out)."""

@@ -16,6 +16,7 @@ from typing import Any, Generic
 from engine.contracts import GenerateFn, M
 from engine.errors import EngineError, GenerationFailed, Phrase
 from engine.request import GenerationRequest, Limits
+from engine.stats import EngineStats
 from engine.timing import Timing
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class ModelSlot(Generic[M]):
     `run_in_worker(fn, name)` runs `fn(name)` on the torch thread; `warm_up()` says whether to
     draw one tiny image after a load (asked at each load: the engine's config may be replaced);
     `timing` learns load times; `changed()` is told after each load, as the queue plan and
-    batch sizes depend on the loaded model.
+    batch sizes depend on the loaded model. `stats` counts loads, their failures and seconds.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class ModelSlot(Generic[M]):
         run_in_worker: Callable[..., Awaitable[Any]],
         warm_up: Callable[[], bool],
         changed: Callable[[], None],
+        stats: EngineStats | None = None,
     ) -> None:
         self.model: M | None = None
         self.device_type = "cpu"
@@ -59,7 +61,9 @@ class ModelSlot(Generic[M]):
         self._run_in_worker = run_in_worker
         self._warm_up = warm_up
         self._changed = changed
+        self._stats = stats or EngineStats()
         self._lock = asyncio.Lock()
+        self._last_load_s = 0.0  # written on the torch thread, read after its await
 
     @property
     def name(self) -> str | None:
@@ -77,6 +81,7 @@ class ModelSlot(Generic[M]):
             try:
                 model: M = await self._run_in_worker(self._load_and_warm_up, name)
             except Exception as e:
+                self._stats.model_load_failures[name] += 1
                 log.error("cannot load model %s", name, exc_info=e)
                 raise GenerationFailed(
                     f"The model {name} could not be loaded; the admin can find details in the log.",
@@ -95,6 +100,7 @@ class ModelSlot(Generic[M]):
                 try:
                     model = await self._run_in_worker(self._load_and_warm_up, name)
                 except Exception as e:
+                    self._stats.model_load_failures[name] += 1
                     log.error("admin %s: cannot load model %s", by, name, exc_info=e)
                     serving = previous or Phrase("no model", "no_model")
                     raise GenerationFailed(
@@ -132,6 +138,8 @@ class ModelSlot(Generic[M]):
     def _set(self, model: M, previous: str | None) -> None:
         self.model = model
         self.device_type = model.device.type
+        self._stats.model_loads[model.name] += 1
+        self._stats.model_load_s.observe(self._last_load_s)
         if previous is not None:
             self.swaps += 1
         self._changed()
@@ -145,5 +153,6 @@ class ModelSlot(Generic[M]):
                 self._generate(model, [tiny_request(name)], limits=self._limits)
             except Exception as e:  # the model may still draw real requests; they will tell
                 log.warning("warm-up of model %s failed: %r", name, e)
-        self._timing.record_load(time.perf_counter() - started)
+        self._last_load_s = time.perf_counter() - started
+        self._timing.record_load(self._last_load_s)
         return model

@@ -154,3 +154,22 @@ def test_requests_with_other_addons_never_share_a_batch(model: LoadedModel) -> N
         generate(model, [a, b], limits=Limits())
     with pytest.raises(ValueError, match="vae"):
         generate(model, [BASE, dataclasses.replace(BASE, vae="warm.safetensors")], limits=Limits())
+
+
+def test_add_on_files_read_from_disk_are_counted_once_while_unchanged(
+    model: LoadedModel,
+) -> None:
+    library = model.addons._library
+    lora, hypernet = library.find("LoRA", "other"), library.find("hypernetwork", "anime")
+    vae = library.find("VAE", "warm.safetensors")
+    for file in (lora, hypernet, vae):  # a new file (as after an edit) is read again
+        os.utime(file.path, ns=(file.path.stat().st_atime_ns, file.path.stat().st_mtime_ns + 1))
+    before = dict(model.addons.loads)
+    for _ in range(2):
+        draw(model, prompt=BASE.prompt + " <lora:other:0.5><hypernet:anime:0.5>", vae=vae.name)
+    after = dict(model.addons.loads)  # what /metrics reports as aidraw_extra_network_loads
+    assert {kind: after[kind] - before[kind] for kind in after} == {
+        "LoRA": 1,
+        "hypernetwork": 1,
+        "VAE": 1,
+    }

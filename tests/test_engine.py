@@ -901,14 +901,28 @@ async def test_one_log_line_per_job_start_and_end_names_who_and_how_long(
     engine = h.engine()
     job = engine.submit(req("x", "telegram:42"))
     await job.result()
-    lines = [r.getMessage() for r in caplog.records if f"job {job.id} " in r.getMessage()]
+    records = [r for r in caplog.records if getattr(r, "job", None) == job.id]
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 2, lines
     assert re.fullmatch(
-        rf"job {job.id} started for telegram:42: alpha .*waited \d+\.\d s", lines[0]
+        rf"job start job={job.id} requester=telegram:42 frontend=telegram model=alpha "
+        r"size=64x64 steps=4 sampler='Euler a' images=1 batch=1 wait_s=\d+\.?\d*",
+        lines[0],
     )
     assert re.fullmatch(
-        rf"job {job.id} for telegram:42 done after \d+\.\d s drawing, \d+\.\d s waiting", lines[1]
+        rf"job end job={job.id} requester=telegram:42 .* outcome=done "
+        r"wait_s=\d+\.?\d* run_s=\d+\.?\d*",
+        lines[1],
     )
+    # The same fields on the records, for JSON log lines ([log] format = "json").
+    start, end = records
+    assert (start.event, end.event, end.outcome, end.frontend) == (  # type: ignore[attr-defined]
+        "job_start",
+        "job_end",
+        "done",
+        "telegram",
+    )
+    assert end.run_s >= 0 and end.wait_s >= 0  # type: ignore[attr-defined]
 
 
 async def test_cancelling_a_job_number_beyond_sqlites_range_says_there_is_no_such_job(

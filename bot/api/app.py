@@ -33,7 +33,8 @@ from engine.engine import Engine
 from engine.version import __version__
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PREFIXES = ("/sdapi/", "/internal/", "/openapi.json", "/docs")
+# /metrics and /healthz (bot/web/metrics.py) are not the API's, but share its access.
+PREFIXES = ("/sdapi/", "/internal/", "/openapi.json", "/docs", "/metrics", "/healthz")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ TOKEN_MARGIN_S = 60.0
 TRANSIENT = (discord.DiscordServerError, aiohttp.ClientError, TimeoutError)
 
 
-RETRY = Backoff()
+RETRY = Backoff(platform="discord")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def retry_seconds(error: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-RETRY = Backoff()
+RETRY = Backoff(platform="telegram")
 
 # Transport failures after which the request cannot have reached Telegram whole: nothing was
 # done, whatever the call (httpx is PTB's HTTP client; its error is the NetworkError's cause).

@@ -36,6 +36,7 @@ from bot.pictures import check_announced
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings, SettingsError, env_token
 from bot.web.chat import USER, WebChat, WebReply, addons_view, apology, browser_locale
+from bot.web.metrics import add_metrics
 from engine.engine import Engine
 from engine.errors import EngineClosed, GenerationFailed, InvalidRequest, JobCancelled, QueueFull
 from engine.images import too_big
@@ -396,6 +397,7 @@ def create_app(
     app.router.add_get("/pictures/{job}.png", get_picture)
     app.router.add_get("/masks/{job}.png", get_mask)
     add_api(app, engine, settings, api_credentials or Credentials())
+    add_metrics(app, engine)
     app.on_shutdown.append(_close_sockets)
     for job in engine.recovered():  # replies owed from before a restart
         if WebReply.parse(job.reply_to) is not None:

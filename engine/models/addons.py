@@ -10,7 +10,7 @@ are kept while unchanged on disk, a few at a time.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,9 @@ class Addons:
         self._embeddings_key: tuple[tuple[str, int], ...] | None = None
         self._upscalers = UpscalerCache()
         self.problems: list[str] = []  # embeddings that were skipped, for `aidraw models`
+        # Files read from disk (not from the cache), by kind, for the metrics; every kind is
+        # there from the start, so another thread may copy it while it counts.
+        self.loads: Counter[str] = Counter({"LoRA": 0, "hypernetwork": 0, "VAE": 0})
 
     @property
     def upscalers(self) -> UpscalerCache:
@@ -93,9 +96,16 @@ class Addons:
         BadAddonFile (one line) and the pipeline stays as it was."""
         networks = networks_of(request.prompt)
         lora_files = [(self._library.find("LoRA", use.name), use) for use in networks.loras]
-        loras = [(self._load(file, Lora.load), use) for file, use in lora_files]
+        loras = [(self._load(file, Lora.load, "LoRA"), use) for file, use in lora_files]
         hypernets = [
-            (self._load(self._library.find("hypernetwork", use.name), self._load_hypernet), use)
+            (
+                self._load(
+                    self._library.find("hypernetwork", use.name),
+                    self._load_hypernet,
+                    "hypernetwork",
+                ),
+                use,
+            )
             for use in networks.hypernets
         ]
         vae_file = self._vae_file(request.vae)
@@ -155,6 +165,7 @@ class Addons:
         key = (file.path, file.path.stat().st_mtime_ns)
         if key not in self._vaes:
             vae = load_vae(file.path, config=self._vae_config, dtype=self._dtype)
+            self.loads["VAE"] += 1
             self._vaes[key] = vae
             while len(self._vaes) > KEEP_VAES:
                 old_key, old = self._vaes.popitem(last=False)
@@ -169,10 +180,11 @@ class Addons:
         check_fits(hypernet, self._pipe.unet)
         return hypernet
 
-    def _load(self, file: AddonFile, load: Callable[[Path, str], T]) -> T:
+    def _load(self, file: AddonFile, load: Callable[[Path, str], T], kind: str) -> T:
         key = (file.path, file.path.stat().st_mtime_ns)
         if key not in self._files:
             self._files[key] = load(file.path, file.name)
+            self.loads[kind] += 1
             while len(self._files) > KEEP_FILES:
                 self._files.popitem(last=False)
         self._files.move_to_end(key)
