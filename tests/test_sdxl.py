@@ -1,0 +1,346 @@
+"""SDXL-family checkpoints: detection, offline loading, A1111's SDXL conditioning, drawing,
+v-prediction and zero terminal SNR, on a tiny SDXL-architecture model built from config."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers.schedulers.scheduling_euler_discrete import rescale_zero_terminal_snr
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from engine.device import DeviceOptions
+from engine.errors import InvalidRequest
+from engine.generate import generate
+from engine.infotext import request_from_infotext
+from engine.models import SDXL_CONFIG, LoadedModel, ModelRegistry
+from engine.models.architecture import (
+    Architecture,
+    UnknownArchitecture,
+    checkpoint_architecture,
+    from_keys,
+)
+from engine.prompting.sdxl import (
+    SdxlEncoders,
+    encode_sdxl_conditioning,
+    encode_sdxl_prompts,
+    size_numbers,
+    unet_inputs,
+)
+from engine.request import GenerationRequest, Limits
+from engine.sampling.denoiser import ZERO_SNR_LAST, CFGDenoiser, NoiseSchedule
+from engine.sampling.loop import sample
+from engine.sampling.samplers import SAMPLERS
+from tests.conftest import png_pixels
+from tests.sdxl_tiny import SCHEDULER, TIME_DIM, build_tiny_sdxl, write_sdxl_checkpoint
+
+FOLDER, SINGLE, VPRED = "tiny-sdxl", "tiny-xl", "tiny-xl-vpred"
+REQUEST = GenerationRequest(
+    prompt="1girl, (smile:1.3), [cat:dog:0.5], cherry blossoms",
+    negative_prompt="lowres",
+    width=64,
+    height=64,
+    num_inference_steps=4,
+    guidance_scale=6.0,
+    sampler="Euler a",
+    seed=1234,
+)
+LIMITS = Limits()
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ with the tiny SDXL as a diffusers folder, as an A1111-layout single file (its
+    sidecar names the folder as its config), and as a v-prediction + ztsnr single file."""
+    models = tmp_path_factory.mktemp("sdxl-models")
+    pipe = build_tiny_sdxl()
+    pipe.save_pretrained(models / FOLDER)
+    write_sdxl_checkpoint(pipe, models / f"{SINGLE}.safetensors")
+    write_sdxl_checkpoint(pipe, models / f"{VPRED}.safetensors", v_pred=True, ztsnr=True)
+    for name in (SINGLE, VPRED):
+        (models / f"{name}.toml").write_text(f'config = "{FOLDER}"\n', encoding="utf-8")
+    return models
+
+
+@pytest.fixture(scope="module")
+def registry(sdxl_dir: Path) -> ModelRegistry:
+    return ModelRegistry(sdxl_dir)
+
+
+@pytest.fixture(scope="module")
+def single(registry: ModelRegistry) -> LoadedModel:
+    return registry.load(SINGLE, DeviceOptions(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def folder(registry: ModelRegistry) -> LoadedModel:
+    return registry.load(FOLDER, DeviceOptions(device="cpu"))
+
+
+# --- the shipped configs and detection ------------------------------------------------------
+
+
+def test_shipped_sdxl_configs_have_the_published_parameter_counts() -> None:
+    with init_empty_weights():  # meta tensors: no memory for 3.5 billion parameters
+        unet = UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(SDXL_CONFIG / "unet")
+        )
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG / "vae"))
+        clip_l = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG / "text_encoder"))
+        big_g = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_pretrained(SDXL_CONFIG / "text_encoder_2")
+        )
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(unet) == 2_567_463_684
+    assert count(clip_l) == 123_060_480
+    assert count(big_g) == 694_659_840
+    assert count(vae) == 83_653_863
+    assert vae.config.scaling_factor == 0.13025
+
+
+def test_architecture_from_checkpoint_keys() -> None:
+    sd1 = ["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
+    sd2 = ["cond_stage_model.model.ln_final.weight"]
+    xl = ["conditioner.embedders.1.model.ln_final.weight"]
+    assert from_keys(sd1) == Architecture("SD-1.x")
+    assert from_keys(sd2) == Architecture("SD-2.x")
+    assert from_keys(xl) == Architecture("SDXL")
+    noob = from_keys([*xl, "v_pred", "ztsnr"])
+    assert noob == Architecture("SDXL", "v_prediction", zero_snr=True)
+    assert str(noob) == "SDXL, v-prediction, zero terminal SNR"
+    with pytest.raises(UnknownArchitecture, match="refiner"):
+        from_keys(["conditioner.embedders.0.model.ln_final.weight"])
+    with pytest.raises(UnknownArchitecture):
+        from_keys(["model.diffusion_model.out.2.weight"])
+
+
+def test_registry_lists_sdxl_models_with_their_architecture_and_defaults(
+    registry: ModelRegistry, sdxl_dir: Path
+) -> None:
+    assert str(registry.models[FOLDER].architecture) == "SDXL"
+    assert str(registry.models[SINGLE].architecture) == "SDXL"
+    assert registry.models[VPRED].architecture == Architecture("SDXL", "v_prediction", True)
+    assert checkpoint_architecture(sdxl_dir / f"{SINGLE}.safetensors").is_sdxl
+    d = registry.models[SINGLE].defaults
+    assert (d.width, d.height, d.guidance_scale, d.ensd) == (832, 1216, 6.0, 0)
+
+
+def test_a_sidecar_says_what_the_file_does_not(sdxl_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "x.safetensors").write_bytes((sdxl_dir / f"{SINGLE}.safetensors").read_bytes())
+    sidecar = models / "x.toml"
+    sidecar.write_text(
+        'prediction_type = "v_prediction"\nzero_terminal_snr = true\n[defaults]\nwidth = 1024\n'
+    )
+    entry = ModelRegistry(models).models["x"]
+    assert entry.architecture == Architecture("SDXL", "v_prediction", True)
+    assert (entry.defaults.width, entry.defaults.height) == (1024, 1216)
+    sidecar.write_text('prediction_type = "v"\n')
+    registry = ModelRegistry(models)
+    assert "x" not in registry.models and "prediction_type" in registry.problems[0]
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def test_single_file_loads_the_folders_exact_weights(
+    single: LoadedModel, folder: LoadedModel
+) -> None:
+    assert type(single.pipe).__name__ == "StableDiffusionXLPipeline"
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = (
+            getattr(single.pipe, part).state_dict(),
+            getattr(folder.pipe, part).state_dict(),
+        )
+        assert ours.keys() == theirs.keys(), part
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    assert single.pipe.tokenizer_2.pad_token_id == 0  # OpenCLIP pads with "!"
+    assert single.pipe.tokenizer.pad_token_id == single.pipe.tokenizer.eos_token_id
+    assert single.scheduler_config["prediction_type"] == "epsilon"
+
+
+@pytest.mark.timeout(60)
+def test_single_file_draws_the_folders_pixels_and_a1111s_infotext(
+    single: LoadedModel, folder: LoadedModel
+) -> None:
+    a = generate(single, [REQUEST], limits=LIMITS)[0]
+    b = generate(folder, [REQUEST], limits=LIMITS)[0]
+    assert (png_pixels(a.png) == png_pixels(b.png)).all()
+    assert png_pixels(a.png).std() > 0
+    assert "Size: 64x64" in a.infotext and f"Model: {SINGLE}" in a.infotext
+    again = request_from_infotext(a.infotext)
+    assert generate(single, [again], limits=LIMITS)[0].png == a.png
+
+
+# --- A1111's SDXL conditioning --------------------------------------------------------------
+
+
+def a1111_sdxl_reference(
+    encoders: SdxlEncoders, text: str, height: int, width: int, negative: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crossattn, vector) for one short prompt, written out from A1111 v1.9.4
+    `sd_models_xl.get_learned_conditioning`, `sd_hijack_clip` and sgm's embedders: each
+    encoder's `hidden_states[layer_idx]` (penultimate), "Original" emphasis per encoder, bigG
+    pooled = ln_final(last)[argmax(tokens)] @ text_projection, the sizes each through sgm's
+    256-wide (here TIME_DIM) sinusoidal `timestep_embedding`, an empty negative zeroed."""
+    tok_l = encoders.tokenizer  # bigG reads the same ids (one vocabulary), padded with 0
+    pieces = [("1girl, ", 1.0), ("smile", 1.3), (", cherry blossoms", 1.0)]
+    ids, weights = [tok_l.bos_token_id], [1.0]
+    if text:
+        for piece, weight in pieces:
+            got = tok_l(piece, add_special_tokens=False)["input_ids"]
+            ids += got
+            weights += [weight] * len(got)
+    ids += [tok_l.eos_token_id] * (77 - len(ids))
+    weights += [1.0] * (77 - len(weights))
+    ids_g = list(ids)
+    first_end = ids_g.index(tok_l.eos_token_id)
+    ids_g[first_end + 1 :] = [0] * (76 - first_end)  # A1111's id_pad = 0 for OpenCLIP
+    multipliers = torch.tensor([weights])[..., None]
+
+    def emphasised(z: torch.Tensor) -> torch.Tensor:
+        original = z.mean()
+        z = z * multipliers
+        return z * (original / z.mean())
+
+    clip_l, big_g = encoders.text_encoder, encoders.text_encoder_2
+    out_l = clip_l(torch.tensor([ids]), output_hidden_states=True)
+    z_l = emphasised(out_l.hidden_states[clip_l.config.num_hidden_layers - 1])
+    out_g = big_g(torch.tensor([ids_g]), output_hidden_states=True)
+    z_g = emphasised(out_g.hidden_states[big_g.config.num_hidden_layers - 1])
+    last = big_g.text_model.final_layer_norm(out_g.hidden_states[-1])
+    pooled = last[0, torch.tensor(ids_g).argmax()] @ big_g.text_projection.weight.T
+    crossattn = torch.cat([z_l, z_g], dim=-1)[0]
+    if negative and text == "":
+        crossattn, pooled = torch.zeros_like(crossattn), torch.zeros_like(pooled)
+    half = TIME_DIM // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+
+    def embed(value: float) -> torch.Tensor:
+        args = value * freqs
+        return torch.cat([torch.cos(args), torch.sin(args)])
+
+    sizes = [embed(v) for v in (height, width, 0, 0, height, width)]
+    return crossattn, torch.cat([pooled, *sizes])
+
+
+@pytest.mark.parametrize(("text", "negative"), [("x", False), ("", False), ("", True)])
+def test_conditioning_is_a1111s(single: LoadedModel, text: str, negative: bool) -> None:
+    encoders = SdxlEncoders.of(single.pipe)
+    prompt = "1girl, (smile:1.3), cherry blossoms" if text else ""
+    with torch.inference_mode():
+        packed = encode_sdxl_prompts(
+            encoders, [prompt], sizes=size_numbers(96, 64), device=torch.device("cpu"),
+            zero=negative and prompt == "",
+        )  # fmt: skip
+        context, added = unet_inputs(packed, encoders.pooled_dim)
+        unet = single.pipe.unet
+        time_embeds = unet.add_time_proj(added["time_ids"].flatten()).reshape(1, -1)
+        vector = torch.cat([added["text_embeds"], time_embeds], dim=-1)[0]
+        ref_crossattn, ref_vector = a1111_sdxl_reference(encoders, prompt, 96, 64, negative)
+    assert context.shape == (1, 77, 80) and vector.shape == ref_vector.shape
+    torch.testing.assert_close(context[0], ref_crossattn, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vector, ref_vector, atol=1e-5, rtol=1e-5)
+    assert added["time_ids"].tolist() == [[96.0, 64.0, 0.0, 0.0, 96.0, 64.0]]
+
+
+def test_long_prompts_break_and_editing(single: LoadedModel) -> None:
+    encoders = SdxlEncoders.of(single.pipe)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        long = encode_sdxl_prompts(
+            encoders, ["a, " * 50 + "b"], sizes=size_numbers(64, 64), device=cpu
+        )
+        short = encode_sdxl_prompts(encoders, ["a, " * 20], sizes=size_numbers(64, 64), device=cpu)
+        broken = encode_sdxl_prompts(
+            encoders, ["a BREAK b"], sizes=size_numbers(64, 64), device=cpu
+        )
+        editing = encode_sdxl_conditioning(
+            encoders, ["[cat:dog:2]"], [""], size=(64, 64), steps=4, device=cpu
+        )
+    assert long.shape[1] == 1 + 2 * 77 and broken.shape[1] == 1 + 2 * 77
+    assert short.shape[1] == 1 + 77
+    cond_early, uncond = editing.at(0)
+    cond_late, _ = editing.at(3)
+    assert not torch.equal(cond_early, cond_late)
+    assert torch.equal(cond_early[:, 0], cond_early[:, 0])  # same size row
+    assert (
+        uncond[:, 1:].abs().max() == 0
+        and uncond[0, 0, 48:54].tolist() == [64.0] * 2 + [0.0] * 2 + [64.0] * 2
+    )
+
+
+def test_hypernetworks_are_refused_on_sdxl(single: LoadedModel) -> None:
+    request = dataclasses.replace(REQUEST, prompt="1girl <hypernet:anime:1>")
+    with pytest.raises(InvalidRequest, match="SD-1.x models only") as caught:
+        generate(single, [request], limits=LIMITS)
+    assert caught.value.key == "hypernet_sd1_only"
+
+
+# --- v-prediction and zero terminal SNR ----------------------------------------------------
+
+
+def fake_unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """A smooth stand-in for a v-prediction UNet (depends on x and t)."""
+    return 0.4 * x - 0.1 * torch.sin(t / 150.0)[:, None, None, None] * x.flip(-1)
+
+
+@pytest.mark.parametrize("steps", [10, 28])
+def test_v_prediction_euler_matches_diffusers(steps: int) -> None:
+    config = {**SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "linspace"}
+    schedule = NoiseSchedule.from_config(config)
+    context = torch.zeros(1, 77, 8)
+    denoiser = CFGDenoiser(
+        fake_unet, schedule, lambda step: (context, context), 1.0, dtype=torch.float32
+    )
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    ours = sample(
+        SAMPLERS["Euler"], denoiser, noise, steps, lambda s, n: torch.zeros_like(noise),
+        lambda i, x, d: None,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler.from_config(config)
+    scheduler.set_timesteps(steps)
+    latents = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(latents, t)
+        v = fake_unet(model_input, t.reshape(1).float(), context)
+        latents = scheduler.step(v, t, latents).prev_sample
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(ours, latents, atol=2e-4, rtol=2e-4)
+
+
+def test_zero_terminal_snr_is_a1111s_rescale() -> None:
+    plain = NoiseSchedule.from_config(SCHEDULER)
+    rescaled = NoiseSchedule.from_config({**SCHEDULER, "rescale_betas_zero_snr": True})
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    reference = torch.cumprod(1 - rescale_zero_terminal_snr(betas), dim=0)
+    torch.testing.assert_close(
+        rescaled.alphas_cumprod[:-1].double(), reference[:-1], atol=1e-6, rtol=1e-4
+    )
+    assert rescaled.alphas_cumprod[-1].item() == pytest.approx(ZERO_SNR_LAST)
+    assert rescaled.alphas_cumprod[0] == plain.alphas_cumprod[0]
+    assert rescaled.sigma_max == pytest.approx(((1 - ZERO_SNR_LAST) / ZERO_SNR_LAST) ** 0.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_v_prediction_checkpoint_draws_with_v_and_ztsnr(registry: ModelRegistry) -> None:
+    model = registry.load(VPRED, DeviceOptions(device="cpu"))
+    assert model.scheduler_config["prediction_type"] == "v_prediction"
+    assert model.scheduler_config["rescale_betas_zero_snr"] is True
+    schedule = NoiseSchedule.from_config(model.scheduler_config)
+    assert schedule.prediction_type == "v_prediction" and schedule.sigma_max > 4000
+    request = dataclasses.replace(REQUEST, sampler="Euler", num_inference_steps=3)
+    image = generate(model, [request], limits=LIMITS)[0]
+    assert png_pixels(image.png).std() > 0
