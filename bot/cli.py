@@ -276,10 +276,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         marker = " (default)" if entry.name == settings.engine.default_model else ""
         addons = ", its own VAE" if d.vae == "None" else f", VAE {d.vae}"
         addons += f", hypernet {d.hypernet}" if d.hypernet else ""
+        architecture = f"unknown ({entry.unknown})" if entry.unknown else str(entry.architecture)
         print(
-            f"  {entry.name}{marker}  [{entry.kind}] {registry.model_hash(entry)}  "
+            f"  {entry.name}{marker}  [{entry.kind}, {architecture}] {registry.model_hash(entry)}  "
             f"{d.width}x{d.height}, {d.sampler}, {d.num_inference_steps} steps, "
-            f"clip skip {d.clip_skip}{addons}"
+            f"CFG {d.guidance_scale:g}, clip skip {d.clip_skip}{addons}"
         )
     if not registry.models:
         print("  (none: run `make demo` or `aidraw build-demo`)")

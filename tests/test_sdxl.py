@@ -12,8 +12,10 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_euler_discrete import rescale_zero_terminal_snr
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from bot.cli import main
 from engine.device import DeviceOptions
 from engine.errors import InvalidRequest
 from engine.generate import generate
@@ -40,6 +42,7 @@ from tests.conftest import png_pixels
 from tests.sdxl_tiny import SCHEDULER, TIME_DIM, build_tiny_sdxl, write_sdxl_checkpoint
 
 FOLDER, SINGLE, VPRED = "tiny-sdxl", "tiny-xl", "tiny-xl-vpred"
+CONFIG = ".configs/tiny-sdxl"  # a dot-folder: the registry does not list it as a model
 REQUEST = GenerationRequest(
     prompt="1girl, (smile:1.3), [cat:dog:0.5], cherry blossoms",
     negative_prompt="lowres",
@@ -58,15 +61,21 @@ LIMITS = Limits()
 
 @pytest.fixture(scope="module")
 def sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """models/ with the tiny SDXL as a diffusers folder, as an A1111-layout single file (its
-    sidecar names the folder as its config), and as a v-prediction + ztsnr single file."""
+    """models/ with the tiny SDXL as a diffusers folder, as an A1111-layout single file, and
+    as a v-prediction + ztsnr single file. The single files' sidecars name a config-only copy
+    of the folder (JSON files only, no tokenizers: the shipped configs' layout)."""
     models = tmp_path_factory.mktemp("sdxl-models")
     pipe = build_tiny_sdxl()
     pipe.save_pretrained(models / FOLDER)
+    for config in (models / FOLDER).rglob("*.json"):
+        if config.parent.name not in ("tokenizer", "tokenizer_2"):
+            target = models / CONFIG / config.relative_to(models / FOLDER)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(config.read_bytes())
     write_sdxl_checkpoint(pipe, models / f"{SINGLE}.safetensors")
     write_sdxl_checkpoint(pipe, models / f"{VPRED}.safetensors", v_pred=True, ztsnr=True)
     for name in (SINGLE, VPRED):
-        (models / f"{name}.toml").write_text(f'config = "{FOLDER}"\n', encoding="utf-8")
+        (models / f"{name}.toml").write_text(f'config = "{CONFIG}"\n', encoding="utf-8")
     return models
 
 
@@ -182,6 +191,25 @@ def test_single_file_draws_the_folders_pixels_and_a1111s_infotext(
     assert "Size: 64x64" in a.infotext and f"Model: {SINGLE}" in a.infotext
     again = request_from_infotext(a.infotext)
     assert generate(single, [again], limits=LIMITS)[0].png == a.png
+
+
+@pytest.mark.timeout(60)
+def test_the_cli_lists_and_draws_an_sdxl_single_file(
+    sdxl_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[engine]\nmodels_dir = "{sdxl_dir}"\n', encoding="utf-8")
+    assert main(["--settings", str(settings), "models"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {SINGLE}  [single_file, SDXL] " in out
+    assert f"  {VPRED}  [single_file, SDXL, v-prediction, zero terminal SNR] " in out
+    assert "832x1216, Euler a, 28 steps, CFG 6, clip skip 2" in out
+    png = tmp_path / "xl.png"
+    text = f"1girl --model {SINGLE} --steps 3 --size 64x64 --seed 5"
+    assert main(["--settings", str(settings), "draw", text, "--out", str(png)]) == 0
+    with Image.open(png) as image:
+        info = image.info["parameters"]
+    assert f"Model: {SINGLE}" in info and "Size: 64x64" in info and "Seed: 5" in info
 
 
 # --- A1111's SDXL conditioning --------------------------------------------------------------
