@@ -3,9 +3,11 @@ v-prediction and zero terminal SNR, on a tiny SDXL-architecture model built from
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -372,3 +374,83 @@ def test_a_v_prediction_checkpoint_draws_with_v_and_ztsnr(registry: ModelRegistr
     request = dataclasses.replace(REQUEST, sampler="Euler", num_inference_steps=3)
     image = generate(model, [request], limits=LIMITS)[0]
     assert png_pixels(image.png).std() > 0
+
+
+# --- extra networks -------------------------------------------------------------------------
+
+# kohya SDXL key → our module (model, path); sgm-named UNet keys, as SDXL trainers write them.
+SDXL_LORA_LAYERS = {
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (
+        "unet",
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+    ),
+    "lora_unet_output_blocks_0_1_transformer_blocks_1_attn2_to_k": (
+        "unet",
+        "up_blocks.0.attentions.0.transformer_blocks.1.attn2.to_k",
+    ),
+    "lora_unet_down_blocks_1_attentions_1_proj_in": ("unet", "down_blocks.1.attentions.1.proj_in"),
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (
+        "te1",
+        "encoder.layers.0.self_attn.q_proj",
+    ),
+    "lora_te1_text_model_encoder_layers_2_mlp_fc2": ("te1", "encoder.layers.2.mlp.fc2"),
+    **{
+        f"lora_te2_text_model_encoder_layers_1_self_attn_{p}_proj": (
+            "te2",
+            f"encoder.layers.1.self_attn.{p}_proj",
+        )
+        for p in ("q", "k", "v", "out")
+    },
+    "lora_te2_text_model_encoder_layers_3_mlp_fc1": ("te2", "encoder.layers.3.mlp.fc1"),
+}
+# bigG attention with only q: A1111 patches a MultiheadAttention only with all of q, k, v, out.
+LONE_Q = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+
+
+def test_an_sdxl_lora_merges_by_a1111s_formula_in_both_encoders(
+    single: LoadedModel, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from engine.models.lora import Lora, LoraPatcher, network_layer_names
+
+    pipe = single.pipe
+    models = {
+        "unet": copy.deepcopy(pipe.unet),
+        "te1": copy.deepcopy(pipe.text_encoder),
+        "te2": copy.deepcopy(pipe.text_encoder_2),
+    }
+
+    def module_at(model: str, path: str) -> Any:
+        """transformers 5 flattened CLIPTextModel; CLIPTextModelWithProjection still wraps."""
+        inner = getattr(models[model], "text_model", models[model])
+        return inner.get_submodule(path)
+
+    names = network_layer_names(models["unet"], models["te1"], models["te2"])
+    assert "diffusion_model_label_emb_0_0" in names
+    assert "0_transformer_text_model_encoder_layers_0_self_attn_q_proj" in names
+    assert "1_model_transformer_resblocks_3_mlp_c_fc" in names
+    gen = torch.Generator().manual_seed(0)
+    tensors: dict[str, torch.Tensor] = {}
+    layers = {**SDXL_LORA_LAYERS, LONE_Q: ("te2", "encoder.layers.0.self_attn.q_proj")}
+    for key, (model, path) in layers.items():
+        weight = module_at(model, path).weight
+        tensors[f"{key}.lora_down.weight"] = torch.randn((4, weight.shape[1]), generator=gen)
+        tensors[f"{key}.lora_up.weight"] = torch.randn((weight.shape[0], 4), generator=gen)
+        tensors[f"{key}.alpha"] = torch.tensor(2.0)
+    save_file(tensors, str(tmp_path / "xl.safetensors"))
+    before = {key: module_at(m, p).weight.clone() for key, (m, p) in layers.items()}
+    patcher = LoraPatcher(models["unet"], models["te1"], models["te2"])
+    patcher.use([(Lora.load(tmp_path / "xl.safetensors", "xl"), 0.5, 0.8)])
+    for key, (model, path) in layers.items():
+        weight = module_at(model, path).weight
+        if key == LONE_Q:
+            assert torch.equal(weight, before[key])
+            continue
+        up, down = tensors[f"{key}.lora_up.weight"], tensors[f"{key}.lora_down.weight"]
+        multiplier = 0.8 if model == "unet" else 0.5
+        expected = before[key] + (up @ down) * (2.0 / 4) * multiplier
+        torch.testing.assert_close(weight, expected, atol=1e-5, rtol=1e-5)
+    patcher.use([])
+    for key, (model, path) in layers.items():
+        assert torch.equal(module_at(model, path).weight, before[key])

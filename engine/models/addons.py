@@ -67,7 +67,9 @@ class Addons:
         self._own_vae: AutoencoderKL = pipe.vae
         self._vaes: OrderedDict[tuple[Path, int], AutoencoderKL] = OrderedDict()
         self._files: OrderedDict[tuple[Path, int], Any] = OrderedDict()
-        self._loras = LoraPatcher(pipe.unet, pipe.text_encoder)
+        self._loras = LoraPatcher(
+            pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)
+        )
         self._hypernets = HypernetworkHook(pipe.unet)
         self._embeddings: EmbeddingDB | None = None
         self._embeddings_key: tuple[tuple[str, int], ...] | None = None
