@@ -189,6 +189,7 @@ def generate(
                         hires_steps=hires_steps,
                         device=model.device,
                         emphasis=[r.emphasis or "Original" for r, _ in items],
+                        embeddings=model.addons.embeddings(),
                     )
                 return encode_conditioning(
                     pipe.tokenizer,

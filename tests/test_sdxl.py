@@ -454,3 +454,47 @@ def test_an_sdxl_lora_merges_by_a1111s_formula_in_both_encoders(
     patcher.use([])
     for key, (model, path) in layers.items():
         assert torch.equal(module_at(model, path).weight, before[key])
+
+
+def test_sdxl_embeddings_put_clip_l_and_clip_g_vectors_into_their_encoders(
+    single: LoadedModel, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from engine.models.embeddings import Embedding, EmbeddingDB
+
+    gen = torch.Generator().manual_seed(3)
+    clip_l, clip_g = torch.randn((2, 32), generator=gen), torch.randn((2, 48), generator=gen)
+    save_file({"clip_l": clip_l, "clip_g": clip_g}, str(tmp_path / "xlemb.safetensors"))
+    torch.save({"string_to_param": {"*": torch.randn(1, 32)}}, tmp_path / "sd1emb.pt")
+    xl = Embedding.load(tmp_path / "xlemb.safetensors", "xlemb")
+    sd1 = Embedding.load(tmp_path / "sd1emb.pt", "sd1emb")
+    tokenizer = single.pipe.tokenizer
+    db = EmbeddingDB([xl, sd1], tokenizer, 80, 32)
+    assert "xlemb" in db and "sd1emb" in db.skipped
+    assert "SDXL" in str(EmbeddingDB([xl], tokenizer, 32).skipped["xlemb"])
+
+    # Reference: encoders whose "cat" and "dog" rows are the embedding's vectors.
+    encoders = SdxlEncoders.of(single.pipe)
+    te1, te2 = copy.deepcopy(encoders.text_encoder), copy.deepcopy(encoders.text_encoder_2)
+    ids = tokenizer("cat dog", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        for model, vectors in ((te1, clip_l), (te2, clip_g)):
+            inner = getattr(model, "text_model", model)
+            inner.embeddings.token_embedding.weight[ids] = vectors
+    reference = dataclasses.replace(encoders, text_encoder=te1, text_encoder_2=te2)
+    cpu, sizes = torch.device("cpu"), size_numbers(64, 64)
+    with torch.inference_mode():
+        ours = encode_sdxl_conditioning(
+            encoders, ["1girl, (xlemb:1.2), smile"], ["lowres"], size=(64, 64), steps=4,
+            device=cpu, embeddings=db,
+        )  # fmt: skip
+        expected = encode_sdxl_prompts(
+            reference, ["1girl, (cat dog:1.2), smile"], sizes=sizes, device=cpu
+        )
+        plain = encode_sdxl_prompts(
+            encoders, ["1girl, (xlemb:1.2), smile"], sizes=sizes, device=cpu
+        )
+    torch.testing.assert_close(ours.at(0)[0], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours.at(0)[0], plain)
+    assert ours.embeddings_used(0) == (("xlemb",), ())

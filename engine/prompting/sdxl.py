@@ -9,7 +9,8 @@ is bigG's final-normed output at the end token times its projection, from the fi
 without emphasis. The size conditioning is A1111's defaults: original size = target size =
 (height, width) of the request, crop (0, 0). A negative prompt that is exactly "" is all zeros
 (text and pooled), its size part kept (A1111's `force_zero_embeddings=['txt']`). A1111 1.9.4
-ignores clip skip for SDXL.
+ignores clip skip for SDXL. A textual-inversion embedding puts its `clip_l` vectors into
+CLIP-L and its `clip_g` vectors into bigG (A1111's `textual_inversion_key` per embedder).
 
 The pooled vector and the six size numbers ride in one extra row in front of each prompt's
 context (`pack` / `unpack`), so that prompt editing, stacking, batching by length and the
@@ -22,14 +23,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from engine.prompting.chunks import COMMA_BACKTRACK, empty_chunk, prompt_chunks, special_ids
-from engine.prompting.conditioning import Conditioning, ScheduledCond, apply_emphasis
+from engine.prompting.conditioning import (
+    Conditioning,
+    Placements,
+    ScheduledCond,
+    apply_emphasis,
+    placed_embeddings,
+)
 from engine.prompting.syntax import check_emphasis, prompt_schedule
+
+if TYPE_CHECKING:
+    from engine.models.embeddings import EmbeddingDB
 
 SIZE_NUMBERS = 6  # original (h, w), crop (top, left), target (h, w)
 
@@ -91,6 +101,7 @@ def encode_sdxl_conditioning(
     hires_steps: int | None = None,
     emphasis: str | Sequence[str] = "Original",
     comma_backtrack: int = COMMA_BACKTRACK,
+    embeddings: EmbeddingDB | None = None,
 ) -> Conditioning:
     """`encode_conditioning` for SDXL: a batch's prompts and negative prompts at `size`
     (height, width), scheduled over `steps` (prompt editing and alternation as on SD-1.x)."""
@@ -100,13 +111,14 @@ def encode_sdxl_conditioning(
     for mode in set(emphases):
         check_emphasis(mode)
     sizes = size_numbers(*size)
-    cache: dict[tuple[str, str, bool], tuple[ScheduledCond, ...]] = {}
+    Entry = tuple[tuple[ScheduledCond, ...], tuple[str, ...]]
+    cache: dict[tuple[str, str, bool], Entry] = {}
 
-    def schedule(text: str, mode: str, negative: bool) -> tuple[ScheduledCond, ...]:
+    def schedule(text: str, mode: str, negative: bool) -> Entry:
         key = (text, mode, negative)
         if key not in cache:
             entries = prompt_schedule(text, steps, hires_steps)
-            z = encode_sdxl_prompts(
+            z, names = _encode(
                 encoders,
                 [variant for _, variant in entries],
                 sizes=sizes,
@@ -114,14 +126,24 @@ def encode_sdxl_conditioning(
                 emphasis=mode,
                 comma_backtrack=comma_backtrack,
                 zero=negative and text == "",
+                embeddings=embeddings,
             )
-            cache[key] = tuple(ScheduledCond(end, z[i]) for i, (end, _) in enumerate(entries))
+            conds = tuple(ScheduledCond(end, z[i]) for i, (end, _) in enumerate(entries))
+            cache[key] = (conds, names)
         return cache[key]
 
-    conds = tuple(schedule(p, m, False) for p, m in zip(prompts, emphases, strict=True))
-    unconds = tuple(schedule(p, m, True) for p, m in zip(negative_prompts, emphases, strict=True))
+    cond_parts = [schedule(p, m, False) for p, m in zip(prompts, emphases, strict=True)]
+    uncond_parts = [schedule(p, m, True) for p, m in zip(negative_prompts, emphases, strict=True)]
     empty = encode_sdxl_prompts(encoders, [""], sizes=sizes, device=device)[0, 1:]
-    return Conditioning(conds=conds, unconds=unconds, empty=empty)
+    return Conditioning(
+        conds=tuple(conds for conds, _ in cond_parts),
+        unconds=tuple(unconds for unconds, _ in uncond_parts),
+        empty=empty,
+        embedding_names=tuple(
+            (c_names, u_names)
+            for (_, c_names), (_, u_names) in zip(cond_parts, uncond_parts, strict=True)
+        ),
+    )
 
 
 def encode_sdxl_prompts(
@@ -133,17 +155,51 @@ def encode_sdxl_prompts(
     emphasis: str = "Original",
     comma_backtrack: int = COMMA_BACKTRACK,
     zero: bool = False,
+    embeddings: EmbeddingDB | None = None,
 ) -> torch.Tensor:
     """(len(texts), 1 + 77·k, D_L + D_G) packed: one batch through both encoders, chunk by
     chunk (shorter texts get padding chunks); `zero`: A1111's zeroed empty negative prompt."""
+    z, _ = _encode(
+        encoders,
+        texts,
+        sizes=sizes,
+        device=device,
+        emphasis=emphasis,
+        comma_backtrack=comma_backtrack,
+        zero=zero,
+        embeddings=embeddings,
+    )
+    return z
+
+
+def _encode(
+    encoders: SdxlEncoders,
+    texts: Sequence[str],
+    *,
+    sizes: Sequence[float],
+    device: torch.device,
+    emphasis: str,
+    comma_backtrack: int,
+    zero: bool,
+    embeddings: EmbeddingDB | None,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """`encode_sdxl_prompts`, and the embeddings used (A1111's `used_embeddings` order)."""
     per_text = [
-        prompt_chunks(encoders.tokenizer, t, emphasis=emphasis, comma_backtrack=comma_backtrack)
+        prompt_chunks(
+            encoders.tokenizer,
+            t,
+            emphasis=emphasis,
+            comma_backtrack=comma_backtrack,
+            embeddings=embeddings,
+        )
         for t in texts
     ]
     padding = empty_chunk(encoders.tokenizer)
     end, pad_g = special_ids(encoders.tokenizer).end, special_ids(encoders.tokenizer_2).pad
     zs: list[torch.Tensor] = []
     pooled: torch.Tensor | None = None
+    used: dict[str, None] = {}
+    split = int(encoders.text_encoder.config.hidden_size)
     for i in range(max(len(chunks) for chunks in per_text)):
         batch = [chunks[i] if i < len(chunks) else padding for chunks in per_text]
         tokens = torch.tensor([c.tokens for c in batch], dtype=torch.long)
@@ -151,8 +207,21 @@ def encode_sdxl_prompts(
         for row, chunk in enumerate(batch):  # bigG: "!" after the first end token
             tokens_g[row, chunk.tokens.index(end) + 1 :] = pad_g
         multipliers = torch.tensor([c.multipliers for c in batch], dtype=torch.float32).to(device)
-        out_l = encoders.text_encoder(tokens.to(device), output_hidden_states=True)
-        out_g = encoders.text_encoder_2(tokens_g.to(device), output_hidden_states=True)
+        placements_l: list[Placements] = []
+        placements_g: list[Placements] = []
+        for chunk in batch:
+            vectors = [
+                (fix.offset, embeddings.vectors(fix.name))
+                for fix in chunk.fixes
+                if embeddings is not None
+            ]
+            used.update((fix.name, None) for fix in chunk.fixes)
+            placements_l.append([(offset, v[:, :split]) for offset, v in vectors])
+            placements_g.append([(offset, v[:, split:]) for offset, v in vectors])
+        with placed_embeddings(encoders.text_encoder, placements_l):
+            out_l = encoders.text_encoder(tokens.to(device), output_hidden_states=True)
+        with placed_embeddings(encoders.text_encoder_2, placements_g):
+            out_g = encoders.text_encoder_2(tokens_g.to(device), output_hidden_states=True)
         z_l = apply_emphasis(out_l.hidden_states[-2], multipliers, emphasis)
         z_g = apply_emphasis(out_g.hidden_states[-2], multipliers, emphasis)
         if pooled is None:
@@ -162,4 +231,4 @@ def encode_sdxl_prompts(
     context = torch.hstack(zs)
     if zero:
         context, pooled = torch.zeros_like(context), torch.zeros_like(pooled)
-    return pack(context, pooled, sizes)
+    return pack(context, pooled, sizes), tuple(used)
