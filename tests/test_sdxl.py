@@ -29,6 +29,7 @@ from engine.models.architecture import (
     checkpoint_architecture,
     from_keys,
 )
+from engine.preview import SDXL_PREVIEW
 from engine.prompting.sdxl import (
     SdxlEncoders,
     encode_sdxl_conditioning,
@@ -143,6 +144,7 @@ def test_registry_lists_sdxl_models_with_their_architecture_and_defaults(
     assert str(registry.models[SINGLE].architecture) == "SDXL"
     assert registry.models[VPRED].architecture == Architecture("SDXL", "v_prediction", True)
     assert checkpoint_architecture(sdxl_dir / f"{SINGLE}.safetensors").is_sdxl
+    assert registry.models[SINGLE].preview == SDXL_PREVIEW  # A1111's SDXL live-preview map
     d = registry.models[SINGLE].defaults
     assert (d.width, d.height, d.guidance_scale, d.ensd) == (832, 1216, 6.0, 0)
 

@@ -18,18 +18,12 @@ import diffusers
 import torch
 import transformers
 
-from engine.config import ConfigError, build
 from engine.device import DeviceOptions, apply_memory_profile, place_vae
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
 from engine.models.addons import Addons
-from engine.models.architecture import (
-    PREDICTIONS,
-    Architecture,
-    UnknownArchitecture,
-    architecture_defaults,
-    checkpoint_architecture,
-    from_folder,
-)
+from engine.models.architecture import Architecture
+from engine.models.hashes import HashCache
+from engine.models.library import AddonLibrary, Kind, is_paired_vae
 from engine.models.pipelines import (
     SD15_CONFIG,
     SDXL_CONFIG,
@@ -37,22 +31,18 @@ from engine.models.pipelines import (
     load_pipeline,
     scheduler_config,
 )
-from engine.upscalers import check_hires_upscaler
-from engine.models.hashes import HashCache
-from engine.models.library import AddonLibrary, Kind, is_paired_vae
-from engine.weights import check_ckpt
+from engine.models.sidecar import read_sidecar
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.networks import networks_of
 from engine.request import GenerationRequest, RequestDefaults
+from engine.upscalers import check_hires_upscaler
+from engine.weights import check_ckpt
 
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 OVERRIDES_NAME = ".aidraw-addons.json"  # admins' per-model VAE and hypernetwork choices
 AUTOMATIC = ("automatic", "auto")  # a VAE setting that means "the one beside it" (any case)
-# A model's sidecar, models/<name>.toml: its defaults, config folder, preview map, and what its
-# file does not say about its noise schedule.
-SIDECAR_KEYS = ("defaults", "config", "preview", "prediction_type", "zero_terminal_snr")
 
 # Loading bars from the libraries would interleave with the bots' logs and the CLI's own bar.
 diffusers.utils.logging.disable_progress_bar()
@@ -233,7 +223,9 @@ class ModelRegistry:
         tmp.write_text(json.dumps(self._overrides, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, file)
         try:
-            base = self._read_sidecar(entry.name, entry.path, entry.kind)[0]
+            base = read_sidecar(
+                self.models_dir, entry.name, entry.path, entry.kind, self.base_defaults
+            )[0]
         except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError):
             base = entry.defaults
         updated = dataclasses.replace(
@@ -272,7 +264,9 @@ class ModelRegistry:
             self.problems.append(f"{path.name}: a model named {name!r} already exists; skipped")
             return
         try:
-            defaults, config, preview, architecture, unknown = self._read_sidecar(name, path, kind)
+            defaults, config, preview, architecture, unknown = read_sidecar(
+                self.models_dir, name, path, kind, self.base_defaults
+            )
         except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             self.problems.append(f"{name}.toml: {e}")
             log.error("skipping model %s: %s", name, e)
@@ -291,79 +285,6 @@ class ModelRegistry:
             sidecar_config=config is not None,
             unknown=unknown,
         )
-
-    def _read_sidecar(
-        self, name: str, path: Path, kind: str
-    ) -> tuple[RequestDefaults, Path | None, PreviewMap, Architecture, str]:
-        """A model's sidecar (`models/<name>.toml`) over its detected architecture: defaults
-        (the architecture's, then the file's), config folder, preview map, architecture, and
-        why the architecture is unknown ("" when known)."""
-        sidecar = self.models_dir / f"{name}.toml"
-        data = tomllib.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
-        unknown_keys = set(data) - set(SIDECAR_KEYS)
-        if unknown_keys:
-            raise InvalidRequest(
-                f"unknown key {sorted(unknown_keys)[0]!r}; allowed: {', '.join(SIDECAR_KEYS)}"
-            )
-        config = None
-        if "config" in data:
-            config = (self.models_dir / str(data["config"])).resolve()
-            if not (config / "model_index.json").is_file():
-                raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
-        architecture, unknown = self._architecture(path, kind, config, data)
-        table = data.get("defaults", {})
-        if not isinstance(table, dict):
-            raise InvalidRequest("defaults must be a table ([defaults])")
-        try:
-            base = architecture_defaults(self.base_defaults, architecture)
-            defaults = build(RequestDefaults, table, "defaults", base=base)
-        except ConfigError as e:
-            raise InvalidRequest(str(e)) from None
-        preview = SD1_PREVIEW
-        if "preview" in data:
-            if not isinstance(data["preview"], dict):
-                raise InvalidRequest("preview must be a table ([preview])")
-            try:
-                preview = build(PreviewMap, data["preview"], "preview")
-            except ConfigError as e:
-                raise InvalidRequest(str(e)) from None
-            if not preview.latent_rgb:
-                raise InvalidRequest("preview.latent_rgb: needs one [r, g, b] per latent channel")
-        return defaults, config, preview, architecture, unknown
-
-    def _architecture(
-        self, path: Path, kind: str, config: Path | None, data: dict[str, Any]
-    ) -> tuple[Architecture, str]:
-        """The detected architecture (file keys or folder; a sidecar config's scheduler can
-        say v-prediction too), then the sidecar's `prediction_type` and `zero_terminal_snr`."""
-        unknown = ""
-        try:
-            if kind == "diffusers":
-                architecture = from_folder(path)
-            else:
-                architecture = checkpoint_architecture(path)
-                if config is not None:
-                    told = from_folder(config)
-                    architecture = dataclasses.replace(
-                        architecture,
-                        prediction=(
-                            "v_prediction"
-                            if "v_prediction" in (told.prediction, architecture.prediction)
-                            else "epsilon"
-                        ),
-                        zero_snr=architecture.zero_snr or told.zero_snr,
-                    )
-        except UnknownArchitecture as e:
-            architecture, unknown = Architecture(), str(e)
-        prediction = data.get("prediction_type", architecture.prediction)
-        if prediction not in PREDICTIONS:
-            raise InvalidRequest(
-                f"prediction_type {prediction!r}: use {' or '.join(map(repr, PREDICTIONS))}"
-            )
-        zero_snr = data.get("zero_terminal_snr", architecture.zero_snr)
-        if not isinstance(zero_snr, bool):
-            raise InvalidRequest("zero_terminal_snr must be true or false")
-        return dataclasses.replace(architecture, prediction=prediction, zero_snr=zero_snr), unknown
 
     def get(self, name: str) -> ModelEntry:
         """The entry for a user-given name, or ModelNotFound with close matches."""

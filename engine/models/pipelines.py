@@ -34,7 +34,7 @@ def shipped_config(architecture: Architecture) -> Path:
     if architecture.family == "SD-1.x":
         return SD15_CONFIG
     raise MissingConfig(
-        f"{architecture.family} single files need `config = \"<diffusers folder>\"` in the "
+        f'{architecture.family} single files need `config = "<diffusers folder>"` in the '
         "model's models/<name>.toml"
     )
 

@@ -1,0 +1,100 @@
+"""A model's sidecar, `models/<name>.toml`, over what its file or folder says: its defaults
+(the architecture's, then the file's), config folder, preview map, and what the checkpoint
+does not say about its noise schedule (`prediction_type`, `zero_terminal_snr`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError, build
+from engine.errors import InvalidRequest
+from engine.models.architecture import (
+    PREDICTIONS,
+    Architecture,
+    UnknownArchitecture,
+    architecture_defaults,
+    checkpoint_architecture,
+    from_folder,
+)
+from engine.preview import SD1_PREVIEW, SDXL_PREVIEW, PreviewMap
+from engine.request import RequestDefaults
+
+SIDECAR_KEYS = ("defaults", "config", "preview", "prediction_type", "zero_terminal_snr")
+
+
+def read_sidecar(
+    models_dir: Path, name: str, path: Path, kind: str, base_defaults: RequestDefaults
+) -> tuple[RequestDefaults, Path | None, PreviewMap, Architecture, str]:
+    """A model's sidecar (`models/<name>.toml`) over its detected architecture: defaults
+    (the architecture's, then the file's), config folder, preview map, architecture, and
+    why the architecture is unknown ("" when known)."""
+    sidecar = models_dir / f"{name}.toml"
+    data = tomllib.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    unknown_keys = set(data) - set(SIDECAR_KEYS)
+    if unknown_keys:
+        raise InvalidRequest(
+            f"unknown key {sorted(unknown_keys)[0]!r}; allowed: {', '.join(SIDECAR_KEYS)}"
+        )
+    config = None
+    if "config" in data:
+        config = (models_dir / str(data["config"])).resolve()
+        if not (config / "model_index.json").is_file():
+            raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
+    architecture, unknown = _architecture(path, kind, config, data)
+    table = data.get("defaults", {})
+    if not isinstance(table, dict):
+        raise InvalidRequest("defaults must be a table ([defaults])")
+    try:
+        base = architecture_defaults(base_defaults, architecture)
+        defaults = build(RequestDefaults, table, "defaults", base=base)
+    except ConfigError as e:
+        raise InvalidRequest(str(e)) from None
+    preview = SDXL_PREVIEW if architecture.is_sdxl else SD1_PREVIEW
+    if "preview" in data:
+        if not isinstance(data["preview"], dict):
+            raise InvalidRequest("preview must be a table ([preview])")
+        try:
+            preview = build(PreviewMap, data["preview"], "preview")
+        except ConfigError as e:
+            raise InvalidRequest(str(e)) from None
+        if not preview.latent_rgb:
+            raise InvalidRequest("preview.latent_rgb: needs one [r, g, b] per latent channel")
+    return defaults, config, preview, architecture, unknown
+
+
+def _architecture(
+    path: Path, kind: str, config: Path | None, data: dict[str, Any]
+) -> tuple[Architecture, str]:
+    """The detected architecture (file keys or folder; a sidecar config's scheduler can
+    say v-prediction too), then the sidecar's `prediction_type` and `zero_terminal_snr`."""
+    unknown = ""
+    try:
+        if kind == "diffusers":
+            architecture = from_folder(path)
+        else:
+            architecture = checkpoint_architecture(path)
+            if config is not None:
+                told = from_folder(config)
+                architecture = dataclasses.replace(
+                    architecture,
+                    prediction=(
+                        "v_prediction"
+                        if "v_prediction" in (told.prediction, architecture.prediction)
+                        else "epsilon"
+                    ),
+                    zero_snr=architecture.zero_snr or told.zero_snr,
+                )
+    except UnknownArchitecture as e:
+        architecture, unknown = Architecture(), str(e)
+    prediction = data.get("prediction_type", architecture.prediction)
+    if prediction not in PREDICTIONS:
+        raise InvalidRequest(
+            f"prediction_type {prediction!r}: use {' or '.join(map(repr, PREDICTIONS))}"
+        )
+    zero_snr = data.get("zero_terminal_snr", architecture.zero_snr)
+    if not isinstance(zero_snr, bool):
+        raise InvalidRequest("zero_terminal_snr must be true or false")
+    return dataclasses.replace(architecture, prediction=prediction, zero_snr=zero_snr), unknown
