@@ -35,6 +35,7 @@ from engine.prompting.networks import networks_of, without_networks
 from engine.prompting.presets import (
     NAI_SIZES,
     nai_size,
+    size_key,
     uc_preset_name,
     with_quality_tags,
     with_uc_preset,
@@ -129,12 +130,14 @@ def _seed(flag: str, value: str) -> int | None:
     return None if seed == -1 else seed  # A1111: -1 means "pick a random seed"
 
 
-def _size(flag: str, value: str) -> tuple[int, int]:
+def _size(flag: str, value: str) -> tuple[int, int, str | None]:
+    """(width, height, the size's name or None); a name's NAI size, which the engine replaces
+    with the model's own size of that name (SDXL's buckets)."""
     match = re.fullmatch(r"(\d+)\s*[xX×*]\s*(\d+)", value.strip())
     if match:
-        return int(match[1]), int(match[2])
+        return int(match[1]), int(match[2]), None
     try:
-        return nai_size(value)
+        return (*nai_size(value), size_key(value))
     except InvalidRequest:
         raise ParseError(
             f"{flag} needs WIDTHxHEIGHT, e.g. 512x768, or a NAI size: "
@@ -512,7 +515,7 @@ def read_request(
     if "hr_scale" in values:
         fields["enable_hr"] = True
     if "size" in values:
-        fields["width"], fields["height"] = values["size"]
+        fields["width"], fields["height"], fields["size_name"] = values["size"]
     if "ratio" in values:
         fields["width"], fields["height"] = _size_for_ratio(values["ratio"], base)
     request = dataclasses.replace(

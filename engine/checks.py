@@ -7,6 +7,7 @@ without loading the model stack.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from engine.errors import NEGATIVE_PROMPT, PROMPT, InvalidRequest, Phrase
 from engine.infotext import format_number
@@ -28,9 +29,19 @@ _WIDTH, _HEIGHT = Phrase("width", "word_width"), Phrase("height", "word_height")
 
 
 def check_request(
-    request: GenerationRequest, limits: Limits, defaults: RequestDefaults | None = None
+    request: GenerationRequest,
+    limits: Limits,
+    defaults: RequestDefaults | None = None,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> GenerationRequest:
-    """Fill defaults and validate; InvalidRequest names what was wrong and what is allowed."""
+    """Fill defaults and validate; InvalidRequest names what was wrong and what is allowed.
+
+    `sizes`: the model's own named sizes; a request's `size_name` found there takes its size."""
+    if request.size_name is not None and sizes is not None:
+        if request.size_name in sizes:
+            width, height = sizes[request.size_name]
+            request = dataclasses.replace(request, width=width, height=height)
+        request = dataclasses.replace(request, size_name=None)
     if request.vae is not None and request.vae.lower() in ("automatic", "auto"):
         request = dataclasses.replace(request, vae=None)  # the model's default
     req = (defaults or RequestDefaults()).apply(request)

@@ -94,7 +94,9 @@ def generate(
 
     # 1. Check inputs: fill the model's defaults, validate, and make sure the batch is uniform.
     reqs = [
-        check_request(dataclasses.replace(r, model=model.name), limits, model.defaults)
+        check_request(
+            dataclasses.replace(r, model=model.name), limits, model.defaults, model.entry.sizes
+        )
         for r in requests
     ]
     if not reqs:

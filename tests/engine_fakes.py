@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class FakeModel:
 class FakeEntry:
     name: str
     defaults: RequestDefaults = FAKE_DEFAULTS
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class FakeRegistry:

@@ -500,3 +500,31 @@ def test_sdxl_embeddings_put_clip_l_and_clip_g_vectors_into_their_encoders(
     torch.testing.assert_close(ours.at(0)[0], expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(ours.at(0)[0], plain)
     assert ours.embeddings_used(0) == (("xlemb",), ())
+
+
+def test_named_sizes_are_the_models_own(registry: ModelRegistry, tmp_path: Path) -> None:
+    from bot.parse import parse_request
+    from engine.checks import check_request
+
+    portrait = parse_request("1girl --size portrait")
+    assert (portrait.width, portrait.height, portrait.size_name) == (512, 768, "portrait")
+    xl = registry.models[SINGLE]
+    checked = check_request(portrait, LIMITS, xl.defaults, xl.sizes)
+    assert (checked.width, checked.height, checked.size_name) == (832, 1216, None)
+    wide = check_request(parse_request("1girl --size landscape"), LIMITS, xl.defaults, xl.sizes)
+    assert (wide.width, wide.height) == (1216, 832)
+    # A name the model has no size for keeps NAI's; SD-1.x models have none of their own.
+    large = check_request(parse_request("x --size large portrait"), LIMITS, xl.defaults, xl.sizes)
+    assert (large.width, large.height, large.size_name) == (512, 1024, None)
+    plain = check_request(portrait, LIMITS, None, {})
+    assert (plain.width, plain.height, plain.size_name) == (512, 768, None)
+    # A sidecar's [sizes] win.
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "x.safetensors").write_bytes((registry.models[SINGLE].path).read_bytes())
+    (models / "x.toml").write_text("[sizes]\nportrait = [64, 96]\n")
+    entry = ModelRegistry(models).models["x"]
+    mine = check_request(portrait, LIMITS, entry.defaults, entry.sizes)
+    assert (mine.width, mine.height) == (64, 96)
+    (models / "x.toml").write_text("[sizes]\ntall = [64, 96]\n")
+    assert "sizes.tall: not a size name" in ModelRegistry(models).problems[0]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,7 @@ class ModelEntry:
     config: Path = SD15_CONFIG
     preview: PreviewMap = SD1_PREVIEW  # latents → RGB for progress previews
     architecture: Architecture = Architecture()
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # named sizes: its own
     sidecar_config: bool = False  # `config` comes from the model's sidecar
     unknown: str = ""  # why the architecture could not be read (SD-1.x is tried)
 
@@ -264,7 +266,7 @@ class ModelRegistry:
             self.problems.append(f"{path.name}: a model named {name!r} already exists; skipped")
             return
         try:
-            defaults, config, preview, architecture, unknown = read_sidecar(
+            defaults, config, preview, architecture, unknown, sizes = read_sidecar(
                 self.models_dir, name, path, kind, self.base_defaults
             )
         except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -282,6 +284,7 @@ class ModelRegistry:
             config=config or SD15_CONFIG,
             preview=preview,
             architecture=architecture,
+            sizes=sizes,
             sidecar_config=config is not None,
             unknown=unknown,
         )

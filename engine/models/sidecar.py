@@ -13,6 +13,7 @@ from engine.config import ConfigError, build
 from engine.errors import InvalidRequest
 from engine.models.architecture import (
     PREDICTIONS,
+    SDXL_SIZES,
     Architecture,
     UnknownArchitecture,
     architecture_defaults,
@@ -20,14 +21,15 @@ from engine.models.architecture import (
     from_folder,
 )
 from engine.preview import SD1_PREVIEW, SDXL_PREVIEW, PreviewMap
+from engine.prompting.presets import NAI_SIZES
 from engine.request import RequestDefaults
 
-SIDECAR_KEYS = ("defaults", "config", "preview", "prediction_type", "zero_terminal_snr")
+SIDECAR_KEYS = ("defaults", "config", "preview", "sizes", "prediction_type", "zero_terminal_snr")
 
 
 def read_sidecar(
     models_dir: Path, name: str, path: Path, kind: str, base_defaults: RequestDefaults
-) -> tuple[RequestDefaults, Path | None, PreviewMap, Architecture, str]:
+) -> tuple[RequestDefaults, Path | None, PreviewMap, Architecture, str, dict[str, tuple[int, int]]]:
     """A model's sidecar (`models/<name>.toml`) over its detected architecture: defaults
     (the architecture's, then the file's), config folder, preview map, architecture, and
     why the architecture is unknown ("" when known)."""
@@ -62,7 +64,27 @@ def read_sidecar(
             raise InvalidRequest(str(e)) from None
         if not preview.latent_rgb:
             raise InvalidRequest("preview.latent_rgb: needs one [r, g, b] per latent channel")
-    return defaults, config, preview, architecture, unknown
+    sizes = dict(SDXL_SIZES) if architecture.is_sdxl else {}
+    sizes.update(_sizes(data.get("sizes", {})))
+    return defaults, config, preview, architecture, unknown, sizes
+
+
+def _sizes(table: object) -> dict[str, tuple[int, int]]:
+    """A sidecar's `[sizes]`: NAI size names → [width, height] of this model."""
+    if not isinstance(table, dict):
+        raise InvalidRequest("sizes must be a table ([sizes])")
+    sizes = {}
+    for name, value in table.items():
+        if name not in NAI_SIZES:
+            raise InvalidRequest(f"sizes.{name}: not a size name; use {', '.join(NAI_SIZES)}")
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise InvalidRequest(f"sizes.{name} must be [width, height]")
+        sizes[name] = (value[0], value[1])
+    return sizes
 
 
 def _architecture(

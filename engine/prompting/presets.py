@@ -98,6 +98,11 @@ def uc_preset_of(negative_prompt: str) -> tuple[str | None, str]:
 
 def nai_size(name: str) -> tuple[int, int]:
     """(width, height) of a NAI size name: "portrait", "large landscape", "wallpaper-portrait"…"""
+    return NAI_SIZES[size_key(name)]
+
+
+def size_key(name: str) -> str:
+    """The NAI_SIZES key a size name means ("Large Portrait" → "large-portrait")."""
     words = [w for w in re.split(r"[\s_\-()]+", name.lower()) if w]
     size_class = [w for w in words if w in _SIZE_CLASSES]
     orientation = [w for w in words if w in _ORIENTATIONS]
@@ -107,7 +112,7 @@ def nai_size(name: str) -> tuple[int, int]:
         chosen = size_class[0] if size_class else "normal"
         key = orientation[0] if chosen == "normal" else f"{chosen}-{orientation[0]}"
         if key in NAI_SIZES:
-            return NAI_SIZES[key]
+            return key
     raise InvalidRequest(
         f"Unknown size {name!r}: use WIDTHxHEIGHT or one of {', '.join(NAI_SIZES)}.",
         field="size",
