@@ -36,6 +36,7 @@ class FakeEntry:
     name: str
     defaults: RequestDefaults = FAKE_DEFAULTS
     sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    family: str = "SD-1.x"
 
 
 class FakeRegistry:

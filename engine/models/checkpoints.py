@@ -65,6 +65,11 @@ class ModelEntry:
     sidecar_config: bool = False  # `config` comes from the model's sidecar
     unknown: str = ""  # why the architecture could not be read (SD-1.x is tried)
 
+    @property
+    def family(self) -> str:
+        """"SD-1.x", "SD-2.x" or "SDXL"."""
+        return self.architecture.family
+
 
 @dataclass(frozen=True, kw_only=True)
 class LoadedModel:
