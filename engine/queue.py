@@ -28,7 +28,8 @@ class QueueConfig:
             share model, size, steps, sampler, CFG scale and clip skip).
         max_batch_pixels: most pixels (width x height x images) in one pipeline call, so
             batching is only used where it pays; 0 = measured default for the device (4 x
-            128x128 on a CPU, where large images are compute-bound; max_batch on a GPU).
+            128x128 on a CPU, where large images are compute-bound; max_batch on a GPU, SDXL
+            models 2 megapixels).
         max_model_wait_s: seconds a job for another model may wait while jobs for the loaded
             model keep coming, before the engine swaps models for it.
         preview_every_steps: make a low-cost preview image every N denoising steps; 0 = never.
