@@ -528,3 +528,47 @@ def test_named_sizes_are_the_models_own(registry: ModelRegistry, tmp_path: Path)
     assert (mine.width, mine.height) == (64, 96)
     (models / "x.toml").write_text("[sizes]\ntall = [64, 96]\n")
     assert "sizes.tall: not a size name" in ModelRegistry(models).problems[0]
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def test_medvram_tiles_the_sdxl_vae_and_draws_the_same(
+    registry: ModelRegistry, single: LoadedModel
+) -> None:
+    from engine.device import resolve_vram
+
+    cpu = torch.device("cpu")
+    assert resolve_vram("auto", cpu, sdxl=True) == "normal"  # no GPU memory to spare here
+    assert single.memory == ()
+    model = registry.load(SINGLE, DeviceOptions(device="cpu", vram="medvram"))
+    assert "vae_tiling" in model.memory and "attention_slicing" in model.memory
+    sliced = generate(model, [REQUEST], limits=LIMITS)[0]
+    plain = generate(single, [REQUEST], limits=LIMITS)[0]
+    assert int(abs(png_pixels(sliced.png) - png_pixels(plain.png)).max()) <= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("vram", ["auto", "medvram", "lowvram"])
+def test_sdxl_draws_in_fp16_on_cuda(registry: ModelRegistry, vram: str) -> None:
+    model = registry.load(SINGLE, DeviceOptions(vram=vram))  # type: ignore[arg-type]
+    assert model.device.type == "cuda" and model.dtype == torch.float16
+    if vram != "auto":
+        assert any("offload" in m for m in model.memory)
+        assert "vae_tiling" in model.memory
+    first, second = (generate(model, [REQUEST], limits=LIMITS)[0] for _ in range(2))
+    assert first.png == second.png and png_pixels(first.png).std() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_sdxl_fp16_vae_that_overflows_decodes_again_in_fp32(single: LoadedModel) -> None:
+    from engine.models.vae import decode
+
+    vae = copy.deepcopy(single.pipe.vae).to("cuda", torch.float16)
+    latents = torch.full((1, 4, 8, 8), 30000.0, device="cuda")  # ×1/0.13025 > fp16 max 65504
+    with torch.inference_mode():
+        images = decode(vae, latents)
+    assert vae.dtype == torch.float32 and torch.isfinite(images).all()

@@ -19,7 +19,7 @@ import diffusers
 import torch
 import transformers
 
-from engine.device import DeviceOptions, apply_memory_profile, place_vae
+from engine.device import DeviceOptions, apply_memory_profile, place_vae, resolve_vram
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
 from engine.models.addons import Addons
 from engine.models.architecture import Architecture
@@ -67,7 +67,7 @@ class ModelEntry:
 
     @property
     def family(self) -> str:
-        """"SD-1.x", "SD-2.x" or "SDXL"."""
+        """The family: SD-1.x, SD-2.x or SDXL."""
         return self.architecture.family
 
 
@@ -394,7 +394,9 @@ class ModelRegistry:
                 problem=problem,
             ) from e
         pipe.set_progress_bar_config(disable=True)
-        memory = apply_memory_profile(pipe, options.vram, device)
+        sdxl = entry.architecture.is_sdxl
+        vram = resolve_vram(options.vram, device, sdxl)
+        memory = apply_memory_profile(pipe, vram, device, tile_vae=sdxl)
         addons = Addons(
             pipe,
             self.addons,
@@ -402,7 +404,7 @@ class ModelRegistry:
             vae_config=_config_folder(entry) / "vae",
             device=device,
             dtype=dtype,
-            place_vae=functools.partial(place_vae, pipe, options.vram, device),
+            place_vae=functools.partial(place_vae, pipe, vram, device, tile_vae=sdxl),
         )
         log.info(
             "loaded model %s (%s, %s, %s, %s) %s",
