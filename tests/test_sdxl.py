@@ -15,6 +15,7 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_euler_discrete import rescale_zero_terminal_snr
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bot.cli import main
@@ -79,6 +80,24 @@ def sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_sdxl_checkpoint(pipe, models / f"{VPRED}.safetensors", v_pred=True, ztsnr=True)
     for name in (SINGLE, VPRED):
         (models / f"{name}.toml").write_text(f'config = "{CONFIG}"\n', encoding="utf-8")
+    # A LoRA for both text encoders and the UNet, and an SDXL embedding.
+    gen = torch.Generator().manual_seed(7)
+    lora: dict[str, torch.Tensor] = {}
+    for key, shape in (
+        ("lora_te2_text_model_encoder_layers_3_mlp_fc1", (96, 48)),
+        ("lora_te1_text_model_encoder_layers_1_mlp_fc1", (64, 32)),
+        ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k", (64, 80)),
+    ):
+        lora[f"{key}.lora_down.weight"] = torch.randn((4, shape[1]), generator=gen)
+        lora[f"{key}.lora_up.weight"] = torch.randn((shape[0], 4), generator=gen)
+    (models / "Lora").mkdir()
+    save_file(lora, str(models / "Lora" / "xl-style.safetensors"))
+    (models / "embeddings").mkdir()
+    pair = {
+        "clip_l": torch.randn((2, 32), generator=gen),
+        "clip_g": torch.randn((2, 48), generator=gen),
+    }
+    save_file(pair, str(models / "embeddings" / "xlemb.safetensors"))
     return models
 
 
@@ -214,6 +233,21 @@ def test_the_cli_lists_and_draws_an_sdxl_single_file(
     with Image.open(png) as image:
         info = image.info["parameters"]
     assert f"Model: {SINGLE}" in info and "Size: 64x64" in info and "Seed: 5" in info
+
+
+@pytest.mark.timeout(60)
+def test_loras_embeddings_hires_and_img2img_draw_on_sdxl(single: LoadedModel) -> None:
+    plain = generate(single, [REQUEST], limits=LIMITS)[0]
+    styled = dataclasses.replace(REQUEST, prompt="<lora:xl-style:0.8> 1girl, xlemb, smile")
+    with_extras = generate(single, [styled], limits=LIMITS)[0]
+    assert 'Lora hashes: "xl-style: ' in with_extras.infotext
+    assert 'TI hashes: "xlemb: ' in with_extras.infotext
+    assert (png_pixels(with_extras.png) != png_pixels(plain.png)).any()
+    again = generate(single, [request_from_infotext(with_extras.infotext)], limits=LIMITS)[0]
+    assert again.png == with_extras.png
+    hires = dataclasses.replace(REQUEST, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=2)
+    bigger = generate(single, [hires], limits=LIMITS)[0]
+    assert png_pixels(bigger.png).shape == (96, 96, 3) and "Hires upscale: 1.5" in bigger.infotext
 
 
 # --- A1111's SDXL conditioning --------------------------------------------------------------
@@ -412,8 +446,6 @@ LONE_Q = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
 def test_an_sdxl_lora_merges_by_a1111s_formula_in_both_encoders(
     single: LoadedModel, tmp_path: Path
 ) -> None:
-    from safetensors.torch import save_file
-
     from engine.models.lora import Lora, LoraPatcher, network_layer_names
 
     pipe = single.pipe
@@ -461,8 +493,6 @@ def test_an_sdxl_lora_merges_by_a1111s_formula_in_both_encoders(
 def test_sdxl_embeddings_put_clip_l_and_clip_g_vectors_into_their_encoders(
     single: LoadedModel, tmp_path: Path
 ) -> None:
-    from safetensors.torch import save_file
-
     from engine.models.embeddings import Embedding, EmbeddingDB
 
     gen = torch.Generator().manual_seed(3)
