@@ -602,3 +602,24 @@ def test_an_sdxl_fp16_vae_that_overflows_decodes_again_in_fp32(single: LoadedMod
     with torch.inference_mode():
         images = decode(vae, latents)
     assert vae.dtype == torch.float32 and torch.isfinite(images).all()
+
+
+def test_a_refiner_is_listed_as_unknown_and_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.errors import GenerationFailed
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_file(
+        {"conditioner.embedders.0.model.ln_final.weight": torch.ones(4)},
+        str(models / "refiner.safetensors"),
+    )
+    registry = ModelRegistry(models)
+    assert "refiner" in registry.models["refiner"].unknown
+    with pytest.raises(GenerationFailed, match=r"it is an SDXL refiner"):
+        registry.load("refiner", DeviceOptions(device="cpu"))
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[engine]\nmodels_dir = "{models}"\n', encoding="utf-8")
+    assert main(["--settings", str(settings), "models"]) == 0
+    assert "[single_file, unknown (an SDXL refiner" in capsys.readouterr().out

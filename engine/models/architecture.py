@@ -33,7 +33,12 @@ ZTSNR_MARKER = "ztsnr"
 
 
 class UnknownArchitecture(ValueError):
-    """A checkpoint of no family we load (an SDXL refiner, or not a Stable Diffusion model)."""
+    """A checkpoint whose family cannot be read (an unreadable header, an odd pickle)."""
+
+
+class NotAModel(UnknownArchitecture):
+    """A readable file of no family we load (an SDXL refiner, or not a Stable Diffusion
+    checkpoint at all)."""
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,12 @@ def from_keys(keys: Iterable[str]) -> Architecture:
     if SDXL_KEY in names:
         return Architecture("SDXL", prediction, zero_snr)
     if SDXL_REFINER_KEY in names:
-        raise UnknownArchitecture("an SDXL refiner (it only refines a base model's latents)")
+        raise NotAModel("an SDXL refiner (it only refines a base model's latents)")
     if SD2_KEY in names:
         return Architecture("SD-2.x", prediction, zero_snr)
     if any(name.startswith(SD1_PREFIX) for name in names):
         return Architecture("SD-1.x", prediction, zero_snr)
-    raise UnknownArchitecture("no Stable Diffusion text encoder in it")
+    raise NotAModel("no Stable Diffusion text encoder in it")
 
 
 def checkpoint_architecture(path: Path) -> Architecture:

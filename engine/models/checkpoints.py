@@ -22,7 +22,12 @@ import transformers
 from engine.device import DeviceOptions, apply_memory_profile, place_vae, resolve_vram
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
 from engine.models.addons import Addons
-from engine.models.architecture import Architecture
+from engine.models.architecture import (
+    Architecture,
+    NotAModel,
+    UnknownArchitecture,
+    checkpoint_architecture,
+)
 from engine.models.hashes import HashCache
 from engine.models.library import AddonLibrary, Kind, is_paired_vae
 from engine.models.pipelines import (
@@ -367,6 +372,20 @@ class ModelRegistry:
         dtype = options.resolve_dtype(device)
         if entry.path.suffix == ".ckpt":
             check_ckpt(entry.path)
+        if entry.unknown and entry.kind == "single_file":
+            try:
+                checkpoint_architecture(entry.path)
+            except NotAModel as e:  # a readable file, but not one we draw with
+                problem = Phrase(f"it is {e}" if str(e).startswith("an ") else str(e))
+                raise GenerationFailed(
+                    f"Cannot load model {name!r} ({entry.path.name}): {problem}",
+                    key="cannot_load_model",
+                    name=name,
+                    file=entry.path.name,
+                    problem=problem,
+                ) from e
+            except UnknownArchitecture:  # unreadable: loading says what is wrong with it
+                pass
         try:
             pipe = load_pipeline(
                 entry.path,
