@@ -132,7 +132,7 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
     entry = pick_model(registry, request, default)
     request = dataclasses.replace(request, model=entry.name, model_hash=None)
     # Check at the door, before the seconds-long model load.
-    check_request(request, settings.limits, entry.defaults, entry.sizes)
+    check_request(request, settings.limits, entry.defaults, entry.presets)
     model = registry.load(entry.name, settings.device)
     resolved = entry.defaults.apply(request)
     with tqdm(total=resolved.num_inference_steps, unit="step", file=sys.stderr, leave=False) as bar:

@@ -34,6 +34,7 @@ from engine.prompting import (
 from engine.prompting.networks import networks_of, without_networks
 from engine.prompting.presets import (
     NAI_SIZES,
+    UC_PRESETS,
     nai_size,
     size_key,
     uc_preset_name,
@@ -489,10 +490,13 @@ def read_request(
         prompt, negative = _convert(prompt, syntax, notes), _convert(negative, syntax, notes)
     if values.get("no_quality") is None and settings.quality_tags and not pasted:
         prompt = with_quality_tags(prompt)
+        fields["preset_quality"] = True  # the model's own quality tags replace NAI's
     prompt += values.get("hypernet", "")
     preset = values.get("uc_preset", None if pasted else settings.uc_preset)
     if preset is not None:
         negative = with_uc_preset(negative, preset)
+        if UC_PRESETS[uc_preset_name(preset)]:
+            fields["preset_negative"] = uc_preset_name(preset)
     _check_weights(prompt, negative)
 
     for key, value in values.items():

@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from engine.errors import InvalidRequest, ModelNotFound, Phrase
 from engine.preview import PreviewMap
+from engine.prompting.presets import ModelPresets
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
 AddonKind = Literal["VAE", "hypernetwork", "LoRA", "embedding", "upscaler"]
@@ -41,7 +42,7 @@ class ModelInfo(Protocol):
     @property
     def defaults(self) -> RequestDefaults: ...
     @property
-    def sizes(self) -> Mapping[str, tuple[int, int]]: ...
+    def presets(self) -> ModelPresets: ...
     @property
     def family(self) -> str: ...
 

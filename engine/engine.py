@@ -675,7 +675,7 @@ class Engine(Generic[M]):
             dataclasses.replace(request, model=entry.name, model_hash=None),
             self._limits,
             entry.defaults,
-            entry.sizes,
+            entry.presets,
         )
         return self._registry.check_addons(checked)
 

@@ -95,7 +95,7 @@ def generate(
     # 1. Check inputs: fill the model's defaults, validate, and make sure the batch is uniform.
     reqs = [
         check_request(
-            dataclasses.replace(r, model=model.name), limits, model.defaults, model.entry.sizes
+            dataclasses.replace(r, model=model.name), limits, model.defaults, model.entry.presets
         )
         for r in requests
     ]

@@ -71,6 +71,12 @@ class GenerationRequest:
         size_name: a named size (`--size portrait`, a NAI_SIZES key) whose width and height
             are NAI's; the door replaces them with the model's own size of that name where it
             has one (SDXL's buckets), then clears it.
+        preset_quality: the prompt starts with NAI's quality tags, put there by the chat
+            parser; the door swaps them for the model's own quality tags where its sidecar
+            has some, then clears it.
+        preset_negative: the NAI undesired-content preset (its name) the chat parser put
+            before the negative prompt; the door swaps its text for the model's own negative
+            preset where its sidecar has one, then clears it.
     """
 
     prompt: str
@@ -110,6 +116,8 @@ class GenerationRequest:
     hr_second_pass_steps: int = 0
     extras_upscale: bool = False
     size_name: str | None = None
+    preset_quality: bool = False
+    preset_negative: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from engine.errors import GenerationFailed, JobCancelled, ModelNotFound
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.networks import networks_of
+from engine.prompting.presets import NAI_PRESETS, ModelPresets
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
 FAKE_DEFAULTS = RequestDefaults(width=64, height=64, num_inference_steps=4)
@@ -35,7 +36,7 @@ class FakeModel:
 class FakeEntry:
     name: str
     defaults: RequestDefaults = FAKE_DEFAULTS
-    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    presets: ModelPresets = NAI_PRESETS
     family: str = "SD-1.x"
 
 

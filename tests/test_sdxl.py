@@ -31,6 +31,7 @@ from engine.models.architecture import (
     from_keys,
 )
 from engine.preview import SDXL_PREVIEW
+from engine.prompting.presets import NAI_PRESETS
 from engine.prompting.sdxl import (
     SdxlEncoders,
     encode_sdxl_conditioning,
@@ -539,14 +540,14 @@ def test_named_sizes_are_the_models_own(registry: ModelRegistry, tmp_path: Path)
     portrait = parse_request("1girl --size portrait")
     assert (portrait.width, portrait.height, portrait.size_name) == (512, 768, "portrait")
     xl = registry.models[SINGLE]
-    checked = check_request(portrait, LIMITS, xl.defaults, xl.sizes)
+    checked = check_request(portrait, LIMITS, xl.defaults, xl.presets)
     assert (checked.width, checked.height, checked.size_name) == (832, 1216, None)
-    wide = check_request(parse_request("1girl --size landscape"), LIMITS, xl.defaults, xl.sizes)
+    wide = check_request(parse_request("1girl --size landscape"), LIMITS, xl.defaults, xl.presets)
     assert (wide.width, wide.height) == (1216, 832)
     # A name the model has no size for keeps NAI's; SD-1.x models have none of their own.
-    large = check_request(parse_request("x --size large portrait"), LIMITS, xl.defaults, xl.sizes)
+    large = check_request(parse_request("x --size large portrait"), LIMITS, xl.defaults, xl.presets)
     assert (large.width, large.height, large.size_name) == (512, 1024, None)
-    plain = check_request(portrait, LIMITS, None, {})
+    plain = check_request(portrait, LIMITS, None, NAI_PRESETS)
     assert (plain.width, plain.height, plain.size_name) == (512, 768, None)
     # A sidecar's [sizes] win.
     models = tmp_path / "models"
@@ -554,10 +555,40 @@ def test_named_sizes_are_the_models_own(registry: ModelRegistry, tmp_path: Path)
     (models / "x.safetensors").write_bytes((registry.models[SINGLE].path).read_bytes())
     (models / "x.toml").write_text("[sizes]\nportrait = [64, 96]\n")
     entry = ModelRegistry(models).models["x"]
-    mine = check_request(portrait, LIMITS, entry.defaults, entry.sizes)
+    mine = check_request(portrait, LIMITS, entry.defaults, entry.presets)
     assert (mine.width, mine.height) == (64, 96)
     (models / "x.toml").write_text("[sizes]\ntall = [64, 96]\n")
     assert "sizes.tall: not a size name" in ModelRegistry(models).problems[0]
+
+
+def test_a_models_own_prompt_presets_replace_nais(sdxl_dir: Path, tmp_path: Path) -> None:
+    from bot.parse import parse_request
+    from engine.checks import check_request
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "x.safetensors").write_bytes((sdxl_dir / f"{SINGLE}.safetensors").read_bytes())
+    (models / "x.toml").write_text(
+        '[prompt]\nquality_tags = "masterpiece, best quality, very aesthetic, "\n'
+        'negative = "worst quality, low quality"\n'
+    )
+    entry = ModelRegistry(models).models["x"]
+    parsed = parse_request("1girl, smile --neg hat")
+    assert parsed.prompt == "masterpiece, best quality, 1girl, smile" and parsed.preset_quality
+    assert parsed.preset_negative == "Low Quality + Bad Anatomy"
+    checked = check_request(parsed, LIMITS, entry.defaults, entry.presets)
+    assert checked.prompt == "masterpiece, best quality, very aesthetic, 1girl, smile"
+    assert checked.negative_prompt == "worst quality, low quality, hat"
+    assert not checked.preset_quality and checked.preset_negative is None
+    # Typed tags, pasted infotexts and `--no-quality --uc none` are the user's words: kept.
+    typed = parse_request("masterpiece, best quality, 1girl --no-quality --uc none")
+    kept = check_request(typed, LIMITS, entry.defaults, entry.presets)
+    assert (kept.prompt, kept.negative_prompt) == (typed.prompt, typed.negative_prompt)
+    # Models without presets of their own keep NAI's.
+    nai = check_request(parsed, LIMITS, None, NAI_PRESETS)
+    assert (nai.prompt, nai.negative_prompt) == (parsed.prompt, parsed.negative_prompt)
+    (models / "x.toml").write_text('[prompt]\nquality = "x"\n')
+    assert "prompt.quality: unknown key" in ModelRegistry(models).problems[0]
 
 
 # --- memory ---------------------------------------------------------------------------------

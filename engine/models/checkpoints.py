@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from engine.models.pipelines import (
 from engine.models.sidecar import read_sidecar
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.networks import networks_of
+from engine.prompting.presets import NAI_PRESETS, ModelPresets
 from engine.request import GenerationRequest, RequestDefaults
 from engine.upscalers import check_hires_upscaler
 from engine.weights import check_ckpt
@@ -66,7 +66,7 @@ class ModelEntry:
     config: Path = SD15_CONFIG
     preview: PreviewMap = SD1_PREVIEW  # latents → RGB for progress previews
     architecture: Architecture = Architecture()
-    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # named sizes: its own
+    presets: ModelPresets = NAI_PRESETS  # its own sizes, quality tags, negative preset
     sidecar_config: bool = False  # `config` comes from the model's sidecar
     unknown: str = ""  # why the architecture could not be read (SD-1.x is tried)
 
@@ -276,7 +276,7 @@ class ModelRegistry:
             self.problems.append(f"{path.name}: a model named {name!r} already exists; skipped")
             return
         try:
-            defaults, config, preview, architecture, unknown, sizes = read_sidecar(
+            defaults, config, preview, architecture, unknown, presets = read_sidecar(
                 self.models_dir, name, path, kind, self.base_defaults
             )
         except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -294,7 +294,7 @@ class ModelRegistry:
             config=config or SD15_CONFIG,
             preview=preview,
             architecture=architecture,
-            sizes=sizes,
+            presets=presets,
             sidecar_config=config is not None,
             unknown=unknown,
         )

@@ -21,18 +21,26 @@ from engine.models.architecture import (
     from_folder,
 )
 from engine.preview import SD1_PREVIEW, SDXL_PREVIEW, PreviewMap
-from engine.prompting.presets import NAI_SIZES
+from engine.prompting.presets import NAI_SIZES, ModelPresets
 from engine.request import RequestDefaults
 
-SIDECAR_KEYS = ("defaults", "config", "preview", "sizes", "prediction_type", "zero_terminal_snr")
+SIDECAR_KEYS = (
+    "defaults",
+    "config",
+    "preview",
+    "sizes",
+    "prompt",
+    "prediction_type",
+    "zero_terminal_snr",
+)
 
 
 def read_sidecar(
     models_dir: Path, name: str, path: Path, kind: str, base_defaults: RequestDefaults
-) -> tuple[RequestDefaults, Path | None, PreviewMap, Architecture, str, dict[str, tuple[int, int]]]:
+) -> tuple[RequestDefaults, Path | None, PreviewMap, Architecture, str, ModelPresets]:
     """A model's sidecar (`models/<name>.toml`) over its detected architecture: defaults
     (the architecture's, then the file's), config folder, preview map, architecture, and
-    why the architecture is unknown ("" when known)."""
+    why the architecture is unknown ("" when known), its presets (sizes, prompt presets)."""
     sidecar = models_dir / f"{name}.toml"
     data = tomllib.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
     unknown_keys = set(data) - set(SIDECAR_KEYS)
@@ -66,7 +74,20 @@ def read_sidecar(
             raise InvalidRequest("preview.latent_rgb: needs one [r, g, b] per latent channel")
     sizes = dict(SDXL_SIZES) if architecture.is_sdxl else {}
     sizes.update(_sizes(data.get("sizes", {})))
-    return defaults, config, preview, architecture, unknown, sizes
+    prompt = data.get("prompt", {})
+    if not isinstance(prompt, dict):
+        raise InvalidRequest("prompt must be a table ([prompt])")
+    extra = set(prompt) - {"quality_tags", "negative"}
+    if extra:
+        raise InvalidRequest(
+            f"prompt.{sorted(extra)[0]}: unknown key; allowed: quality_tags, negative"
+        )
+    texts = {key: prompt.get(key) for key in ("quality_tags", "negative")}
+    for key, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"prompt.{key} must be a string")
+    presets = ModelPresets(sizes, texts["quality_tags"], texts["negative"])
+    return defaults, config, preview, architecture, unknown, presets
 
 
 def _sizes(table: object) -> dict[str, tuple[int, int]]:
