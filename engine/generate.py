@@ -198,7 +198,9 @@ def generate(
                     pipe.text_encoder,
                     [without_networks(r.prompt) for r, _ in items],
                     [r.negative_prompt for r, _ in items],
-                    clip_skip=first.clip_skip or 1,
+                    # A1111 ignores clip skip for SD-2.x: OpenCLIP's penultimate layer, which
+                    # is the last of diffusers' 23-layer SD-2 text encoder.
+                    clip_skip=1 if model.architecture.family == "SD-2.x" else first.clip_skip or 1,
                     # Second-order samplers count two model calls a step, as A1111 does.
                     steps=steps * row.conditioning_steps,
                     hires_steps=hires_steps,

@@ -654,3 +654,32 @@ def test_a_refiner_is_listed_as_unknown_and_refused_with_the_reason(
     settings.write_text(f'[engine]\nmodels_dir = "{models}"\n', encoding="utf-8")
     assert main(["--settings", str(settings), "models"]) == 0
     assert "[single_file, unknown (an SDXL refiner" in capsys.readouterr().out
+
+
+def test_folder_architecture_from_its_configs(tmp_path: Path) -> None:
+    import json
+
+    from engine.models.architecture import from_folder
+
+    def folder(name: str, pipeline: str, width: int, scheduler: dict[str, object]) -> Path:
+        root = tmp_path / name
+        for part in ("text_encoder", "scheduler"):
+            (root / part).mkdir(parents=True)
+        index = {"_class_name": pipeline, "text_encoder": ["transformers", "CLIPTextModel"]}
+        (root / "model_index.json").write_text(json.dumps(index))
+        (root / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": width}))
+        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+        return root
+
+    sd2v = folder("sd2", "StableDiffusionPipeline", 1024, {"prediction_type": "v_prediction"})
+    assert from_folder(sd2v) == Architecture("SD-2.x", "v_prediction")
+    sd1 = folder("sd1", "StableDiffusionPipeline", 768, {})
+    assert from_folder(sd1) == Architecture("SD-1.x")
+    noob = folder(
+        "noob",
+        "StableDiffusionXLPipeline",
+        768,
+        {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+    )
+    assert from_folder(noob) == Architecture("SDXL", "v_prediction", zero_snr=True)
+    assert from_folder(SDXL_CONFIG) == Architecture("SDXL")
