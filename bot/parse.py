@@ -131,14 +131,21 @@ def _seed(flag: str, value: str) -> int | None:
     return None if seed == -1 else seed  # A1111: -1 means "pick a random seed"
 
 
-def _size(flag: str, value: str) -> tuple[int, int, str | None]:
-    """(width, height, the size's name or None); a name's NAI size, which the engine replaces
-    with the model's own size of that name (SDXL's buckets)."""
+class _NamedSize(tuple[int, int]):
+    """(width, height) of a size name, NAI's, with the name (`name`), which the engine
+    replaces with the model's own size of that name (SDXL's buckets)."""
+
+    name: str
+
+
+def _size(flag: str, value: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)\s*[xX×*]\s*(\d+)", value.strip())
     if match:
-        return int(match[1]), int(match[2]), None
+        return int(match[1]), int(match[2])
     try:
-        return (*nai_size(value), size_key(value))
+        named = _NamedSize(nai_size(value))
+        named.name = size_key(value)
+        return named
     except InvalidRequest:
         raise ParseError(
             f"{flag} needs WIDTHxHEIGHT, e.g. 512x768, or a NAI size: "
@@ -519,7 +526,9 @@ def read_request(
     if "hr_scale" in values:
         fields["enable_hr"] = True
     if "size" in values:
-        fields["width"], fields["height"], fields["size_name"] = values["size"]
+        fields["width"], fields["height"] = values["size"]
+        if isinstance(values["size"], _NamedSize):
+            fields["size_name"] = values["size"].name
     if "ratio" in values:
         fields["width"], fields["height"] = _size_for_ratio(values["ratio"], base)
     request = dataclasses.replace(
