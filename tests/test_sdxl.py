@@ -683,3 +683,16 @@ def test_folder_architecture_from_its_configs(tmp_path: Path) -> None:
     )
     assert from_folder(noob) == Architecture("SDXL", "v_prediction", zero_snr=True)
     assert from_folder(SDXL_CONFIG) == Architecture("SDXL")
+
+
+def test_family_defaults() -> None:
+    from engine.models.architecture import architecture_defaults
+    from engine.request import RequestDefaults
+
+    base = RequestDefaults()
+    assert architecture_defaults(base, Architecture("SD-1.x")) == base
+    xl = architecture_defaults(base, Architecture("SDXL", "v_prediction", True))
+    assert (xl.width, xl.height, xl.guidance_scale, xl.ensd, xl.clip_skip) == (832, 1216, 6, 0, 2)
+    sd2 = architecture_defaults(base, Architecture("SD-2.x"))
+    sd2v = architecture_defaults(base, Architecture("SD-2.x", "v_prediction"))
+    assert (sd2.width, sd2v.width, sd2v.height) == (512, 768, 768)

@@ -150,7 +150,7 @@ def _read_json(path: Path) -> dict[str, object]:
 # lower CFG than NAI's 11, and no NAI noise seed delta.
 _FAMILY_DEFAULTS: dict[Family, dict[str, object]] = {
     "SDXL": {"width": 832, "height": 1216, "guidance_scale": 6.0, "ensd": 0},
-    "SD-2.x": {"width": 768, "height": 768, "guidance_scale": 7.0, "ensd": 0},
+    "SD-2.x": {"width": 512, "height": 512, "guidance_scale": 7.0, "ensd": 0},
 }
 # Named sizes of each family: SDXL's training buckets in place of NAI v1's.
 SDXL_SIZES: dict[str, tuple[int, int]] = {
@@ -161,6 +161,9 @@ SDXL_SIZES: dict[str, tuple[int, int]] = {
 
 
 def architecture_defaults(base: RequestDefaults, architecture: Architecture) -> RequestDefaults:
-    """`base` (the settings' defaults) with the family's size, CFG and ENSD."""
-    changes = _FAMILY_DEFAULTS.get(architecture.family, {})
+    """`base` (the settings' defaults) with the family's size, CFG and ENSD (SD-2.x
+    v-prediction: the 768-v model's 768x768)."""
+    changes = dict(_FAMILY_DEFAULTS.get(architecture.family, {}))
+    if architecture.family == "SD-2.x" and architecture.prediction == "v_prediction":
+        changes.update(width=768, height=768)
     return dataclasses.replace(base, **changes) if changes else base  # type: ignore[arg-type]
