@@ -197,7 +197,7 @@ def cmd_draw(args: argparse.Namespace, settings: Settings) -> int:
     entry = pick_model(registry, request, default)
     request = dataclasses.replace(request, model=entry.name, model_hash=None)
     # Check at the door, before the seconds-long model load.
-    check_request(request, settings.limits, entry.defaults)
+    check_request(request, settings.limits, entry.defaults, entry.presets)
     model = registry.load(entry.name, settings.device)
     resolved = entry.defaults.apply(request)
     with tqdm(total=resolved.num_inference_steps, unit="step", file=sys.stderr, leave=False) as bar:
@@ -341,10 +341,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         marker = " (default)" if entry.name == settings.engine.default_model else ""
         addons = ", its own VAE" if d.vae == "None" else f", VAE {d.vae}"
         addons += f", hypernet {d.hypernet}" if d.hypernet else ""
+        architecture = f"unknown ({entry.unknown})" if entry.unknown else str(entry.architecture)
         print(
-            f"  {entry.name}{marker}  [{entry.kind}] {registry.model_hash(entry)}  "
+            f"  {entry.name}{marker}  [{entry.kind}, {architecture}] {registry.model_hash(entry)}  "
             f"{d.width}x{d.height}, {d.sampler}, {d.num_inference_steps} steps, "
-            f"clip skip {d.clip_skip}{addons}"
+            f"CFG {d.guidance_scale:g}, clip skip {d.clip_skip}{addons}"
         )
     if not registry.models:
         print("  (none: run `make demo` or `aidraw build-demo`)")

@@ -844,6 +844,9 @@ ERRORS_ZH: dict[str, str] = {
     "seed_range": "种子 {seed} 不可用：请用 0 到 {max}，或 -1 表示随机。",
     "clip_skip_range": "CLIP 跳过层数 {clip_skip} 不可用：请用 1 到 {max}。",
     "clip_skip_model": "CLIP 跳过层数 {clip_skip} 不适用于 {model}：请用 1 到 {max}。",
+    "hypernet_sd1_only": (
+        "超网络只适用于 SD-1.x 模型；{model} 是 {family}：请去掉 <hypernet:{name}:…>。"
+    ),
     "unknown_network_tag": (
         "{tag} 不是这里的附加网络：请用 <lora:名称:权重> 或 <hypernet:名称:强度>。"
     ),

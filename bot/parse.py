@@ -34,7 +34,9 @@ from engine.prompting import (
 from engine.prompting.networks import networks_of, without_networks
 from engine.prompting.presets import (
     NAI_SIZES,
+    UC_PRESETS,
     nai_size,
+    size_key,
     uc_preset_name,
     with_quality_tags,
     with_uc_preset,
@@ -129,12 +131,21 @@ def _seed(flag: str, value: str) -> int | None:
     return None if seed == -1 else seed  # A1111: -1 means "pick a random seed"
 
 
+class _NamedSize(tuple[int, int]):
+    """(width, height) of a size name, NAI's, with the name (`name`), which the engine
+    replaces with the model's own size of that name (SDXL's buckets)."""
+
+    name: str
+
+
 def _size(flag: str, value: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)\s*[xX×*]\s*(\d+)", value.strip())
     if match:
         return int(match[1]), int(match[2])
     try:
-        return nai_size(value)
+        named = _NamedSize(nai_size(value))
+        named.name = size_key(value)
+        return named
     except InvalidRequest:
         raise ParseError(
             f"{flag} needs WIDTHxHEIGHT, e.g. 512x768, or a NAI size: "
@@ -486,10 +497,13 @@ def read_request(
         prompt, negative = _convert(prompt, syntax, notes), _convert(negative, syntax, notes)
     if values.get("no_quality") is None and settings.quality_tags and not pasted:
         prompt = with_quality_tags(prompt)
+        fields["preset_quality"] = True  # the model's own quality tags replace NAI's
     prompt += values.get("hypernet", "")
     preset = values.get("uc_preset", None if pasted else settings.uc_preset)
     if preset is not None:
         negative = with_uc_preset(negative, preset)
+        if UC_PRESETS[uc_preset_name(preset)]:
+            fields["preset_negative"] = uc_preset_name(preset)
     _check_weights(prompt, negative)
 
     for key, value in values.items():
@@ -513,6 +527,8 @@ def read_request(
         fields["enable_hr"] = True
     if "size" in values:
         fields["width"], fields["height"] = values["size"]
+        if isinstance(values["size"], _NamedSize):
+            fields["size_name"] = values["size"].name
     if "ratio" in values:
         fields["width"], fields["height"] = _size_for_ratio(values["ratio"], base)
     request = dataclasses.replace(

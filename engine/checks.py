@@ -12,6 +12,7 @@ from engine.errors import NEGATIVE_PROMPT, PROMPT, InvalidRequest, Phrase
 from engine.infotext import format_number
 from engine.prompting import check_weights
 from engine.prompting.networks import networks_of, with_hypernet
+from engine.prompting.presets import ModelPresets
 from engine.request import (
     HIRES_ONLY_UPSCALERS,
     RNG_SOURCES,
@@ -28,9 +29,17 @@ _WIDTH, _HEIGHT = Phrase("width", "word_width"), Phrase("height", "word_height")
 
 
 def check_request(
-    request: GenerationRequest, limits: Limits, defaults: RequestDefaults | None = None
+    request: GenerationRequest,
+    limits: Limits,
+    defaults: RequestDefaults | None = None,
+    presets: ModelPresets | None = None,
 ) -> GenerationRequest:
-    """Fill defaults and validate; InvalidRequest names what was wrong and what is allowed."""
+    """Fill defaults and validate; InvalidRequest names what was wrong and what is allowed.
+
+    `presets`: the model's own; a request's named size and NAI presets become the model's
+    where it has its own (the request says which it used: `size_name`, `preset_*`)."""
+    if presets is not None:
+        request = _with_model_presets(request, presets)
     if request.vae is not None and request.vae.lower() in ("automatic", "auto"):
         request = dataclasses.replace(request, vae=None)  # the model's default
     req = (defaults or RequestDefaults()).apply(request)
@@ -280,3 +289,17 @@ def _check_pictures(req: GenerationRequest, limits: Limits) -> None:
 def _largest_square(max_pixels: int) -> str:
     side = int(max_pixels**0.5) // 8 * 8
     return f"{side}x{side}"
+
+
+def _with_model_presets(request: GenerationRequest, presets: ModelPresets) -> GenerationRequest:
+    """The model's own size for a named size, and its quality tags and negative preset where
+    the parser put NAI's; the markers cleared (the request now says what it draws)."""
+    changes: dict[str, object] = {"size_name": None, "preset_quality": False}
+    changes["preset_negative"] = None
+    name = request.size_name
+    if name is not None and name in presets.sizes:
+        changes["width"], changes["height"] = presets.sizes[name]
+    changes["prompt"], changes["negative_prompt"] = presets.apply(
+        request.prompt, request.negative_prompt, request.preset_quality, request.preset_negative
+    )
+    return dataclasses.replace(request, **changes)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from engine.errors import InvalidRequest, ModelNotFound, Phrase
 from engine.preview import PreviewMap
+from engine.prompting.presets import ModelPresets
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
 AddonKind = Literal["VAE", "hypernetwork", "LoRA", "embedding", "upscaler"]
@@ -40,6 +41,10 @@ class ModelInfo(Protocol):
     def name(self) -> str: ...
     @property
     def defaults(self) -> RequestDefaults: ...
+    @property
+    def presets(self) -> ModelPresets: ...
+    @property
+    def family(self) -> str: ...
 
 
 class Registry(Protocol):

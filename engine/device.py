@@ -9,7 +9,9 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
-Vram = Literal["normal", "medvram", "lowvram"]
+Vram = Literal["normal", "medvram", "lowvram", "auto"]
+# "auto": below this much GPU memory an SDXL model gets medvram (A1111's advice for 8 GB cards).
+SDXL_MEDVRAM_BELOW = 12 * 1024**3
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
@@ -20,13 +22,14 @@ class DeviceOptions:
     Args:
         device: "auto" (CUDA, then Apple mps, then CPU), "cpu", "cuda", "cuda:N" or "mps".
         dtype: "auto" (float16 on CUDA, float32 elsewhere), "float32", "float16" or "bfloat16".
-        vram: "normal"; "medvram" (model CPU offload + sliced attention and VAE);
-            "lowvram" (sequential CPU offload + sliced attention + tiled VAE).
+        vram: "normal"; "medvram" (model CPU offload + sliced attention and VAE; SDXL: tiled
+            VAE too); "lowvram" (sequential CPU offload + sliced attention + tiled VAE);
+            "auto" (medvram for SDXL models on a CUDA card under 12 GiB, else normal).
     """
 
     device: str = "auto"
     dtype: Dtype = "auto"
-    vram: Vram = "normal"
+    vram: Vram = "auto"
 
     def resolve_device(self) -> torch.device:
         """The concrete torch device for "auto"."""
@@ -50,16 +53,29 @@ class DeviceOptions:
         return dtype
 
 
+def resolve_vram(vram: Vram, device: torch.device, sdxl: bool) -> Vram:
+    """The profile "auto" means for a model on `device`: medvram for SDXL on a small card."""
+    if vram != "auto":
+        return vram
+    if sdxl and device.type == "cuda":
+        import torch
+
+        if torch.cuda.get_device_properties(device).total_memory < SDXL_MEDVRAM_BELOW:
+            return "medvram"
+    return "normal"
+
+
 def apply_memory_profile(
-    pipe: StableDiffusionPipeline, vram: Vram, device: torch.device
+    pipe: StableDiffusionPipeline, vram: Vram, device: torch.device, *, tile_vae: bool = False
 ) -> tuple[str, ...]:
-    """Put the pipeline on `device` with diffusers' equivalents of A1111's --medvram/--lowvram."""
+    """Put the pipeline on `device` with diffusers' equivalents of A1111's --medvram/--lowvram
+    (`vram` resolved); `tile_vae`: medvram tiles the VAE too (SDXL's decodes at 1024 px)."""
     applied: list[str] = []
     if vram != "normal":
         pipe.enable_attention_slicing()
         pipe.vae.enable_slicing()
         applied += ["attention_slicing", "vae_slicing"]
-    if vram == "lowvram":
+    if vram == "lowvram" or (vram == "medvram" and tile_vae):
         pipe.vae.enable_tiling()
         applied.append("vae_tiling")
     # Offload only helps where the device has memory of its own apart from the CPU's.
@@ -74,12 +90,14 @@ def apply_memory_profile(
     return tuple(applied)
 
 
-def place_vae(pipe: StableDiffusionPipeline, vram: Vram, device: torch.device) -> None:
+def place_vae(
+    pipe: StableDiffusionPipeline, vram: Vram, device: torch.device, *, tile_vae: bool = False
+) -> None:
     """After `pipe.vae` was replaced (another VAE file): give it the memory profile the rest of
     the pipeline has. Offload hooks are per component, so they are all set again."""
     if vram != "normal":
         pipe.vae.enable_slicing()
-    if vram == "lowvram":
+    if vram == "lowvram" or (vram == "medvram" and tile_vae):
         pipe.vae.enable_tiling()
     if vram != "normal" and device.type == "cuda":
         pipe.remove_all_hooks()

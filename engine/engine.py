@@ -712,6 +712,7 @@ class Engine(Generic[M]):
             dataclasses.replace(request, model=entry.name, model_hash=None),
             self._limits,
             entry.defaults,
+            entry.presets,
         )
         return self._registry.check_addons(checked)
 
@@ -751,7 +752,9 @@ class Engine(Generic[M]):
             job._notify()
 
     def _batch_limit(self, job: Job) -> int:
-        return batch_limit(self.config, self._slot.device_type, job.request)
+        entry = self._registry.models.get(job.request.model or "")
+        family = entry.family if entry is not None else "SD-1.x"
+        return batch_limit(self.config, self._slot.device_type, job.request, family)
 
     def _current_plan(self) -> list[list[Job]]:
         """The expected batches (cached; the model-wait rule changes it with time only)."""

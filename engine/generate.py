@@ -18,12 +18,13 @@ from engine.errors import GenerationFailed, InvalidRequest, JobCancelled, Phrase
 from engine.extras import upscale_results
 from engine.hires import check_hires, hires_pass
 from engine.infotext import create_infotext
-from engine.latents import image_conditioning, init_latents, to_images
+from engine.latents import hires_size, image_conditioning, init_latents, to_images
 from engine.models import LoadedModel
 from engine.models.vae import decode
 from engine.pictures import apply_overlay, open_picture
 from engine.prompting.conditioning import Conditioning, encode_conditioning
 from engine.prompting.networks import networks_of, without_networks
+from engine.prompting.sdxl import SdxlEncoders, encode_sdxl_conditioning, unet_inputs
 from engine.request import (
     BATCH_KEYS,
     RNG_SOURCES,
@@ -93,7 +94,9 @@ def generate(
 
     # 1. Check inputs: fill the model's defaults, validate, and make sure the batch is uniform.
     reqs = [
-        check_request(dataclasses.replace(r, model=model.name), limits, model.defaults)
+        check_request(
+            dataclasses.replace(r, model=model.name), limits, model.defaults, model.entry.presets
+        )
         for r in requests
     ]
     if not reqs:
@@ -119,6 +122,17 @@ def generate(
             clip_skip=first.clip_skip,
             model=model.name,
             max=layers,
+        )
+    hypernets = networks_of(first.prompt).hypernets
+    if hypernets and model.architecture.family != "SD-1.x":  # A1111's work on SD-1.x only
+        raise InvalidRequest(
+            f"Hypernetworks work on SD-1.x models only; {model.name} is "
+            f"{model.architecture.family}: remove <hypernet:{hypernets[0].name}:…>.",
+            field="prompt",
+            key="hypernet_sd1_only",
+            model=model.name,
+            family=model.architecture.family,
+            name=hypernets[0].name,
         )
     picture = open_picture(first)  # img2img: the init picture prepared (before any work)
     if first.enable_hr:
@@ -149,6 +163,7 @@ def generate(
     noise = rng.first()
     # An inpainting UNet (9 input channels) also reads a mask and masked-picture latents.
     inpainting_unet = int(pipe.unet.config.in_channels) == channels + 5
+    sdxl = SdxlEncoders.of(pipe) if model.architecture.is_sdxl else None
 
     try:
         with torch.inference_mode():
@@ -160,12 +175,32 @@ def generate(
             in_use = model.addons.use(first)
 
             def encode_prompts(hires_steps: int | None = None) -> Conditioning:
+                if sdxl is not None:  # A1111's SDXL conditioner, at the pass's image size
+                    assert first.width is not None and first.height is not None
+                    width, height = (
+                        hires_size(first.width, first.height, first.hr_scale)
+                        if hires_steps is not None
+                        else (first.width, first.height)
+                    )
+                    return encode_sdxl_conditioning(
+                        sdxl,
+                        [without_networks(r.prompt) for r, _ in items],
+                        [r.negative_prompt for r, _ in items],
+                        size=(height, width),
+                        steps=steps * row.conditioning_steps,
+                        hires_steps=hires_steps,
+                        device=model.device,
+                        emphasis=[r.emphasis or "Original" for r, _ in items],
+                        embeddings=model.addons.embeddings(),
+                    )
                 return encode_conditioning(
                     pipe.tokenizer,
                     pipe.text_encoder,
                     [without_networks(r.prompt) for r, _ in items],
                     [r.negative_prompt for r, _ in items],
-                    clip_skip=first.clip_skip or 1,
+                    # A1111 ignores clip skip for SD-2.x: OpenCLIP's penultimate layer, which
+                    # is the last of diffusers' 23-layer SD-2 text encoder.
+                    clip_skip=1 if model.architecture.family == "SD-2.x" else first.clip_skip or 1,
                     # Second-order samplers count two model calls a step, as A1111 does.
                     steps=steps * row.conditioning_steps,
                     hires_steps=hires_steps,
@@ -180,8 +215,12 @@ def generate(
             # 6. Denoise with our sampler; CFG on the denoised prediction, conditioning asked
             #    for at every model call; progress and cancellation after every step.
             def unet(x_in: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+                added: dict[str, Any] = {}
+                if sdxl is not None:  # the pooled vector and sizes ride in front of the context
+                    context, added = unet_inputs(context, sdxl.pooled_dim)
+                    added = {"added_cond_kwargs": added}
                 out: torch.Tensor = pipe.unet(
-                    x_in, t, encoder_hidden_states=context, return_dict=False
+                    x_in, t, encoder_hidden_states=context, return_dict=False, **added
                 )[0]
                 return out
 

@@ -31,6 +31,15 @@ class PreviewMap:
 
 
 SD1_PREVIEW = PreviewMap()
+# SDXL's latents, A1111's map for `is_sdxl` (same file).
+SDXL_PREVIEW = PreviewMap(
+    latent_rgb=(
+        (0.3448, 0.4168, 0.4395),
+        (-0.1953, -0.0290, 0.0250),
+        (0.1074, 0.0886, -0.0163),
+        (-0.3730, -0.2499, -0.2088),
+    )
+)
 SCALE = 4  # latents are 1/8 of the image: previews are half its size…
 MAX_SIDE = 384  # …but small enough to send often
 

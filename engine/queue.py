@@ -28,7 +28,8 @@ class QueueConfig:
             share model, size, steps, sampler, CFG scale and clip skip).
         max_batch_pixels: most pixels (width x height x images) in one pipeline call, so
             batching is only used where it pays; 0 = measured default for the device (4 x
-            128x128 on a CPU, where large images are compute-bound; max_batch on a GPU).
+            128x128 on a CPU, where large images are compute-bound; max_batch on a GPU, SDXL
+            models 2 megapixels).
         max_model_wait_s: seconds a job for another model may wait while jobs for the loaded
             model keep coming, before the engine swaps models for it.
         preview_every_steps: make a low-cost preview image every N denoising steps; 0 = never.
@@ -64,11 +65,21 @@ class QueueConfig:
 # 2-core CPU: 4 images at 128x128 draw 1.5-1.9x faster together, at 192x192 1.1-1.2x, at
 # 512x512 not at all). Device types not listed batch up to max_batch at any size.
 AUTO_BATCH_PIXELS = {"cpu": 4 * 128 * 128}
+# Elsewhere, by model family: an SDXL UNet (2.6 B parameters, 3x SD-1's) holds two 1024x1024
+# images per call, so an 8 GB card with medvram does not run out of memory batching them.
+FAMILY_BATCH_PIXELS = {"SDXL": 2 * 1024 * 1024}
 
 
-def batch_limit(config: QueueConfig, device_type: str, request: GenerationRequest) -> int:
-    """Most images one pipeline call may hold at `request`'s size on a `device_type` device."""
-    budget = config.max_batch_pixels or AUTO_BATCH_PIXELS.get(device_type, 0)
+def batch_limit(
+    config: QueueConfig, device_type: str, request: GenerationRequest, family: str = "SD-1.x"
+) -> int:
+    """Most images one pipeline call may hold at `request`'s size on a `device_type` device,
+    for a model of `family` ("SD-1.x", "SD-2.x", "SDXL")."""
+    budget = (
+        config.max_batch_pixels
+        or AUTO_BATCH_PIXELS.get(device_type, 0)
+        or FAMILY_BATCH_PIXELS.get(family, 0)
+    )
     if budget <= 0:
         return config.max_batch
     pixels = (request.width or 1) * (request.height or 1)

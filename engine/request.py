@@ -68,6 +68,15 @@ class GenerationRequest:
         hr_second_pass_steps: steps of the hires pass; 0 = the request's steps (A1111).
         extras_upscale: draw nothing: `init_image` upscaled by hr_scale with hr_upscaler (an
             image upscaler: Lanczos, Nearest or a file), as A1111's Extras tab.
+        size_name: a named size (`--size portrait`, a NAI_SIZES key) whose width and height
+            are NAI's; the door replaces them with the model's own size of that name where it
+            has one (SDXL's buckets), then clears it.
+        preset_quality: the prompt starts with NAI's quality tags, put there by the chat
+            parser; the door swaps them for the model's own quality tags where its sidecar
+            has some, then clears it.
+        preset_negative: the NAI undesired-content preset (its name) the chat parser put
+            before the negative prompt; the door swaps its text for the model's own negative
+            preset where its sidecar has one, then clears it.
     """
 
     prompt: str
@@ -106,6 +115,9 @@ class GenerationRequest:
     hr_upscaler: str = "Latent"
     hr_second_pass_steps: int = 0
     extras_upscale: bool = False
+    size_name: str | None = None
+    preset_quality: bool = False
+    preset_negative: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

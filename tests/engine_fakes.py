@@ -13,6 +13,7 @@ from typing import Any
 from engine.errors import GenerationFailed, JobCancelled, ModelNotFound
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.networks import networks_of
+from engine.prompting.presets import NAI_PRESETS, ModelPresets
 from engine.request import GenerationRequest, GenerationResult, Limits, RequestDefaults
 
 FAKE_DEFAULTS = RequestDefaults(width=64, height=64, num_inference_steps=4)
@@ -35,6 +36,8 @@ class FakeModel:
 class FakeEntry:
     name: str
     defaults: RequestDefaults = FAKE_DEFAULTS
+    presets: ModelPresets = NAI_PRESETS
+    family: str = "SD-1.x"
 
 
 class FakeRegistry:

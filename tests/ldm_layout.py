@@ -82,6 +82,9 @@ def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
 
     for old, new in _TOP_LEVEL["unet"].items():
         put(old, new)
+    if unet.config.addition_embed_type == "text_time":  # SDXL: sgm's `label_emb`
+        put("add_embedding.linear_1.", "label_emb.0.0.")
+        put("add_embedding.linear_2.", "label_emb.0.2.")
 
     # LDM numbers the encoder's layers flat: input_blocks.0 is conv_in, then per diffusers
     # down block one entry per resnet (with its attention as sub-module 1) and one for the

@@ -131,10 +131,12 @@ def test_bad_settings_stop_with_the_key(tmp_path: Path, capsys: pytest.CaptureFi
 def test_models_lists_the_registry(settings_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--settings", str(settings_file), "models"]) == 0
     out = capsys.readouterr().out
-    demo = next(line for line in out.splitlines() if line.startswith("  aidraw-demo  [diffusers] "))
-    hash_, rest = demo.removeprefix("  aidraw-demo  [diffusers] ").split("  ", 1)
+    demo = next(
+        line for line in out.splitlines() if line.startswith("  aidraw-demo  [diffusers, SD-1.x] ")
+    )
+    hash_, rest = demo.removeprefix("  aidraw-demo  [diffusers, SD-1.x] ").split("  ", 1)
     assert len(hash_) == 10 and int(hash_, 16) >= 0  # A1111's short hash
-    assert rest == "128x128, Euler a, 28 steps, clip skip 2, its own VAE"
+    assert rest == "128x128, Euler a, 28 steps, CFG 11, clip skip 2, its own VAE"
     for kind in ("VAEs in VAE/", "hypernetworks in hypernetworks/", "LoRAs in Lora/"):
         assert f"{kind}: (none)" in out
 

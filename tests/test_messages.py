@@ -49,6 +49,7 @@ ERROR_CLASSES = {
 # Raise sites whose message is not for chat users, so it has no key: (file, why).
 NOT_FOR_USERS = {
     "engine/models/checkpoints.py": "a model's .toml sidecar is wrong: logged for the admin",
+    "engine/models/sidecar.py": "a model's .toml sidecar is wrong: logged for the admin",
     "engine/job.py": "the message a finished job left in the journal, in the words it was saved",
 }
 # Names that Chinese text uses as they are (formats, acronyms, A1111's terms).

@@ -57,9 +57,12 @@ LQ = UC_PRESETS["Low Quality"]
         ),
         ("a--b, \\(x\\) --SEED 3", R(prompt="a--b, \\(x\\)", seed=3)),
         # NAI size names and aspect ratios
-        ("a cat --size portrait", R(prompt="a cat", width=512, height=768)),
-        ("a cat --size landscape", R(prompt="a cat", width=768, height=512)),
-        ("a cat --size large square", R(prompt="a cat", width=1024, height=1024)),
+        ("a cat --size portrait", R(prompt="a cat", width=512, height=768, size_name="portrait")),
+        ("a cat --size landscape", R(prompt="a cat", width=768, height=512, size_name="landscape")),
+        (
+            "a cat --size large square",
+            R(prompt="a cat", width=1024, height=1024, size_name="large-square"),
+        ),
         ("a cat --ar 2:3", R(prompt="a cat", width=512, height=768)),
         ("a cat --ar 16:9", R(prompt="a cat", width=840, height=472)),
         ("a cat --ar 1:1", R(prompt="a cat", width=624, height=624)),

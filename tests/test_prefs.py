@@ -173,4 +173,6 @@ def test_unset_prefs_leave_the_bot_defaults() -> None:
             "signature, watermark, username, blurry"
         ),
         requester=BOB,
+        preset_quality=True,  # presets the parser added: a model's own replace them
+        preset_negative="Low Quality",
     )

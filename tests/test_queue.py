@@ -144,3 +144,18 @@ def test_remove_and_counts() -> None:
     assert q.remove(a1.id) == a1 and q.remove(a1.id) is None
     assert q.count("a") == 1 and [i.id for i in q.jobs()] == [a2.id, b1.id]
     assert q.remove_model("m1") == [a2, b1] and len(q) == 0
+
+
+def test_sdxl_batches_are_limited_by_the_models_size() -> None:
+    from engine.queue import QueueConfig, batch_limit
+    from engine.request import GenerationRequest
+
+    config = QueueConfig(max_batch=8)
+    square = GenerationRequest(prompt="x", width=1024, height=1024)
+    small = GenerationRequest(prompt="x", width=512, height=512)
+    assert batch_limit(config, "cuda", square, "SD-1.x") == 8
+    assert batch_limit(config, "cuda", square, "SDXL") == 2
+    assert batch_limit(config, "cuda", small, "SDXL") == 8
+    assert (
+        batch_limit(QueueConfig(max_batch=8, max_batch_pixels=4 << 20), "cuda", square, "SDXL") == 4
+    )

@@ -67,7 +67,9 @@ class Addons:
         self._own_vae: AutoencoderKL = pipe.vae
         self._vaes: OrderedDict[tuple[Path, int], AutoencoderKL] = OrderedDict()
         self._files: OrderedDict[tuple[Path, int], Any] = OrderedDict()
-        self._loras = LoraPatcher(pipe.unet, pipe.text_encoder)
+        self._loras = LoraPatcher(
+            pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)
+        )
         self._hypernets = HypernetworkHook(pipe.unet)
         self._embeddings: EmbeddingDB | None = None
         self._embeddings_key: tuple[tuple[str, int], ...] | None = None
@@ -136,8 +138,11 @@ class Addons:
                     loaded.append(Embedding.load(file.path, file.name))
                 except BadAddonFile as e:
                     problems.append(str(e))
-            width = int(self._pipe.text_encoder.config.hidden_size)
-            db = EmbeddingDB(loaded, self._pipe.tokenizer, width)
+            width = clip_l = int(self._pipe.text_encoder.config.hidden_size)
+            second = getattr(self._pipe, "text_encoder_2", None)  # SDXL: both encoders' vectors
+            if second is not None:
+                width += int(second.config.hidden_size)
+            db = EmbeddingDB(loaded, self._pipe.tokenizer, width, clip_l if second else 0)
             self.problems = problems + [str(e) for e in db.skipped.values()]
             for problem in self.problems:
                 log.warning("skipping an embedding: %s", problem)

@@ -17,24 +17,35 @@ from typing import Any, Literal
 import diffusers
 import torch
 import transformers
-from diffusers import StableDiffusionPipeline
 
-from engine.config import ConfigError, build
-from engine.device import DeviceOptions, apply_memory_profile, place_vae
+from engine.device import DeviceOptions, apply_memory_profile, place_vae, resolve_vram
 from engine.errors import GenerationFailed, InvalidRequest, ModelNotFound, Phrase
 from engine.models.addons import Addons
-from engine.upscalers import check_hires_upscaler
+from engine.models.architecture import (
+    Architecture,
+    NotAModel,
+    UnknownArchitecture,
+    checkpoint_architecture,
+)
 from engine.models.hashes import HashCache
 from engine.models.library import AddonLibrary, Kind, is_paired_vae
-from engine.weights import check_ckpt
+from engine.models.pipelines import (
+    SD15_CONFIG,
+    SDXL_CONFIG,
+    MissingConfig,
+    load_pipeline,
+    scheduler_config,
+)
+from engine.models.sidecar import read_sidecar
 from engine.preview import SD1_PREVIEW, PreviewMap
 from engine.prompting.networks import networks_of
-from engine.prompting.tokenizer import build_tokenizer
+from engine.prompting.presets import NAI_PRESETS, ModelPresets
 from engine.request import GenerationRequest, RequestDefaults
+from engine.upscalers import check_hires_upscaler
+from engine.weights import check_ckpt
 
 log = logging.getLogger(__name__)
 
-SD15_CONFIG = Path(__file__).parent.parent / "sd_configs" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 OVERRIDES_NAME = ".aidraw-addons.json"  # admins' per-model VAE and hypernetwork choices
 AUTOMATIC = ("automatic", "auto")  # a VAE setting that means "the one beside it" (any case)
@@ -54,6 +65,15 @@ class ModelEntry:
     defaults: RequestDefaults
     config: Path = SD15_CONFIG
     preview: PreviewMap = SD1_PREVIEW  # latents → RGB for progress previews
+    architecture: Architecture = Architecture()
+    presets: ModelPresets = NAI_PRESETS  # its own sizes, quality tags, negative preset
+    sidecar_config: bool = False  # `config` comes from the model's sidecar
+    unknown: str = ""  # why the architecture could not be read (SD-1.x is tried)
+
+    @property
+    def family(self) -> str:
+        """The family: SD-1.x, SD-2.x or SDXL."""
+        return self.architecture.family
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +81,7 @@ class LoadedModel:
     """A pipeline ready to draw, with what the infotext needs to name it."""
 
     entry: ModelEntry
-    pipe: StableDiffusionPipeline
+    pipe: Any  # StableDiffusionPipeline or StableDiffusionXLPipeline
     hash: str
     device: torch.device
     dtype: torch.dtype
@@ -80,6 +100,10 @@ class LoadedModel:
     @property
     def preview(self) -> PreviewMap:
         return self.entry.preview
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.entry.architecture
 
 
 @dataclass
@@ -211,7 +235,9 @@ class ModelRegistry:
         tmp.write_text(json.dumps(self._overrides, indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, file)
         try:
-            base, _, _ = self._read_sidecar(entry.name)
+            base = read_sidecar(
+                self.models_dir, entry.name, entry.path, entry.kind, self.base_defaults
+            )[0]
         except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError):
             base = entry.defaults
         updated = dataclasses.replace(
@@ -250,49 +276,28 @@ class ModelRegistry:
             self.problems.append(f"{path.name}: a model named {name!r} already exists; skipped")
             return
         try:
-            defaults, config, preview = self._read_sidecar(name)
+            defaults, config, preview, architecture, unknown, presets = read_sidecar(
+                self.models_dir, name, path, kind, self.base_defaults
+            )
         except (InvalidRequest, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             self.problems.append(f"{name}.toml: {e}")
             log.error("skipping model %s: %s", name, e)
             return
+        if unknown:
+            log.warning("model %s: architecture unknown (%s); trying SD-1.x", name, unknown)
         defaults = self._with_addons(name, path, defaults)
         self.models[name] = ModelEntry(
-            name=name, path=path, kind=kind, defaults=defaults, config=config, preview=preview
+            name=name,
+            path=path,
+            kind=kind,
+            defaults=defaults,
+            config=config or SD15_CONFIG,
+            preview=preview,
+            architecture=architecture,
+            presets=presets,
+            sidecar_config=config is not None,
+            unknown=unknown,
         )
-
-    def _read_sidecar(self, name: str) -> tuple[RequestDefaults, Path, PreviewMap]:
-        sidecar = self.models_dir / f"{name}.toml"
-        if not sidecar.is_file():
-            return self.base_defaults, SD15_CONFIG, SD1_PREVIEW
-        data = tomllib.loads(sidecar.read_text(encoding="utf-8"))
-        unknown = set(data) - {"defaults", "config", "preview"}
-        if unknown:
-            raise InvalidRequest(
-                f"unknown key {sorted(unknown)[0]!r}; allowed: defaults, config, preview"
-            )
-        table = data.get("defaults", {})
-        if not isinstance(table, dict):
-            raise InvalidRequest("defaults must be a table ([defaults])")
-        try:
-            defaults = build(RequestDefaults, table, "defaults", base=self.base_defaults)
-        except ConfigError as e:
-            raise InvalidRequest(str(e)) from None
-        config = SD15_CONFIG
-        if "config" in data:
-            config = (self.models_dir / str(data["config"])).resolve()
-            if not (config / "model_index.json").is_file():
-                raise InvalidRequest(f"config {data['config']!r} is not a diffusers folder")
-        preview = SD1_PREVIEW
-        if "preview" in data:
-            if not isinstance(data["preview"], dict):
-                raise InvalidRequest("preview must be a table ([preview])")
-            try:
-                preview = build(PreviewMap, data["preview"], "preview")
-            except ConfigError as e:
-                raise InvalidRequest(str(e)) from None
-            if not preview.latent_rgb:
-                raise InvalidRequest("preview.latent_rgb: needs one [r, g, b] per latent channel")
-        return defaults, config, preview
 
     def get(self, name: str) -> ModelEntry:
         """The entry for a user-given name, or ModelNotFound with close matches."""
@@ -367,19 +372,36 @@ class ModelRegistry:
         dtype = options.resolve_dtype(device)
         if entry.path.suffix == ".ckpt":
             check_ckpt(entry.path)
-        common: dict[str, Any] = {
-            "dtype": dtype,
-            "local_files_only": True,
-            "safety_checker": None,
-            "requires_safety_checker": False,
-        }
+        if entry.unknown and entry.kind == "single_file":
+            try:
+                checkpoint_architecture(entry.path)
+            except NotAModel as e:  # a readable file, but not one we draw with
+                problem = Phrase(f"it is {e}" if str(e).startswith("an ") else str(e))
+                raise GenerationFailed(
+                    f"Cannot load model {name!r} ({entry.path.name}): {problem}",
+                    key="cannot_load_model",
+                    name=name,
+                    file=entry.path.name,
+                    problem=problem,
+                ) from e
+            except UnknownArchitecture:  # unreadable: loading says what is wrong with it
+                pass
         try:
-            if entry.kind == "diffusers":
-                pipe = StableDiffusionPipeline.from_pretrained(str(entry.path), **common)
-            else:
-                pipe = StableDiffusionPipeline.from_single_file(
-                    str(entry.path), config=str(entry.config), tokenizer=build_tokenizer(), **common
-                )
+            pipe = load_pipeline(
+                entry.path,
+                kind=entry.kind,
+                architecture=entry.architecture,
+                config=entry.config if entry.sidecar_config else None,
+                dtype=dtype,
+            )
+        except MissingConfig as e:
+            raise GenerationFailed(
+                f"Cannot load model {name!r} ({entry.path.name}): {e}",
+                key="cannot_load_model",
+                name=name,
+                file=entry.path.name,
+                problem=Phrase(str(e)),
+            ) from e
         except Exception as e:  # any reason at all: the file is not a model we can load
             log.debug("cannot load model %s from %s", name, entry.path, exc_info=e)
             problem = load_problem(e, entry.path)
@@ -391,27 +413,46 @@ class ModelRegistry:
                 problem=problem,
             ) from e
         pipe.set_progress_bar_config(disable=True)
-        memory = apply_memory_profile(pipe, options.vram, device)
+        sdxl = entry.architecture.is_sdxl
+        vram = resolve_vram(options.vram, device, sdxl)
+        memory = apply_memory_profile(pipe, vram, device, tile_vae=sdxl)
         addons = Addons(
             pipe,
             self.addons,
             # A VAE file has the layout of the model's own VAE.
-            vae_config=(entry.path if entry.kind == "diffusers" else entry.config) / "vae",
+            vae_config=_config_folder(entry) / "vae",
             device=device,
             dtype=dtype,
-            place_vae=functools.partial(place_vae, pipe, options.vram, device),
+            place_vae=functools.partial(place_vae, pipe, vram, device, tile_vae=sdxl),
         )
-        log.info("loaded model %s (%s, %s, %s) %s", name, entry.kind, device, dtype, memory)
+        log.info(
+            "loaded model %s (%s, %s, %s, %s) %s",
+            name,
+            entry.kind,
+            entry.architecture,
+            device,
+            dtype,
+            memory,
+        )
         return LoadedModel(
             entry=entry,
             pipe=pipe,
             hash=self.model_hash(entry),
             device=device,
             dtype=dtype,
-            scheduler_config=pipe.scheduler.config,
+            scheduler_config=scheduler_config(pipe, entry.architecture),
             addons=addons,
             memory=memory,
         )
+
+
+def _config_folder(entry: ModelEntry) -> Path:
+    """Where a model's component configs are: its own folder, its sidecar's, or the shipped."""
+    if entry.kind == "diffusers":
+        return entry.path
+    if entry.sidecar_config:
+        return entry.config
+    return SDXL_CONFIG if entry.architecture.is_sdxl else SD15_CONFIG
 
 
 def load_problem(error: BaseException, path: Path) -> Phrase:

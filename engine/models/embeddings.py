@@ -7,7 +7,9 @@ Files as A1111 reads them: `.pt`/`.bin` with `string_to_param` (one term: an (n,
 Parameter or the original LDM code's ParameterDict) or a diffusers concept `{token: tensor}`,
 and `.safetensors` with one tensor (`emb_params`). Pickles are read with
 `torch.load(weights_only=True)` only, so a file with code in it is refused, never run.
-SDXL embeddings (clip_l + clip_g) and embeddings hidden in PNG previews are not read.
+SDXL embeddings hold a `clip_l` and a `clip_g` tensor (one per text encoder); their vectors are
+kept side by side, CLIP-L's first (`clip_l_width` columns), as A1111's SDXL expected width is
+both encoders' together. Embeddings hidden in PNG previews are not read.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Embedding:
     name: str
     path: Path
     vectors: torch.Tensor
+    clip_l_width: int = 0  # SDXL: how many columns are CLIP-L's (the rest are bigG's); else 0
 
     @property
     def width(self) -> int:
@@ -66,13 +69,13 @@ class Embedding:
     def load(cls, path: Path, name: str) -> Embedding:
         """Read an embedding file, or raise BadAddonFile("embedding", file name, why)."""
         try:
-            vectors = _read_vectors(path)
+            vectors, clip_l_width = _read_vectors(path)
         except _Refused as e:
             raise BadAddonFile("embedding", path.name, str(e)) from None
-        return cls(name=name, path=path, vectors=vectors)
+        return cls(name=name, path=path, vectors=vectors, clip_l_width=clip_l_width)
 
 
-def _read_vectors(path: Path) -> torch.Tensor:
+def _read_vectors(path: Path) -> tuple[torch.Tensor, int]:
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
         raise _Refused("only .pt, .bin and .safetensors embeddings can be read")
@@ -84,7 +87,7 @@ def _read_vectors(path: Path) -> torch.Tensor:
     if size == 0:
         raise _Refused("the file is empty")
     data = _read_safetensors(path) if suffix == ".safetensors" else _read_pickle(path)
-    vectors = _vectors_of(data)
+    vectors, clip_l_width = _vectors_of(data)
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         shape = "×".join(str(n) for n in vectors.shape) or "a single number"
         raise _Refused(f"its tensor is {shape}, not (vectors × width)")
@@ -93,7 +96,7 @@ def _read_vectors(path: Path) -> torch.Tensor:
             f"it has {vectors.shape[0]} vectors; a prompt chunk holds 1 to {CHUNK_LENGTH}"
         )
     # A copy: never a view into a memory-mapped file.
-    return vectors.detach().to("cpu", torch.float32, copy=True).contiguous()
+    return vectors.detach().to("cpu", torch.float32, copy=True).contiguous(), clip_l_width
 
 
 def _read_pickle(path: Path) -> Any:
@@ -110,22 +113,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
-        if len(keys) == 1:
+        if len(keys) == 1 or sorted(keys) == ["clip_g", "clip_l"]:
             return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         log.warning("embedding %s unreadable: %s", path, e)
         raise _Refused("the file is damaged or not a safetensors file") from e
-    if "clip_g" in keys and "clip_l" in keys:
-        raise _Refused(_SDXL)
     raise _Refused(f"it holds {len(keys)} tensors; an embedding file holds one")
 
 
-_SDXL = "it is an SDXL embedding (clip_l and clip_g), which SD 1.x models cannot use"
-
-
-def _vectors_of(data: Any) -> torch.Tensor:
+def _vectors_of(data: Any) -> tuple[torch.Tensor, int]:
     """A1111's `create_embedding_from_data`: the one term's tensor, 1-D diffusers vectors as
-    one vector."""
+    one vector, SDXL's pair side by side; and how many columns are CLIP-L's (SDXL) or 0."""
     if isinstance(data, Mapping) and "string_to_param" in data:
         terms = data["string_to_param"]
         terms = getattr(terms, "_parameters", terms)  # a ParameterDict
@@ -136,15 +134,18 @@ def _vectors_of(data: Any) -> torch.Tensor:
         vectors = next(iter(terms.values()))
         if not isinstance(vectors, torch.Tensor):
             raise _Refused("its string_to_param holds no tensor")
-        return vectors
+        return vectors, 0
     # A1111 tests these with type(...) ==, so subclasses are not concepts.
     if type(data) is dict and "clip_g" in data and "clip_l" in data:
-        raise _Refused(_SDXL)
+        clip_l, clip_g = data["clip_l"], data["clip_g"]
+        if not (clip_l.ndim == clip_g.ndim == 2 and clip_l.shape[0] == clip_g.shape[0]):
+            raise _Refused("its clip_l and clip_g are not (vectors × width) of one count")
+        return torch.cat([clip_l.float(), clip_g.float()], dim=1), int(clip_l.shape[1])
     if type(data) is dict and data and type(next(iter(data.values()))) is torch.Tensor:
         if len(data) != 1:
             raise _Refused(f"it holds {len(data)} terms; an embedding file holds one")
         concept: torch.Tensor = next(iter(data.values()))
-        return concept.unsqueeze(0) if concept.ndim == 1 else concept
+        return (concept.unsqueeze(0) if concept.ndim == 1 else concept), 0
     raise _Refused("it holds no embedding (neither string_to_param nor one tensor)")
 
 
@@ -157,12 +158,19 @@ class EmbeddingDB:
     can tell a user whose prompt names one.
     """
 
-    def __init__(self, embeddings: Iterable[Embedding], tokenizer: Tokenizer, width: int) -> None:
+    def __init__(
+        self,
+        embeddings: Iterable[Embedding],
+        tokenizer: Tokenizer,
+        width: int,
+        clip_l_width: int = 0,
+    ) -> None:
         self.width = width
+        self.clip_l_width = clip_l_width  # SDXL models: CLIP-L's width; else 0
         self.skipped: dict[str, BadAddonFile] = {}
         fitting: dict[str, Embedding] = {}
         for embedding in embeddings:
-            problem = _misfit(embedding, width)
+            problem = _misfit(embedding, width, clip_l_width)
             if problem:
                 # A1111 skips it without unregistering an earlier one of the same name.
                 self.skipped[embedding.name] = BadAddonFile(
@@ -203,8 +211,13 @@ class EmbeddingDB:
         return len(self.embeddings)
 
 
-def _misfit(embedding: Embedding, width: int) -> str | None:
-    """Why an embedding cannot be used with a text encoder `width` wide (None: it can)."""
+def _misfit(embedding: Embedding, width: int, clip_l_width: int = 0) -> str | None:
+    """Why an embedding cannot be used with a text encoder `width` wide (SDXL: both encoders,
+    CLIP-L's `clip_l_width` first) (None: it can)."""
+    if embedding.clip_l_width != clip_l_width:
+        if embedding.clip_l_width:
+            return "it is an SDXL embedding (clip_l and clip_g), for SDXL models only"
+        return "it is for a single text encoder; SDXL models need clip_l and clip_g vectors"
     if embedding.vectors.ndim != 2:
         return "its vectors are not a (count × width) matrix"
     if not 1 <= embedding.count <= CHUNK_LENGTH:

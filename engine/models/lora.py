@@ -50,6 +50,8 @@ def _unet_prefixes(unet: torch.nn.Module) -> _Prefixes:
         ("mid_block.resnets.0", "middle_block.0", _RESNET),
         ("mid_block.attentions.0", "middle_block.1", {}),
         ("mid_block.resnets.1", "middle_block.2", _RESNET),
+        ("add_embedding.linear_1", "label_emb.0.0", {}),  # SDXL's size/pooled embedding
+        ("add_embedding.linear_2", "label_emb.0.2", {}),
     ]
     index = 1  # input_blocks: one per resnet (attention as sub-module 1), one per downsampler
     for b, block in enumerate(unet.down_blocks):  # type: ignore[arg-type]
@@ -74,16 +76,44 @@ def _unet_prefixes(unet: torch.nn.Module) -> _Prefixes:
     return out
 
 
+# SDXL's OpenCLIP bigG under A1111's names (`1_model_transformer_resblocks_N_…`): q, k and v
+# live in one MultiheadAttention there, which A1111 patches through `attn_{q,k,v,out}_proj`.
+_OPEN_CLIP = {
+    "self_attn.q_proj": "attn.q_proj",
+    "self_attn.k_proj": "attn.k_proj",
+    "self_attn.v_proj": "attn.v_proj",
+    "self_attn.out_proj": "attn.out_proj",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+}
+_BIG_G_ATTENTION = re.compile(r"1_model_transformer_resblocks_\d+_attn_(q|k|v|out)_proj$")
+_ENCODER_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
+
+
 def network_layer_names(
-    unet: torch.nn.Module, text_encoder: torch.nn.Module
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    text_encoder_2: torch.nn.Module | None = None,
 ) -> dict[str, tuple[torch.nn.Module, bool]]:
-    """A1111's `network_layer_mapping`: layer name → (module, is in the text encoder)."""
+    """A1111's `network_layer_mapping`: layer name → (module, is in the text encoder).
+
+    SDXL (a `text_encoder_2`): A1111 numbers the embedders, `0_transformer_text_model_…` for
+    CLIP-L and `1_model_transformer_resblocks_…` for bigG."""
     names: dict[str, tuple[torch.nn.Module, bool]] = {}
+    first = "0_" if text_encoder_2 is not None else ""
     for name, module in text_encoder.named_modules():
         # A1111 names the CLIPTextModel `transformer`; transformers 5 dropped its `text_model.`
         rest = name.removeprefix("text_model").removeprefix(".")
         path = "transformer.text_model" + ("." + rest if rest else "")
-        names[path.replace(".", "_")] = (module, True)
+        names[first + path.replace(".", "_")] = (module, True)
+    if text_encoder_2 is not None:
+        for name, module in text_encoder_2.named_modules():
+            m = _ENCODER_LAYER.match(name.removeprefix("text_model."))
+            if m and m[2] in _OPEN_CLIP:
+                path = f"1.model.transformer.resblocks.{m[1]}.{_OPEN_CLIP[m[2]]}"
+                names[path.replace(".", "_")] = (module, True)
     prefixes = _unet_prefixes(unet)
     for name, module in unet.named_modules():
         for old, new, renames in prefixes:
@@ -100,7 +130,8 @@ _X_PROJ = re.compile(r"(.*)_([qkv]_proj)$")
 
 
 def compvis_name(key: str) -> str:
-    """A1111 `convert_diffusers_name_to_compvis` for SD 1.x (kohya key → A1111 layer name)."""
+    """A1111 `convert_diffusers_name_to_compvis` for SD 1.x and SDXL (kohya key → A1111 layer
+    name)."""
 
     def match(pattern: str) -> list[str]:
         found = re.match(pattern, key)
@@ -130,6 +161,11 @@ def compvis_name(key: str) -> str:
         return f"diffusion_model_output_blocks_{2 + int(m[0]) * 3}_{2 if int(m[0]) > 0 else 1}_conv"
     if m := match(r"lora_te_text_model_encoder_layers_(\d+)_(.+)"):
         return f"transformer_text_model_encoder_layers_{m[0]}_{m[1]}"
+    if m := match(r"lora_te2_text_model_encoder_layers_(\d+)_(.+)"):  # SDXL's bigG
+        rest = m[1].replace("mlp_fc1", "mlp_c_fc").replace("mlp_fc2", "mlp_c_proj")
+        if rest == m[1]:
+            rest = rest.replace("self_attn", "attn")
+        return f"1_model_transformer_resblocks_{m[0]}_{rest}"
     return key
 
 
@@ -319,6 +355,15 @@ def _plan(lora: Lora, names: dict[str, tuple[torch.nn.Module, bool]]) -> list[_L
             "LoRA %s: %d of %d keys match no layer of this model; skipped%s",
             *(lora.path.name, skipped, len(lora.tensors), note),
         )
+    # bigG's attention is one MultiheadAttention in A1111: patched only when q, k, v and out
+    # all have weights (`network_apply_weights`), else left alone.
+    attention = {key.rsplit("_", 2)[0] for key in groups if _BIG_G_ATTENTION.match(key)}
+    for block in attention:
+        parts = [f"{block}_{p}_proj" for p in ("q", "k", "v", "out")]
+        if not all(part in groups for part in parts):
+            log.info("LoRA %s: %s lacks some of q, k, v, out; skipped", lora.path.name, block)
+            for part in parts:
+                groups.pop(part, None)
     layers: list[_Layer] = []
     for key, (base, module, te, w) in groups.items():
         if "lora_up.weight" not in w or "lora_down.weight" not in w:
@@ -343,8 +388,13 @@ def _plan(lora: Lora, names: dict[str, tuple[torch.nn.Module, bool]]) -> list[_L
 class LoraPatcher:
     """Owns the LoRA state of one pipeline's UNet and text encoder."""
 
-    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
-        self._names = network_layer_names(unet, text_encoder)
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        text_encoder_2: torch.nn.Module | None = None,
+    ) -> None:
+        self._names = network_layer_names(unet, text_encoder, text_encoder_2)
         self._plans: weakref.WeakKeyDictionary[Lora, list[_Layer]] = weakref.WeakKeyDictionary()
         self._backups: dict[torch.nn.Module, torch.Tensor] = {}
         self._current: tuple[tuple[Lora, float, float], ...] = ()

@@ -317,7 +317,7 @@ def encode_tokens(
     `placements`, one list per row: embedding vectors that replace the token embeddings from
     position offset + 1 on.
     """
-    with _placed(text_encoder, placements):
+    with placed_embeddings(text_encoder, placements):
         out = text_encoder(tokens, output_hidden_states=clip_skip > 1)
     if clip_skip <= 1:
         hidden: torch.Tensor = out.last_hidden_state
@@ -329,7 +329,9 @@ def encode_tokens(
 
 
 @contextmanager
-def _placed(text_encoder: CLIPTextModel, placements: Sequence[Placements] | None) -> Iterator[None]:
+def placed_embeddings(
+    text_encoder: CLIPTextModel, placements: Sequence[Placements] | None
+) -> Iterator[None]:
     """A1111's `EmbeddingsWithFixes` for one encoder call: a hook on the token embedding puts
     each row's vectors at offset + 1 (after BOS), before CLIP adds position embeddings.
 

@@ -6,6 +6,8 @@ Texts from shared/notes/a1111-nai.md §5 (the NAI v1 website's own strings).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from engine.errors import InvalidRequest
 
@@ -54,6 +56,36 @@ _SIZE_CLASSES = ("small", "normal", "large", "wallpaper")
 _ORIENTATIONS = ("portrait", "landscape", "square")
 
 
+@dataclass(frozen=True)
+class ModelPresets:
+    """A model's own presets (its sidecar's `[sizes]` and `[prompt]`, SDXL's buckets): where
+    a request used NAI's preset (`size_name`, `preset_quality`, `preset_negative`), the door
+    puts the model's in its place. None or a missing size: NAI's stays."""
+
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    quality_tags: str | None = None  # in place of QUALITY_TAGS, e.g. "masterpiece, best quality, "
+    negative: str | None = None  # in place of the UC preset's text
+
+    def apply(
+        self, prompt: str, negative_prompt: str, quality: bool, uc_preset: str | None
+    ) -> tuple[str, str]:
+        """The prompts with NAI's quality tags (`quality`: the parser added them) and UC
+        preset text (`uc_preset`: its name) swapped for this model's own."""
+        if quality and self.quality_tags is not None and prompt.startswith(QUALITY_TAGS):
+            prompt = self.quality_tags + prompt[len(QUALITY_TAGS) :]
+        text = UC_PRESETS.get(uc_preset or "", "")
+        if text and self.negative is not None and negative_prompt.startswith(text):
+            rest = negative_prompt[len(text) :]
+            if self.negative and rest.startswith(", "):
+                negative_prompt = self.negative + rest
+            else:
+                negative_prompt = self.negative + rest.removeprefix(", ")
+        return prompt, negative_prompt
+
+
+NAI_PRESETS = ModelPresets()
+
+
 def with_quality_tags(prompt: str) -> str:
     """NAI's "Add Quality Tags": `masterpiece, best quality, ` before the prompt."""
     return QUALITY_TAGS + prompt
@@ -98,6 +130,11 @@ def uc_preset_of(negative_prompt: str) -> tuple[str | None, str]:
 
 def nai_size(name: str) -> tuple[int, int]:
     """(width, height) of a NAI size name: "portrait", "large landscape", "wallpaper-portrait"…"""
+    return NAI_SIZES[size_key(name)]
+
+
+def size_key(name: str) -> str:
+    """The NAI_SIZES key a size name means ("Large Portrait" → "large-portrait")."""
     words = [w for w in re.split(r"[\s_\-()]+", name.lower()) if w]
     size_class = [w for w in words if w in _SIZE_CLASSES]
     orientation = [w for w in words if w in _ORIENTATIONS]
@@ -107,7 +144,7 @@ def nai_size(name: str) -> tuple[int, int]:
         chosen = size_class[0] if size_class else "normal"
         key = orientation[0] if chosen == "normal" else f"{chosen}-{orientation[0]}"
         if key in NAI_SIZES:
-            return NAI_SIZES[key]
+            return key
     raise InvalidRequest(
         f"Unknown size {name!r}: use WIDTHxHEIGHT or one of {', '.join(NAI_SIZES)}.",
         field="size",

@@ -70,12 +70,24 @@ def _cached_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return read_vocab()
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """A fresh CLIPTokenizer with CLIP's 49,408 tokens and a 77-token context (BOS + 75 + EOS)."""
+def build_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """A fresh CLIPTokenizer with CLIP's 49,408 tokens and a 77-token context (BOS + 75 + EOS).
+
+    `pad_token`: CLIP ViT-L pads with its end token; OpenCLIP (SD-2's ViT-H, SDXL's bigG) pads
+    with "!", id 0 (A1111's `id_pad = 0`, diffusers' `tokenizer_2`).
+    """
     from transformers import CLIPTokenizer
 
     vocab, merges = _cached_vocab()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MODEL_MAX_LENGTH)
+    return CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        model_max_length=MODEL_MAX_LENGTH,
+        pad_token=pad_token,
+    )
+
+
+OPEN_CLIP_PAD = "!"  # OpenCLIP's padding token (id 0)
 
 
 def save_tokenizer(folder: Path) -> None:

@@ -48,6 +48,22 @@ def alphas_cumprod_from_config(config: Any) -> Tensor:
     return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
 
 
+# A1111's last ᾱ after the rescale: not 0, so that σ_max stays finite.
+ZERO_SNR_LAST = 4.8973451890853435e-08
+
+
+def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
+    """A1111 v1.9.4 `sd_models.rescale_zero_terminal_snr_abar` (Lin et al. 2023, algorithm 1,
+    on ᾱ): √ᾱ shifted so the last is 0 and scaled so the first keeps its value; the last ᾱ
+    is then set to ZERO_SNR_LAST."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    rescaled = root**2
+    rescaled[-1] = ZERO_SNR_LAST
+    return rescaled
+
+
 @dataclass
 class NoiseSchedule:
     """k-diffusion `DiscreteSchedule` over a CompVis model's alphas_cumprod.
@@ -72,6 +88,8 @@ class NoiseSchedule:
         ac = alphas_cumprod_from_config(config)
         if downcast:
             ac = ac.half()
+        if config.get("rescale_betas_zero_snr", False):
+            ac = rescale_zero_terminal_snr(ac)
         prediction = config.get("prediction_type", "epsilon")
         if prediction not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported prediction_type {prediction!r}")
