@@ -26,8 +26,8 @@ from engine.models.library import AddonFile, AddonLibrary
 from engine.models.lora import Lora, LoraPatcher
 from engine.models.vae import load_vae
 from engine.prompting.networks import networks_of
-from engine.upscalers import UpscalerCache
 from engine.request import GenerationRequest
+from engine.upscalers import UpscalerCache
 
 log = logging.getLogger(__name__)
 

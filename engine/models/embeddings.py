@@ -15,7 +15,6 @@ both encoders' together. Embeddings hidden in PNG previews are not read.
 from __future__ import annotations
 
 import logging
-import pickle
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from engine.errors import BadAddonFile
-from engine.weights import read_weights
 from engine.prompting.chunks import (
     CHUNK_LENGTH,
     EmbeddingIndex,
@@ -35,6 +33,7 @@ from engine.prompting.chunks import (
     Tokenizer,
     trigger_ids,
 )
+from engine.weights import read_weights
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """The add-on library: VAEs, hypernetworks, LoRAs and embeddings found under `models/`.
 
-A1111's folders and names: `ESRGAN/` (upscalers, by file stem), `VAE/` (a VAE's name is its file name with the extension, as A1111
-writes `VAE: animevae.pt`; a `<checkpoint>.vae.pt|.vae.ckpt|.vae.safetensors` beside the
-checkpoints is one too), `hypernetworks/`, `Lora/` and `embeddings/` (named by file stem;
+A1111's folders and names: `ESRGAN/` (upscalers, by file stem), `VAE/` (a VAE's name is its
+file name with the extension, as A1111 writes `VAE: animevae.pt`; a
+`<checkpoint>.vae.pt|.vae.ckpt|.vae.safetensors` beside the checkpoints is one too),
+`hypernetworks/`, `Lora/` and `embeddings/` (named by file stem;
 a LoRA also by its `ss_output_name` when no file has that name). Subfolders are searched.
 Nothing is loaded here; `engine.models.addons` loads and applies.
 """

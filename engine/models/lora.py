@@ -12,7 +12,6 @@ same keys match, the same ones are skipped, and the arithmetic is the same ops i
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 import weakref
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from engine.errors import BadAddonFile
 from engine.weights import read_weights

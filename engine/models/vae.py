@@ -16,13 +16,11 @@ makes NaN/inf it converts the VAE to float32 for good and decodes that image aga
 from __future__ import annotations
 
 import logging
-import pickle
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
