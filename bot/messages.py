@@ -749,6 +749,105 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "start-up, with ?token= and the value of AIDRAW_WEB_TOKEN added.",
         "zh": "此 aidraw 网页聊天需要访问令牌：打开启动时显示的地址，并加上 ?token= 和 "
         "AIDRAW_WEB_TOKEN 的值。",
+    },  # --- moderation: places, quotas, the image check, styles, the log (bot/policy.py) -------
+    "policy_disabled": {
+        "en": "The bot does not draw here.",
+        "zh": "机器人不在这里画图。",
+    },
+    "policy_roles": {
+        "en": "Only members with one of this server's drawing roles may draw here.",
+        "zh": "只有拥有本服务器绘图身份组的成员才能在这里画图。",
+    },
+    "policy_banned": {
+        "en": "This bot does not draw prompts with {word!r}.",
+        "zh": "本机器人不画含有 {word!r} 的提示词。",
+    },
+    "policy_nsfw_refused": {
+        "en": "This bot does not draw NSFW prompts ({word!r}).",
+        "zh": "本机器人不画 NSFW 内容（{word!r}）。",
+    },
+    "policy_nsfw_age": {
+        "en": "This channel is not marked NSFW, so the bot does not draw {word!r} here.",
+        "zh": "此频道未标记为 NSFW，机器人不在这里画 {word!r}。",
+    },
+    "policy_max_steps": {
+        "en": "At most {limit} steps here; you asked for {steps}.",
+        "zh": "这里最多 {limit} 步；你要了 {steps} 步。",
+    },
+    "policy_max_side": {
+        "en": "At most {limit} pixels a side here; you asked for {size}.",
+        "zh": "这里每边最多 {limit} 像素；你要了 {size}。",
+    },
+    "policy_max_count": {
+        "en": "At most {limit} image(s) per request here; you asked for {count}.",
+        "zh": "这里每次最多 {limit} 张；你要了 {count} 张。",
+    },
+    "policy_no_img2img": {
+        "en": "Drawing from a picture is not allowed here.",
+        "zh": "这里不允许以图生图。",
+    },
+    "policy_no_styles": {
+        "en": "Styles (--style) are not allowed here.",
+        "zh": "这里不允许使用风格（--style）。",
+    },
+    "policy_cooldown": {
+        "en": "Please wait {seconds} s before your next drawing.",
+        "zh": "请等 {seconds} 秒再画下一张。",
+    },
+    "policy_quota": {
+        "en": "You have drawn {used} of your {limit} images for the last 24 hours; "
+        "cancelled and failed ones do not count. Try again later.",
+        "zh": "最近 24 小时你已画 {used}/{limit} 张（取消和失败的不算），请稍后再试。",
+    },
+    "policy_quota_line": {
+        "en": "Quota: {used} image(s) in the last 24 hours of {limit}.",
+        "zh": "配额：最近 24 小时已画 {used} 张，上限 {limit}。",
+    },
+    "policy_cooldown_line": {
+        "en": " Cooldown: {cooldown:g} s between drawings ({wait} s left).",
+        "zh": " 冷却：两次绘图间隔 {cooldown:g} 秒（还剩 {wait} 秒）。",
+    },
+    "policy_no_limit": {"en": "no limit", "zh": "无限制"},
+    "policy_quota_admin": {
+        "en": "Quota: none (you are an admin).",
+        "zh": "配额：无（你是管理员）。",
+    },
+    "policy_withheld": {
+        "en": "Job {job}: the image check flagged the result ({label}, {score}), and NSFW "
+        "images are not shown here.",
+        "zh": "任务 {job}：图片检查标记了结果（{label}，{score}），这里不显示 NSFW 图片。",
+    },
+    "policy_flagged_note": {
+        "en": "Image check: {label} ({score}).",
+        "zh": "图片检查：{label}（{score}）。",
+    },
+    "styles_list": {
+        "en": "Styles (use with --style NAME):\n{styles}",
+        "zh": "风格（用 --style 名称 使用）：\n{styles}",
+    },
+    "styles_none": {
+        "en": "No styles yet. An admin imports A1111's styles.csv ([moderation] styles_csv).",
+        "zh": "还没有风格。管理员可导入 A1111 的 styles.csv（[moderation] styles_csv）。",
+    },
+    "styles_unknown": {
+        "en": "No style {name!r}; styles: {known}.",
+        "zh": "没有风格 {name!r}；可用风格：{known}。",
+    },
+    "styles_saved": {
+        "en": "Style {name!r} saved.",
+        "zh": "风格 {name!r} 已保存。",
+    },
+    "modlog_found": {
+        "en": "Job {job} by {user} in {place} at {when}: {prompt!r} (image check: {label}).",
+        "zh": "任务 {job}：{user} 于 {when} 在 {place} 画的：{prompt!r}（图片检查：{label}）。",
+    },
+    "modlog_not_found": {
+        "en": "The moderation log has no job for that message.",
+        "zh": "审核日志里没有这条消息的任务。",
+    },
+    "modlog_deleted": {
+        "en": "Job {job}: the reply and its stored images are deleted.",
+        "zh": "任务 {job}：回复和保存的图片已删除。",
     },
 }
 
