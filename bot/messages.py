@@ -153,6 +153,20 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "管理员：取消所有排队任务",
     },
     "discord_cmd_quota": {"en": "Admin: daily quotas", "zh": "管理员：每日配额"},
+    "discord_cmd_mod": {"en": "Admin: the moderation log", "zh": "管理员：审核日志"},
+    "discord_cmd_mod_who": {
+        "en": "Admin: who drew a result (its message id or link)",
+        "zh": "管理员：查看某个结果是谁画的（消息 ID 或链接）",
+    },
+    "discord_cmd_mod_delete": {
+        "en": "Admin: delete a result's message and its stored images",
+        "zh": "管理员：删除某个结果的消息和保存的图片",
+    },
+    "discord_opt_message": {"en": "Message id or link", "zh": "消息 ID 或链接"},
+    "discord_cmd_styles": {
+        "en": "The styles you can use with --style NAME",
+        "zh": "可以用 --style 名称 使用的风格",
+    },
     "discord_cmd_quota_set": {
         "en": "Admin: set a user's image quota per 24 hours (0 = no limit)",
         "zh": "管理员：设置用户每 24 小时的图片配额（0 = 不限）",

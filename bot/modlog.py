@@ -9,8 +9,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.messages import Locale, text
 from bot.prefs import connect
 
 DAY_S = 24 * 3600
@@ -140,4 +142,20 @@ def _entry(row: tuple[object, ...]) -> Entry:
         chat=None if chat is None else int(str(chat)),
         messages=tuple(json.loads(str(messages))),
         at=float(str(at)),
+    )
+
+
+def modlog_line(entry: Entry, locale: Locale) -> str:
+    """What an admin's lookup says of a job."""
+    when = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    label = f"{entry.label} {entry.score:.2f}, {entry.outcome}"
+    return text(
+        "modlog_found",
+        locale,
+        job=entry.job,
+        user=entry.user,
+        place=entry.place,
+        when=when,
+        prompt=entry.prompt[:300],
+        label=label,
     )

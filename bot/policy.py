@@ -136,6 +136,10 @@ class Policy:
             return self.settings.telegram.banned_words, self.settings.telegram.nsfw_words
         return (), NSFW_WORDS
 
+    def nsfw_word(self, place: Place, prompt: str) -> str | None:
+        """The first NSFW word of the place's frontend in `prompt` (the prompt-side hint)."""
+        return find_word(prompt, self._words(place)[1])
+
     # --- before a request is submitted ----------------------------------------------------------
 
     def template(self, place: Place, prefs: UserPrefs, user: str) -> GenerationRequest:
@@ -294,6 +298,18 @@ class Policy:
             chat=chat,
             messages=messages,
         )
+
+    def delete_images(self, job: int) -> int:
+        """An admin deleted the job's result: its stored PNGs go too; how many went."""
+        record = self.engine.record(job)
+        removed = 0
+        for image in record.images if record is not None else ():
+            path = Path(image.path)
+            if path.exists():
+                path.unlink()
+                removed += 1
+        log.info("deleted the %d stored image(s) of job %d", removed, job)
+        return removed
 
     def withheld(self, job: int, review: Review, locale: Locale) -> str:
         """What a refused result's reply says instead of its images."""
