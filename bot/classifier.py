@@ -75,11 +75,15 @@ class NudeNetClassifier:
 
     def classify(self, png: bytes) -> Verdict:
         import numpy as np
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(io.BytesIO(png)) as image:
-            # NudeNet converts RGBA to BGR and swaps back to RGB itself.
-            pixels = np.asarray(image.convert("RGBA"))
+        try:
+            with Image.open(io.BytesIO(png)) as image:
+                # NudeNet converts RGBA to BGR and swaps back to RGB itself.
+                pixels = np.asarray(image.convert("RGBA"))
+        except (UnidentifiedImageError, OSError) as e:
+            log.warning("image check: not an image (%s); left unchecked", e)
+            return Verdict(UNCHECKED, 0.0)
         found = [d for d in self._load().detect(pixels) if d["class"] in self.FLAGGING]
         best = max(found, key=lambda d: d["score"], default=None)
         if best is not None and best["score"] >= self.threshold:
@@ -115,8 +119,8 @@ class ImageCheck:
         for png in pngs:
             try:
                 verdict = await loop.run_in_executor(self._executor, self.classifier.classify, png)
-            except Exception:
-                log.exception("image check failed; the image is sent as unchecked")
+            except Exception as e:
+                log.warning("image check failed (%r); the image is sent as unchecked", e)
                 verdict = Verdict(UNCHECKED, 0.0)
             verdicts.append(verdict)
         return verdicts

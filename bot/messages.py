@@ -590,6 +590,20 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "你的默认设置（步数、尺寸、采样器…）",
     },
     "tg_cmd_history": {"en": "Your latest drawings", "zh": "你最近的作品"},
+    "tg_cmd_quota": {"en": "Your images today and the limit", "zh": "你今天的图片数和上限"},
+    "tg_cmd_who": {
+        "en": "Admin: who drew a result (reply to it)",
+        "zh": "管理员：查看结果是谁画的（回复它）",
+    },
+    "tg_cmd_delete": {
+        "en": "Admin: delete a result and its stored images (reply to it)",
+        "zh": "管理员：删除结果和保存的图片（回复它）",
+    },
+    "tg_cmd_styles": {"en": "The styles for --style NAME", "zh": "可用于 --style 名称 的风格"},
+    "tg_quota_usage": {
+        "en": "Write /quota (yours), or as an admin /quota USER_ID IMAGES or /quota USER_ID reset.",
+        "zh": "请写 /quota（你的配额），管理员可写 /quota 用户ID 图片数 或 /quota 用户ID reset。",
+    },
     "tg_cmd_start": {"en": "About this bot", "zh": "关于本机器人"},
     "tg_cmd_model": {"en": "Admin: show or switch the model", "zh": "管理员：查看或切换模型"},
     "tg_cmd_pause": {"en": "Admin: start no new drawing", "zh": "管理员：暂停新的绘制"},

@@ -39,11 +39,12 @@ from bot.telegram.handlers import (
     help_command,
     history_command,
     image_message,
-    is_spoiler,
     model_command,
+    moderation_command,
     on_error,
     pause_command,
     queue_command,
+    quota_command,
     settings_command,
     text_message,
     unknown_command,
@@ -57,8 +58,18 @@ from engine.engine import Engine
 log = logging.getLogger(__name__)
 
 API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
-COMMANDS = ("draw", "upscale", "help", "queue", "cancel", "settings", "history", "start")
-ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume")
+COMMANDS = (
+    "draw",
+    "upscale",
+    "help",
+    "queue",
+    "cancel",
+    "settings",
+    "history",
+    "quota",
+    "start",
+)
+ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume", "who", "delete")
 UPDATES = ("message", "callback_query")
 
 
@@ -75,6 +86,8 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler("cancel", cancel_command))
     app.add_handler(CommandHandler("history", history_command))
     app.add_handler(CommandHandler("settings", settings_command))
+    app.add_handler(CommandHandler("quota", quota_command))
+    app.add_handler(CommandHandler(("who", "delete"), moderation_command))
     app.add_handler(CommandHandler("model", model_command, block=False))
     app.add_handler(CommandHandler(("pause", "resume"), pause_command))
     app.add_handler(CommandHandler(("vae", "hypernetwork"), addons_command, block=False))
@@ -134,7 +147,9 @@ def resume_recovered(app: App, deps: Deps) -> int:
         reply = ReplyTo.parse(job.reply_to)
         if reply is None:
             continue  # another frontend's
-        spoiler = is_spoiler(deps.settings.telegram, job.request.prompt)
+        place = reply.place
+        word = deps.policy.nsfw_word(place, job.request.prompt)
+        spoiler = word is not None and deps.policy.nsfw(place) == "spoiler"
         coroutine = follow(deps, app.bot, job, reply, spoiler=spoiler)
         deps.followers.add(app.create_task(coroutine, name=f"telegram job {job.id}"))
         count += 1
@@ -169,4 +184,5 @@ async def run_telegram(
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
             await app.stop()
+            deps.policy.close()
             log.info("telegram: stopped")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeAlias, cast
 
 from telegram import (
+    Chat,
     Document,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -35,6 +36,7 @@ from bot.addons import (
     installed_addons,
 )
 from bot.messages import Locale, caption, error_text, locale_of, sampler_help, text
+from bot.modlog import modlog_line
 from bot.parse import read_request
 from bot.pictures import (
     check_announced,
@@ -46,8 +48,8 @@ from bot.pictures import (
     upscale_choice,
     upscale_request,
 )
+from bot.places import Place
 from bot.prefs import UserPrefs, model_defaults
-from bot.settings import TelegramSettings
 from bot.telegram.captions import cut
 from bot.telegram.markup import Press, replying
 from bot.telegram.replies import PREFIX, Deps, reroll, start_job, variation
@@ -58,7 +60,6 @@ from bot.telegram.settings_text import (
     show_settings,
     typed_settings,
 )
-from bot.wordlist import find_word
 from engine.checks import check_request
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
 
@@ -76,28 +77,15 @@ Context: TypeAlias = ContextTypes.DEFAULT_TYPE
 Picture: TypeAlias = PhotoSize | Document
 
 
-# --- policy ------------------------------------------------------------------------------------
+# --- policy (bot/policy.py: the one every frontend asks) --------------------------------------
 
 
 def requester_id(user: User) -> str:
     return f"{PREFIX}{user.id}"
 
 
-def is_spoiler(settings: TelegramSettings, prompt: str) -> bool:
-    """A request is NSFW when its positive prompt has one of `nsfw_words`."""
-    return settings.nsfw_policy == "spoiler" and find_word(prompt, settings.nsfw_words) is not None
-
-
-def check_policy(settings: TelegramSettings, prompt: str, locale: Locale) -> bool:
-    """Refuse banned words (and NSFW prompts under "refuse"); True if the photo needs a spoiler.
-
-    Only the positive prompt is judged: "nsfw" in a negative prompt keeps NSFW out.
-    """
-    if word := find_word(prompt, settings.banned_words):
-        raise InvalidRequest(text("tg_banned", locale, word=word), field="prompt")
-    if settings.nsfw_policy == "refuse" and (word := find_word(prompt, settings.nsfw_words)):
-        raise InvalidRequest(text("tg_nsfw_refused", locale, word=word), field="prompt")
-    return is_spoiler(settings, prompt)
+def place_of(chat: Chat) -> Place:
+    return Place(frontend="telegram", chat=chat.id, group=chat.type != ChatType.PRIVATE)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -200,14 +188,15 @@ async def _draw(
     message, chat = update.effective_message, update.effective_chat
     assert message is not None and chat is not None
     requester, prefs, locale = _who(deps, update.effective_user)
+    place = place_of(chat)
     parsed = read_request(
         prompt,
-        prefs.request_defaults(requester),
+        deps.policy.template(place, prefs, requester),
         requester,
-        settings=prefs.prompt_settings(deps.settings.prompt),
+        settings=deps.policy.prompt_settings(place, prefs),
         max_chars=deps.settings.limits.max_prompt_chars,
     )
-    spoiler = check_policy(deps.settings.telegram, parsed.request.prompt, locale)
+    admission = deps.policy.admit(place, parsed.request, locale, picture=picture is not None)
     request, notes = parsed.request, parsed.notes
     if picture is not None:  # after the prompt's checks: a refused prompt downloads nothing
         path, picture_notes = await store_picture(
@@ -224,7 +213,7 @@ async def _draw(
         reply_to=message.message_id,
         locale=locale,
         notes=notes,
-        spoiler=spoiler,
+        spoiler=admission.spoiler,
     )
 
 
@@ -251,6 +240,7 @@ async def _upscale(update: Update, context: Context, args: str, source: Message 
         upscalers = ", ".join(picture_upscalers(deps.engine))
         await message.reply_text(text("tg_upscale_usage", locale, upscalers=upscalers))
         return
+    deps.policy.admit(place_of(chat), request, locale, picture=True)
     data = await _own_result(deps, source, context.bot.id) or await _download(picture, deps)
     path, notes = await store_picture(deps.engine, data, locale)
     request = dataclasses.replace(request, init_image=path)
@@ -528,6 +518,54 @@ async def addons_command(update: Update, context: Context) -> None:
     await message.reply_text(addons_text(info, locale, "addons_set"))
 
 
+async def quota_command(update: Update, context: Context) -> None:
+    """/quota: your images today against this chat's limit, and the cooldown. Admins:
+    /quota USER_ID N sets a user's daily images (0 = no limit), /quota USER_ID reset."""
+    deps = _deps(context)
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    args = _after_command(message.text).split()
+    if args and await _admin(deps, requester, message, locale):
+        if len(args) != 2 or not args[0].isdigit() or not (args[1].isdigit() or args[1] == "reset"):
+            raise InvalidRequest(text("tg_quota_usage", locale))
+        user = f"{PREFIX}{args[0]}"
+        deps.policy.quotas.set(user, None if args[1] == "reset" else int(args[1]))
+        log.info("%s set the quota of %s to %s", requester, user, args[1])
+        said = deps.policy.quota_text(place_of(chat), user, locale)
+        await message.reply_text(f"{user}: {said}")
+        return
+    if not args:
+        await message.reply_text(deps.policy.quota_text(place_of(chat), requester, locale))
+
+
+async def moderation_command(update: Update, context: Context) -> None:
+    """Admin, as a reply to one of the bot's results: /who says who drew it (the moderation
+    log), /delete deletes its messages and its stored PNGs."""
+    deps = _deps(context)
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    if not await _admin(deps, requester, message, locale):
+        return
+    replied = message.reply_to_message
+    entry = deps.policy.log.by_message(replied.message_id, chat.id) if replied else None
+    if entry is None:
+        await message.reply_text(text("modlog_not_found", locale))
+        return
+    if (message.text or "").startswith("/who"):
+        await message.reply_text(modlog_line(entry, locale))
+        return
+    for message_id in entry.messages:
+        try:
+            await context.bot.delete_message(chat.id, message_id)
+        except BadRequest as e:  # gone already, or too old for the bot to delete
+            log.info("message %d of job %d not deleted: %s", message_id, entry.job, e.message)
+    deps.policy.delete_images(entry.job)
+    log.info("%s deleted job %d of %s", requester, entry.job, entry.user)
+    await message.reply_text(text("modlog_deleted", locale, job=entry.job))
+
+
 async def unknown_command(update: Update, context: Context) -> None:
     """A command this bot does not have, in a private chat (in a group it may be another
     bot's): say so, and which it has, rather than nothing."""
@@ -599,7 +637,7 @@ async def button(update: Update, context: Context) -> None:
         strength = bot.strong_variation_strength if press.strong else bot.variation_strength
         request = reroll(record.request) if kind == "r" else variation(record, index, strength)
     request = dataclasses.replace(request, requester=requester)
-    spoiler = check_policy(deps.settings.telegram, request.prompt, locale)
+    admission = deps.policy.admit(place_of(message.chat), request, locale)
     await query.answer()
     await start_job(
         deps,
@@ -609,7 +647,7 @@ async def button(update: Update, context: Context) -> None:
         chat_id=chat_id,
         reply_to=message.message_id,
         locale=locale,
-        spoiler=spoiler,
+        spoiler=admission.spoiler,
     )
 
 
