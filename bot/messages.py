@@ -857,13 +857,25 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "No styles yet. An admin imports A1111's styles.csv ([moderation] styles_csv).",
         "zh": "还没有风格。管理员可导入 A1111 的 styles.csv（[moderation] styles_csv）。",
     },
-    "styles_unknown": {
-        "en": "No style {name!r}; styles: {known}.",
-        "zh": "没有风格 {name!r}；可用风格：{known}。",
+    "styles_imported": {
+        "en": "Imported {count} style(s).",
+        "zh": "已导入 {count} 个风格。",
     },
-    "styles_saved": {
-        "en": "Style {name!r} saved.",
-        "zh": "风格 {name!r} 已保存。",
+    "styles_unreadable": {
+        "en": "Cannot read that styles.csv: {problem}.",
+        "zh": "无法读取这个 styles.csv：{problem}。",
+    },
+    "styles_too_big": {
+        "en": "A styles.csv may be at most {limit} KiB.",
+        "zh": "styles.csv 最大 {limit} KiB。",
+    },
+    "discord_opt_styles_file": {
+        "en": "An A1111 styles.csv to import (name,prompt,negative_prompt)",
+        "zh": "要导入的 A1111 styles.csv（name,prompt,negative_prompt）",
+    },
+    "discord_opt_server": {
+        "en": "Admin: import them as the server's styles",
+        "zh": "管理员：导入为本服务器的风格",
     },
     "modlog_found": {
         "en": "Job {job} by {user} in {place} at {when}: {prompt!r} (image check: {label}).",
@@ -940,6 +952,8 @@ ERRORS_ZH: dict[str, str] = {
     "help_vae": "VAE 文件，例如 {example}（None = 模型自带的）",
     "needs_hypernet": "{flag} 需要 名称 或 名称:强度，例如 anime:0.8，而不是 {value!r}。",
     "help_count": "图片数量",
+    "help_style": "保存的风格，例如 --style 风格名",
+    "unknown_style": "没有风格 {name!r}；可用风格：{known}。",
     # chat text (bot/parse.py)
     "needs_whole_number": "{flag} 需要一个整数，而不是 {value!r}。",
     "needs_number": "{flag} 需要一个数字，而不是 {value!r}。",

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from bot.classifier import ImageCheck, Verdict, make_classifier, strongest
 from bot.messages import Locale, text
 from bot.modlog import ModLog
-from bot.parse import PromptSettings
+from bot.parse import ParsedRequest, PromptSettings, read_request
 from bot.places import BUILT_IN, NsfwRule, Place, PlaceRules
 from bot.quotas import Quotas, quotas_path
-from bot.settings import NSFW_WORDS, Settings
+from bot.settings import NSFW_WORDS, Settings, SettingsError
+from bot.stylebook import BOT, StyleBook
+from bot.styles import Style
 from bot.wordlist import find_word
 from engine.errors import InvalidRequest
 from engine.request import GenerationRequest, GenerationResult
@@ -87,13 +89,64 @@ class Policy:
         m = settings.moderation
         self.images = images or ImageCheck(make_classifier(m.image_check, m.threshold))
         journal = engine.config.journal
-        log_path = journal if journal == ":memory:" else Path(journal).with_name("modlog.sqlite3")
-        self.log = ModLog(log_path, m.log_days)
+        memory = journal == ":memory:"
+        self.log = ModLog(
+            journal if memory else Path(journal).with_name("modlog.sqlite3"), m.log_days
+        )
+        self.styles = StyleBook(journal if memory else Path(journal).with_name("styles.sqlite3"))
+        if m.styles_csv:
+            self._import_styles(settings.root / m.styles_csv)
+
+    def _import_styles(self, path: Path) -> None:
+        """[moderation] styles_csv: the bot's styles, read again at every start."""
+        try:
+            count = self.styles.import_csv(BOT, path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            self.close()
+            raise SettingsError(f"moderation.styles_csv: cannot import {path}: {e}") from e
+        log.info("imported %d style(s) from %s", count, path)
 
     def close(self) -> None:
         self.quotas.close()
         self.images.close()
         self.log.close()
+        self.styles.close()
+
+    def style_scopes(self, place: Place, user: str) -> list[str]:
+        """Where a user's `--style NAME` is looked up: their own, the place's (the channel or
+        chat, then the server), the bot's."""
+        return [user, *reversed(place.keys()[2:]), BOT]
+
+    def styles_for(self, place: Place, user: str) -> dict[str, Style]:
+        return self.styles.styles(self.style_scopes(place, user))
+
+    def read(
+        self, place: Place, text_: str, prefs: UserPrefs, user: str, locale: Locale
+    ) -> ParsedRequest:
+        """Chat text → a request, as every frontend reads it here: the user's settings over
+        the place's defaults, the styles they may name; Refused where styles are off."""
+        parsed = read_request(
+            text_,
+            self.template(place, prefs, user),
+            user,
+            settings=self.prompt_settings(place, prefs),
+            max_chars=self.settings.limits.max_prompt_chars,
+            styles=self.styles_for(place, user),
+        )
+        if parsed.styles and not self.rules(place).styles:
+            raise Refused(text("policy_no_styles", locale))
+        return parsed
+
+    def styles_text(self, place: Place, user: str, locale: Locale) -> str:
+        """What the styles command lists: each style a user may name here, with its prompt."""
+        styles = self.styles_for(place, user)
+        if not styles:
+            return text("styles_none", locale)
+        lines = [
+            f"• {s.name}: {s.prompt}" + (f" | {s.negative_prompt}" if s.negative_prompt else "")
+            for s in styles.values()
+        ]
+        return text("styles_list", locale, styles="\n".join(lines))
 
     # --- the rules ------------------------------------------------------------------------------
 
@@ -171,7 +224,6 @@ class Policy:
         locale: Locale,
         *,
         picture: bool = False,
-        style: bool = False,
     ) -> Admission:
         """Refused (with what is wrong and what is allowed), or the Admission.
 
@@ -193,8 +245,6 @@ class Policy:
                 key = "policy_nsfw_age" if place.frontend == "discord" else "policy_nsfw_refused"
                 raise Refused(text(key, locale, word=word))
             spoiler = rule == "spoiler"
-        if style and not rules.styles:
-            raise Refused(text("policy_no_styles", locale))
         if admin:
             return Admission(rules, spoiler)
         self._check_options(rules, request, locale, picture=picture)

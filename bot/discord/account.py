@@ -25,6 +25,7 @@ from bot.discord.interactions import (
     PlaceCheckedCog,
     description,
     interaction_locale,
+    place_of,
     requester_of,
     size_choices,
 )
@@ -41,6 +42,8 @@ from engine.journal import SavedImage
 from engine.request import GenerationRequest
 from engine.sampling.samplers import V19_SAMPLERS, infotext_sampler
 from engine.sampling.schedules import SCHEDULE_LABELS
+
+STYLES_CSV_BYTES = 256 * 1024  # the most of a styles.csv that /styles reads
 
 
 class AccountCog(PlaceCheckedCog, name="Account"):
@@ -140,7 +143,45 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         message = text("discord_settings_show", locale, values=values)
         if reset:
             message = "\n".join([text("discord_settings_reset", locale), message])
-        await interaction.response.send_message(clip(message), ephemeral=True)
+        quota = self.bot.policy.quota_text(place_of(interaction), user, locale)
+        await interaction.response.send_message(clip(f"{message}\n{quota}"), ephemeral=True)
+
+    # --- /styles --------------------------------------------------------------------------------
+
+    @app_commands.command(name="styles", description=description("discord_cmd_styles"))
+    @app_commands.describe(
+        file=description("discord_opt_styles_file"), server=description("discord_opt_server")
+    )
+    async def styles(
+        self,
+        interaction: discord.Interaction,
+        file: discord.Attachment | None = None,
+        server: bool = False,
+    ) -> None:
+        """The styles you may name with --style here; with an A1111 styles.csv, its styles
+        saved as yours (an admin's `server`: the server's)."""
+        user = requester_of(interaction.user)
+        locale = interaction_locale(self.store, interaction)
+        place = place_of(interaction)
+        policy = self.bot.policy
+        if file is not None:
+            scope = user
+            if server and interaction.guild_id is not None:
+                if not self.engine.is_admin(user):
+                    raise NotAllowed(text("not_admin", locale))
+                scope = f"discord:guild:{interaction.guild_id}"
+            if file.size > STYLES_CSV_BYTES:
+                raise NotAllowed(text("styles_too_big", locale, limit=STYLES_CSV_BYTES // 1024))
+            try:
+                count = policy.styles.import_csv(scope, (await file.read()).decode("utf-8-sig"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise NotAllowed(text("styles_unreadable", locale, problem=str(e))) from None
+            said = text("styles_imported", locale, count=count)
+            listing = policy.styles_text(place, user, locale)
+            await interaction.response.send_message(clip(f"{said}\n{listing}"), ephemeral=True)
+            return
+        listing = policy.styles_text(place, user, locale)
+        await interaction.response.send_message(clip(listing), ephemeral=True)
 
     def _effective(self, user: str, locale: Locale) -> list[str]:
         """Each option of /settings with what /draw uses: the user's saved value (marked ✎),

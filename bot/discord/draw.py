@@ -228,15 +228,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         prefs = self.store.get(user)
         flags = [f"{flag} {shlex.quote(str(v))}" for flag, v in options.items() if v is not None]
         chat = "\n".join([prompt, " ".join(flags)]) if flags else prompt
-        place = place_of(interaction)
-        settings = self.policy.prompt_settings(place, prefs)
-        return read_request(
-            chat,
-            self.policy.template(place, prefs, user),
-            user,
-            settings=settings,
-            max_chars=self.settings.limits.max_prompt_chars,
-        )
+        return self.policy.read(place_of(interaction), chat, prefs, user, self._locale(interaction))
 
     async def _start(
         self,

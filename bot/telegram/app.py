@@ -46,6 +46,7 @@ from bot.telegram.handlers import (
     queue_command,
     quota_command,
     settings_command,
+    styles_command,
     text_message,
     unknown_command,
     upscale_command,
@@ -67,6 +68,7 @@ COMMANDS = (
     "settings",
     "history",
     "quota",
+    "styles",
     "start",
 )
 ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume", "who", "delete")
@@ -87,6 +89,7 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler("history", history_command))
     app.add_handler(CommandHandler("settings", settings_command))
     app.add_handler(CommandHandler("quota", quota_command))
+    app.add_handler(CommandHandler("styles", styles_command))
     app.add_handler(CommandHandler(("who", "delete"), moderation_command))
     app.add_handler(CommandHandler("model", model_command, block=False))
     app.add_handler(CommandHandler(("pause", "resume"), pause_command))

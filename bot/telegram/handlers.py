@@ -37,7 +37,6 @@ from bot.addons import (
 )
 from bot.messages import Locale, caption, error_text, locale_of, sampler_help, text
 from bot.modlog import modlog_line
-from bot.parse import read_request
 from bot.pictures import (
     check_announced,
     check_extras,
@@ -189,13 +188,7 @@ async def _draw(
     assert message is not None and chat is not None
     requester, prefs, locale = _who(deps, update.effective_user)
     place = place_of(chat)
-    parsed = read_request(
-        prompt,
-        deps.policy.template(place, prefs, requester),
-        requester,
-        settings=deps.policy.prompt_settings(place, prefs),
-        max_chars=deps.settings.limits.max_prompt_chars,
-    )
+    parsed = deps.policy.read(place, prompt, prefs, requester, locale)
     admission = deps.policy.admit(place, parsed.request, locale, picture=picture is not None)
     request, notes = parsed.request, parsed.notes
     if picture is not None:  # after the prompt's checks: a refused prompt downloads nothing
@@ -537,6 +530,15 @@ async def quota_command(update: Update, context: Context) -> None:
         return
     if not args:
         await message.reply_text(deps.policy.quota_text(place_of(chat), requester, locale))
+
+
+async def styles_command(update: Update, context: Context) -> None:
+    """/styles: the styles --style NAME may name in this chat."""
+    deps = _deps(context)
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    await message.reply_text(cut(deps.policy.styles_text(place_of(chat), requester, locale), 4000))
 
 
 async def moderation_command(update: Update, context: Context) -> None:

@@ -490,6 +490,7 @@ async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
         "settings",
         "history",
         "quota",
+        "styles",
         "start",
     ]
     assert h.tg.my_commands[("default", "zh")][0]["description"].startswith("画图")
