@@ -36,7 +36,7 @@ async def test_a_flagged_result_is_spoilered_withheld_or_sent_by_place(
     message = await final(dc, elsewhere)
     assert message["attachments"][0]["filename"] == "SPOILER_aidraw-1-3.png"
     assert "Image check: FEMALE_BREAST_EXPOSED (0.91)." in message["content"]
-    assert FlagAll.threads and not any("torch" in name for name in FlagAll.threads)
+    assert FlagAll.threads and all(n.startswith("aidraw-image-check") for n in FlagAll.threads)
 
     # This channel refuses NSFW: the reply says why and carries no image.
     refused = await dc.slash("draw", {"prompt": "a cat --seed 4"})

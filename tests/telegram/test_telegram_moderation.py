@@ -1,0 +1,117 @@
+"""Telegram end to end with the moderation layer (bot/policy.py): a stub image check that flags
+every result drives the spoiler and withheld paths per chat; /quota; the moderation log's
+/who and an admin's /delete; cooldowns across a restart; /styles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.modlog import ModLog
+from bot.places import PlaceRules
+from bot.settings import ModerationSettings
+from tests.classifier_stub import FLAG_ALL
+from tests.telegram.harness import ADMIN, GROUP, USER, Harness, eventually
+
+FLAGGING = ModerationSettings(image_check=FLAG_ALL)
+WITHHELD = (
+    "Job 1: the image check flagged the result (FEMALE_BREAST_EXPOSED, 0.91), and NSFW "
+    "images are not shown here."
+)
+
+
+async def test_a_flagged_result_is_spoilered_or_withheld_by_chat(h: Harness) -> None:
+    refusing = {f"telegram:chat:{GROUP}": PlaceRules(nsfw="refuse")}
+    await h.start(moderation=FLAGGING, places=refusing)
+    try:
+        h.tg.push_text(GROUP, USER, "/draw a cat --seed 1", chat_type="supergroup")
+        withheld = await h.tg.wait_for(
+            "editMessageText",
+            lambda c: c.params["chat_id"] == GROUP and "flagged" in c.params["text"],
+        )
+        assert withheld.params["text"] == WITHHELD
+        assert h.tg.count("sendPhoto") == 0
+
+        h.tg.push_text(USER, USER, "a cat --seed 2")  # a private chat: spoiler (the default)
+        photo = await h.tg.wait_for("sendPhoto", lambda c: c.params["chat_id"] == USER)
+        assert photo.params["has_spoiler"] is True
+        assert "Image check: FEMALE_BREAST_EXPOSED (0.91)." in photo.params["caption"]
+    finally:
+        await h.stop()
+
+
+async def test_who_and_delete_find_and_remove_a_result(h: Harness) -> None:
+    engine = await h.start(admins=(f"telegram:{ADMIN}",))
+    try:
+        h.tg.push_text(GROUP, USER, "/draw a lighthouse --seed 3", chat_type="supergroup")
+        photo = await h.tg.wait_for("sendPhoto", lambda c: c.params["chat_id"] == GROUP)
+        result = next(m for m in h.tg.sent(GROUP) if "photo" in m)
+        log = ModLog(h.tmp_path / "modlog.sqlite3", days=30)  # the bot's, read beside it
+        await eventually(lambda: log.get(1) is not None)
+        log.close()
+        record = engine.record(1)
+        assert record is not None and record.delivered
+        stored = Path(record.images[0].path)
+
+        h.tg.push_text(GROUP, USER, "/who", chat_type="supergroup", reply_to=result["message_id"])
+        assert await h.reply(GROUP, lambda t: "admins" in t) == "Only the bot's admins can do that."
+        h.tg.push_text(GROUP, ADMIN, "/who", chat_type="supergroup", reply_to=result["message_id"])
+        said = await h.reply(GROUP, lambda t: t.startswith("Job 1 by"))
+        assert said.startswith(f"Job 1 by telegram:{USER} in telegram:chat:{GROUP} at ")
+        assert "a lighthouse'" in said and "(image check: unchecked 0.00, send)" in said
+        assert photo.params["has_spoiler"] in (None, False)
+
+        h.tg.push_text(
+            GROUP, ADMIN, "/delete", chat_type="supergroup", reply_to=result["message_id"]
+        )
+        assert await h.reply(GROUP, lambda t: "deleted" in t) == (
+            "Job 1: the reply and its stored images are deleted."
+        )
+        assert (GROUP, result["message_id"]) not in h.tg.messages
+        assert not stored.is_file()  # noqa: ASYNC240
+    finally:
+        await h.stop()
+
+
+async def test_quota_and_cooldown_across_a_restart(h: Harness) -> None:
+    rules = {"telegram": PlaceRules(daily_quota=3, cooldown_s=600)}
+    await h.start(places=rules)
+    try:
+        h.tg.push_text(USER, USER, "/quota")
+        assert await h.reply(USER) == "Quota: 0 image(s) in the last 24 hours of 3. Cooldown: " + (
+            "600 s between drawings (0 s left)."
+        )
+        h.tg.push_text(USER, USER, "a cat")
+        await h.tg.wait_for("sendPhoto")
+    finally:
+        await h.stop()
+    await h.start(places=rules)
+    try:
+        h.tg.push_text(USER, USER, "a dog")
+        assert (await h.reply(USER, lambda t: "wait" in t)).startswith("Error: Please wait ")
+        h.tg.push_text(USER, USER, "/quota")
+        said = await h.reply(USER, lambda t: t.startswith("Quota"))
+        assert said.startswith("Quota: 1 image(s) in the last 24 hours of 3.")
+    finally:
+        await h.stop()
+
+
+async def test_styles_are_listed_and_applied(h: Harness, tmp_path: Path) -> None:
+    (tmp_path / "styles.csv").write_text(
+        'name,prompt,negative_prompt\nink,"ink drawing of {prompt}",color\n', encoding="utf-8"
+    )
+    engine = await h.start(moderation=ModerationSettings(styles_csv="styles.csv"))
+    try:
+        h.tg.push_text(USER, USER, "/styles")
+        assert await h.reply(USER) == (
+            "Styles (use with --style NAME):\n• ink: ink drawing of {prompt} | color"
+        )
+        h.tg.push_text(USER, USER, "a cat --style ink --no-quality --uc none")
+        await h.tg.wait_for("sendPhoto")
+        record = engine.record(1)
+        assert record is not None
+        assert (record.request.prompt, record.request.negative_prompt) == (
+            "ink drawing of a cat",
+            "color",
+        )
+    finally:
+        await h.stop()
