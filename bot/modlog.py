@@ -91,7 +91,7 @@ class ModLog:
             self._db.executemany(
                 "INSERT INTO modlog_messages VALUES (?, ?, ?)", [(m, chat, job) for m in messages]
             )
-        self.prune()
+        self.prune(at)
 
     def get(self, job: int) -> Entry | None:
         with self._lock:
