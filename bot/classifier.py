@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,20 @@ class NudeNetClassifier:
     def _load(self) -> Any:
         with self._lock:
             if self._detector is None:
+                import nudenet
+                import onnxruntime
                 from nudenet import NudeDetector
 
-                self._detector = NudeDetector(providers=["CPUExecutionProvider"])
+                detector = NudeDetector(providers=["CPUExecutionProvider"])
+                # One CPU thread, not onnxruntime's default of one per core: the check runs
+                # beside the engine's torch thread and must not take its cores.
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = options.inter_op_num_threads = 1
+                model = Path(nudenet.__file__).parent / "320n.onnx"
+                detector.onnx_session = onnxruntime.InferenceSession(
+                    str(model), options, providers=["CPUExecutionProvider"]
+                )
+                self._detector = detector
             return self._detector
 
     def classify(self, png: bytes) -> Verdict:

@@ -200,7 +200,7 @@ class Policy:
         place's defaults (model, size, steps)."""
         rules = self.rules(place)
         base = prefs.request_defaults(user)
-        place_values = {
+        place_values: dict[str, Any] = {
             "model": rules.model,
             "width": rules.width,
             "height": rules.height,

@@ -56,9 +56,9 @@ async def send_results(
     for size in album_sizes(len(results)):
         album = results[start : start + size]
         indexes = range(start, start + size)
-        words = result_caption(job_id, album, locale, notes if start == 0 else ())
-        if minimal:
-            words = None
+        words: str | None = None  # minimal: no caption
+        if not minimal:
+            words = result_caption(job_id, album, locale, notes if start == 0 else ())
         media = [
             InputMediaPhoto(r.png, caption=words if i == 0 else None, has_spoiler=spoiler)
             for i, r in enumerate(album)
