@@ -836,6 +836,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": " 冷却：两次绘图间隔 {cooldown:g} 秒（还剩 {wait} 秒）。",
     },
     "policy_no_limit": {"en": "no limit", "zh": "无限制"},
+    "policy_minimal": {"en": "Job {job}", "zh": "任务 {job}"},
     "policy_quota_admin": {
         "en": "Quota: none (you are an admin).",
         "zh": "配额：无（你是管理员）。",

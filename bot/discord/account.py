@@ -67,7 +67,8 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         status = self.engine.status()
         paused = text("discord_paused_note", locale) if status.paused else ""
         lines.append(text("discord_queue_total", locale, queued=status.queued, paused=paused))
-        limit = self.quotas.limit(user)
+        rules = self.bot.policy.rules(place_of(interaction))
+        limit = self.quotas.limit(user, rules.daily_quota)
         if limit and not self.engine.is_admin(user):
             used = self.quotas.used(user, limit)
             lines.append(text("discord_quota_today", locale, used=used, limit=limit))

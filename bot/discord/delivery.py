@@ -134,7 +134,7 @@ class Delivery:
         infotexts = [r.infotext for r in results]
         content = caption(job.id, results[0].request, seeds, infotexts, notes, locale)
         if rules.output == "minimal":
-            content = text("discord_job_line", locale, job=job.id, text="")
+            content = text("policy_minimal", locale, job=job.id)
         elif rules.output == "verbose" or review.outcome == "spoiler":
             content = "\n".join([content, review.note(locale)])
         if review.outcome == "refuse":

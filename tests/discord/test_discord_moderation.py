@@ -121,3 +121,19 @@ async def test_cooldown_holds_across_a_restart(world: World, dc: FakeDiscord) ->
     await world.restart()
     again = await dc.slash("draw", {"prompt": "a dog"})
     assert "Please wait" in await _answer(dc, again)
+
+
+async def test_output_modes_and_auto_delete_in_a_server(world: World, dc: FakeDiscord) -> None:
+    world.places = {
+        f"discord:channel:{CHANNEL_ID}": PlaceRules(output="minimal", delete_after_s=0.3),
+        "discord:channel:43": PlaceRules(output="verbose"),
+    }
+    await world.start()
+    minimal = await dc.slash("draw", {"prompt": "a cat --seed 1"})
+    message = await final(dc, minimal)
+    assert message["content"] == "Job 1"
+    verbose = await dc.slash("draw", {"prompt": "a cat --seed 2"}, channel_id=43)
+    shown = await final(dc, verbose)
+    assert shown["content"].endswith("\nImage check: safe (0.00).")
+    await dc.wait_until(lambda: int(message["id"]) not in dc.messages)  # recalled
+    assert int(shown["id"]) in dc.messages  # kept where delete_after_s is 0
