@@ -115,3 +115,20 @@ async def test_styles_are_listed_and_applied(h: Harness, tmp_path: Path) -> None
         )
     finally:
         await h.stop()
+
+
+async def test_minimal_replies_and_auto_delete_in_a_group(h: Harness) -> None:
+    rules = {f"telegram:chat:{GROUP}": PlaceRules(output="minimal", delete_after_s=0.3)}
+    await h.start(places=rules)
+    try:
+        h.tg.push_text(GROUP, USER, "/draw a cat --seed 1", chat_type="supergroup")
+        photo = await h.tg.wait_for("sendPhoto", lambda c: c.params["chat_id"] == GROUP)
+        assert "caption" not in photo.params or not photo.params["caption"]
+        message_id = next(m for m in h.tg.sent(GROUP) if "photo" in m)["message_id"]
+        await eventually(lambda: (GROUP, message_id) not in h.tg.messages)  # recalled
+
+        h.tg.push_text(USER, USER, "a cat --seed 2")  # a private chat keeps the default
+        private = await h.tg.wait_for("sendPhoto", lambda c: c.params["chat_id"] == USER)
+        assert private.params["caption"].startswith("Job 2 · Seed 2")
+    finally:
+        await h.stop()
