@@ -334,7 +334,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "cancel while waiting.\n"
             "**/upscale** `image` [`scale` 1–4] [`upscaler`] makes a picture bigger without "
             "redrawing it.\n"
-            "Commands: /queue, /cancel [job], /settings, /history [job], /help."
+            "Commands: /queue, /cancel [job], /settings, /history [job], /styles, /help."
         ),
         "zh": (
             "**/draw** `提示词` 画图，例如 `1girl, silver hair, (smile:1.2) --seed 42`。\n"
@@ -346,7 +346,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "{subtle} / {strong} · 🔍 放大：第一张图放大到两倍 · ✏️ 编辑提示词后重画（同种子） · "
             "🗑 删除 · ❌ 排队时取消。\n"
             "**/upscale** `image` [`scale` 1–4] [`upscaler`] 放大一张图片，不重新绘制。\n"
-            "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
+            "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/styles、/help。"
         ),
     },
     "discord_help_flag": {"en": "{flag} ({help})", "zh": "{flag}（{help}）"},

@@ -454,10 +454,16 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         return interaction_locale(self.store, interaction)
 
 
+# Flags /help leaves to another command (it must fit one message): --style is /styles'.
+HELP_ELSEWHERE = ("--style",)
+
+
 def help_text(locale: Locale, bot: BotSettings) -> str:
     """/help: the flags (aliases with their flag: `--scale`/`--cfg`), the buttons, the commands."""
     same: dict[int, tuple[Phrase, list[str]]] = {}
     for name, flag in FLAGS.items():
+        if name in HELP_ELSEWHERE:
+            continue
         same.setdefault(id(flag.help), (flag.help, []))[1].append(f"`{name}`")
     flags = LIST_SEPARATOR[locale].join(
         text("discord_help_flag", locale, flag="/".join(names), help=error_message(help, locale))
