@@ -450,10 +450,22 @@ class WebChat:
             request = dataclasses.replace(request, seed=images[0].seed)
         status, outcome = text("done", locale), self.outcome(job_id, request)
         entry = self.policy.log.get(job_id)
-        if outcome == "refuse" and entry is not None:  # flagged, and [places.web] refuses NSFW
+        review = None
+        if entry is not None:
             verdict = Verdict(entry.label, entry.score)
-            status = self.policy.withheld(job_id, Review(verdict, (verdict,), "refuse"), locale)
+            review = Review(verdict, (verdict,), "refuse" if outcome == "refuse" else "send")
+        output = self.policy.rules(PLACE).output
+        if review is not None and outcome == "refuse":  # flagged; [places.web] refuses NSFW
+            status = self.policy.withheld(job_id, review, locale)
             images = []
+        elif review is not None and (output == "verbose" or outcome == "spoiler"):
+            status = f"{status} {review.note(locale)}"
+        views = [
+            image_view(job_id, i, image.seed, image.infotext, request, locale)
+            for i, image in enumerate(images, start=1)
+        ]
+        if output == "minimal":  # the images only
+            views = [{**view, "caption": ""} for view in views]
         return {
             "id": job_id,
             "state": "done",
@@ -461,10 +473,7 @@ class WebChat:
             **said,
             "status": status,
             "spoiler": outcome == "spoiler",
-            "images": [
-                image_view(job_id, i, image.seed, image.infotext, request, locale)
-                for i, image in enumerate(images, start=1)
-            ],
+            "images": views,
         }
 
     def outcome(self, job_id: int, request: GenerationRequest) -> str:

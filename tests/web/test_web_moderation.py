@@ -85,3 +85,22 @@ async def test_styles_from_an_a1111_styles_csv(chat: Chat, tmp_path: Path) -> No
     assert "No style 'oil'; styles: anime, soft." in str(unknown)
     state = await (await client.get("/api/state")).json()
     assert "• anime: anime screencap, {prompt}, cel shading | lowres" in state["styles"]
+
+
+async def test_output_modes(chat: Chat, tmp_path: Path) -> None:
+    client = await chat.start(tables={"places": {"web": {"output": "verbose"}}})
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "a cat --seed 1"}))["job"]
+    done = (await until(ws, of(job["id"], "done")))[-1]["job"]
+    assert done["status"] == "Done. Image check: unchecked (0.00)."  # the fake's PNG is no image
+    await ws.close()
+    await chat.stop()
+
+    again = Chat(tmp_path)
+    client = await again.start(tables={"places": {"web": {"output": "minimal"}}})
+    ws = await socket(client)
+    job = (await post(client, "/api/draw", {"text": "a dog --seed 2"}))["job"]
+    done = (await until(ws, of(job["id"], "done")))[-1]["job"]
+    assert done["status"] == "Done." and done["images"][0]["caption"] == ""
+    await ws.close()
+    await again.stop()
