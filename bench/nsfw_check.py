@@ -134,7 +134,8 @@ async def main() -> None:
             )
             if label == "check":
                 line += f", all checked {checked:.2f} s"
-            print(line)
+            rounds = ", ".join(f"{statistics.median(d):.3f}/{t:.2f}" for d, t, _ in runs)
+            print(f"{line}  [each round, per job/all drawn: {rounds}]")
         await engine.close()
         await loop_task
 

@@ -68,3 +68,49 @@ def test_the_most_flagged_image_speaks_for_a_result() -> None:
     assert strongest([safe, flagged, Verdict("ANUS_EXPOSED", 0.55)]) == flagged
     assert strongest([safe, Verdict("safe", 0.1)]) == safe
     assert strongest([]) == Verdict("unchecked", 0.0)
+
+
+def test_scores_are_what_nudenet_detect_reports_per_class() -> None:
+    """The classifier scores NudeNet's model output with numpy; on an output full of
+    detections (the model's own shape, with random boxes and scores), each class's best score
+    is exactly the best that NudeNet's own `detect` (per-row loop, NMS) reports."""
+    import numpy as np
+
+    classifier = NudeNetClassifier()
+    detector = classifier._load()
+    rng = np.random.default_rng(3)
+    boxes = 2100
+    output = np.zeros((1, 22, boxes), np.float32)
+    output[0, 0:2] = rng.uniform(20, 300, (2, boxes))  # centres
+    output[0, 2:4] = rng.uniform(5, 80, (2, boxes))  # sizes
+    output[0, 4:] = rng.uniform(0, 1, (18, boxes)) ** 8  # mostly low, some high
+
+    class Session:
+        def run(self, names: object, feeds: object) -> list[object]:
+            return [output]
+
+    real = detector.onnx_session
+    detector.onnx_session = Session()
+    try:
+        pixels = np.zeros((320, 320, 4), np.uint8)
+        reported: dict[str, float] = {}
+        for found in detector.detect(pixels):
+            reported[found["class"]] = max(reported.get(found["class"], 0.0), found["score"])
+        assert len(reported) >= 10  # plenty to compare
+        assert classifier.scores(pixels) == pytest.approx(reported)
+        verdict = classifier.classify(_png(pixels))
+        flagging = {k: v for k, v in reported.items() if k in NudeNetClassifier.FLAGGING}
+        label = max(flagging, key=lambda k: flagging[k])
+        assert verdict == Verdict(label, pytest.approx(flagging[label]))  # type: ignore[arg-type]
+    finally:
+        detector.onnx_session = real
+
+
+def _png(pixels: object) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # type: ignore[arg-type]
+    return buffer.getvalue()
