@@ -632,6 +632,8 @@ function applyState(state) {
   translate(document);
   $("#input").placeholder = t("web_placeholder");
   showPrefs(state);
+  $("#quota").textContent = state.quota; // this place's quota and today's use
+  $("#styles").textContent = state.styles; // the styles --style NAME may name
   $("#admin").hidden = !state.admin;
   $("#model-select").replaceChildren(...state.models.map((name) => new Option(name, name)));
   showModel(state.model);
