@@ -11,6 +11,7 @@ from bot.prefs import connect
 from bot.styles import Style, read_csv
 
 BOT = "bot"  # the scope of the styles every place has ([moderation] styles_csv)
+CSV_BYTES = 256 * 1024  # the most of a styles.csv a chat command reads
 
 
 class StyleBook:

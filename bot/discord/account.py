@@ -35,6 +35,7 @@ from bot.messages import Locale, text
 from bot.messages import caption as messages_caption
 from bot.parse import read_request
 from bot.prefs import REQUEST_FIELDS, model_defaults
+from bot.stylebook import CSV_BYTES
 from engine.checks import check_request
 from engine.infotext import format_number
 from engine.job import Job
@@ -42,8 +43,6 @@ from engine.journal import SavedImage
 from engine.request import GenerationRequest
 from engine.sampling.samplers import V19_SAMPLERS, infotext_sampler
 from engine.sampling.schedules import SCHEDULE_LABELS
-
-STYLES_CSV_BYTES = 256 * 1024  # the most of a styles.csv that /styles reads
 
 
 class AccountCog(PlaceCheckedCog, name="Account"):
@@ -171,8 +170,8 @@ class AccountCog(PlaceCheckedCog, name="Account"):
                 if not self.engine.is_admin(user):
                     raise NotAllowed(text("not_admin", locale))
                 scope = f"discord:guild:{interaction.guild_id}"
-            if file.size > STYLES_CSV_BYTES:
-                raise NotAllowed(text("styles_too_big", locale, limit=STYLES_CSV_BYTES // 1024))
+            if file.size > CSV_BYTES:
+                raise NotAllowed(text("styles_too_big", locale, limit=CSV_BYTES // 1024))
             try:
                 count = policy.styles.import_csv(scope, (await file.read()).decode("utf-8-sig"))
             except (UnicodeDecodeError, ValueError) as e:

@@ -47,6 +47,7 @@ from bot.telegram.handlers import (
     quota_command,
     settings_command,
     styles_command,
+    styles_import,
     text_message,
     unknown_command,
     upscale_command,
@@ -96,6 +97,8 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler(("vae", "hypernetwork"), addons_command, block=False))
     app.add_handler(CallbackQueryHandler(button, pattern=JOB_BUTTONS))
     app.add_handler(CallbackQueryHandler(button, pattern=OTHER_BUTTONS, block=False))
+    styles_csv = filters.Document.FileExtension("csv") & filters.CaptionRegex(r"^/styles\b")
+    app.add_handler(MessageHandler(styles_csv, styles_import))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))
     prompts = filters.TEXT & ~filters.COMMAND & (filters.ChatType.PRIVATE | filters.REPLY)
     app.add_handler(MessageHandler(prompts, text_message))

@@ -49,6 +49,7 @@ from bot.pictures import (
 )
 from bot.places import Place
 from bot.prefs import UserPrefs, model_defaults
+from bot.stylebook import CSV_BYTES
 from bot.telegram.captions import cut
 from bot.telegram.markup import Press, replying
 from bot.telegram.replies import PREFIX, Deps, reroll, start_job, variation
@@ -539,6 +540,32 @@ async def styles_command(update: Update, context: Context) -> None:
     assert message is not None and chat is not None
     requester, _, locale = _who(deps, update.effective_user)
     await message.reply_text(cut(deps.policy.styles_text(place_of(chat), requester, locale), 4000))
+
+
+async def styles_import(update: Update, context: Context) -> None:
+    """An A1111 styles.csv sent with the caption /styles: its styles saved as the sender's
+    own; with /styles chat (admins, in a group), as the chat's."""
+    deps = _deps(context)
+    message, chat = update.effective_message, update.effective_chat
+    assert message is not None and chat is not None and message.document is not None
+    requester, _, locale = _who(deps, update.effective_user)
+    scope = requester
+    if _after_command(message.caption).strip().lower() == "chat" and chat.id < 0:
+        if not await _admin(deps, requester, message, locale):
+            return
+        scope = f"telegram:chat:{chat.id}"
+    if (message.document.file_size or 0) > CSV_BYTES:
+        raise InvalidRequest(text("styles_too_big", locale, limit=CSV_BYTES // 1024))
+    data = bytes(await (await message.document.get_file()).download_as_bytearray())
+    try:
+        count = deps.policy.styles.import_csv(scope, data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidRequest(text("styles_unreadable", locale, problem=str(e))) from None
+    log.info("%s imported %d style(s) into %s", requester, count, scope)
+    listing = deps.policy.styles_text(place_of(chat), requester, locale)
+    await message.reply_text(
+        cut(f"{text('styles_imported', locale, count=count)}\n{listing}", 4000)
+    )
 
 
 async def moderation_command(update: Update, context: Context) -> None:

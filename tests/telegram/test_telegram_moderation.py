@@ -132,3 +132,34 @@ async def test_minimal_replies_and_auto_delete_in_a_group(h: Harness) -> None:
         assert private.params["caption"].startswith("Job 2 · Seed 2")
     finally:
         await h.stop()
+
+
+async def test_a_styles_csv_is_imported_for_a_user_or_by_an_admin_for_a_chat(h: Harness) -> None:
+    engine = await h.start(admins=(f"telegram:{ADMIN}",))
+    try:
+        mine = b"name,prompt,negative_prompt\nink,ink drawing of {prompt},\n"
+        h.tg.push_photo(
+            USER, USER, mine, caption="/styles", as_document=True, filename="styles.csv"
+        )
+        assert await h.reply(USER) == (
+            "Imported 1 style(s).\nStyles (use with --style NAME):\n• ink: ink drawing of {prompt}"
+        )
+        chats = b"name,prompt,negative_prompt\nsoft,soft light,\n"
+        group = {"chat_type": "supergroup", "as_document": True, "filename": "s.csv"}
+        h.tg.push_photo(GROUP, USER, chats, caption="/styles chat", **group)
+        assert await h.reply(GROUP) == "Only the bot's admins can do that."
+        h.tg.push_photo(GROUP, ADMIN, chats, caption="/styles chat", **group)
+        assert (await h.reply(GROUP)).startswith("Imported 1 style(s).")
+        bad = b"title,body\nx,y\n"
+        h.tg.push_photo(USER, USER, bad, caption="/styles", as_document=True, filename="x.csv")
+        assert (await h.reply(USER)).startswith("Error: Cannot read that styles.csv: a styles")
+
+        # In the group, the user has their own style and the chat's.
+        h.tg.push_text(
+            GROUP, USER, "/draw a cat --style ink, soft --no-quality", chat_type="supergroup"
+        )
+        await h.tg.wait_for("sendPhoto", lambda c: c.params["chat_id"] == GROUP)
+        record = engine.record(1)
+        assert record is not None and record.request.prompt == "ink drawing of a cat, soft light"
+    finally:
+        await h.stop()
