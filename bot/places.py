@@ -41,7 +41,8 @@ class PlaceRules:
         max_side: most pixels an image side may have.
         max_count: most images one request may ask for (`--n`).
         img2img: whether drawing from a picture (and upscaling one) is allowed.
-        roles: Discord: only members with one of these role ids may draw; empty = everyone.
+        roles: Discord: only server members with one of these role ids may draw (DMs have no
+            roles: they are not limited by it); empty = everyone.
         daily_quota: most images a user draws in any 24 hours; 0 = no limit.
         cooldown_s: seconds a user waits between two drawings; 0 = none.
         styles: whether `--style NAME` (saved prompt presets) may be used.

@@ -87,7 +87,15 @@ class Policy:
         self.engine = engine
         self.quotas = quotas or Quotas(quotas_path(engine), engine, settings.discord.daily_quota)
         m = settings.moderation
-        self.images = images or ImageCheck(make_classifier(m.image_check, m.threshold))
+        if images is None:
+            try:
+                images = ImageCheck(make_classifier(m.image_check, m.threshold))
+            except (ImportError, AttributeError, TypeError) as e:
+                self.quotas.close()
+                raise SettingsError(
+                    f"moderation.image_check: cannot load {m.image_check!r}: {e}"
+                ) from e
+        self.images = images
         journal = engine.config.journal
         memory = journal == ":memory:"
         self.log = ModLog(
@@ -254,7 +262,7 @@ class Policy:
     def _check_place(self, place: Place, rules: PlaceRules, locale: Locale) -> None:
         if not rules.enabled:
             raise Refused(text("policy_disabled", locale))
-        if rules.roles and not set(rules.roles) & set(place.roles):
+        if place.guild is not None and rules.roles and not set(rules.roles) & set(place.roles):
             raise Refused(text("policy_roles", locale))
 
     def _check_options(

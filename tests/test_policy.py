@@ -285,7 +285,18 @@ def test_places_settings_are_checked(table: dict[str, Any], message: str) -> Non
     assert message in str(error.value)
 
 
-def test_image_check_setting_is_checked() -> None:
+def test_image_check_setting_is_checked(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="moderation.image_check: 'nudity' is not allowed"):
         from_dict({"moderation": {"image_check": "nudity"}})
-    assert from_dict({"moderation": {"image_check": "tests.x:Y"}}).moderation.image_check
+    missing = from_dict({"moderation": {"image_check": "tests.classifier_stub:Nope"}})
+    with pytest.raises(SettingsError, match="cannot load 'tests.classifier_stub:Nope'"):
+        Policy(missing, _engine(tmp_path))
+
+
+def test_a_styles_csv_that_cannot_be_read_stops_start_up(tmp_path: Path) -> None:
+    settings = from_dict({"moderation": {"styles_csv": "styles.csv"}}, root=tmp_path)
+    with pytest.raises(SettingsError, match=r"moderation.styles_csv: cannot import .*styles.csv"):
+        Policy(settings, _engine(tmp_path))
+    (tmp_path / "styles.csv").write_text("title\nx\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="needs the columns name,prompt,negative_prompt"):
+        Policy(settings, _engine(tmp_path))
