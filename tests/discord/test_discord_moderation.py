@@ -137,3 +137,19 @@ async def test_output_modes_and_auto_delete_in_a_server(world: World, dc: FakeDi
     assert shown["content"].endswith("\nImage check: safe (0.00).")
     await dc.wait_until(lambda: int(message["id"]) not in dc.messages)  # recalled
     assert int(shown["id"]) in dc.messages  # kept where delete_after_s is 0
+
+
+async def test_an_admins_delete_button_removes_the_stored_images_too(
+    world: World, dc: FakeDiscord
+) -> None:
+    engine = await world.start()
+    mine = await final(dc, await dc.slash("draw", {"prompt": "a cat --seed 1"}))
+    theirs = await final(dc, await dc.slash("draw", {"prompt": "a dog --seed 2"}))
+    first, second = engine.record(1), engine.record(2)
+    assert first is not None and second is not None
+    await dc.click(mine, "aidraw:delete:1")  # its author: the message goes, the PNG stays
+    await dc.wait_until(lambda: int(mine["id"]) not in dc.messages)
+    assert Path(first.images[0].path).is_file()  # noqa: ASYNC240
+    await dc.click(theirs, "aidraw:delete:2", user_id=ADMIN_ID)  # a moderator's: both go
+    await dc.wait_until(lambda: int(theirs["id"]) not in dc.messages)
+    await dc.wait_until(lambda: not Path(second.images[0].path).is_file())
