@@ -40,19 +40,21 @@ from bot.telegram.handlers import (
     history_command,
     image_message,
     model_command,
-    moderation_command,
     on_error,
     pause_command,
     queue_command,
-    quota_command,
     settings_command,
-    styles_command,
-    styles_import,
     text_message,
     unknown_command,
     upscale_command,
 )
 from bot.telegram.markup import JOB_BUTTONS, OTHER_BUTTONS
+from bot.telegram.moderation import (
+    moderation_command,
+    quota_command,
+    styles_command,
+    styles_import,
+)
 from bot.telegram.polling import Poller
 from bot.telegram.replies import PREFIX, App, Deps, ReplyTo, follow
 from engine.engine import Engine
