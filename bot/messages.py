@@ -153,6 +153,20 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "管理员：取消所有排队任务",
     },
     "discord_cmd_quota": {"en": "Admin: daily quotas", "zh": "管理员：每日配额"},
+    "discord_cmd_mod": {"en": "Admin: the moderation log", "zh": "管理员：审核日志"},
+    "discord_cmd_mod_who": {
+        "en": "Admin: who drew a result (its message id or link)",
+        "zh": "管理员：查看某个结果是谁画的（消息 ID 或链接）",
+    },
+    "discord_cmd_mod_delete": {
+        "en": "Admin: delete a result's message and its stored images",
+        "zh": "管理员：删除某个结果的消息和保存的图片",
+    },
+    "discord_opt_message": {"en": "Message id or link", "zh": "消息 ID 或链接"},
+    "discord_cmd_styles": {
+        "en": "The styles you can use with --style NAME",
+        "zh": "可以用 --style 名称 使用的风格",
+    },
     "discord_cmd_quota_set": {
         "en": "Admin: set a user's image quota per 24 hours (0 = no limit)",
         "zh": "管理员：设置用户每 24 小时的图片配额（0 = 不限）",
@@ -320,7 +334,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "cancel while waiting.\n"
             "**/upscale** `image` [`scale` 1–4] [`upscaler`] makes a picture bigger without "
             "redrawing it.\n"
-            "Commands: /queue, /cancel [job], /settings, /history [job], /help."
+            "Commands: /queue, /cancel [job], /settings, /history [job], /styles, /help."
         ),
         "zh": (
             "**/draw** `提示词` 画图，例如 `1girl, silver hair, (smile:1.2) --seed 42`。\n"
@@ -332,7 +346,7 @@ MESSAGES: dict[str, dict[Locale, str]] = {
             "{subtle} / {strong} · 🔍 放大：第一张图放大到两倍 · ✏️ 编辑提示词后重画（同种子） · "
             "🗑 删除 · ❌ 排队时取消。\n"
             "**/upscale** `image` [`scale` 1–4] [`upscaler`] 放大一张图片，不重新绘制。\n"
-            "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/help。"
+            "命令：/queue、/cancel [任务号]、/settings、/history [任务号]、/styles、/help。"
         ),
     },
     "discord_help_flag": {"en": "{flag} ({help})", "zh": "{flag}（{help}）"},
@@ -576,6 +590,20 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "zh": "你的默认设置（步数、尺寸、采样器…）",
     },
     "tg_cmd_history": {"en": "Your latest drawings", "zh": "你最近的作品"},
+    "tg_cmd_quota": {"en": "Your images today and the limit", "zh": "你今天的图片数和上限"},
+    "tg_cmd_who": {
+        "en": "Admin: who drew a result (reply to it)",
+        "zh": "管理员：查看结果是谁画的（回复它）",
+    },
+    "tg_cmd_delete": {
+        "en": "Admin: delete a result and its stored images (reply to it)",
+        "zh": "管理员：删除结果和保存的图片（回复它）",
+    },
+    "tg_cmd_styles": {"en": "The styles for --style NAME", "zh": "可用于 --style 名称 的风格"},
+    "tg_quota_usage": {
+        "en": "Write /quota (yours), or as an admin /quota USER_ID IMAGES or /quota USER_ID reset.",
+        "zh": "请写 /quota（你的配额），管理员可写 /quota 用户ID 图片数 或 /quota 用户ID reset。",
+    },
     "tg_cmd_start": {"en": "About this bot", "zh": "关于本机器人"},
     "tg_cmd_model": {"en": "Admin: show or switch the model", "zh": "管理员：查看或切换模型"},
     "tg_cmd_pause": {"en": "Admin: start no new drawing", "zh": "管理员：暂停新的绘制"},
@@ -749,6 +777,118 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "start-up, with ?token= and the value of AIDRAW_WEB_TOKEN added.",
         "zh": "此 aidraw 网页聊天需要访问令牌：打开启动时显示的地址，并加上 ?token= 和 "
         "AIDRAW_WEB_TOKEN 的值。",
+    },  # --- moderation: places, quotas, the image check, styles, the log (bot/policy.py) -------
+    "policy_disabled": {
+        "en": "The bot does not draw here.",
+        "zh": "机器人不在这里画图。",
+    },
+    "policy_roles": {
+        "en": "Only members with one of this server's drawing roles may draw here.",
+        "zh": "只有拥有本服务器绘图身份组的成员才能在这里画图。",
+    },
+    "policy_banned": {
+        "en": "This bot does not draw prompts with {word!r}.",
+        "zh": "本机器人不画含有 {word!r} 的提示词。",
+    },
+    "policy_nsfw_refused": {
+        "en": "This bot does not draw NSFW prompts ({word!r}).",
+        "zh": "本机器人不画 NSFW 内容（{word!r}）。",
+    },
+    "policy_nsfw_age": {
+        "en": "This channel is not marked NSFW, so the bot does not draw {word!r} here.",
+        "zh": "此频道未标记为 NSFW，机器人不在这里画 {word!r}。",
+    },
+    "policy_max_steps": {
+        "en": "At most {limit} steps here; you asked for {steps}.",
+        "zh": "这里最多 {limit} 步；你要了 {steps} 步。",
+    },
+    "policy_max_side": {
+        "en": "At most {limit} pixels a side here; you asked for {size}.",
+        "zh": "这里每边最多 {limit} 像素；你要了 {size}。",
+    },
+    "policy_max_count": {
+        "en": "At most {limit} image(s) per request here; you asked for {count}.",
+        "zh": "这里每次最多 {limit} 张；你要了 {count} 张。",
+    },
+    "policy_no_img2img": {
+        "en": "Drawing from a picture is not allowed here.",
+        "zh": "这里不允许以图生图。",
+    },
+    "policy_no_styles": {
+        "en": "Styles (--style) are not allowed here.",
+        "zh": "这里不允许使用风格（--style）。",
+    },
+    "policy_cooldown": {
+        "en": "Please wait {seconds} s before your next drawing.",
+        "zh": "请等 {seconds} 秒再画下一张。",
+    },
+    "policy_quota": {
+        "en": "You have drawn {used} of your {limit} images for the last 24 hours; "
+        "cancelled and failed ones do not count. Try again later.",
+        "zh": "最近 24 小时你已画 {used}/{limit} 张（取消和失败的不算），请稍后再试。",
+    },
+    "policy_quota_line": {
+        "en": "Quota: {used} image(s) in the last 24 hours of {limit}.",
+        "zh": "配额：最近 24 小时已画 {used} 张，上限 {limit}。",
+    },
+    "policy_cooldown_line": {
+        "en": " Cooldown: {cooldown:g} s between drawings ({wait} s left).",
+        "zh": " 冷却：两次绘图间隔 {cooldown:g} 秒（还剩 {wait} 秒）。",
+    },
+    "policy_no_limit": {"en": "no limit", "zh": "无限制"},
+    "policy_minimal": {"en": "Job {job}", "zh": "任务 {job}"},
+    "policy_quota_admin": {
+        "en": "Quota: none (you are an admin).",
+        "zh": "配额：无（你是管理员）。",
+    },
+    "policy_withheld": {
+        "en": "Job {job}: the image check flagged the result ({label}, {score}), and NSFW "
+        "images are not shown here.",
+        "zh": "任务 {job}：图片检查标记了结果（{label}，{score}），这里不显示 NSFW 图片。",
+    },
+    "policy_flagged_note": {
+        "en": "Image check: {label} ({score}).",
+        "zh": "图片检查：{label}（{score}）。",
+    },
+    "styles_list": {
+        "en": "Styles (use with --style NAME):\n{styles}",
+        "zh": "风格（用 --style 名称 使用）：\n{styles}",
+    },
+    "styles_none": {
+        "en": "No styles yet. An admin imports A1111's styles.csv ([moderation] styles_csv).",
+        "zh": "还没有风格。管理员可导入 A1111 的 styles.csv（[moderation] styles_csv）。",
+    },
+    "styles_imported": {
+        "en": "Imported {count} style(s).",
+        "zh": "已导入 {count} 个风格。",
+    },
+    "styles_unreadable": {
+        "en": "Cannot read that styles.csv: {problem}.",
+        "zh": "无法读取这个 styles.csv：{problem}。",
+    },
+    "styles_too_big": {
+        "en": "A styles.csv may be at most {limit} KiB.",
+        "zh": "styles.csv 最大 {limit} KiB。",
+    },
+    "discord_opt_styles_file": {
+        "en": "An A1111 styles.csv to import (name,prompt,negative_prompt)",
+        "zh": "要导入的 A1111 styles.csv（name,prompt,negative_prompt）",
+    },
+    "discord_opt_server": {
+        "en": "Admin: import them as the server's styles",
+        "zh": "管理员：导入为本服务器的风格",
+    },
+    "modlog_found": {
+        "en": "Job {job} by {user} in {place} at {when}: {prompt!r} (image check: {label}).",
+        "zh": "任务 {job}：{user} 于 {when} 在 {place} 画的：{prompt!r}（图片检查：{label}）。",
+    },
+    "modlog_not_found": {
+        "en": "The moderation log has no job for that message.",
+        "zh": "审核日志里没有这条消息的任务。",
+    },
+    "modlog_deleted": {
+        "en": "Job {job}: the reply and its stored images are deleted.",
+        "zh": "任务 {job}：回复和保存的图片已删除。",
     },
 }
 
@@ -813,6 +953,8 @@ ERRORS_ZH: dict[str, str] = {
     "help_vae": "VAE 文件，例如 {example}（None = 模型自带的）",
     "needs_hypernet": "{flag} 需要 名称 或 名称:强度，例如 anime:0.8，而不是 {value!r}。",
     "help_count": "图片数量",
+    "help_style": "保存的风格，例如 --style 风格名",
+    "unknown_style": "没有风格 {name!r}；可用风格：{known}。",
     # chat text (bot/parse.py)
     "needs_whole_number": "{flag} 需要一个整数，而不是 {value!r}。",
     "needs_number": "{flag} 需要一个数字，而不是 {value!r}。",

@@ -19,10 +19,11 @@ import difflib
 import math
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.styles import Style, apply_styles
 from engine.errors import NEGATIVE_PROMPT, NOTHING, PROMPT, InvalidRequest, Phrase
 from engine.infotext import parse_infotext, request_from_infotext
 from engine.prompting import (
@@ -79,6 +80,7 @@ class ParsedRequest:
     request: GenerationRequest
     notes: tuple[str, ...] = ()
     infotext: bool = False  # the text was a pasted A1111 infotext
+    styles: tuple[str, ...] = ()  # the styles (--style) applied, in order
 
 
 @dataclass(frozen=True)
@@ -361,6 +363,12 @@ FLAGS: dict[str, Flag] = {
         ),
     ),
     "--n": Flag("batch_size", _int, Phrase("number of images", "help_count")),
+    "--style": Flag(
+        "styles",
+        _text,
+        Phrase("saved styles, e.g. --style anime", "help_style"),
+        "many",
+    ),
 }
 # shlex's complaints, for "Cannot read the flags".
 _QUOTE_PROBLEMS = {
@@ -369,7 +377,16 @@ _QUOTE_PROBLEMS = {
 }
 _FLAG_START = re.compile(r"(?:^|(?<=\s))--[A-Za-z]")
 # Set by flags but not request fields: they shape the prompt and size.
-_PROMPT_KEYS = ("size", "ratio", "uc_preset", "no_quality", "syntax", "negative_prompt", "hypernet")
+_PROMPT_KEYS = (
+    "size",
+    "ratio",
+    "uc_preset",
+    "no_quality",
+    "syntax",
+    "negative_prompt",
+    "hypernet",
+    "styles",
+)
 
 # Full-width punctuation that CJK keyboards type; CLIP and the parser only know the ASCII.
 _FULL_WIDTH = str.maketrans(
@@ -442,8 +459,12 @@ def read_request(
     *,
     settings: PromptSettings | None = None,
     max_chars: int = MAX_CHARS,
+    styles: Mapping[str, Style] | None = None,
 ) -> ParsedRequest:
     """`parse_request`, plus notes on what was normalised or ignored, for the reply.
+
+    `styles` are the ones `--style NAME` may name (bot/styles.py): applied to the prompts as
+    typed, as A1111 applies them, before anything else reads them.
 
     `max_chars` ([limits] max_prompt_chars) caps the prompt and the negative prompt as typed,
     before braces are rewritten and presets added (`{` x 10,000 must not shrink under it).
@@ -490,6 +511,8 @@ def read_request(
         notes.append("Read a pasted A1111 infotext: its prompts and settings are used as written.")
     elif not negative:
         negative = base.negative_prompt
+    chosen = _styles(values.get("styles"), styles or {})
+    prompt, negative = apply_styles(prompt, negative, chosen)
 
     # NAI emphasis → A1111 weights. A pasted infotext is A1111 text already (braces are text).
     syntax = values.get("syntax", None if pasted else settings.syntax)
@@ -534,7 +557,30 @@ def read_request(
     request = dataclasses.replace(
         base, prompt=prompt, negative_prompt=negative, requester=requester, **fields
     )
-    return ParsedRequest(request, tuple(notes), infotext=pasted)
+    names = tuple(s.name for s in chosen)
+    return ParsedRequest(request, tuple(notes), infotext=pasted, styles=names)
+
+
+def _styles(asked: str | None, known: Mapping[str, Style]) -> list[Style]:
+    """The styles `--style a, b` names (case-insensitive), or ParseError naming the unknown."""
+    if asked is None:
+        return []
+    by_name = {name.lower(): style for name, style in known.items()}
+    chosen = []
+    for name in (n.strip() for n in asked.split(",")):
+        if not name:
+            continue
+        if name.lower() not in by_name:
+            names = sorted(known) or ["-"]
+            raise ParseError(
+                f"No style {name!r}; styles: {', '.join(names)}.",
+                field="--style",
+                key="unknown_style",
+                name=name,
+                known=names,
+            )
+        chosen.append(by_name[name.lower()])
+    return chosen
 
 
 def normalize_punctuation(text: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bot.parse import PromptSettings
+from bot.places import PlaceRules, read_places
 from engine.checks import check_request
 from engine.config import ConfigError, build
 from engine.device import DeviceOptions
@@ -173,6 +174,27 @@ class BackupSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ModerationSettings:
+    """What moderators get on every frontend (the rules of each place are [places]).
+
+    Args:
+        image_check: the classifier every result goes through before it is sent: "nudenet"
+            (NudeNet's small ONNX detector, on the CPU, offline), "none", or another
+            classifier as "package.module:ClassName" (bot/classifier.py's interface).
+        threshold: a NudeNet detection of an exposed part at this score or more flags an image.
+        log_days: days the moderation log keeps a job (who, where, prompt, label, message ids);
+            0 = nothing is logged.
+        styles_csv: an A1111 styles.csv imported as the bot's styles at start-up ("" = none),
+            relative to settings.toml.
+    """
+
+    image_check: str = "nudenet"
+    threshold: float = 0.5
+    log_days: int = 30
+    styles_csv: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything in settings.toml; each table is a dataclass passed to a constructor."""
 
@@ -188,6 +210,9 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    # [places."KEY"]: each place's rules (bot/places.py), the widest first.
+    places: dict[str, PlaceRules] = field(default_factory=dict)
     # The folder settings.toml was read from; relative paths in it are relative to this.
     root: Path = field(default_factory=Path.cwd)
 
@@ -229,8 +254,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "web.port": (0, 65535),
     "backup.every_h": (0.0, 24.0 * 365),
     "backup.keep": (1, 10_000),
+    "moderation.threshold": (0.0, 1.0),
+    "moderation.log_days": (0, 3650),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_IMAGE_CHECK = re.compile(r"nudenet|none|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def load(path: Path | None = None) -> Settings:
@@ -267,6 +295,12 @@ def from_dict(
             raise SettingsError(f"{source}: unknown table [{name}]; allowed: {', '.join(allowed)}")
         if not isinstance(value, dict):
             raise SettingsError(f"{source}: {name} must be a table ([{name}])")
+        if name == "places":
+            try:
+                tables[name] = read_places(value, source)
+            except ConfigError as e:
+                raise SettingsError(str(e)) from None
+            continue
         ranges = {k.partition(".")[2]: v for k, v in RANGES.items() if k.startswith(f"{name}.")}
         try:
             tables[name] = build(hints[name], value, f"{source}: {name}", ranges=ranges)
@@ -288,6 +322,11 @@ def _check_meaning(settings: Settings, source: str) -> None:
         check_request(GenerationRequest(prompt=""), settings.limits, settings.defaults)
     except InvalidRequest as e:
         raise SettingsError(f"{source}: defaults.{e.field}: {e}") from e
+    if not _IMAGE_CHECK.fullmatch(settings.moderation.image_check):
+        raise SettingsError(
+            f"{source}: moderation.image_check: {settings.moderation.image_check!r} is not "
+            'allowed; allowed: "nudenet", "none", "package.module:ClassName"'
+        )
     upscaler = settings.bot.upscaler
     if not upscaler.strip() or upscaler in HIRES_ONLY_UPSCALERS:
         raise SettingsError(

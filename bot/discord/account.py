@@ -25,6 +25,7 @@ from bot.discord.interactions import (
     PlaceCheckedCog,
     description,
     interaction_locale,
+    place_of,
     requester_of,
     size_choices,
 )
@@ -34,6 +35,7 @@ from bot.messages import Locale, text
 from bot.messages import caption as messages_caption
 from bot.parse import read_request
 from bot.prefs import REQUEST_FIELDS, model_defaults
+from bot.stylebook import CSV_BYTES
 from engine.checks import check_request
 from engine.infotext import format_number
 from engine.job import Job
@@ -64,7 +66,8 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         status = self.engine.status()
         paused = text("discord_paused_note", locale) if status.paused else ""
         lines.append(text("discord_queue_total", locale, queued=status.queued, paused=paused))
-        limit = self.quotas.limit(user)
+        rules = self.bot.policy.rules(place_of(interaction))
+        limit = self.quotas.limit(user, rules.daily_quota)
         if limit and not self.engine.is_admin(user):
             used = self.quotas.used(user, limit)
             lines.append(text("discord_quota_today", locale, used=used, limit=limit))
@@ -140,7 +143,45 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         message = text("discord_settings_show", locale, values=values)
         if reset:
             message = "\n".join([text("discord_settings_reset", locale), message])
-        await interaction.response.send_message(clip(message), ephemeral=True)
+        quota = self.bot.policy.quota_text(place_of(interaction), user, locale)
+        await interaction.response.send_message(clip(f"{message}\n{quota}"), ephemeral=True)
+
+    # --- /styles --------------------------------------------------------------------------------
+
+    @app_commands.command(name="styles", description=description("discord_cmd_styles"))
+    @app_commands.describe(
+        file=description("discord_opt_styles_file"), server=description("discord_opt_server")
+    )
+    async def styles(
+        self,
+        interaction: discord.Interaction,
+        file: discord.Attachment | None = None,
+        server: bool = False,
+    ) -> None:
+        """The styles you may name with --style here; with an A1111 styles.csv, its styles
+        saved as yours (an admin's `server`: the server's)."""
+        user = requester_of(interaction.user)
+        locale = interaction_locale(self.store, interaction)
+        place = place_of(interaction)
+        policy = self.bot.policy
+        if file is not None:
+            scope = user
+            if server and interaction.guild_id is not None:
+                if not self.engine.is_admin(user):
+                    raise NotAllowed(text("not_admin", locale))
+                scope = f"discord:guild:{interaction.guild_id}"
+            if file.size > CSV_BYTES:
+                raise NotAllowed(text("styles_too_big", locale, limit=CSV_BYTES // 1024))
+            try:
+                count = policy.styles.import_csv(scope, (await file.read()).decode("utf-8-sig"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise NotAllowed(text("styles_unreadable", locale, problem=str(e))) from None
+            said = text("styles_imported", locale, count=count)
+            listing = policy.styles_text(place, user, locale)
+            await interaction.response.send_message(clip(f"{said}\n{listing}"), ephemeral=True)
+            return
+        listing = policy.styles_text(place, user, locale)
+        await interaction.response.send_message(clip(listing), ephemeral=True)
 
     def _effective(self, user: str, locale: Locale) -> list[str]:
         """Each option of /settings with what /draw uses: the user's saved value (marked ✎),

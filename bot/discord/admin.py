@@ -6,6 +6,7 @@ Each command checks the allowlist itself (`_admin`) and logs who did what; Disco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import discord
@@ -35,6 +36,7 @@ from bot.discord.interactions import (
 )
 from bot.discord.reply import clip
 from bot.messages import text
+from bot.modlog import modlog_line
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,16 @@ class AdminCog(commands.Cog, name="Admin"):
     quota_group = app_commands.Group(
         name="quota", description=description("discord_cmd_quota"), default_permissions=ADMIN
     )
+    mod_group = app_commands.Group(
+        name="mod", description=description("discord_cmd_mod"), default_permissions=ADMIN
+    )
 
     def __init__(self, bot: AidrawBot) -> None:
         self.engine = bot.engine
         self.store = bot.store
         self.quotas = bot.quotas
+        self.bot = bot
+        self.policy = bot.policy
 
     @model_group.command(name="list", description=description("discord_cmd_model_list"))
     async def model_list(self, interaction: discord.Interaction) -> None:
@@ -202,6 +209,32 @@ class AdminCog(commands.Cog, name="Admin"):
         )
         await self._admin_done(interaction, message)
 
+    @mod_group.command(name="who", description=description("discord_cmd_mod_who"))
+    @app_commands.describe(message=description("discord_opt_message"))
+    async def mod_who(self, interaction: discord.Interaction, message: str) -> None:
+        self._admin(interaction)
+        locale = interaction_locale(self.store, interaction)
+        entry = self.policy.log.by_message(_message_id(message))
+        if entry is None:
+            raise NotAllowed(text("modlog_not_found", locale))
+        await self._admin_done(interaction, modlog_line(entry, locale))
+
+    @mod_group.command(name="delete", description=description("discord_cmd_mod_delete"))
+    @app_commands.describe(message=description("discord_opt_message"))
+    async def mod_delete(self, interaction: discord.Interaction, message: str) -> None:
+        by = self._admin(interaction)
+        locale = interaction_locale(self.store, interaction)
+        entry = self.policy.log.by_message(_message_id(message))
+        if entry is None or entry.chat is None:
+            raise NotAllowed(text("modlog_not_found", locale))
+        channel = self.bot.get_partial_messageable(entry.chat)
+        for message_id in entry.messages:
+            with contextlib.suppress(discord.NotFound):
+                await channel.get_partial_message(message_id).delete()
+        self.policy.delete_images(entry.job)
+        log.info("discord: %s deleted job %d (%s)", by, entry.job, entry.user)
+        await self._admin_done(interaction, text("modlog_deleted", locale, job=entry.job))
+
     def _admin(self, interaction: discord.Interaction) -> str:
         """The admin's requester id, or NotAllowed (logged: who tried what)."""
         by = requester_of(interaction.user)
@@ -216,6 +249,12 @@ class AdminCog(commands.Cog, name="Admin"):
 
     async def _admin_done(self, interaction: discord.Interaction, message: str) -> None:
         await interaction.response.send_message(clip(message), ephemeral=True)
+
+
+def _message_id(value: str) -> int:
+    """A message id, or the id at the end of a message link."""
+    last = value.strip().rstrip("/").rsplit("/", 1)[-1]
+    return int(last) if last.isdigit() else -1
 
 
 def _choices(names: list[str], current: str) -> list[Choice[str]]:

@@ -1,12 +1,12 @@
 """Discord: the bot client (`AidrawBot`) the cogs share: discord.py's Bot with the engine,
-settings, user settings and quotas; `setup` (given by `bot.discord.bot`) adds the cogs once the
+settings, user settings and the policy (bot/policy.py: places, quotas, the image check,
+the moderation log); `setup` (given by `bot.discord.bot`) adds the cogs once the
 bot has logged in."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import discord
@@ -15,8 +15,8 @@ from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.messages import MESSAGES, locale_of
+from bot.policy import Policy
 from bot.prefs import UserSettingsStore
-from bot.quotas import Quotas
 from bot.settings import Settings
 from engine.engine import Engine
 
@@ -58,12 +58,8 @@ class AidrawBot(commands.Bot):
         self.engine = engine
         self.settings = settings
         self.store = store
-        journal = engine.config.journal
-        self.quotas = Quotas(
-            journal if journal == ":memory:" else Path(journal).with_name("quotas.sqlite3"),
-            engine,
-            settings.discord.daily_quota,
-        )
+        self.policy = Policy(settings, engine)
+        self.quotas = self.policy.quotas
 
     async def setup_hook(self) -> None:
         await self._setup(self)
@@ -78,7 +74,7 @@ class AidrawBot(commands.Bot):
         if ready is not None:
             ready.cancel()
         await super().close()
-        self.quotas.close()
+        self.policy.close()
 
     async def on_ready(self) -> None:
         log.info("discord: logged in as %s (%s)", self.user, self.user and self.user.id)

@@ -25,7 +25,7 @@ from bot.discord.reply import TRANSIENT, Attachment, Reply
 from bot.discord.views import job_view, result_actions
 from bot.messages import Locale, error_text, text
 from bot.messages import caption as result_line
-from bot.wordlist import find_word
+from bot.places import Place, PlaceRules
 from engine.errors import EngineClosed, EngineError, JobCancelled
 from engine.job import Job
 from engine.request import GenerationRequest, Progress
@@ -48,13 +48,21 @@ class Delivery:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def follow(
-        self, reply: Reply, job: Job, notes: Iterable[str], locale: Locale, spoiler: bool
+        self,
+        reply: Reply,
+        job: Job,
+        notes: Iterable[str],
+        locale: Locale,
+        spoiler: bool,
+        place: Place,
+        rules: PlaceRules,
     ) -> None:
         """Follow a job just submitted, in the background; its status warns about a size far
         above the model's own."""
         warning = size_warning(self.engine, job, locale)
         advice = (warning,) if warning else ()
-        self._spawn(self._deliver(reply, job, tuple(notes), locale, spoiler, advice))
+        work = self._deliver(reply, job, tuple(notes), locale, spoiler, place, rules, advice)
+        self._spawn(work)
 
     def recover(self) -> None:
         """Follow the Discord jobs from before a restart that were not delivered."""
@@ -81,10 +89,13 @@ class Delivery:
         notes: tuple[str, ...],
         locale: Locale,
         spoiler: bool,
+        place: Place,
+        rules: PlaceRules,
         advice: tuple[str, ...] = (),
     ) -> None:
         """Status edits while the job waits and draws (with the notes and `advice` under
-        them), then the result in the same message (with the notes)."""
+        them), then the result in the same message (with the notes), once the image check
+        (bot/policy.py) has judged it: sent, spoilered, or withheld."""
         finished = asyncio.Event()
         status_notes = (*notes, *advice)
         watcher = asyncio.create_task(self._watch(reply, job, status_notes, locale, finished))
@@ -114,12 +125,34 @@ class Delivery:
         except EngineError as e:
             await self._finish(reply, job, error_text(e, locale), [], None)
             return
+        policy = self.bot.policy
+        review = await policy.review(place, results)
+        spoiler = spoiler or review.outcome == "spoiler"
         files = [Attachment(f"aidraw-{job.id}-{r.seed}.png", r.png, spoiler) for r in results]
-        view = job_view(result_actions(results[0].request), job.id, locale)
+        view: discord.ui.View | None = job_view(result_actions(results[0].request), job.id, locale)
         seeds = [r.seed for r in results]
         infotexts = [r.infotext for r in results]
         content = caption(job.id, results[0].request, seeds, infotexts, notes, locale)
-        await self._finish(reply, job, content, files, view)
+        if rules.output == "minimal":
+            content = text("policy_minimal", locale, job=job.id)
+        elif rules.output == "verbose" or review.outcome == "spoiler":
+            content = "\n".join([content, review.note(locale)])
+        if review.outcome == "refuse":
+            content, files, view = policy.withheld(job.id, review, locale), [], None
+        if await self._finish(reply, job, content, files, view):
+            channel = reply.channel_id
+            messages = [reply.message_id] if reply.message_id else []
+            policy.logged(job.id, job.request, place, review, chat=channel, messages=messages)
+            if rules.delete_after_s and place.group:
+                self._spawn(self._recall(reply, job.id, rules.delete_after_s))
+
+    async def _recall(self, reply: Reply, job_id: int, after_s: float) -> None:
+        """Auto-delete a group's result after `after_s` seconds ([places] delete_after_s)."""
+        await asyncio.sleep(after_s)
+        try:
+            await reply.delete()
+        except (discord.HTTPException, *TRANSIENT) as e:
+            log.warning("discord: job %d: auto-delete failed: %r", job_id, e)
 
     async def _finish(
         self,
@@ -128,17 +161,21 @@ class Delivery:
         content: str,
         files: list[Attachment],
         view: discord.ui.View | None,
-    ) -> None:
+    ) -> bool:
+        """Show the job's last message; whether it was shown."""
+        shown = True
         try:
             await reply.show(content, files=files, view=view, retry=True)
         except (discord.Forbidden, discord.NotFound) as e:
             log.warning("discord: job %d: cannot reply to %s: %s", job.id, job.reply_to, e)
+            shown = False
         except (discord.HTTPException, *TRANSIENT) as e:
             # Left undelivered: after the next restart the journal hands the job out again.
             log.error("discord: job %d: reply failed, kept for later: %r", job.id, e)
-            return
+            return False
         with contextlib.suppress(EngineClosed):
             self.engine.mark_delivered(job.id)
+        return shown
 
     async def _watch(
         self,
@@ -174,11 +211,14 @@ class Delivery:
         """A job from before a restart: its result (or a new status message) in the channel."""
         _, channel_id, user_id = (job.reply_to.split(":") + ["0", "0"])[:3]
         locale = self.store.get(job.requester).locale or "en"
-        found = find_word(job.request.prompt, self.config.nsfw_words)
-        spoiler = found is not None and self.config.nsfw_policy != "allow"
+        # The channel's server and age restriction are not known here: its own rules hold.
+        place = Place(frontend="discord", chat=int(channel_id))
+        rules = self.bot.policy.rules(place)
+        found = self.bot.policy.nsfw_word(place, job.request.prompt)
+        spoiler = found is not None and self.bot.policy.nsfw(place, rules) != "allow"
         reply = Reply(self.bot, channel_id=int(channel_id), user_id=int(user_id))
         note = (text("discord_after_restart", locale),)
-        await self._deliver(reply, job, note, locale, spoiler)
+        await self._deliver(reply, job, note, locale, spoiler, place, rules)
 
 
 def caption(

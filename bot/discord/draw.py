@@ -15,7 +15,6 @@ import dataclasses
 import io
 import logging
 import shlex
-import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from bot.discord.interactions import (
     description,
     interaction_locale,
     model_choices,
+    place_of,
     requester_of,
     size_choices,
 )
@@ -53,8 +53,8 @@ from bot.pictures import (
     upscale_request,
     upscale_scale,
 )
+from bot.policy import Refused
 from bot.settings import BotSettings
-from bot.wordlist import find_word
 from engine.checks import check_request
 from engine.errors import EngineError, Phrase
 from engine.infotext import format_number, infotext_from_image
@@ -76,8 +76,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         self.settings = bot.settings
         self.store = bot.store
         self.config = bot.settings.discord
-        self.quotas = bot.quotas
-        self._last_submit: dict[str, float] = {}
+        self.policy = bot.policy
         self.delivery = Delivery(bot)
 
     async def cog_load(self) -> None:
@@ -109,7 +108,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
 
     def _refusal(self, interaction: discord.Interaction, error: BaseException) -> str:
         """What to tell the user about an error (logged if it is not their doing)."""
-        if isinstance(error, NotAllowed):
+        if isinstance(error, NotAllowed | Refused):
             return error.message
         locale = self._locale(interaction)
         if isinstance(error, EngineError):
@@ -229,14 +228,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         prefs = self.store.get(user)
         flags = [f"{flag} {shlex.quote(str(v))}" for flag, v in options.items() if v is not None]
         chat = "\n".join([prompt, " ".join(flags)]) if flags else prompt
-        settings = prefs.prompt_settings(self.settings.prompt)
-        return read_request(
-            chat,
-            prefs.request_defaults(user),
-            user,
-            settings=settings,
-            max_chars=self.settings.limits.max_prompt_chars,
-        )
+        return self.policy.read(place_of(interaction), chat, prefs, user, self._locale(interaction))
 
     async def _start(
         self,
@@ -255,7 +247,8 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         after that is what the "thinking" message turns into.
         """
         locale = self._locale(interaction)
-        spoiler = self._admit(interaction, request, locale)
+        place = place_of(interaction)
+        admission = self.policy.admit(place, request, locale, picture=picture is not None)
         reply_to = f"discord:{interaction.channel_id}:{interaction.user.id}"
         if picture is None and mask is None:
             job = self.engine.submit(request, reply_to=reply_to)
@@ -279,7 +272,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
                 refusal = clip(self._refusal(interaction, e))
                 await interaction.edit_original_response(content=refusal)
                 return
-        self._last_submit[request.requester] = time.monotonic()
+        self.policy.started(request)
         reply = Reply(
             self.bot,
             channel_id=interaction.channel_id or 0,
@@ -298,32 +291,7 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
             # follow it: if Discord never got the defer, the first edit of the interaction's
             # message is a 404 and Reply goes on in the channel.
             log.warning("discord: job %d: defer unanswered (%r); following anyway", job.id, e)
-        self.delivery.follow(reply, job, notes, locale, spoiler)
-
-    def _admit(
-        self, interaction: discord.Interaction, request: GenerationRequest, locale: Locale
-    ) -> bool:
-        """Banned words, NSFW policy, cooldown and quota: NotAllowed, or whether to spoiler."""
-        user = request.requester
-        if word := find_word(request.prompt, self.config.banned_words):
-            raise NotAllowed(text("discord_banned", locale, word=word))
-        spoiler = False
-        nsfw_channel = getattr(interaction.channel, "is_nsfw", lambda: False)()
-        word = find_word(request.prompt, self.config.nsfw_words)
-        if word and not nsfw_channel and self.config.nsfw_policy != "allow":
-            if self.config.nsfw_policy == "refuse":
-                raise NotAllowed(text("discord_nsfw_refused", locale, word=word))
-            spoiler = True
-        if self.engine.is_admin(user):
-            return spoiler
-        wait = self._last_submit.get(user, -1e9) + self.config.cooldown_s - time.monotonic()
-        if wait > 0:
-            raise NotAllowed(text("discord_cooldown", locale, seconds=max(1, round(wait))))
-        limit = self.quotas.limit(user)
-        used = self.quotas.used(user, limit) if limit else 0
-        if limit and used + request.batch_size > limit:
-            raise NotAllowed(text("discord_quota_reached", locale, used=used, limit=limit))
-        return spoiler
+        self.delivery.follow(reply, job, notes, locale, admission.spoiler, place, admission.rules)
 
     # --- buttons and the edit modal -------------------------------------------------------------
 
@@ -343,6 +311,8 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
                 raise NotAllowed(text("discord_not_yours", locale))
             await interaction.response.defer()
             await interaction.delete_original_response()
+            if self.engine.is_admin(by):  # a moderator's delete: the stored PNGs go too
+                self.policy.delete_images(job_id)
             log.info("discord: %s deleted the message of job %d", by, job_id)
         elif action == "upscale":
             await self._start(interaction, await self._upscale(interaction, job_id, by, locale))
@@ -484,10 +454,16 @@ class DrawCog(PlaceCheckedCog, name=DRAW_COG):
         return interaction_locale(self.store, interaction)
 
 
+# Flags /help leaves to another command (it must fit one message): --style is /styles'.
+HELP_ELSEWHERE = ("--style",)
+
+
 def help_text(locale: Locale, bot: BotSettings) -> str:
     """/help: the flags (aliases with their flag: `--scale`/`--cfg`), the buttons, the commands."""
     same: dict[int, tuple[Phrase, list[str]]] = {}
     for name, flag in FLAGS.items():
+        if name in HELP_ELSEWHERE:
+            continue
         same.setdefault(id(flag.help), (flag.help, []))[1].append(f"`{name}`")
     flags = LIST_SEPARATOR[locale].join(
         text("discord_help_flag", locale, flag="/".join(names), help=error_message(help, locale))

@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot.discord.client import AidrawBot
 from bot.messages import MESSAGES, Locale, locale_of, text
+from bot.places import Place
 from bot.prefs import UserSettingsStore
 from engine.engine import Engine
 from engine.prompting.presets import NAI_SIZES
@@ -35,6 +36,22 @@ class NotAllowed(app_commands.CheckFailure):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def place_of(interaction: discord.Interaction) -> Place:
+    """Where the interaction happens, as the policy sees it: the channel and server, the
+    channel's age restriction (Discord's NSFW flag) and the member's roles."""
+    channel = interaction.channel
+    # discord.py keeps a member's role ids even when the server's roles are not cached.
+    roles = tuple(int(r) for r in getattr(interaction.user, "_roles", ()))
+    return Place(
+        frontend="discord",
+        chat=interaction.channel_id,
+        guild=interaction.guild_id,
+        group=interaction.guild_id is not None,
+        age_restricted=bool(getattr(channel, "is_nsfw", lambda: False)()),
+        roles=roles,
+    )
 
 
 def interaction_locale(store: UserSettingsStore, interaction: discord.Interaction) -> Locale:

@@ -78,6 +78,7 @@ class Reply:
         self.interaction = interaction
         self.moved = moved
         self.message: discord.Message | None = None
+        self.message_id: int | None = None  # the message shown last (the moderation log's)
 
     async def show(
         self,
@@ -127,9 +128,10 @@ class Reply:
             if left > timedelta(seconds=TOKEN_MARGIN_S):
                 extra: dict[str, Any] = {} if files is None else {"attachments": files}
                 with contextlib.suppress(discord.NotFound):  # deleted, or the token is gone
-                    await interaction.edit_original_response(
+                    shown = await interaction.edit_original_response(
                         content=clip(content), view=view, **extra
                     )
+                    self.message_id = shown.id
                     return
             elif left > timedelta(0):
                 with contextlib.suppress(discord.HTTPException):
@@ -140,6 +142,7 @@ class Reply:
             extra = {} if files is None else {"attachments": files}
             with contextlib.suppress(discord.NotFound):
                 self.message = await self.message.edit(content=content, view=view, **extra)
+                self.message_id = self.message.id
                 return
         mentions = discord.AllowedMentions(everyone=False, roles=False, users=[self.user])
         extra = {"view": view} if view is not None else {}
@@ -147,6 +150,15 @@ class Reply:
         self.message = await channel.send(
             content, files=files or [], allowed_mentions=mentions, nonce=nonce, **extra
         )
+        self.message_id = self.message.id
+
+    async def delete(self) -> None:
+        """Delete the message shown last (auto-delete in groups); gone already is fine."""
+        if self.message_id is None:
+            return
+        channel = self.bot.get_partial_messageable(self.channel_id)
+        with contextlib.suppress(discord.NotFound):
+            await channel.get_partial_message(self.message_id).delete()
 
     @property
     def user(self) -> discord.Object:

@@ -39,7 +39,6 @@ from bot.telegram.handlers import (
     help_command,
     history_command,
     image_message,
-    is_spoiler,
     model_command,
     on_error,
     pause_command,
@@ -50,6 +49,12 @@ from bot.telegram.handlers import (
     upscale_command,
 )
 from bot.telegram.markup import JOB_BUTTONS, OTHER_BUTTONS
+from bot.telegram.moderation import (
+    moderation_command,
+    quota_command,
+    styles_command,
+    styles_import,
+)
 from bot.telegram.polling import Poller
 from bot.telegram.replies import PREFIX, App, Deps, ReplyTo, follow
 from engine.engine import Engine
@@ -57,8 +62,19 @@ from engine.engine import Engine
 log = logging.getLogger(__name__)
 
 API_URL_ENV = "AIDRAW_TELEGRAM_API_URL"
-COMMANDS = ("draw", "upscale", "help", "queue", "cancel", "settings", "history", "start")
-ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume")
+COMMANDS = (
+    "draw",
+    "upscale",
+    "help",
+    "queue",
+    "cancel",
+    "settings",
+    "history",
+    "quota",
+    "styles",
+    "start",
+)
+ADMIN_COMMANDS = ("model", "vae", "hypernetwork", "pause", "resume", "who", "delete")
 UPDATES = ("message", "callback_query")
 
 
@@ -75,11 +91,16 @@ def register(app: App) -> None:
     app.add_handler(CommandHandler("cancel", cancel_command))
     app.add_handler(CommandHandler("history", history_command))
     app.add_handler(CommandHandler("settings", settings_command))
+    app.add_handler(CommandHandler("quota", quota_command))
+    app.add_handler(CommandHandler("styles", styles_command))
+    app.add_handler(CommandHandler(("who", "delete"), moderation_command))
     app.add_handler(CommandHandler("model", model_command, block=False))
     app.add_handler(CommandHandler(("pause", "resume"), pause_command))
     app.add_handler(CommandHandler(("vae", "hypernetwork"), addons_command, block=False))
     app.add_handler(CallbackQueryHandler(button, pattern=JOB_BUTTONS))
     app.add_handler(CallbackQueryHandler(button, pattern=OTHER_BUTTONS, block=False))
+    styles_csv = filters.Document.FileExtension("csv") & filters.CaptionRegex(r"^/styles\b")
+    app.add_handler(MessageHandler(styles_csv, styles_import))
     app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, image_message))
     prompts = filters.TEXT & ~filters.COMMAND & (filters.ChatType.PRIVATE | filters.REPLY)
     app.add_handler(MessageHandler(prompts, text_message))
@@ -134,7 +155,9 @@ def resume_recovered(app: App, deps: Deps) -> int:
         reply = ReplyTo.parse(job.reply_to)
         if reply is None:
             continue  # another frontend's
-        spoiler = is_spoiler(deps.settings.telegram, job.request.prompt)
+        place = reply.place
+        word = deps.policy.nsfw_word(place, job.request.prompt)
+        spoiler = word is not None and deps.policy.nsfw(place) == "spoiler"
         coroutine = follow(deps, app.bot, job, reply, spoiler=spoiler)
         deps.followers.add(app.create_task(coroutine, name=f"telegram job {job.id}"))
         count += 1
@@ -169,4 +192,5 @@ async def run_telegram(
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
             await app.stop()
+            deps.policy.close()
             log.info("telegram: stopped")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeAlias, cast
 
 from telegram import (
+    Chat,
     Document,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -35,7 +36,6 @@ from bot.addons import (
     installed_addons,
 )
 from bot.messages import Locale, caption, error_text, locale_of, sampler_help, text
-from bot.parse import read_request
 from bot.pictures import (
     check_announced,
     check_extras,
@@ -46,8 +46,8 @@ from bot.pictures import (
     upscale_choice,
     upscale_request,
 )
+from bot.places import Place
 from bot.prefs import UserPrefs, model_defaults
-from bot.settings import TelegramSettings
 from bot.telegram.captions import cut
 from bot.telegram.markup import Press, replying
 from bot.telegram.replies import PREFIX, Deps, reroll, start_job, variation
@@ -58,7 +58,6 @@ from bot.telegram.settings_text import (
     show_settings,
     typed_settings,
 )
-from bot.wordlist import find_word
 from engine.checks import check_request
 from engine.errors import EngineError, GenerationFailed, InvalidRequest
 
@@ -76,28 +75,15 @@ Context: TypeAlias = ContextTypes.DEFAULT_TYPE
 Picture: TypeAlias = PhotoSize | Document
 
 
-# --- policy ------------------------------------------------------------------------------------
+# --- policy (bot/policy.py: the one every frontend asks) --------------------------------------
 
 
 def requester_id(user: User) -> str:
     return f"{PREFIX}{user.id}"
 
 
-def is_spoiler(settings: TelegramSettings, prompt: str) -> bool:
-    """A request is NSFW when its positive prompt has one of `nsfw_words`."""
-    return settings.nsfw_policy == "spoiler" and find_word(prompt, settings.nsfw_words) is not None
-
-
-def check_policy(settings: TelegramSettings, prompt: str, locale: Locale) -> bool:
-    """Refuse banned words (and NSFW prompts under "refuse"); True if the photo needs a spoiler.
-
-    Only the positive prompt is judged: "nsfw" in a negative prompt keeps NSFW out.
-    """
-    if word := find_word(prompt, settings.banned_words):
-        raise InvalidRequest(text("tg_banned", locale, word=word), field="prompt")
-    if settings.nsfw_policy == "refuse" and (word := find_word(prompt, settings.nsfw_words)):
-        raise InvalidRequest(text("tg_nsfw_refused", locale, word=word), field="prompt")
-    return is_spoiler(settings, prompt)
+def place_of(chat: Chat) -> Place:
+    return Place(frontend="telegram", chat=chat.id, group=chat.type != ChatType.PRIVATE)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -200,14 +186,9 @@ async def _draw(
     message, chat = update.effective_message, update.effective_chat
     assert message is not None and chat is not None
     requester, prefs, locale = _who(deps, update.effective_user)
-    parsed = read_request(
-        prompt,
-        prefs.request_defaults(requester),
-        requester,
-        settings=prefs.prompt_settings(deps.settings.prompt),
-        max_chars=deps.settings.limits.max_prompt_chars,
-    )
-    spoiler = check_policy(deps.settings.telegram, parsed.request.prompt, locale)
+    place = place_of(chat)
+    parsed = deps.policy.read(place, prompt, prefs, requester, locale)
+    admission = deps.policy.admit(place, parsed.request, locale, picture=picture is not None)
     request, notes = parsed.request, parsed.notes
     if picture is not None:  # after the prompt's checks: a refused prompt downloads nothing
         path, picture_notes = await store_picture(
@@ -224,7 +205,7 @@ async def _draw(
         reply_to=message.message_id,
         locale=locale,
         notes=notes,
-        spoiler=spoiler,
+        spoiler=admission.spoiler,
     )
 
 
@@ -251,6 +232,7 @@ async def _upscale(update: Update, context: Context, args: str, source: Message 
         upscalers = ", ".join(picture_upscalers(deps.engine))
         await message.reply_text(text("tg_upscale_usage", locale, upscalers=upscalers))
         return
+    deps.policy.admit(place_of(chat), request, locale, picture=True)
     data = await _own_result(deps, source, context.bot.id) or await _download(picture, deps)
     path, notes = await store_picture(deps.engine, data, locale)
     request = dataclasses.replace(request, init_image=path)
@@ -599,7 +581,7 @@ async def button(update: Update, context: Context) -> None:
         strength = bot.strong_variation_strength if press.strong else bot.variation_strength
         request = reroll(record.request) if kind == "r" else variation(record, index, strength)
     request = dataclasses.replace(request, requester=requester)
-    spoiler = check_policy(deps.settings.telegram, request.prompt, locale)
+    admission = deps.policy.admit(place_of(message.chat), request, locale)
     await query.answer()
     await start_job(
         deps,
@@ -609,7 +591,7 @@ async def button(update: Update, context: Context) -> None:
         chat_id=chat_id,
         reply_to=message.message_id,
         locale=locale,
-        spoiler=spoiler,
+        spoiler=admission.spoiler,
     )
 
 

@@ -25,6 +25,8 @@ from telegram.ext import Application
 
 from bot.advice import size_warning
 from bot.messages import Locale, error_text, text
+from bot.places import Place
+from bot.policy import Policy
 from bot.prefs import UserSettingsStore
 from bot.settings import Settings
 from bot.telegram.captions import cut, status_text
@@ -52,6 +54,10 @@ class Deps:
     store: UserSettingsStore
     followers: set[asyncio.Task[Any]] = field(default_factory=set)
     closing: bool = False
+    policy: Policy = field(init=False)  # places, quotas, the image check, the moderation log
+
+    def __post_init__(self) -> None:
+        self.policy = Policy(self.settings, self.engine)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,10 @@ class ReplyTo:
     @property
     def group(self) -> bool:
         return self.chat_id < 0  # Telegram's group and channel ids are negative
+
+    @property
+    def place(self) -> Place:
+        return Place(frontend="telegram", chat=self.chat_id, group=self.group)
 
 
 def reroll(request: GenerationRequest) -> GenerationRequest:
@@ -266,6 +276,7 @@ async def start_job(
     except EngineError as e:
         await StatusMessage(bot, reply, previews=False, spoiler=False).last(error_text(e, locale))
         return
+    deps.policy.started(request)
     log.info("telegram job %d from %s in chat %d", job.id, request.requester, chat_id)
     # The size warning (bot/advice.py) is for before the drawing: the status, not the caption.
     warning = size_warning(deps.engine, job, locale)
@@ -317,18 +328,30 @@ async def follow(
             await status.last(words)
             deps.engine.mark_delivered(job.id)
             return
+        policy, place = deps.policy, reply.place
+        rules = policy.rules(place)
+        review = await policy.review(place, results)
+        if review.outcome == "refuse":
+            await status.last(policy.withheld(job.id, review, reply.locale))
+            deps.engine.mark_delivered(job.id)
+            shown = [status.message_id] if status.message_id else []
+            policy.logged(job.id, job.request, place, review, chat=reply.chat_id, messages=shown)
+            return
+        if rules.output == "verbose" or review.outcome == "spoiler":
+            notes = (*notes, review.note(reply.locale))
         try:
             as_document = deps.store.get(job.requester).send_as_document
-            await send_results(
+            sent = await send_results(
                 bot,
                 job.id,
                 results,
                 chat_id=reply.chat_id,
                 reply_to=reply.message_id,
                 locale=reply.locale,
-                spoiler=spoiler,
+                spoiler=spoiler or review.outcome == "spoiler",
                 as_document=tg.send_as_document if as_document is None else as_document,
                 notes=notes,
+                minimal=rules.output == "minimal",
             )
         except TelegramError as e:
             log.error(
@@ -340,6 +363,11 @@ async def follow(
             raise
         deps.engine.mark_delivered(job.id)  # before the clean-up: the pictures are what counts
         await status.delete()
+        policy.logged(job.id, job.request, place, review, chat=reply.chat_id, messages=sent)
+        if rules.delete_after_s and reply.group:
+            await asyncio.sleep(rules.delete_after_s)  # koishi's recall: the group's result goes
+            for message_id in sent:
+                await status._delete(message_id)
     finally:
         result.cancel()
         deps.followers.discard(task)

@@ -43,18 +43,22 @@ async def send_results(
     spoiler: bool,
     as_document: bool,
     notes: tuple[str, ...] = (),
-) -> None:
-    """The pictures, answering message `reply_to`; the parser's notes go in the first caption."""
+    minimal: bool = False,
+) -> list[int]:
+    """The pictures, answering message `reply_to`; the parser's notes go in the first caption
+    (`minimal`: no caption at all). Returns the ids of the messages sent."""
     if len(results) == 1:
-        await _send_photo(
-            bot, job_id, results[0], chat_id, reply_to, locale, spoiler, as_document, notes
+        return await _send_photo(
+            bot, job_id, results[0], chat_id, reply_to, locale, spoiler, as_document, notes, minimal
         )
-        return
+    ids: list[int] = []
     start = 0
     for size in album_sizes(len(results)):
         album = results[start : start + size]
         indexes = range(start, start + size)
-        words = result_caption(job_id, album, locale, notes if start == 0 else ())
+        words: str | None = None  # minimal: no caption
+        if not minimal:
+            words = result_caption(job_id, album, locale, notes if start == 0 else ())
         media = [
             InputMediaPhoto(r.png, caption=words if i == 0 else None, has_spoiler=spoiler)
             for i, r in enumerate(album)
@@ -69,6 +73,7 @@ async def send_results(
             log.warning("job %d: album refused (%s); sending the PNGs as files", job_id, e.message)
             sent = await _send_files(bot, job_id, album, chat_id, reply_to)
             documents = False
+        ids += [m.message_id for m in sent]
         keyboard = album_keyboard(job_id, indexes, locale, png=not as_document)
         words = text("tg_album_buttons", locale, job=job_id, first=start + 1, last=start + size)
         buttons = functools.partial(
@@ -78,10 +83,12 @@ async def send_results(
             reply_markup=keyboard,
             reply_parameters=replying(sent[0].message_id),
         )
-        await send_retrying(buttons, "buttons")
+        ids.append((await send_retrying(buttons, "buttons")).message_id)
         if documents:
-            await _send_files(bot, job_id, album, chat_id, sent[0].message_id)
+            files = await _send_files(bot, job_id, album, chat_id, sent[0].message_id)
+            ids += [m.message_id for m in files]
         start += size
+    return ids
 
 
 async def _send_photo(
@@ -94,14 +101,15 @@ async def _send_photo(
     spoiler: bool,
     as_document: bool,
     notes: tuple[str, ...],
-) -> None:
+    minimal: bool,
+) -> list[int]:
     drawn = not result.request.extras_upscale
     keyboard = result_keyboard(job_id, 0, locale, png=not as_document, drawn=drawn)
     send = functools.partial(
         bot.send_photo,
         chat_id,
         result.png,
-        caption=result_caption(job_id, [result], locale, notes),
+        caption=None if minimal else result_caption(job_id, [result], locale, notes),
         reply_markup=keyboard,
         has_spoiler=spoiler,
         reply_parameters=replying(reply_to),
@@ -110,10 +118,10 @@ async def _send_photo(
         photo = await send_retrying(send, "photo")
     except BadRequest as e:  # e.g. a side ratio over 20: Telegram takes it as a file only
         log.warning("job %d: photo refused (%s); sending the PNG as a file", job_id, e.message)
-        await send_png(bot, job_id, result, chat_id, reply_to, keyboard)
-        return
+        return [await send_png(bot, job_id, result, chat_id, reply_to, keyboard)]
     if as_document:
-        await send_png(bot, job_id, result, chat_id, photo.message_id)
+        return [photo.message_id, await send_png(bot, job_id, result, chat_id, photo.message_id)]
+    return [photo.message_id]
 
 
 async def _send_files(
@@ -145,8 +153,9 @@ async def send_png(
     chat_id: int,
     reply_to: int,
     keyboard: InlineKeyboardMarkup | None = None,
-) -> None:
-    """The original PNG (with its infotext chunk) as a file, so Telegram does not re-encode it."""
+) -> int:
+    """The original PNG (with its infotext chunk) as a file, so Telegram does not re-encode it;
+    the id of its message."""
     png, seed, infotext = (
         (result.png, result.seed, result.infotext)
         if isinstance(result, GenerationResult)
@@ -161,4 +170,5 @@ async def send_png(
         reply_markup=keyboard,
         reply_parameters=replying(reply_to),
     )
-    await send_retrying(send, "document")
+    message: Message = await send_retrying(send, "document")
+    return message.message_id

@@ -309,6 +309,8 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     index = _number(request.match_info["index"])
     if index is None or index > len(record.images):
         raise web.HTTPNotFound()
+    if chat.outcome(record.id, record.request) == "refuse":  # withheld by the image check
+        raise web.HTTPForbidden()
     return web.FileResponse(record.images[index - 1].path, headers={"Content-Type": "image/png"})
 
 
@@ -359,6 +361,10 @@ async def _close_sockets(app: web.Application) -> None:
     await asyncio.gather(*chat.watchers.values(), return_exceptions=True)
 
 
+async def _close_policy(app: web.Application) -> None:
+    app[CHAT].policy.close()
+
+
 def create_app(
     engine: Engine[Any],
     settings: Settings,
@@ -399,6 +405,7 @@ def create_app(
     add_api(app, engine, settings, api_credentials or Credentials())
     add_metrics(app, engine)
     app.on_shutdown.append(_close_sockets)
+    app.on_cleanup.append(_close_policy)
     for job in engine.recovered():  # replies owed from before a restart
         if WebReply.parse(job.reply_to) is not None:
             chat.watch(job)

@@ -24,8 +24,9 @@ from aiohttp import web
 from bot import messages
 from bot.addons import OWN_VAE
 from bot.advice import size_warning
+from bot.classifier import Verdict
 from bot.messages import LOCALES, Locale, caption, locale_of, sampler_help, text
-from bot.parse import ParseError, read_request
+from bot.parse import ParseError
 from bot.pictures import (
     check_extras,
     check_upscale_size,
@@ -34,6 +35,8 @@ from bot.pictures import (
     upscale_choice,
     upscale_request,
 )
+from bot.places import Place
+from bot.policy import Policy, Review
 from bot.prefs import FIELDS, UserPrefs, UserSettingsStore, model_defaults
 from bot.settings import Settings
 from engine.checks import check_request
@@ -49,6 +52,7 @@ from engine.request import GenerationRequest, GenerationResult, Progress
 log = logging.getLogger(__name__)
 
 USER = "web:local"
+PLACE = Place(frontend="web")  # the web chat's one place ([places.web])
 HISTORY = 20  # finished drawings shown when the page opens
 # Telegram's send_as_document means nothing here: the page always links the original PNG.
 PREF_FIELDS = tuple(name for name in FIELDS if name != "send_as_document")
@@ -125,6 +129,7 @@ class WebChat:
         self.token = token
         self.sockets: dict[web.WebSocketResponse, Locale] = {}
         self.watchers: dict[int, asyncio.Task[None]] = {}
+        self.policy = Policy(settings, engine)  # places, quotas, the image check, the log
 
     @property
     def admin(self) -> bool:
@@ -156,13 +161,8 @@ class WebChat:
             message = text("web_unknown_command", locale, command=match[0])
             raise ParseError(message, field="command")
         prefs = self.store.get(USER)
-        parsed = read_request(
-            stripped,
-            prefs.request_defaults(USER),
-            USER,
-            settings=prefs.prompt_settings(self.settings.prompt),
-            max_chars=self.settings.limits.max_prompt_chars,
-        )
+        parsed = self.policy.read(PLACE, stripped, prefs, USER, locale)
+        self.policy.admit(PLACE, parsed.request, locale, picture=picture is not None)
         request, notes = parsed.request, [*parsed.notes]
         if picture is not None:  # after the prompt's checks: the engine's door
             path, picture_notes = await store_picture(self.engine, picture, locale)
@@ -190,6 +190,7 @@ class WebChat:
         if picture is None:
             message = text("web_upscale_needs_picture", locale)
             raise InvalidRequest(message, field="image")
+        self.policy.admit(PLACE, request, locale, picture=True)
         path, notes = await store_picture(self.engine, picture, locale)
         request = dataclasses.replace(request, init_image=path)
         check_upscale_size(request, self.settings.limits)
@@ -197,7 +198,12 @@ class WebChat:
         return job, [*notes]
 
     def submit(self, request: GenerationRequest, reply: WebReply) -> Job:
+        """Submit (the buttons' requests pass the policy here; a typed one passed it already,
+        before its picture was stored), then follow the job."""
+        if reply.of is not None:
+            self.policy.admit(PLACE, request, self.store.get(USER).locale or "en")
         job = self.engine.submit(request, reply_to=str(reply))
+        self.policy.started(request)
         self.watch(job)
         return job
 
@@ -278,6 +284,8 @@ class WebChat:
                         functools.partial(self.progress_event, job, progress, preview)
                     )
             results = await job.result()
+            review = await self.policy.review(PLACE, results)
+            self.policy.logged(job.id, job.request, PLACE, review, chat=None, messages=[])
         except EngineClosed:
             return  # shutting down: the job stays in the journal and comes back on restart
         except Exception as e:
@@ -397,6 +405,8 @@ class WebChat:
             "models": self.engine.models(),
             "model": self.engine.default_model,
             "max_image_bytes": self.settings.limits.max_image_bytes,
+            "quota": self.policy.quota_text(PLACE, USER, locale),
+            "styles": self.policy.styles_text(PLACE, USER, locale),
             "sampler_help": sampler_help(locale),
             **self.addons(),
             "history": [
@@ -438,17 +448,43 @@ class WebChat:
         said = WebReply.view(reply_to, request, job_id)
         if images:  # the seed drawn, where the request left it to chance
             request = dataclasses.replace(request, seed=images[0].seed)
+        status, outcome = text("done", locale), self.outcome(job_id, request)
+        entry = self.policy.log.get(job_id)
+        review = None
+        if entry is not None:
+            verdict = Verdict(entry.label, entry.score)
+            review = Review(verdict, (verdict,), "refuse" if outcome == "refuse" else "send")
+        output = self.policy.rules(PLACE).output
+        if review is not None and outcome == "refuse":  # flagged; [places.web] refuses NSFW
+            status = self.policy.withheld(job_id, review, locale)
+            images = []
+        elif review is not None and (output == "verbose" or outcome == "spoiler"):
+            status = f"{status} {review.note(locale)}"
+        views = [
+            image_view(job_id, i, image.seed, image.infotext, request, locale)
+            for i, image in enumerate(images, start=1)
+        ]
+        if output == "minimal":  # the images only
+            views = [{**view, "caption": ""} for view in views]
         return {
             "id": job_id,
             "state": "done",
             "request": request_view(request),
             **said,
-            "status": text("done", locale),
-            "images": [
-                image_view(job_id, i, image.seed, image.infotext, request, locale)
-                for i, image in enumerate(images, start=1)
-            ],
+            "status": status,
+            "spoiler": outcome == "spoiler",
+            "images": views,
         }
+
+    def outcome(self, job_id: int, request: GenerationRequest) -> str:
+        """What the policy did with a finished job: the moderation log's word, else the
+        prompt's NSFW words ("send", "spoiler" or "refuse")."""
+        entry = self.policy.log.get(job_id)
+        if entry is not None:
+            return entry.outcome
+        rule = self.policy.nsfw(PLACE)
+        word = self.policy.nsfw_word(PLACE, request.prompt)
+        return rule if word is not None and rule != "allow" else "send"
 
 
 def browser_locale(request: web.Request) -> Locale:

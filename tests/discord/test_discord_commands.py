@@ -238,6 +238,7 @@ async def test_settings_show_the_values_draw_uses_never_default(
         "quality_tags = True",
         "syntax = a1111",
         "language = en",
+        "Quota: 0 image(s) in the last 24 hours of no limit.",  # this place's, and today's use
     ]
     lines = await shown({"steps": 7, "negative": "lowres", "language": "zh"})
     assert lines[0] == "/draw 对你使用的设置（✎ = 你保存的）："

@@ -16,8 +16,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from bot.discord.bot import run_discord
+from bot.places import PlaceRules
 from bot.prefs import UserSettingsStore
-from bot.settings import BotSettings, DiscordSettings, Settings
+from bot.settings import BotSettings, DiscordSettings, ModerationSettings, Settings
 from engine.engine import Engine
 from engine.infotext import create_infotext, infotext_from_image
 from engine.job import Job
@@ -106,6 +107,8 @@ class World:
     gen: PngGenerate = field(default_factory=PngGenerate)
     discord: DiscordSettings = field(default_factory=DiscordSettings)
     bot: dict[str, Any] = field(default_factory=dict)  # [bot] settings besides the interval
+    places: dict[str, PlaceRules] = field(default_factory=dict)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     interval_s: float = 0.05
     engine: Engine[Any] | None = None
     store: UserSettingsStore | None = None
@@ -122,7 +125,14 @@ class World:
             admins=(ADMIN,),
         )
         bot = BotSettings(progress_interval_s=self.interval_s, **self.bot)
-        return Settings(queue=queue, bot=bot, discord=self.discord, root=self.tmp)
+        return Settings(
+            queue=queue,
+            bot=bot,
+            discord=self.discord,
+            places=self.places,
+            moderation=self.moderation,
+            root=self.tmp,
+        )
 
     async def start(self, *, paused: bool = False) -> Engine[Any]:
         settings = self.settings

@@ -142,6 +142,8 @@ class FakeDiscord(FakeServer):
         self.messages: dict[int, dict[str, Any]] = {}
         """Every message the bot sent, by id, as it is now (edits applied, deletes removed)."""
         self.channels: dict[int, dict[str, Any]] = {}
+        self.member_roles: dict[int, list[int]] = {}
+        """A server member's role ids, by user id (what interactions' `member.roles` say)."""
         self.interactions: dict[str, _Interaction] = {}
         """Interactions the fake built or dispatched, by token."""
         self.attachments: dict[int, bytes] = {}
@@ -388,7 +390,7 @@ class FakeDiscord(FakeServer):
     def _member(self, user_id: int, permissions: int) -> dict[str, Any]:
         return {
             "user": self.user_payload(user_id),
-            "roles": [],
+            "roles": [str(r) for r in self.member_roles.get(user_id, [])],
             "joined_at": _now_iso(),
             "nick": None,
             "avatar": None,

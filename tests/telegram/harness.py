@@ -15,8 +15,9 @@ from typing import Any
 
 from PIL import Image
 
+from bot.places import PlaceRules
 from bot.prefs import UserSettingsStore
-from bot.settings import BotSettings, Settings, TelegramSettings
+from bot.settings import BotSettings, ModerationSettings, Settings, TelegramSettings
 from bot.telegram.app import run_telegram
 from engine.engine import Engine
 from engine.queue import QueueConfig
@@ -51,6 +52,8 @@ class Harness:
         paused: bool = False,
         queue: dict[str, Any] | None = None,
         bot: dict[str, Any] | None = None,
+        places: dict[str, PlaceRules] | None = None,
+        moderation: ModerationSettings | None = None,
         **telegram: Any,
     ) -> Engine[Any]:
         limits = Limits(max_steps=50)
@@ -71,6 +74,8 @@ class Harness:
             limits=limits,
             bot=BotSettings(progress_interval_s=0.1, **(bot or {})),
             telegram=TelegramSettings(**telegram),
+            places=places or {},
+            moderation=moderation or ModerationSettings(),
             root=self.tmp_path,
         )
         self.engine = engine

@@ -489,11 +489,13 @@ async def test_admin_commands_are_refused_for_users(h: Harness) -> None:
         "cancel",
         "settings",
         "history",
+        "quota",
+        "styles",
         "start",
     ]
     assert h.tg.my_commands[("default", "zh")][0]["description"].startswith("画图")
     admin = [c["command"] for c in h.tg.my_commands[("chat", "")]]
-    assert admin[-5:] == ["model", "vae", "hypernetwork", "pause", "resume"]
+    assert admin[-7:] == ["model", "vae", "hypernetwork", "pause", "resume", "who", "delete"]
 
 
 async def test_settings_are_saved_and_applied(h: Harness) -> None:

@@ -48,12 +48,14 @@ class Chat:
         limits: dict[str, Any] | None = None,
         bot: dict[str, Any] | None = None,
         paused: bool = False,
+        tables: dict[str, Any] | None = None,  # more settings.toml tables ([places] …)
         **queue: Any,
     ) -> TestClient[Any, Any]:
         tables = {
             "web": web_table or {},
             "limits": {"max_steps": 50, **(limits or {})},
             "bot": bot or {},
+            **(tables or {}),
         }
         settings = from_dict(tables, root=self.tmp_path)
         if settings.web.local_admin:  # as bot/launcher.py builds the engine for the web chat

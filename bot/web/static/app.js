@@ -197,7 +197,18 @@ function renderJob(view) {
   if (view.images && !bubble.dataset.images) {
     bubble.dataset.images = String(view.images.length);
     for (const image of view.images) {
-      $(".images", bubble).append(renderImage(view.id, image, drewNothing));
+      const figure = renderImage(view.id, image, drewNothing);
+      if (view.spoiler) {
+        // The image check flagged it, or its prompt is NSFW: hidden until clicked.
+        const img = $("img.result", figure);
+        img.classList.add("spoiler");
+        const reveal = (event) => {
+          event.preventDefault(); // the first click shows it; the next opens it
+          img.classList.remove("spoiler");
+        };
+        img.addEventListener("click", reveal, { once: true });
+      }
+      $(".images", bubble).append(figure);
     }
   }
   const running = view.state === "queued" || view.state === "running";
@@ -621,6 +632,8 @@ function applyState(state) {
   translate(document);
   $("#input").placeholder = t("web_placeholder");
   showPrefs(state);
+  $("#quota").textContent = state.quota; // this place's quota and today's use
+  $("#styles").textContent = state.styles; // the styles --style NAME may name
   $("#admin").hidden = !state.admin;
   $("#model-select").replaceChildren(...state.models.map((name) => new Option(name, name)));
   showModel(state.model);
