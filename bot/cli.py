@@ -1,4 +1,4 @@
-"""`aidraw draw | models | run | build-demo`: the command line."""
+"""`aidraw draw | models | run | worker | build-demo`: the command line."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    configure_logging(args.func is cmd_run, verbose=args.verbose)
+    configure_logging(args.func in (cmd_run, cmd_worker), verbose=args.verbose)
     if not args.verbose:
         # Library chatter ("torchvision not installed") is noise on a terminal. The libraries
         # read these when first imported, which happens below.
@@ -93,7 +93,26 @@ def _parser() -> argparse.ArgumentParser:
             "Logs one line per job start and end; Ctrl+C or SIGTERM lets the drawing job finish."
         ),
     )
+    run.add_argument(
+        "--worker",
+        action="store_true",
+        help='with [queue] backend = "redis": also start one `aidraw worker` beside the bots',
+    )
     run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser(
+        "worker",
+        help='draw the jobs of a Redis pool ([queue] backend = "redis"); one per GPU',
+        description=(
+            "Join the pool of the bot's Redis ([queue] redis_url, or AIDRAW_REDIS_URL) and draw "
+            "its jobs on one device; start one per GPU, on any machine with the same models/. "
+            "SIGTERM finishes the drawing batch and hands the rest back; a worker that dies has "
+            "its jobs taken over by another after [queue] claim_timeout_s."
+        ),
+    )
+    worker.add_argument("--device", default="", help="cpu, cuda, cuda:N or mps (default: [device])")
+    worker.add_argument("--name", default="", help="its name in /queue (default: HOST-PID)")
+    worker.set_defaults(func=cmd_worker)
 
     demo = sub.add_parser("build-demo", help="build the offline demo model into models/")
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
@@ -301,7 +320,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     from bot.launcher import serve
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, with_worker=args.worker, settings_path=args.settings))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from bot.launcher import work
+    from bot.settings import DEVICE
+
+    if args.device and not DEVICE.fullmatch(args.device):
+        raise UsageError(f"--device {args.device!r}: allowed: cpu, cuda, cuda:N, mps")
+    return asyncio.run(work(settings, device=args.device, name=args.name))
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
