@@ -120,7 +120,12 @@ class PoolWorker:
                     await asyncio.wait({drawing}, timeout=grace)
                     if not drawing.done():
                         await self.engine.close(0)  # its jobs end EngineClosed: handed back
-                await drawing
+                try:
+                    await drawing
+                except RedisError as e:
+                    # Not acknowledged: the entry stays pending, and is taken again (by this
+                    # worker or another) once it has been idle for claim_timeout_s.
+                    log.warning("Redis failed during entry %s: %s", entry[1], e)
         finally:
             stopping.cancel()
 

@@ -54,7 +54,13 @@ async def main(folder: Path, requests: list[dict[str, Any]]) -> None:
     task = asyncio.create_task(engine.run())
     waiting = [asyncio.create_task(reply(engine, job, out)) for job in engine.recovered()]
     for i, fields in enumerate(requests):
-        job = engine.submit(GenerationRequest(**fields), reply_to=f"test:{i}")
+        try:
+            job = engine.submit(GenerationRequest(**fields), reply_to=f"test:{i}")
+        except EngineError as e:  # refused at the door: the frontend says why at once
+            _append(
+                out, {"reply_to": f"test:{i}", "requester": fields["requester"], "error": str(e)}
+            )
+            continue
         waiting.append(asyncio.create_task(reply(engine, job, out)))
     _append(folder / "bot.ready", {"jobs": [job.id for job in engine.jobs()]})
     stop = asyncio.Event()

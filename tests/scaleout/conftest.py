@@ -41,20 +41,20 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server is not installed (.ci/run installs Debian's redis-server)")
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                exe,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.folder),
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with (self.folder / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    exe,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--dir", str(self.folder),
+                    "--save", "",
+                    "--appendonly", "yes",
+                    "--appendfsync", "always",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -120,10 +120,14 @@ class Pool:
         }
 
     def _start(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        out = (self.folder / log).open("ab")
-        process = subprocess.Popen(
-            [sys.executable, *argv], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
-        )
+        with (self.folder / log).open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, *argv],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.processes.append(process)
         return process
 

@@ -1,0 +1,210 @@
+"""The Redis pool with real processes: a bot (tests/scaleout/botproc.py, a PoolEngine as `aidraw
+run` builds it) and `aidraw worker`s on the demo model, through a real redis-server.
+
+Heavy (each worker loads torch and the model): run alone with
+`.venv/bin/python -m pytest -q tests/scaleout`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.scaleout.conftest import Pool, RedisServer
+
+pytestmark = pytest.mark.slow
+TIMEOUT_S = 420  # processes start torch and a model each, on CPU cores others share
+
+
+def settings_text(models_dir: Path, redis_url: str, **queue: object) -> str:
+    table = {"max_queued_per_user": 50, **queue}
+    lines = [
+        "[engine]",
+        f'models_dir = "{models_dir}"',
+        'default_model = "aidraw-demo"',
+        "[queue]",
+        'backend = "redis"',
+        f'redis_url = "{redis_url}"',
+        "claim_timeout_s = 5",
+        'journal = "journal.sqlite3"',
+        'results_dir = "results"',
+        "warm_up = false",
+        *(f"{k} = {json.dumps(v)}" for k, v in table.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def requests(
+    count: int, *, steps: int, users: int = 2, **fields: object
+) -> list[dict[str, object]]:
+    return [
+        {
+            "prompt": f"1girl, smile, {i}",
+            "width": 64,
+            "height": 64,
+            "num_inference_steps": steps,
+            "seed": 100 + i,
+            "requester": f"test:user{i % users}",
+            **fields,
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[Callable[[str], Pool]]:
+    made: list[Pool] = []
+
+    def make(settings: str) -> Pool:
+        made.append(Pool(tmp_path, settings))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def wait_for(what: str, check: Callable[[], bool], pool: Pool, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if any(process.poll() not in (None, 0, -signal.SIGKILL) for process in pool.processes):
+            break  # a process failed: its log says why
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}\n{pool.logs()}")
+
+
+def ready(client: redis.Redis, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        beats = heartbeats(client).values()
+        return len(beats) == count and all(b["state"] == "idle" for b in beats)
+
+    return check
+
+
+def heartbeats(client: redis.Redis) -> dict[str, dict[str, object]]:
+    beats = {}
+    for name in client.smembers("aidraw:workers"):
+        raw = client.get(f"aidraw:worker:{name.decode()}")
+        if raw is not None:
+            beats[name.decode()] = json.loads(raw)
+    return beats
+
+
+def submit(pool: Pool, jobs: list[dict[str, object]]) -> None:
+    path = pool.folder / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    pool.bot(str(path))
+
+
+def assert_each_answered_once(pool: Pool, count: int) -> list[dict[str, object]]:
+    replies = pool.replies()
+    per_job = Counter(str(r["reply_to"]) for r in replies)
+    assert per_job == Counter(f"test:{i}" for i in range(count)), pool.logs()
+    assert not [r for r in replies if "error" in r], replies
+    return replies
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_killed_workers_job_is_drawn_by_the_other_and_answered_once(
+    pool: Callable[[str], Pool], redis_url: str, demo_models_dir: Path
+) -> None:
+    p = pool(settings_text(demo_models_dir, redis_url, max_batch=2))
+    client = redis.Redis.from_url(redis_url)
+    workers = {name: p.worker(name) for name in ("w1", "w2")}
+    wait_for("two workers", ready(client, 2), p)
+    jobs = requests(8, steps=40)
+    submit(p, jobs)
+
+    def someone_drawing() -> bool:
+        return any(b["state"] == "busy" for b in heartbeats(client).values())
+
+    wait_for("a worker drawing", someone_drawing, p)
+    victim = next(n for n, b in heartbeats(client).items() if b["state"] == "busy")
+    held = [k.decode().split(":")[-1] for k in client.keys("aidraw:inflight:*")]
+    mine = [key for key in held if client.get(f"aidraw:inflight:{key}") == victim.encode()]
+    assert mine, "the busy worker holds jobs"
+    os.kill(workers[victim].pid, signal.SIGKILL)
+    wait_for("every reply", lambda: len(p.replies()) >= len(jobs), p)
+    time.sleep(2)  # a second answer for a job would come now
+    replies = assert_each_answered_once(p, len(jobs))
+    assert [r["seeds"] for r in sorted(replies, key=lambda r: str(r["reply_to"]))] == [
+        [jobs[int(str(r["reply_to"]).split(":")[1])]["seed"]]
+        for r in sorted(replies, key=lambda r: str(r["reply_to"]))
+    ]
+    log = (p.folder / "bot.log").read_text()
+    survivor = "w2" if victim == "w1" else "w1"
+    job_ids = [key.split("-")[0] for key in mine]
+    for job_id in job_ids:
+        assert f"job {job_id} drawn by worker {survivor}" in log, p.logs()
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_killed_bot_answers_every_job_once_after_its_restart(
+    pool: Callable[[str], Pool], redis_url: str, redis_server: RedisServer, demo_models_dir: Path
+) -> None:
+    p = pool(settings_text(demo_models_dir, redis_url, max_batch=1))
+    client = redis.Redis.from_url(redis_url)
+    p.worker("w1")
+    wait_for("a worker", ready(client, 1), p)
+    jobs = requests(8, steps=30)
+    submit(p, jobs)
+    wait_for("a first reply", lambda: len(p.replies()) >= 1, p)
+    bot = p.processes[-1]
+    os.kill(bot.pid, signal.SIGKILL)
+    bot.wait()
+    assert len(p.replies()) < len(jobs), "the bot died mid-queue"
+    # Redis dies too: what its append-only file kept must be enough.
+    redis_server.restart()
+    p.bot()
+    wait_for("every reply", lambda: len(p.replies()) >= len(jobs), p)
+    time.sleep(2)
+    assert_each_answered_once(p, len(jobs))
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_fair_share_caps_and_model_affinity_hold_across_the_pool(
+    pool: Callable[[str], Pool], redis_url: str, demo_models_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(demo_models_dir, models)
+    shutil.copytree(models / "aidraw-demo", models / "aidraw-demo-b")
+    p = pool(settings_text(models, redis_url, max_batch=1, max_queued_per_user=6))
+    client = redis.Redis.from_url(redis_url)
+    p.worker("w1")
+    p.worker("w2")
+    wait_for("two workers", ready(client, 2), p)
+    # A heavy user queues six, then a light one two: fair share serves the light user before
+    # the heavy one's last jobs, whichever worker draws them. Models alternate job by job.
+    heavy = [
+        {**r, "requester": "test:heavy", "model": ("aidraw-demo", "aidraw-demo-b")[i % 2]}
+        for i, r in enumerate(requests(6, steps=8))
+    ]
+    light = [
+        {**r, "requester": "test:light", "model": ("aidraw-demo", "aidraw-demo-b")[i % 2]}
+        for i, r in enumerate(requests(2, steps=8))
+    ]
+    # The cap holds for the pool: a seventh job of the heavy user is refused by the bot.
+    over = {**heavy[0], "seed": 999}
+    submit(p, [*heavy, *light, over])
+    wait_for("every reply", lambda: len(p.replies()) >= len(heavy) + len(light) + 1, p)
+    replies = p.replies()
+    refused = [r for r in replies if "error" in r]
+    assert [r["reply_to"] for r in refused] == ["test:8"], replies
+    assert "6 unfinished drawings" in str(refused[0]["error"])
+    order = [str(r["requester"]) for r in replies if "error" not in r]
+    assert "test:light" not in order[-2:], order
+    swaps = sum(int(str(b["swaps"])) for b in heartbeats(client).values())
+    # A pool without affinity would swap at nearly every one of the 8 alternating jobs.
+    assert swaps <= 4, (swaps, p.logs())
