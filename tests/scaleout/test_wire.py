@@ -1,0 +1,191 @@
+"""The pool's protocol in one process, against a real redis-server: the bot's PoolEngine and a
+PoolWorker over the fake generate() (no torch), and what a worker does with payloads that are
+not what the bot writes (nothing from Redis is trusted, nothing is unpickled)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from engine.engine import Engine
+from engine.errors import GenerationFailed, JobCancelled
+from engine.pool import wire
+from engine.pool.dispatcher import PoolEngine
+from engine.pool.roster import WorkerInfo
+from engine.pool.worker import PoolWorker
+from engine.queue import QueueConfig
+from engine.request import GenerationRequest
+from tests.engine_fakes import FakeGenerate, FakeLoader, FakeRegistry
+
+REQUEST = GenerationRequest(prompt="cat", width=64, height=64, num_inference_steps=4, seed=7)
+
+
+def config(url: str, tmp: Path, name: str) -> QueueConfig:
+    return QueueConfig(
+        backend="redis",
+        redis_url=url,
+        claim_timeout_s=5,
+        journal=":memory:",
+        results_dir=str(tmp / name),
+        warm_up=False,
+    )
+
+
+@dataclasses.dataclass
+class Pool:
+    bot: PoolEngine
+    worker: PoolWorker
+    generate: FakeGenerate
+    client: aioredis.Redis
+
+
+@pytest.fixture
+async def pool(redis_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
+    bot = PoolEngine(config(redis_url, tmp_path, "bot"), registry=FakeRegistry())
+    generate = FakeGenerate()
+    local: Engine[object] = Engine(
+        config(redis_url, tmp_path, "worker"),
+        registry=FakeRegistry(),
+        load=FakeLoader(),
+        generate=generate,
+    )
+    worker = PoolWorker(local, name="w1", device="cpu")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(bot.run()), asyncio.create_task(worker.run(stop))]
+    client = aioredis.Redis.from_url(redis_url)
+    for _ in range(100):
+        beat = await client.get(wire.heartbeat("w1"))
+        if beat is not None and json.loads(beat)["state"] == "idle":
+            break
+        await asyncio.sleep(0.05)
+    yield Pool(bot, worker, generate, client)
+    generate.release()
+    stop.set()
+    await bot.close(0)
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+    await client.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_jobs_sent_to_a_worker_come_back_with_their_images_and_progress(pool: Pool) -> None:
+    jobs = [
+        pool.bot.submit(dataclasses.replace(REQUEST, prompt=p, requester=f"u{i}"))
+        for i, p in enumerate(["cat", "dog", "fox"])
+    ]
+    seen_steps = set()
+    async for progress in jobs[0].updates():
+        seen_steps.add(progress.step)
+    results = await asyncio.gather(*(job.result() for job in jobs))
+    assert [[r.png for r in images] for images in results] == [
+        [b"cat|7"],
+        [b"dog|7"],
+        [b"fox|7"],
+    ]
+    assert results[0][0].request.num_inference_steps == 4
+    assert 4 in seen_steps  # the worker's steps reached the bot's job
+    assert pool.bot.history(limit=3)[0].state == "done"
+    (info,) = pool.bot.workers()
+    assert info.name == "w1" and info.model == "alpha"
+    assert await pool.client.keys(wire.result_key("*")) == []  # taken, then removed
+
+
+@pytest.mark.timeout(60)
+async def test_a_cancel_reaches_the_worker_drawing_the_job(pool: Pool) -> None:
+    pool.generate.hold()
+    job = pool.bot.submit(dataclasses.replace(REQUEST, requester="u1"))
+    async for progress in job.updates():
+        if progress.state == "running":
+            break
+    pool.generate.allow(1)
+    for _ in range(100):
+        if pool.generate.steps_run and pool.generate.steps_run[0]:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.bot.cancel(job.id, by="u1")
+    with pytest.raises(JobCancelled):
+        await job.result()
+    for _ in range(100):  # the worker's own job stops at its next step, and it is free again
+        beat = WorkerInfo.decode(await pool.client.get(wire.heartbeat("w1")) or b"")
+        if beat is not None and beat.state == "idle":
+            break
+        await asyncio.sleep(0.05)
+    assert len(pool.generate.steps_run[0]) < 4
+    pool.generate.release()
+    other = pool.bot.submit(dataclasses.replace(REQUEST, prompt="next", requester="u1"))
+    assert [r.png for r in await other.result()] == [b"next|7"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_drops_what_is_not_json_and_fails_what_its_door_refuses(
+    pool: Pool,
+) -> None:
+    stream = wire.stream("w1")
+    # A pickle in the stream is never unpickled: the entry is dropped, the worker goes on.
+    await pool.client.xadd(stream, {"batch": pickle.dumps({"jobs": []})})
+    bad = dataclasses.replace(REQUEST, width=65, model="alpha")
+    payload = wire.encode_batch([wire.WireJob(key="99-1", request=bad, images={})])
+    await pool.client.xadd(stream, {"batch": payload})
+    unknown = json.dumps(
+        {"jobs": [{"key": "98-1", "request": {"prompt": "x", "shell": "rm"}, "images": {}}]}
+    )
+    await pool.client.xadd(stream, {"batch": unknown})
+    for _ in range(100):
+        if await pool.client.exists(wire.result_key("99-1")):
+            break
+        await asyncio.sleep(0.05)
+    result = wire.decode_result(await pool.client.get(wire.result_key("99-1")))
+    assert result.state == "failed" and "multiple of 8" in result.error
+    for _ in range(100):
+        if await pool.client.xlen(stream) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await pool.client.xlen(stream) == 0  # every entry acknowledged and removed
+    assert not await pool.client.exists(wire.result_key("98-1"))
+    job = pool.bot.submit(dataclasses.replace(REQUEST, requester="u1"))
+    assert [r.png for r in await job.result()] == [b"cat|7"]
+
+
+def test_payloads_are_checked_field_by_field() -> None:
+    good = wire.encode_batch([wire.WireJob(key="1-2", request=REQUEST, images={})])
+    (job,) = wire.decode_batch(good)
+    assert job.request == REQUEST and job.key == "1-2"
+    data = json.loads(good)
+    for change, problem in [
+        ({"width": "64"}, "width"),
+        ({"num_inference_steps": True}, "num_inference_steps"),
+        ({"extra": 1}, "unknown"),
+    ]:
+        bent = json.loads(good)
+        bent["jobs"][0]["request"].update(change)
+        with pytest.raises(wire.WireError, match=problem):
+            wire.decode_batch(json.dumps(bent))
+    data["jobs"][0]["images"] = {"init_image": "../../etc/passwd"}
+    with pytest.raises(wire.WireError, match="images"):
+        wire.decode_batch(json.dumps(data))
+    with pytest.raises(wire.WireError, match="over"):
+        wire.decode_batch(b"[" * (wire.MAX_PAYLOAD_BYTES + 1))
+    with pytest.raises(wire.WireError, match="JSON"):
+        wire.decode_batch(pickle.dumps(data))
+    fake_png = {"seed": 1, "infotext": "", "png": "/etc/passwd"}
+    result = wire.encode_result(wire.WireResult(state="done", images=()))
+    bent_result = {**json.loads(result), "images": [fake_png]}
+    with pytest.raises(wire.WireError, match="image"):
+        wire.decode_result(json.dumps(bent_result))
+    assert WorkerInfo.decode(b'{"name": 1}') is None
+
+
+async def test_a_generation_failure_on_the_worker_reaches_the_awaiting_frontend(
+    pool: Pool,
+) -> None:
+    pool.generate.failing.add("boom")
+    job = pool.bot.submit(dataclasses.replace(REQUEST, prompt="boom", requester="u1"))
+    with pytest.raises(GenerationFailed) as e:
+        await asyncio.wait_for(job.result(), 30)
+    assert e.value.key == "drawing_crashed"  # translated by the frontends, as locally
