@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from engine.contracts import Registry
 from engine.engine import Engine
-from engine.errors import EngineError, GenerationFailed, InvalidRequest, JobCancelled
+from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.job import Job
 from engine.pool import wire
 from engine.pool.roster import WorkerInfo
@@ -167,7 +167,7 @@ class PoolEngine(Engine[Any]):
             try:
                 await self._redis.ping()
             except RedisError as e:
-                raise EngineError(
+                raise wire.PoolUnreachable(
                     f"cannot reach Redis at {safe_url(self.config.redis_url)}: {e}"
                 ) from e
             await self._adopt()

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import EngineError
 from engine.journal import _fits, _tuples
 from engine.request import GenerationRequest
 
@@ -34,6 +35,11 @@ _REQUIRED = frozenset(
     for f in dataclasses.fields(GenerationRequest)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 )
+
+
+class PoolUnreachable(EngineError):
+    """Redis cannot be reached at start-up; the message (for the operator, not for users) names
+    the URL without its password."""
 
 
 class WireError(ValueError):

@@ -68,7 +68,7 @@ class PoolWorker:
             await self._join()
             await self._redis.sadd(wire.WORKERS, self.name)
         except RedisError as e:
-            raise EngineError(
+            raise wire.PoolUnreachable(
                 f"cannot reach Redis at {safe_url(self.config.redis_url)}: {e}"
             ) from e
         engine_task = asyncio.create_task(self.engine.run(), name="engine")
