@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine.contracts import Registry
-from engine.engine import Engine
+from engine.engine import Engine, EngineStatus
 from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
 from engine.job import Job
 from engine.pool import wire
@@ -103,6 +103,16 @@ class PoolEngine(Engine[Any]):
     def workers(self) -> list[WorkerInfo]:
         """The live workers, as of their last heartbeats (for /queue and the web chat)."""
         return sorted(self._workers.values(), key=lambda w: w.name)
+
+    def status(self) -> EngineStatus:
+        """As the local engine's; `model` lists what the workers have loaded, `device` "pool"."""
+        loaded = sorted({w.model for w in self._workers.values() if w.model})
+        return dataclasses.replace(
+            super().status(),
+            model=", ".join(loaded) or None,
+            device="pool",
+            swaps=sum(w.swaps for w in self._workers.values()),
+        )
 
     def jobs(self, user: str | None = None) -> list[Job]:
         queued = [job for batch in self._current_plan() for job in batch]
@@ -277,10 +287,19 @@ class PoolEngine(Engine[Any]):
             drawn = dataclasses.replace(request, **changes)
             jobs.append(wire.WireJob(key=job_key(job), request=drawn, images=images))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(wire.stream(worker.name), {"batch": wire.encode_batch(jobs)})
+            # NOMKSTREAM: a worker that has left has deleted its stream; nothing is added then.
+            pipe.xadd(wire.stream(worker.name), {"batch": wire.encode_batch(jobs)}, nomkstream=True)
             for item in jobs:
                 pipe.set(wire.inflight_key(item.key), worker.name, ex=wire.RESULT_TTL_S)
-            await pipe.execute()
+            added, *_ = await pipe.execute()
+        if added is None:
+            await self._redis.delete(*(wire.inflight_key(item.key) for item in jobs))
+            self._workers.pop(worker.name, None)
+            for job in batch:
+                if not job.done():
+                    self._queue.push(job)
+            log.info("worker %s has left; its batch goes to another", worker.name)
+            return
         now = self._clock()
         for job, item in zip(batch, jobs, strict=True):
             self._inflight[item.key] = InFlight(job, worker.name)
@@ -344,7 +363,11 @@ class PoolEngine(Engine[Any]):
         job = entry.job
         try:
             result = wire.decode_result(raw)
-            pngs = await self._redis.mget([image.png for image in result.images])
+            keys = [image.png for image in result.images]
+            sizes = [await self._redis.strlen(png) for png in keys]
+            if any(size > wire.MAX_PNG_BYTES for size in sizes):  # bounded before it is read
+                raise wire.WireError(f"an image of {max(sizes)} bytes")
+            pngs = await self._redis.mget(keys) if keys else []
             drawn = wire.decode_request(result.request) if result.request else job.request
         except wire.WireError as e:
             log.error("job %d: its result in Redis is unreadable: %s", job.id, e)
@@ -407,6 +430,10 @@ class PoolEngine(Engine[Any]):
         if event["type"] in ("done", "handback"):
             self._sweep_now = True
             self._wakeup.set()
+        if event["type"] == "handback" and entry.worker in self._workers:
+            # It is stopping: nothing more for it, even before its next heartbeat says so.
+            info = self._workers[entry.worker]
+            self._workers[entry.worker] = dataclasses.replace(info, state="draining")
         elif event["type"] == "progress" and not entry.job.done():
             job = entry.job
             step, total = event.get("step"), event.get("total")

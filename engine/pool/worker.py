@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from engine.engine import Engine
 from engine.errors import EngineClosed, EngineError, JobCancelled
+from engine.images import too_big
 from engine.job import Job
 from engine.pool import wire
 from engine.pool.dispatcher import safe_url
@@ -319,6 +320,9 @@ class PoolWorker:
         """The request with its pictures fetched and checked as a user's upload is."""
         changes: dict[str, Any] = {}
         for name, digest in item.images.items():
+            size = await self._redis.strlen(wire.image_key(digest))
+            if size > self.engine._limits.max_image_bytes:  # bounded before it is read
+                raise too_big(size, self.engine._limits)
             data = await self._redis.get(wire.image_key(digest))
             if data is None:
                 raise EngineError("The picture is gone; send it again.", key="image_not_stored")

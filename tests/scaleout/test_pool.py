@@ -100,6 +100,18 @@ def heartbeats(client: redis.Redis) -> dict[str, dict[str, object]]:
     return beats
 
 
+def cpu_seconds(pid: int, *, over: float) -> float:
+    """CPU time (user + system) process `pid` uses during the next `over` seconds."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = used()
+    time.sleep(over)
+    return used() - before
+
+
 def submit(pool: Pool, jobs: list[dict[str, object]]) -> None:
     path = pool.folder / "jobs.json"
     path.write_text(json.dumps(jobs))
@@ -143,6 +155,8 @@ def test_a_killed_workers_job_is_drawn_by_the_other_and_answered_once(
     ]
     log = (p.folder / "bot.log").read_text()
     survivor = "w2" if victim == "w1" else "w1"
+    # Idle, the survivor blocks on Redis: well under a tenth of a core.
+    assert cpu_seconds(workers[survivor].pid, over=5.0) < 0.5
     job_ids = [key.split("-")[0] for key in mine]
     for job_id in job_ids:
         assert f"job {job_id} drawn by worker {survivor}" in log, p.logs()

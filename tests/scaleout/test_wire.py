@@ -30,6 +30,7 @@ REQUEST = GenerationRequest(prompt="cat", width=64, height=64, num_inference_ste
 
 def config(url: str, tmp: Path, name: str) -> QueueConfig:
     return QueueConfig(
+        shutdown_grace_s=0.2,
         backend="redis",
         redis_url=url,
         claim_timeout_s=5,
@@ -45,28 +46,37 @@ class Pool:
     worker: PoolWorker
     generate: FakeGenerate
     client: aioredis.Redis
+    stop: asyncio.Event
+    url: str
+    tmp: Path
+
+
+def fake_worker(url: str, tmp: Path, name: str) -> tuple[PoolWorker, FakeGenerate]:
+    generate = FakeGenerate()
+    local: Engine[object] = Engine(
+        config(url, tmp, name), registry=FakeRegistry(), load=FakeLoader(), generate=generate
+    )
+    return PoolWorker(local, name=name, device="cpu"), generate
+
+
+async def until_idle(client: aioredis.Redis, name: str) -> None:
+    for _ in range(200):
+        beat = await client.get(wire.heartbeat(name))
+        if beat is not None and json.loads(beat)["state"] == "idle":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker {name} is not idle")
 
 
 @pytest.fixture
 async def pool(redis_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
     bot = PoolEngine(config(redis_url, tmp_path, "bot"), registry=FakeRegistry())
-    generate = FakeGenerate()
-    local: Engine[object] = Engine(
-        config(redis_url, tmp_path, "worker"),
-        registry=FakeRegistry(),
-        load=FakeLoader(),
-        generate=generate,
-    )
-    worker = PoolWorker(local, name="w1", device="cpu")
+    worker, generate = fake_worker(redis_url, tmp_path, "w1")
     stop = asyncio.Event()
     tasks = [asyncio.create_task(bot.run()), asyncio.create_task(worker.run(stop))]
     client = aioredis.Redis.from_url(redis_url)
-    for _ in range(100):
-        beat = await client.get(wire.heartbeat("w1"))
-        if beat is not None and json.loads(beat)["state"] == "idle":
-            break
-        await asyncio.sleep(0.05)
-    yield Pool(bot, worker, generate, client)
+    await until_idle(client, "w1")
+    yield Pool(bot, worker, generate, client, stop, redis_url, tmp_path)
     generate.release()
     stop.set()
     await bot.close(0)
@@ -76,13 +86,19 @@ async def pool(redis_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
 
 @pytest.mark.timeout(60)
 async def test_jobs_sent_to_a_worker_come_back_with_their_images_and_progress(pool: Pool) -> None:
+    pool.generate.hold()
     jobs = [
         pool.bot.submit(dataclasses.replace(REQUEST, prompt=p, requester=f"u{i}"))
         for i, p in enumerate(["cat", "dog", "fox"])
     ]
-    seen_steps = set()
-    async for progress in jobs[0].updates():
-        seen_steps.add(progress.step)
+    pool.generate.allow(2)
+    for _ in range(200):  # the worker's steps reach the bot's job
+        if jobs[0].progress.step == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert (jobs[0].progress.state, jobs[0].progress.step) == ("running", 2)
+    assert jobs[0].progress.total == 4
+    pool.generate.release()
     results = await asyncio.gather(*(job.result() for job in jobs))
     assert [[r.png for r in images] for images in results] == [
         [b"cat|7"],
@@ -90,7 +106,6 @@ async def test_jobs_sent_to_a_worker_come_back_with_their_images_and_progress(po
         [b"fox|7"],
     ]
     assert results[0][0].request.num_inference_steps == 4
-    assert 4 in seen_steps  # the worker's steps reached the bot's job
     assert pool.bot.history(limit=3)[0].state == "done"
     (info,) = pool.bot.workers()
     assert info.name == "w1" and info.model == "alpha"
@@ -184,6 +199,7 @@ def test_payloads_are_checked_field_by_field() -> None:
     assert WorkerInfo.decode(b'{"name": 1}') is None
 
 
+@pytest.mark.timeout(60)
 async def test_a_generation_failure_on_the_worker_reaches_the_awaiting_frontend(
     pool: Pool,
 ) -> None:
@@ -192,3 +208,49 @@ async def test_a_generation_failure_on_the_worker_reaches_the_awaiting_frontend(
     with pytest.raises(GenerationFailed) as e:
         await asyncio.wait_for(job.result(), 30)
     assert e.value.key == "drawing_crashed"  # translated by the frontends, as locally
+
+
+@pytest.mark.timeout(60)
+async def test_a_stopped_worker_hands_its_batch_back_and_another_draws_it(pool: Pool) -> None:
+    pool.generate.hold()
+    job = pool.bot.submit(dataclasses.replace(REQUEST, requester="u1"))
+    async for progress in job.updates():
+        if progress.state == "running":
+            break
+    pool.stop.set()  # SIGTERM: the batch may finish for shutdown_grace_s (0.2 s), it does not
+    for _ in range(200):
+        if job.progress.state == "queued":
+            break
+        await asyncio.sleep(0.05)
+    assert job.progress.state == "queued"  # back in the bot's queue, nobody to draw it
+    assert not await pool.client.exists(wire.heartbeat("w1"))  # w1 has left
+    other, generate = fake_worker(pool.url, pool.tmp, "w2")
+    stop = asyncio.Event()
+    task = asyncio.create_task(other.run(stop))
+    try:
+        assert [r.png for r in await asyncio.wait_for(job.result(), 30)] == [b"cat|7"]
+        assert generate.prompts == [["cat"]]
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.mark.timeout(60)
+async def test_a_picture_travels_to_the_worker_and_is_checked_there(pool: Pool) -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, "PNG")
+    stored = pool.bot.store_image(buffer.getvalue())
+    job = pool.bot.submit(dataclasses.replace(REQUEST, requester="u1", init_image=stored.path))
+    (image,) = await asyncio.wait_for(job.result(), 30)
+    assert image.request.init_image == stored.path  # the bot's own copy, as submitted
+    (drawn,) = pool.generate.calls[-1]
+    assert drawn.init_image is not None and drawn.init_image != stored.path
+    assert same_bytes(drawn.init_image, stored.path)
+
+
+def same_bytes(a: str, b: str) -> bool:
+    return Path(a).read_bytes() == Path(b).read_bytes()
