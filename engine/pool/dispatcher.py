@@ -248,7 +248,7 @@ class PoolEngine(Engine[Any]):
             if not self._queue:
                 return
             limit = functools.partial(self._limit_on, worker.device_type)
-            batch = self._queue.take(worker.affinity, self._clock(), limit)
+            batch = self._queue.take(self._wanted(worker), self._clock(), limit)
             if not batch:
                 return
             try:
@@ -261,6 +261,16 @@ class PoolEngine(Engine[Any]):
                 raise
             finally:
                 self._queue_changed()
+
+    def _wanted(self, worker: WorkerInfo) -> Hashable:
+        """What `worker` should draw next as far as the weights go: what it has loaded while
+        jobs want it, else the oldest waiting model (and LoRAs) no other worker has loaded, so
+        that workers spread over the models instead of all swapping to the same one."""
+        waiting = [job.affinity for job in self._queue.jobs()]
+        if worker.affinity in waiting:
+            return worker.affinity
+        others = {w.affinity for w in self._workers.values() if w.name != worker.name}
+        return next((a for a in waiting if a not in others), worker.affinity)
 
     def _limit_on(self, device_type: str, job: Job) -> int:
         return batch_limit(self.config, device_type, job.request)

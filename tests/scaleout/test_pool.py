@@ -193,32 +193,46 @@ def test_fair_share_caps_and_model_affinity_hold_across_the_pool(
 
     models = tmp_path / "models"
     shutil.copytree(demo_models_dir, models)
-    shutil.copytree(models / "aidraw-demo", models / "aidraw-demo-b")
+    for other in ("aidraw-demo-b", "aidraw-demo-c"):
+        shutil.copytree(models / "aidraw-demo", models / other)
     p = pool(settings_text(models, redis_url, max_batch=1, max_queued_per_user=6))
     client = redis.Redis.from_url(redis_url)
     p.worker("w1")
     p.worker("w2")
     wait_for("two workers", ready(client, 2), p)
-    # A heavy user queues six, then a light one two: fair share serves the light user before
-    # the heavy one's last jobs, whichever worker draws them. Models alternate job by job.
-    heavy = [
-        {**r, "requester": "test:heavy", "model": ("aidraw-demo", "aidraw-demo-b")[i % 2]}
-        for i, r in enumerate(requests(6, steps=8))
-    ]
-    light = [
-        {**r, "requester": "test:light", "model": ("aidraw-demo", "aidraw-demo-b")[i % 2]}
-        for i, r in enumerate(requests(2, steps=8))
-    ]
-    # The cap holds for the pool: a seventh job of the heavy user is refused by the bot.
-    over = {**heavy[0], "seed": 999}
-    submit(p, [*heavy, *light, over])
-    wait_for("every reply", lambda: len(p.replies()) >= len(heavy) + len(light) + 1, p)
+
+    # 1. A heavy user queues six, then a light one two: fair share serves the light user's
+    # jobs among the first five, whichever worker draws them. The cap holds for the pool: a
+    # seventh job of the heavy user is refused by the bot.
+    heavy = [{**r, "requester": "test:heavy"} for r in requests(6, steps=8)]
+    light = [{**r, "requester": "test:light"} for r in requests(2, steps=8)]
+    submit(p, [*heavy, *light, {**heavy[0], "seed": 999}])
+    wait_for("every reply", lambda: len(p.replies()) >= 9, p)
     replies = p.replies()
     refused = [r for r in replies if "error" in r]
     assert [r["reply_to"] for r in refused] == ["test:8"], replies
     assert "6 unfinished drawings" in str(refused[0]["error"])
     order = [str(r["requester"]) for r in replies if "error" not in r]
-    assert "test:light" not in order[-2:], order
-    swaps = sum(int(str(b["swaps"])) for b in heartbeats(client).values())
-    # A pool without affinity would swap at nearly every one of the 8 alternating jobs.
+    assert max(i for i, who in enumerate(order) if who == "test:light") <= 4, order
+    # The light user's first request is the heavy user's first (same prompt and seed): the
+    # same picture, though the two go out at once to the two idle workers.
+    sha = {r["reply_to"]: r["sha"] for r in replies if "sha" in r}
+    assert sha["test:0"] == sha["test:6"]
+    p.processes[-1].terminate()
+    p.processes[-1].wait(30)
+    (p.folder / "replies.jsonl").rename(p.folder / "replies-fair.jsonl")
+
+    # 2. Nine jobs over three models, interleaved (a, b, c, a, b, c...). Dealt to the two
+    # workers in turn, as a pool without affinity would, every job but one would swap the
+    # model (8 swaps); with affinity each worker keeps to the models it has loaded.
+    before = sum(int(str(b["swaps"])) for b in heartbeats(client).values())
+    names = ("aidraw-demo", "aidraw-demo-b", "aidraw-demo-c")
+    mixed = [
+        {**r, "requester": f"test:mixed{i % 2}", "model": names[i % 3]}
+        for i, r in enumerate(requests(9, steps=8))
+    ]
+    submit(p, mixed)
+    wait_for("every reply", lambda: len(p.replies()) >= len(mixed), p)
+    assert_each_answered_once(p, len(mixed))
+    swaps = sum(int(str(b["swaps"])) for b in heartbeats(client).values()) - before
     assert swaps <= 4, (swaps, p.logs())
