@@ -254,3 +254,50 @@ async def test_a_picture_travels_to_the_worker_and_is_checked_there(pool: Pool) 
 
 def same_bytes(a: str, b: str) -> bool:
     return Path(a).read_bytes() == Path(b).read_bytes()
+
+
+def test_the_queue_settings_of_a_pool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bot.settings import SettingsError, load
+
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        '[queue]\nbackend = "redis"\nredis_url = "rediss://:pw@redis.lan:6380/1"\n'
+        "claim_timeout_s = 30\n"
+    )
+    monkeypatch.delenv("AIDRAW_REDIS_URL", raising=False)
+    queue = load(path).queue
+    assert (queue.backend, queue.redis_url, queue.claim_timeout_s) == (
+        "redis",
+        "rediss://:pw@redis.lan:6380/1",
+        30,
+    )
+    monkeypatch.setenv("AIDRAW_REDIS_URL", "redis://:secret@10.0.0.5:6379/0")
+    assert load(path).queue.redis_url == "redis://:secret@10.0.0.5:6379/0"
+    monkeypatch.setenv("AIDRAW_REDIS_URL", "http://10.0.0.5")
+    with pytest.raises(SettingsError, match="AIDRAW_REDIS_URL: not a Redis URL"):
+        load(path)
+    monkeypatch.delenv("AIDRAW_REDIS_URL")
+    for bad, message in [
+        ('backend = "celery"', "queue.backend: 'celery' is not allowed"),
+        ("claim_timeout_s = 2.5", "queue.claim_timeout_s: expected int"),
+        ("claim_timeout_s = 1", "queue.claim_timeout_s: 1 is out of range"),
+        ('redis_url = "localhost:6379"', "queue.redis_url: not a Redis URL"),
+    ]:
+        path.write_text(f"[queue]\n{bad}\n")
+        with pytest.raises(SettingsError, match=message):
+            load(path)
+
+
+@pytest.mark.timeout(30)
+async def test_an_unreachable_redis_stops_start_up_without_showing_its_password(
+    tmp_path: Path,
+) -> None:
+    from tests.scaleout.conftest import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    bot = PoolEngine(config(url, tmp_path, "bot"), registry=FakeRegistry())
+    with pytest.raises(wire.PoolUnreachable) as e:
+        await bot.run()
+    assert f"cannot reach Redis at redis://127.0.0.1:{url.rsplit(':', 1)[1]}" in str(e.value)
+    assert "hunter2" not in str(e.value)
+    await bot.close(0)
