@@ -96,6 +96,7 @@ class PoolEngine(Engine[Any]):
         self._roster_at = -1e9
         self._swept_at = -1e9
         self._sweep_now = False
+        self._warned_at = -1e9
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- what frontends see -------------------------------------------------------------------
@@ -227,6 +228,11 @@ class PoolEngine(Engine[Any]):
             await self._sweep()
         if not self._paused:
             await self._release()
+        if self._queue and not self._workers and now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning(
+                "%d job(s) wait and no worker is alive: start `aidraw worker`", len(self._queue)
+            )
 
     async def _read_roster(self) -> None:
         names = sorted(n.decode() for n in await self._redis.smembers(wire.WORKERS))

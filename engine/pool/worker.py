@@ -349,11 +349,16 @@ class PoolWorker:
                 await self._redis.publish(wire.EVENTS, event)
 
     async def _renew(self, key: str, entry_id: str) -> None:
-        """Keep the entry claimed while the drawing moves on (a hung worker stops this)."""
-        every = max(1.0, self.config.claim_timeout_s / 3)
+        """Keep the entry claimed while the drawing moves on (a hung worker stops this), or
+        while its jobs wait for a model to load (for at most 10 x claim_timeout_s)."""
+        claim = self.config.claim_timeout_s
+        every = max(1.0, claim / 3)
+        started = time.monotonic()
         while True:
             await asyncio.sleep(every)
-            if time.monotonic() - self._moved_at < self.config.claim_timeout_s:
+            now = time.monotonic()
+            loading = any(job.state == "queued" for job in self._current.values())
+            if now - self._moved_at < claim or (loading and now - started < 10 * claim):
                 with contextlib.suppress(RedisError):
                     await self._redis.xclaim(key, wire.GROUP, self.name, 0, [entry_id], justid=True)
 
