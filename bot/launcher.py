@@ -172,6 +172,7 @@ def build_worker_engine(settings: Settings, device: str) -> Engine[Any]:
     the queue and the limits, so here nothing is kept after a restart."""
     from engine.generate import generate
     from engine.models import ModelRegistry
+    from engine.pool.wire import POOL_ADMIN
 
     options = dataclasses.replace(settings.device, device=device or settings.device.device)
     registry = ModelRegistry(settings.models_dir, settings.defaults)
@@ -184,7 +185,7 @@ def build_worker_engine(settings: Settings, device: str) -> Engine[Any]:
         results_dir=scratch,
         max_queued=100_000,
         max_queued_per_user=100_000,  # the bot holds each user to the limit, pool-wide
-        admins=(),
+        admins=(POOL_ADMIN,),  # the bot's admin swaps come as this
         priority_users=(),
     )
     return Engine(

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from engine.contracts import Registry
 from engine.engine import Engine, EngineStatus
-from engine.errors import GenerationFailed, InvalidRequest, JobCancelled
+from engine.errors import EngineClosed, GenerationFailed, InvalidRequest, JobCancelled
 from engine.job import Job
 from engine.pool import wire
 from engine.pool.roster import WorkerInfo
@@ -97,6 +97,7 @@ class PoolEngine(Engine[Any]):
         self._swept_at = -1e9
         self._sweep_now = False
         self._warned_at = -1e9
+        self._loads: dict[str, asyncio.Future[None]] = {}  # model loads asked of workers
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- what frontends see -------------------------------------------------------------------
@@ -135,17 +136,50 @@ class PoolEngine(Engine[Any]):
         return unfinished
 
     async def swap_model(self, name: str, by: str) -> str:
-        """Admin: the pool's default model for new jobs; workers load it as jobs need it (and
-        keep what they have loaded for the jobs that name it)."""
+        """Admin: the pool's default model for new jobs, loaded first by one worker (an idle
+        one without it, if none has it yet); if that worker cannot load it, nothing changes
+        and this raises GenerationFailed with its reason. The other workers keep what they
+        have loaded for the jobs that name it, and load the new one as its jobs come."""
         if not self.is_admin(by):
             raise InvalidRequest(
                 "Only an admin can change the model.", field="model", key="admin_only_model"
             )
+        if self._closing:
+            raise EngineClosed("The bot is shutting down.", key="shutting_down_now")
         entry = self._registry.get(name)
+        await self._read_roster()  # as of now, not of the last tick
+        workers = [w for w in self.workers() if w.state in ("idle", "busy")]
+        if workers and all(w.model != entry.name for w in workers):
+            busy = {e.worker for e in self._inflight.values()}
+            worker = min(workers, key=lambda w: (w.name in busy, w.state != "idle", w.name))
+            await self._load_on(worker, entry.name)
         self._default_model = entry.name
         log.info("admin %s: the pool's default model is now %s", by, entry.name)
         self._queue_changed()
         return entry.name
+
+    async def _load_on(self, worker: WorkerInfo, name: str) -> None:
+        entry_id = await self._redis.xadd(wire.stream(worker.name), {"load": name}, nomkstream=True)
+        if entry_id is None:
+            raise GenerationFailed(
+                f"Could not load {name}: the worker has left; try again.",
+                key="pool_worker_left",
+                model=name,
+            )
+        key = wire.load_key(entry_id.decode())
+        loaded = asyncio.get_running_loop().create_future()
+        self._loads[entry_id.decode()] = loaded
+        try:
+            while (error := await self._redis.get(key)) is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(loaded), 2.0)
+        finally:
+            self._loads.pop(entry_id.decode(), None)
+        await self._redis.delete(key)
+        if error:
+            # The worker's own words (its engine's swap error), the same in every language.
+            raise GenerationFailed(error.decode("utf-8", "replace"), key=None)
+        log.info("worker %s loaded %s", worker.name, name)
 
     async def set_addon_defaults(
         self,
@@ -439,6 +473,11 @@ class PoolEngine(Engine[Any]):
         try:
             event = wire.decode_event(raw)
         except wire.WireError:
+            return
+        if event["type"] == "loaded":
+            loaded = self._loads.get(event["key"])
+            if loaded is not None and not loaded.done():
+                loaded.set_result(None)
             return
         entry = self._inflight.get(event["key"])
         if entry is None:

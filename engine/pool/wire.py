@@ -72,6 +72,14 @@ def image_key(digest: str) -> str:
     return f"{PREFIX}image:{digest}"
 
 
+def load_key(entry_id: str) -> str:
+    """How a worker's load of a model (an admin's swap) went: "" or the error's text."""
+    return f"{PREFIX}load:{entry_id}"
+
+
+POOL_ADMIN = "pool:admin"  # who asks a worker's own engine for a model swap
+
+
 @dataclass(frozen=True, kw_only=True)
 class WireJob:
     """One job of a batch: its pool-wide key, the resolved request (seeds fixed), and the
@@ -206,7 +214,8 @@ def decode_event(text: bytes | str) -> dict[str, Any]:
     data = _json(text, 2 * MAX_PREVIEW_BYTES)
     if (
         not isinstance(data, dict)
-        or data.get("type") not in ("progress", "done", "cancel", "finish_early", "handback")
+        or data.get("type")
+        not in ("progress", "done", "cancel", "finish_early", "handback", "loaded")
         or not _is_key(data.get("key"))
     ):
         raise WireError("not an event")

@@ -182,6 +182,9 @@ class PoolWorker:
 
     async def _process(self, entry: Entry) -> None:
         key, entry_id, fields, tries = entry
+        if b"load" in fields:
+            await self._load(key, entry_id, fields[b"load"])
+            return
         try:
             jobs = wire.decode_batch(fields.get(b"batch", b""))
         except wire.WireError as e:
@@ -237,6 +240,25 @@ class PoolWorker:
             outcomes[item_key] = outcome
         self._drawing_s += time.monotonic() - started
         await self._store(key, entry_id, outcomes, pngs)
+        self._state = "idle"
+        await self._beat()
+
+    async def _load(self, key: str, entry_id: str, name: bytes) -> None:
+        """An admin's swap: load the model (the loaded one serves until it is ready) and make it
+        this worker's default; the bot reads how it went under the entry's load key."""
+        self._state = "busy"
+        await self._beat()
+        try:
+            await self.engine.swap_model(name.decode("utf-8", "replace")[:200], wire.POOL_ADMIN)
+            error = ""
+        except EngineError as e:
+            error = str(e) or "The model could not be loaded."
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(wire.load_key(entry_id), error, ex=3600)
+            pipe.xack(key, wire.GROUP, entry_id)
+            pipe.xdel(key, entry_id)
+            pipe.publish(wire.EVENTS, wire.encode_event("loaded", entry_id))
+            await pipe.execute()
         self._state = "idle"
         await self._beat()
 

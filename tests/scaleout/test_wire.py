@@ -30,6 +30,7 @@ REQUEST = GenerationRequest(prompt="cat", width=64, height=64, num_inference_ste
 
 def config(url: str, tmp: Path, name: str) -> QueueConfig:
     return QueueConfig(
+        admins=("admin", wire.POOL_ADMIN),
         shutdown_grace_s=0.2,
         backend="redis",
         redis_url=url,
@@ -54,7 +55,10 @@ class Pool:
 def fake_worker(url: str, tmp: Path, name: str) -> tuple[PoolWorker, FakeGenerate]:
     generate = FakeGenerate()
     local: Engine[object] = Engine(
-        config(url, tmp, name), registry=FakeRegistry(), load=FakeLoader(), generate=generate
+        config(url, tmp, name),
+        registry=FakeRegistry(),
+        load=FakeLoader(broken=["gamma"]),
+        generate=generate,
     )
     return PoolWorker(local, name=name, device="cpu"), generate
 
@@ -301,3 +305,16 @@ async def test_an_unreachable_redis_stops_start_up_without_showing_its_password(
     assert f"cannot reach Redis at redis://127.0.0.1:{url.rsplit(':', 1)[1]}" in str(e.value)
     assert "hunter2" not in str(e.value)
     await bot.close(0)
+
+
+@pytest.mark.timeout(60)
+async def test_an_admins_model_swap_is_loaded_by_a_worker_first(pool: Pool) -> None:
+    assert await pool.bot.swap_model("beta", by="admin") == "beta"
+    assert pool.worker.engine.status().model == "beta"  # loaded before the swap returned
+    job = pool.bot.submit(dataclasses.replace(REQUEST, requester="u1"))  # names no model
+    (image,) = await asyncio.wait_for(job.result(), 30)
+    assert image.request.model == "beta"
+    with pytest.raises(GenerationFailed, match="gamma"):
+        await pool.bot.swap_model("gamma", by="admin")  # the worker cannot load it
+    assert pool.bot.default_model == "beta"
+    assert pool.worker.engine.status().model == "beta"  # still serving
