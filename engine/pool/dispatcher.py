@@ -169,8 +169,17 @@ class PoolEngine(Engine[Any]):
         key = wire.load_key(entry_id.decode())
         loaded = asyncio.get_running_loop().create_future()
         self._loads[entry_id.decode()] = loaded
+        # A worker that dies meanwhile has the entry taken over; one that never comes back
+        # must not hold the admin's command forever.
+        deadline = self._clock() + 10 * self.config.claim_timeout_s
         try:
             while (error := await self._redis.get(key)) is None:
+                if self._clock() > deadline:
+                    raise GenerationFailed(
+                        f"Could not load {name}: the worker has left; try again.",
+                        key="pool_worker_left",
+                        model=name,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(loaded), 2.0)
         finally:
@@ -219,12 +228,12 @@ class PoolEngine(Engine[Any]):
             listener = asyncio.create_task(self._listen(), name="pool-events")
             try:
                 while not self._closing:
+                    self._wakeup.clear()  # before the tick: an event during it wakes the next
                     try:
                         await self._tick()
                     except RedisError as e:
                         log.warning("Redis: %s; trying again in a second", e)
                         await asyncio.sleep(1.0)
-                    self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), ROSTER_S)
             finally:
@@ -293,7 +302,7 @@ class PoolEngine(Engine[Any]):
                 return
             try:
                 await self._send(worker, batch)
-            except (RedisError, OSError) as e:
+            except RedisError as e:
                 log.warning("cannot send jobs %s to %s: %s", [j.id for j in batch], worker.name, e)
                 for job in batch:
                     if not job.done():
@@ -316,7 +325,8 @@ class PoolEngine(Engine[Any]):
         return batch_limit(self.config, device_type, job.request)
 
     async def _send(self, worker: WorkerInfo, batch: list[Job]) -> None:
-        jobs = []
+        jobs: list[wire.WireJob] = []
+        sent: list[Job] = []
         for job in batch:
             request = job.request
             changes: dict[str, Any] = {}
@@ -327,15 +337,28 @@ class PoolEngine(Engine[Any]):
             if request.subseed is None and request.subseed_strength:
                 changes["subseed"] = random.randrange(4294967294)
             images = {}
-            for name in wire.IMAGE_FIELDS:
-                path = getattr(request, name)
-                if path is not None:
-                    data = await asyncio.to_thread(Path(path).read_bytes)
-                    digest = hashlib.sha256(data).hexdigest()
-                    await self._redis.set(wire.image_key(digest), data, ex=wire.RESULT_TTL_S)
-                    images[name] = digest
+            try:
+                for name in wire.IMAGE_FIELDS:
+                    path = getattr(request, name)
+                    if path is not None:
+                        data = await asyncio.to_thread(Path(path).read_bytes)
+                        digest = hashlib.sha256(data).hexdigest()
+                        await self._redis.set(wire.image_key(digest), data, ex=wire.RESULT_TTL_S)
+                        images[name] = digest
+            except OSError as e:  # deleted from results_dir since it was checked
+                log.warning("job %d: its picture cannot be read: %s", job.id, e)
+                gone = InvalidRequest(
+                    "The image is not one this bot has (any more); send it again.",
+                    field="image",
+                    key="image_not_stored",
+                )
+                self._finish(job, "failed", gone)
+                continue
             drawn = dataclasses.replace(request, **changes)
             jobs.append(wire.WireJob(key=job_key(job), request=drawn, images=images))
+            sent.append(job)
+        if not jobs:
+            return
         async with self._redis.pipeline(transaction=True) as pipe:
             # NOMKSTREAM: a worker that has left has deleted its stream; nothing is added then.
             pipe.xadd(wire.stream(worker.name), {"batch": wire.encode_batch(jobs)}, nomkstream=True)
@@ -345,18 +368,18 @@ class PoolEngine(Engine[Any]):
         if added is None:
             await self._redis.delete(*(wire.inflight_key(item.key) for item in jobs))
             self._workers.pop(worker.name, None)
-            for job in batch:
+            for job in sent:
                 if not job.done():
                     self._queue.push(job)
             log.info("worker %s has left; its batch goes to another", worker.name)
             return
         now = self._clock()
-        for job, item in zip(batch, jobs, strict=True):
+        for job, item in zip(sent, jobs, strict=True):
             self._inflight[item.key] = InFlight(job, worker.name)
             if not job.done():
                 job.start(now)
         self._running = [entry.job for entry in self._inflight.values()]
-        log.info("jobs %s sent to worker %s", [job.id for job in batch], worker.name)
+        log.info("jobs %s sent to worker %s", [job.id for job in sent], worker.name)
 
     async def _adopt(self) -> None:
         """After a restart: journal jobs that Redis has a result or a batch for are not sent
