@@ -892,6 +892,8 @@ ERRORS_ZH: dict[str, str] = {
     "image_unreadable": "这不是本机器人能读取的 PNG、JPEG 或 WebP 图片。",
     "image_not_stored": "本机器人没有（或不再有）这张图片；请重新发送。",
     "pool_worker_left": "无法加载 {model}：该绘图进程已退出，请再试一次。",
+    "pool_gave_up": "这次绘制每次都让绘图进程停止，所以不再重试。",
+    "pool_png_too_big": "图片太大，无法发送。",
     "vae_empty": "VAE 名称为空：请写 models/VAE 中的文件名，或写 None 使用模型自带的 VAE。",
     "ensd_range": "ENSD {ensd} 不可用：请用 0 到 {max}。",
     "rng_source": "随机数来源 {rng!r} 不可用：请用 GPU、CPU 或 NV。",

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine.engine import Engine
-from engine.errors import EngineClosed, EngineError, JobCancelled
+from engine.errors import EngineClosed, EngineError, GenerationFailed, JobCancelled
 from engine.images import too_big
 from engine.job import Job
 from engine.pool import wire
@@ -60,7 +60,6 @@ class PoolWorker:
         self._images = 0
         self._drawing_s = 0.0
         self._reclaimed_at = -1e9
-        self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then drain; raises EngineError if Redis is unreachable."""
@@ -78,10 +77,14 @@ class PoolWorker:
             asyncio.create_task(self._listen(), name="worker-events"),
         ]
         try:
-            while self.engine.status().model is None and not stop.is_set():
-                if engine_task.done():
-                    break
-                await asyncio.sleep(0.05)  # the first model loads and warms up
+            # The first model loads and warms up before the worker says it is ready (as a
+            # swap: the engine loop's own first load waits for it and then has nothing to do).
+            default = self.engine.default_model
+            if default:
+                try:
+                    await self.engine.swap_model(default, wire.POOL_ADMIN)
+                except EngineError as e:  # logged by the engine; its jobs fail when they come
+                    log.error("worker %s: cannot load %s: %s", self.name, default, e)
             self._state = "idle"
             await self._beat()
             log.info("worker %s ready on %s", self.name, self.engine.status().model)
@@ -198,7 +201,10 @@ class PoolWorker:
         if tries > self.config.max_attempts:
             for job in todo:
                 outcomes[job.key] = self._failure(
-                    "This drawing stopped a worker, so it was not tried again.", None, {}
+                    GenerationFailed(
+                        "This drawing stopped a worker every time, so it was not tried again.",
+                        key="pool_gave_up",
+                    )
                 )
             await self._store(key, entry_id, outcomes, {})
             return
@@ -212,7 +218,7 @@ class PoolWorker:
             except EngineClosed:
                 outcomes[item.key] = None
             except EngineError as e:  # the same door as submit: a payload that fails it fails
-                outcomes[item.key] = self._failure(str(e), e.key, e.params)
+                outcomes[item.key] = self._failure(e)
         self._current = local
         self._moved_at = time.monotonic()
         started = time.monotonic()
@@ -271,9 +277,10 @@ class PoolWorker:
         except JobCancelled as e:
             return wire.WireResult(state="cancelled", error=str(e), error_key=e.key), []
         except EngineError as e:
-            return self._failure(str(e), e.key, e.params), []
+            return self._failure(e), []
         if any(len(result.png) > wire.MAX_PNG_BYTES for result in results):
-            return self._failure("The picture is too big to send.", None, {}), []
+            too_big = GenerationFailed("The picture is too big to send.", key="pool_png_too_big")
+            return self._failure(too_big), []
         images = tuple(
             wire.WireImage(seed=r.seed, infotext=r.infotext, png=f"{wire.PREFIX}png:{i}")
             for i, r in enumerate(results)
@@ -284,13 +291,15 @@ class PoolWorker:
             [r.png for r in results],
         )
 
-    def _failure(self, error: str, key: str | None, params: dict[str, Any]) -> wire.WireResult:
-        plain = all(isinstance(v, str | int | float | bool) for v in params.values())
+    def _failure(self, error: EngineError) -> wire.WireResult:
+        """A failed job's result: the English, and the message key with its params when they
+        are plain values (a Phrase param does not travel: the English is shown then)."""
+        plain = all(isinstance(v, str | int | float | bool) for v in error.params.values())
         return wire.WireResult(
             state="failed",
-            error=error,
-            error_key=key if plain else None,
-            params=params if plain else {},
+            error=str(error),
+            error_key=error.key if plain else None,
+            params=error.params if plain else {},
             worker=self.name,
         )
 
