@@ -176,8 +176,12 @@ def decode_result(text: bytes | str) -> WireResult:
         raise WireError("a result's error and worker are text")
     if not (data["error_key"] is None or isinstance(data["error_key"], str)):
         raise WireError("a result's error_key is text")
-    if not isinstance(data["params"], dict):
-        raise WireError("a result's params are an object")
+    params = data["params"]
+    if not isinstance(params, dict) or not all(
+        name not in ("key", "message") and isinstance(value, str | int | float | bool)
+        for name, value in params.items()
+    ):
+        raise WireError("a result's params are an object of plain values")
     if data["request"] is not None:
         decode_request(data["request"])  # checked here; the reader decodes it again
     parsed = []

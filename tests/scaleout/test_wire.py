@@ -200,6 +200,10 @@ def test_payloads_are_checked_field_by_field() -> None:
     bent_result = {**json.loads(result), "images": [fake_png]}
     with pytest.raises(wire.WireError, match="image"):
         wire.decode_result(json.dumps(bent_result))
+    failed = json.loads(wire.encode_result(wire.WireResult(state="failed", error="x")))
+    for params in ({"key": "x"}, {"reason": {"nested": 1}}):
+        with pytest.raises(wire.WireError, match="params"):
+            wire.decode_result(json.dumps({**failed, "params": params}))
     assert WorkerInfo.decode(b'{"name": 1}') is None
 
 
