@@ -322,3 +322,28 @@ async def test_an_admins_model_swap_is_loaded_by_a_worker_first(pool: Pool) -> N
         await pool.bot.swap_model("gamma", by="admin")  # the worker cannot load it
     assert pool.bot.default_model == "beta"
     assert pool.worker.engine.status().model == "beta"  # still serving
+
+
+@pytest.mark.timeout(90)
+async def test_a_hung_workers_job_is_taken_over_and_answered_once(pool: Pool) -> None:
+    pool.generate.hold()  # w1 hangs inside its first step: heartbeats go on, steps do not
+    job = pool.bot.submit(dataclasses.replace(REQUEST, requester="u1"))
+    async for progress in job.updates():
+        if progress.state == "running":
+            break
+    other, generate = fake_worker(pool.url, pool.tmp, "w2")
+    stop = asyncio.Event()
+    task = asyncio.create_task(other.run(stop))
+    try:
+        # After claim_timeout_s (5 s) without progress, w2 takes the batch over.
+        (image,) = await asyncio.wait_for(job.result(), 45)
+        assert image.png == b"cat|7" and generate.prompts == [["cat"]]
+        assert await pool.client.exists(wire.heartbeat("w1"))  # w1 was alive all along
+        pool.generate.release()  # w1 wakes up and finishes the same job: nobody hears of it
+        await until_idle(pool.client, "w1")
+        await asyncio.sleep(0.5)
+        assert [r.id for r in pool.bot.history()] == [job.id]
+        assert job.state == "done"
+    finally:
+        stop.set()
+        await task
