@@ -119,7 +119,7 @@ class Pool:
             "AIDRAW_SETTINGS": str(self.settings),
         }
 
-    def _start(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+    def start(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
         with (self.folder / log).open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, *argv],
@@ -132,12 +132,12 @@ class Pool:
         return process
 
     def worker(self, name: str) -> subprocess.Popen[bytes]:
-        return self._start(
+        return self.start(
             ["-m", "bot.cli", "-v", "worker", "--name", name, "--device", "cpu"], f"{name}.log"
         )
 
     def bot(self, *args: str) -> subprocess.Popen[bytes]:
-        return self._start(["-m", "tests.scaleout.botproc", str(self.folder), *args], "bot.log")
+        return self.start(["-m", "tests.scaleout.botproc", str(self.folder), *args], "bot.log")
 
     def replies(self) -> list[dict[str, object]]:
         import json

@@ -236,3 +236,37 @@ def test_fair_share_caps_and_model_affinity_hold_across_the_pool(
     assert_each_answered_once(p, len(mixed))
     swaps = sum(int(str(b["swaps"])) for b in heartbeats(client).values()) - before
     assert swaps <= 4, (swaps, p.logs())
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_aidraw_run_with_a_worker_answers_the_a1111_api_through_redis(
+    pool: Callable[[str], Pool], redis_url: str, demo_models_dir: Path
+) -> None:
+    import base64
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    from tests.scaleout.conftest import free_port
+
+    port = free_port()
+    p = pool(settings_text(demo_models_dir, redis_url) + f"[web]\nport = {port}\n")
+    for token in ("AIDRAW_DISCORD_TOKEN", "AIDRAW_TELEGRAM_TOKEN"):
+        p.env.pop(token, None)
+    run = p.start(["-m", "bot.cli", "run", "--worker"], "run.log")
+    client = redis.Redis.from_url(redis_url)
+    wait_for("the run's worker", ready(client, 1), p)
+    body = json.dumps({"prompt": "1girl", "width": 64, "height": 64, "steps": 4, "seed": 5})
+    call = urllib.request.Request(
+        f"http://127.0.0.1:{port}/sdapi/v1/txt2img",
+        data=body.encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(call, timeout=120) as answer:
+        images = json.loads(answer.read())["images"]
+    picture = Image.open(io.BytesIO(base64.b64decode(images[0])))
+    assert picture.size == (64, 64) and "Seed: 5" in picture.info["parameters"]
+    run.send_signal(signal.SIGTERM)  # the bot stops its worker too
+    assert run.wait(60) == 0
+    assert heartbeats(client) == {}
