@@ -107,13 +107,16 @@ class PoolEngine(Engine[Any]):
         return sorted(self._workers.values(), key=lambda w: w.name)
 
     def status(self) -> EngineStatus:
-        """As the local engine's; `model` lists what the workers have loaded, `device` "pool"."""
-        loaded = sorted({w.model for w in self._workers.values() if w.model})
+        """As the local engine's: `model` lists what the workers have loaded, `device` is their
+        device type when they share one (else "pool"), `swaps` theirs all together."""
+        workers = self._workers.values()
+        loaded = sorted({w.model for w in workers if w.model})
+        kinds = {w.device_type for w in workers}
         return dataclasses.replace(
             super().status(),
             model=", ".join(loaded) or None,
-            device="pool",
-            swaps=sum(w.swaps for w in self._workers.values()),
+            device=kinds.pop() if len(kinds) == 1 else "pool",
+            swaps=sum(w.swaps for w in workers),
         )
 
     def jobs(self, user: str | None = None) -> list[Job]:

@@ -113,6 +113,8 @@ async def test_jobs_sent_to_a_worker_come_back_with_their_images_and_progress(po
     assert pool.bot.history(limit=3)[0].state == "done"
     (info,) = pool.bot.workers()
     assert info.name == "w1" and info.model == "alpha"
+    status = pool.bot.status()
+    assert (status.model, status.device, status.swaps) == ("alpha", "cpu", 0)
     # /queue (Discord, Telegram) and the web chat show the pool's workers.
     assert worker_lines(pool.bot.workers(), "zh")[1].startswith("- w1（cpu）：alpha，")
     assert await pool.client.keys(wire.result_key("*")) == []  # taken, then removed
