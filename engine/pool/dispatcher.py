@@ -38,6 +38,7 @@ from engine.errors import EngineClosed, GenerationFailed, InvalidRequest, JobCan
 from engine.job import Job
 from engine.pool import wire
 from engine.pool.roster import WorkerInfo
+from engine.prompting.networks import networks_of
 from engine.queue import QueueConfig, batch_limit
 from engine.request import GenerationResult, Limits
 
@@ -97,7 +98,11 @@ class PoolEngine(Engine[Any]):
         self._swept_at = -1e9
         self._sweep_now = False
         self._warned_at = -1e9
-        self._loads: dict[str, asyncio.Future[None]] = {}  # model loads asked of workers
+        self._loads: dict[str, asyncio.Future[None]] = {}
+        # What each worker drawing a batch from here will have loaded after it.
+        self._expected: dict[
+            str, tuple[str, tuple[tuple[str, float, float], ...]]
+        ] = {}  # model loads asked of workers
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- what frontends see -------------------------------------------------------------------
@@ -265,7 +270,7 @@ class PoolEngine(Engine[Any]):
 
     async def _tick(self) -> None:
         now = self._clock()
-        if now - self._roster_at >= ROSTER_S:
+        if now - self._roster_at >= ROSTER_S or self._sweep_now:
             await self._read_roster()
             self._roster_at = now
         if self._inflight and (self._sweep_now or now - self._swept_at >= SWEEP_S):
@@ -287,8 +292,18 @@ class PoolEngine(Engine[Any]):
         for name, beat in zip(names, beats, strict=True):
             info = WorkerInfo.decode(beat) if beat is not None else None
             if info is not None and info.name == name:
-                workers[name] = info
+                workers[name] = self._as_expected(info)
         self._workers = workers
+
+    def _as_expected(self, info: WorkerInfo) -> WorkerInfo:
+        """A worker drawing a batch from here as it will be once the batch is drawn (its
+        heartbeat may still show the model it had before)."""
+        busy = {entry.worker for entry in self._inflight.values()}
+        if info.name not in busy or info.name not in self._expected:
+            self._expected.pop(info.name, None)
+            return info
+        model, loras = self._expected[info.name]
+        return dataclasses.replace(info, model=model, loras=loras)
 
     def _idle_workers(self) -> list[WorkerInfo]:
         busy = {entry.worker for entry in self._inflight.values()}
@@ -382,6 +397,13 @@ class PoolEngine(Engine[Any]):
             if not job.done():
                 job.start(now)
         self._running = [entry.job for entry in self._inflight.values()]
+        # What it will have loaded, until its next heartbeat says so itself.
+        loras = networks_of(sent[0].request.prompt).loras
+        self._expected[worker.name] = (
+            sent[0].model,
+            tuple((lora.name, lora.te, lora.unet) for lora in loras),
+        )
+        self._workers[worker.name] = self._as_expected(worker)
         log.info("jobs %s sent to worker %s", [job.id for job in sent], worker.name)
 
     async def _adopt(self) -> None:

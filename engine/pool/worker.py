@@ -245,9 +245,10 @@ class PoolWorker:
                 self._images += len(drawn)
             outcomes[item_key] = outcome
         self._drawing_s += time.monotonic() - started
-        await self._store(key, entry_id, outcomes, pngs)
+        # The heartbeat first: when the bot hears of the results, it reads what is loaded now.
         self._state = "idle"
         await self._beat()
+        await self._store(key, entry_id, outcomes, pngs)
 
     async def _load(self, key: str, entry_id: str, name: bytes) -> None:
         """An admin's swap: load the model (the loaded one serves until it is ready) and make it
