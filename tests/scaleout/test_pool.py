@@ -134,17 +134,22 @@ def test_a_killed_workers_job_is_drawn_by_the_other_and_answered_once(
     client = redis.Redis.from_url(redis_url)
     workers = {name: p.worker(name) for name in ("w1", "w2")}
     wait_for("two workers", ready(client, 2), p)
-    jobs = requests(8, steps=40)
+    jobs = requests(8, steps=60)
     submit(p, jobs)
+    held: dict[str, list[str]] = {}  # worker -> keys of the jobs it holds (drawing them)
 
     def someone_drawing() -> bool:
-        return any(b["state"] == "busy" for b in heartbeats(client).values())
+        held.clear()
+        for key in client.keys("aidraw:inflight:*"):
+            owner = client.get(key)
+            if owner is not None:
+                held.setdefault(owner.decode(), []).append(key.decode().split(":")[-1])
+        beats = heartbeats(client)
+        return any(beats.get(name, {}).get("state") == "busy" for name in held)
 
     wait_for("a worker drawing", someone_drawing, p)
-    victim = next(n for n, b in heartbeats(client).items() if b["state"] == "busy")
-    held = [k.decode().split(":")[-1] for k in client.keys("aidraw:inflight:*")]
-    mine = [key for key in held if client.get(f"aidraw:inflight:{key}") == victim.encode()]
-    assert mine, "the busy worker holds jobs"
+    victim = next(name for name in held if heartbeats(client)[name]["state"] == "busy")
+    mine = held[victim]
     os.kill(workers[victim].pid, signal.SIGKILL)
     wait_for("every reply", lambda: len(p.replies()) >= len(jobs), p)
     time.sleep(2)  # a second answer for a job would come now
