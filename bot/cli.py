@@ -1,4 +1,4 @@
-"""`aidraw draw | models | run | build-demo | doctor | backup | restore`: the command line."""
+"""`aidraw draw | models | run | worker | build-demo | doctor | backup | restore`: the CLI."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_doctor(args)
     try:
         settings = load(args.settings)
-        configure_logging(args.func is cmd_run, verbose=args.verbose, log=settings.log)
+        serving = args.func in (cmd_run, cmd_worker)
+        configure_logging(serving, verbose=args.verbose, log=settings.log)
         result: int = args.func(args, settings)
         return result
     except (SettingsError, EngineError, UsageError) as e:
@@ -116,7 +117,26 @@ def _parser() -> argparse.ArgumentParser:
             "SIGUSR1 writes a backup into [backup] dir."
         ),
     )
+    run.add_argument(
+        "--worker",
+        action="store_true",
+        help='with [queue] backend = "redis": also start one `aidraw worker` beside the bots',
+    )
     run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser(
+        "worker",
+        help='draw the jobs of a Redis pool ([queue] backend = "redis"); one per GPU',
+        description=(
+            "Join the pool of the bot's Redis ([queue] redis_url, or AIDRAW_REDIS_URL) and draw "
+            "its jobs on one device; start one per GPU, on any machine with the same models/. "
+            "SIGTERM finishes the drawing batch and hands the rest back; a worker that dies has "
+            "its jobs taken over by another after [queue] claim_timeout_s."
+        ),
+    )
+    worker.add_argument("--device", default="", help="cpu, cuda, cuda:N or mps (default: [device])")
+    worker.add_argument("--name", default="", help="its name in /queue (default: HOST-PID)")
+    worker.set_defaults(func=cmd_worker)
 
     doctor = sub.add_parser(
         "doctor",
@@ -367,7 +387,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     from bot.launcher import serve
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, with_worker=args.worker, settings_path=args.settings))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from bot.launcher import work
+    from bot.settings import DEVICE
+
+    if args.device and not DEVICE.fullmatch(args.device):
+        raise UsageError(f"--device {args.device!r}: allowed: cpu, cuda, cuda:N, mps")
+    return asyncio.run(work(settings, device=args.device, name=args.name))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

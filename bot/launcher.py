@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -58,20 +60,36 @@ def build_engine(
         admins=(*settings.queue.admins, *(a for a in admins if a not in settings.queue.admins)),
     )
     users = ":memory:" if memory else Path(queue.journal).with_name("users.sqlite3")
-    engine: Engine[Any] = Engine(
-        queue,
-        registry=registry,
-        load=lambda name: registry.load(name, settings.device),
-        generate=generate,
-        limits=settings.limits,
-        default_model=settings.engine.default_model,
-    )
+    engine: Engine[Any]
+    if queue.backend == "redis":
+        from engine.pool.dispatcher import PoolEngine
+
+        # Frontends only: the `aidraw worker` processes draw (the registry checks requests).
+        engine = PoolEngine(
+            queue,
+            registry=registry,
+            limits=settings.limits,
+            default_model=settings.engine.default_model,
+        )
+    else:
+        engine = Engine(
+            queue,
+            registry=registry,
+            load=lambda name: registry.load(name, settings.device),
+            generate=generate,
+            limits=settings.limits,
+            default_model=settings.engine.default_model,
+        )
     return engine, UserSettingsStore(users)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(
+    settings: Settings, *, with_worker: bool = False, settings_path: Path | None = None
+) -> int:
     """Run the engine and the frontends until SIGINT/SIGTERM, then shut down in order.
 
+    `with_worker` (backend "redis"): also start one `aidraw worker` process beside them (with
+    `settings_path`, the file given on the command line, if any).
     Returns the exit code: 0 after a signal, 1 if a frontend or the engine stopped by itself.
     """
     discord_token, telegram_token = env_token(DISCORD_TOKEN), env_token(TELEGRAM_TOKEN)
@@ -112,6 +130,7 @@ async def serve(settings: Settings) -> int:
     engine_task = asyncio.create_task(engine.run(), name="engine")
     tasks = [asyncio.create_task(coro, name=name) for name, coro in frontends.items()]
     tasks.append(asyncio.create_task(run_backups(engine, settings, back_up_now), name="backups"))
+    worker = await _start_worker(settings, settings_path) if with_worker else None
     log.info("aidraw running: %s", ", ".join(frontends))
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -130,6 +149,9 @@ async def serve(settings: Settings) -> int:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if worker is not None:
+            worker.terminate()  # it drains: finishes its batch, hands back the rest
+            await worker.wait()
         await engine.close()
         with contextlib.suppress(asyncio.CancelledError):
             await engine_task
@@ -138,3 +160,68 @@ async def serve(settings: Settings) -> int:
             loop.remove_signal_handler(sig)
         log.info("aidraw stopped")
     return 1 if failed else 0
+
+
+async def _start_worker(
+    settings: Settings, settings_path: Path | None
+) -> asyncio.subprocess.Process:
+    """`aidraw worker` as a child process (its drawing never shares this process)."""
+    if settings.queue.backend != "redis":
+        raise SettingsError('--worker needs [queue] backend = "redis"')
+    given = ["--settings", str(settings_path)] if settings_path is not None else []
+    argv = [sys.executable, "-m", "bot.cli", *given, "worker"]
+    log.info("starting a local worker: %s", " ".join(argv))
+    return await asyncio.create_subprocess_exec(*argv)
+
+
+def build_worker_engine(settings: Settings, device: str) -> Engine[Any]:
+    """A worker's local engine: it draws what its stream brings; the bot keeps the journal,
+    the queue and the limits, so here nothing is kept after a restart."""
+    from engine.generate import generate
+    from engine.models import ModelRegistry
+    from engine.pool.wire import POOL_ADMIN
+
+    options = dataclasses.replace(settings.device, device=device or settings.device.device)
+    registry = ModelRegistry(settings.models_dir, settings.defaults)
+    if not registry.models:
+        raise InvalidRequest(f"no model in {settings.models_dir}: a worker needs the bot's models")
+    scratch = tempfile.mkdtemp(prefix="aidraw-worker-")
+    queue = dataclasses.replace(
+        settings.queue,
+        journal=":memory:",
+        results_dir=scratch,
+        max_queued=100_000,
+        max_queued_per_user=100_000,  # the bot holds each user to the limit, pool-wide
+        admins=(POOL_ADMIN,),  # the bot's admin swaps come as this
+        priority_users=(),
+    )
+    return Engine(
+        queue,
+        registry=registry,
+        load=lambda name: registry.load(name, options),
+        generate=generate,
+        limits=settings.limits,
+        default_model=settings.engine.default_model,
+    )
+
+
+async def work(settings: Settings, *, device: str = "", name: str = "") -> int:
+    """`aidraw worker`: draw the pool's jobs until SIGINT/SIGTERM, then drain."""
+    from engine.pool.worker import PoolWorker
+
+    if settings.queue.backend != "redis":
+        raise SettingsError('aidraw worker needs [queue] backend = "redis" (and redis_url)')
+    engine = build_worker_engine(settings, device)
+    worker = PoolWorker(engine, name=name, device=device or settings.device.device)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        shutil.rmtree(engine.config.results_dir, ignore_errors=True)
+    log.info("worker %s stopped", worker.name)
+    return 0

@@ -21,6 +21,7 @@ from engine.errors import (
     QueueFull,
 )
 from engine.infotext import format_number, parse_infotext
+from engine.pool.roster import WorkerInfo
 from engine.request import GenerationRequest
 from engine.sampling.schedules import SCHEDULE_LABELS
 
@@ -494,6 +495,19 @@ MESSAGES: dict[str, dict[Locale, str]] = {
         "en": "This bot does not draw NSFW prompts ({word!r}).",
         "zh": "本机器人不画 NSFW 内容（{word!r}）。",
     },
+    # the Redis pool's workers in /queue (Discord, Telegram) and the web chat
+    "pool_header": {
+        "en": "{count} worker(s) drawing for this bot:",
+        "zh": "共 {count} 个绘图进程：",
+    },
+    "pool_worker": {
+        "en": "- {name} ({device}): {model}, {state}, {speed} images/s, {done} job(s) done",
+        "zh": "- {name}（{device}）：{model}，{state}，每秒 {speed} 张，已完成 {done} 个任务",
+    },
+    "pool_state_starting": {"en": "starting", "zh": "启动中"},
+    "pool_state_idle": {"en": "idle", "zh": "空闲"},
+    "pool_state_busy": {"en": "drawing", "zh": "绘制中"},
+    "pool_state_draining": {"en": "stopping", "zh": "停止中"},
     "tg_queue_empty": {"en": "The queue is empty.", "zh": "队列是空的。"},
     "tg_queue_header": {
         "en": "{count} job(s) waiting or drawing.",
@@ -1022,6 +1036,9 @@ ERRORS_ZH: dict[str, str] = {
     "image_far_too_large": "图片远远太大：最多允许 {max_pixels:,} 像素。",
     "image_unreadable": "这不是本机器人能读取的 PNG、JPEG 或 WebP 图片。",
     "image_not_stored": "本机器人没有（或不再有）这张图片；请重新发送。",
+    "pool_worker_left": "无法加载 {model}：该绘图进程已退出，请再试一次。",
+    "pool_gave_up": "这次绘制每次都让绘图进程停止，所以不再重试。",
+    "pool_png_too_big": "图片太大，无法发送。",
     "vae_empty": "VAE 名称为空：请写 models/VAE 中的文件名，或写 None 使用模型自带的 VAE。",
     "ensd_range": "ENSD {ensd} 不可用：请用 0 到 {max}。",
     "rng_source": "随机数来源 {rng!r} 不可用：请用 GPU、CPU 或 NV。",
@@ -1092,6 +1109,31 @@ ERRORS_ZH: dict[str, str] = {
     "tg_setting_usage": "请写 {name}=值，例如 {name}={example}。",
     "tg_setting_choices": "{name} 需要 {choices} 之一，而不是 {value!r}。",
 }
+
+
+def worker_lines(workers: Sequence[WorkerInfo], locale: Locale = "en") -> list[str]:
+    """/queue's lines about a Redis pool's workers (none for a bot that draws itself)."""
+    if not workers:
+        return []
+    lines = [text("pool_header", locale, count=len(workers))]
+    for w in workers:
+        state = text(f"pool_state_{w.state}", locale) if w.state in POOL_STATES else w.state
+        lines.append(
+            text(
+                "pool_worker",
+                locale,
+                name=w.name,
+                device=w.device or w.device_type,
+                model=w.model or "-",
+                state=state,
+                speed=f"{w.images_per_s:.2f}",
+                done=w.jobs_done,
+            )
+        )
+    return lines
+
+
+POOL_STATES = ("starting", "idle", "busy", "draining")
 
 
 def locale_of(code: str | None) -> Locale:

@@ -21,6 +21,7 @@ from engine.queue import QueueConfig
 from engine.request import HIRES_ONLY_UPSCALERS, GenerationRequest, Limits, RequestDefaults
 
 SETTINGS_ENV = "AIDRAW_SETTINGS"
+REDIS_URL_ENV = "AIDRAW_REDIS_URL"  # overrides [queue] redis_url (it may hold a password)
 
 
 class SettingsError(ConfigError):
@@ -244,6 +245,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "queue.shutdown_grace_s": (0, 3600),
     "queue.history_size": (0, 1_000_000),
     "queue.max_attempts": (1, 100),
+    "queue.claim_timeout_s": (5, 86_400),
     "bot.progress_interval_s": (0.1, 3600.0),
     "bot.variation_strength": (0.0, 1.0),
     "bot.strong_variation_strength": (0.0, 1.0),
@@ -257,12 +259,28 @@ RANGES: dict[str, tuple[float, float]] = {
     "moderation.threshold": (0.0, 1.0),
     "moderation.log_days": (0, 3650),
 }
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _IMAGE_CHECK = re.compile(r"nudenet|none|[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 def load(path: Path | None = None) -> Settings:
-    """Read settings: `path`, else $AIDRAW_SETTINGS, else ./settings.toml, else all defaults."""
+    """Read settings: `path`, else $AIDRAW_SETTINGS, else ./settings.toml, else all defaults.
+    $AIDRAW_REDIS_URL, when set, replaces [queue] redis_url."""
+    return _with_redis_url(_read(path))
+
+
+def _with_redis_url(settings: Settings) -> Settings:
+    url = os.environ.get(REDIS_URL_ENV, "").strip()
+    if not url:
+        return settings
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"{REDIS_URL_ENV}: not a Redis URL; allowed: redis://, rediss:// (TLS) or unix://"
+        )
+    return dataclasses.replace(settings, queue=dataclasses.replace(settings.queue, redis_url=url))
+
+
+def _read(path: Path | None) -> Settings:
     if path is None:
         env = os.environ.get(SETTINGS_ENV)
         path = Path(env) if env else Path("settings.toml")
@@ -313,7 +331,7 @@ def from_dict(
 
 def _check_meaning(settings: Settings, source: str) -> None:
     """Checks no type can express: device names, samplers, defaults within the limits."""
-    if not _DEVICE.fullmatch(settings.device.device):
+    if not DEVICE.fullmatch(settings.device.device):
         raise SettingsError(
             f"{source}: device.device: {settings.device.device!r} is not allowed; "
             "allowed: auto, cpu, cuda, cuda:N, mps"
@@ -326,6 +344,11 @@ def _check_meaning(settings: Settings, source: str) -> None:
         raise SettingsError(
             f"{source}: moderation.image_check: {settings.moderation.image_check!r} is not "
             'allowed; allowed: "nudenet", "none", "package.module:ClassName"'
+        )
+    if not settings.queue.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"{source}: queue.redis_url: not a Redis URL; allowed: redis://, rediss:// (TLS) or "
+            "unix://"
         )
     upscaler = settings.bot.upscaler
     if not upscaler.strip() or upscaler in HIRES_ONLY_UPSCALERS:

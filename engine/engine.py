@@ -72,6 +72,7 @@ from engine.images import (
 from engine.job import Job, key_values
 from engine.journal import JobRecord, Journal, JournalError
 from engine.model_slot import ModelSlot, tiny_request
+from engine.pool.roster import WorkerInfo
 from engine.prompting.networks import networks_of
 from engine.queue import AUTO_BATCH_PIXELS as AUTO_BATCH_PIXELS  # re-exported for bench/
 from engine.queue import FairQueue, QueueConfig, batch_limit
@@ -317,6 +318,10 @@ class Engine(Generic[M]):
         return self._journal.get(job_id)
 
     # --- admin ----------------------------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """The drawing processes of a Redis pool (`engine.pool`); none here: this one draws."""
+        return []
 
     def is_admin(self, requester: str) -> bool:
         """Whether `requester` is in the configured admins (frontends gate admin commands)."""

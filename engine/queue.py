@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from engine.request import GenerationRequest
 
@@ -43,6 +43,12 @@ class QueueConfig:
         max_attempts: a job that was drawing when the process died this many times is failed
             instead of being tried again (it may be what kills the process).
         warm_up: draw one tiny image after loading a model so the first job is not slow.
+        backend: "local" draws in this process; "redis" hands jobs to `aidraw worker`
+            processes through Redis (`engine.pool`): one per GPU, on any machine.
+        redis_url: the Redis server of backend "redis" (redis:// or rediss:// for TLS, a
+            password allowed); AIDRAW_REDIS_URL in the environment overrides it.
+        claim_timeout_s: with backend "redis", a job whose worker has made no progress for
+            this long (it died or hangs) is taken over by another worker.
     """
 
     max_queued: int = 100
@@ -59,6 +65,9 @@ class QueueConfig:
     history_size: int = 200
     max_attempts: int = 2
     warm_up: bool = True
+    backend: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    claim_timeout_s: int = 60
 
 
 # max_batch_pixels = 0: pixels per pipeline call by device type (bench/engine.py measured a

@@ -31,7 +31,7 @@ from bot.discord.interactions import (
 )
 from bot.discord.reply import clip
 from bot.discord.views import job_view, result_actions
-from bot.messages import Locale, text
+from bot.messages import Locale, text, worker_lines
 from bot.messages import caption as messages_caption
 from bot.parse import read_request
 from bot.prefs import REQUEST_FIELDS, model_defaults
@@ -66,6 +66,7 @@ class AccountCog(PlaceCheckedCog, name="Account"):
         status = self.engine.status()
         paused = text("discord_paused_note", locale) if status.paused else ""
         lines.append(text("discord_queue_total", locale, queued=status.queued, paused=paused))
+        lines += worker_lines(self.engine.workers(), locale)
         rules = self.bot.policy.rules(place_of(interaction))
         limit = self.quotas.limit(user, rules.daily_quota)
         if limit and not self.engine.is_admin(user):

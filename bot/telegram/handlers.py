@@ -35,7 +35,7 @@ from bot.addons import (
     hypernet_choice,
     installed_addons,
 )
-from bot.messages import Locale, caption, error_text, locale_of, sampler_help, text
+from bot.messages import Locale, caption, error_text, locale_of, sampler_help, text, worker_lines
 from bot.pictures import (
     check_announced,
     check_extras,
@@ -309,8 +309,9 @@ async def queue_command(update: Update, context: Context) -> None:
     assert message is not None
     requester, _, locale = _who(deps, update.effective_user)
     jobs = deps.engine.jobs()
+    pool = worker_lines(deps.engine.workers(), locale)
     if not jobs:
-        await message.reply_text(text("tg_queue_empty", locale))
+        await message.reply_text("\n".join([text("tg_queue_empty", locale), *pool]))
         return
     lines = [text("tg_queue_header", locale, count=len(jobs))]
     admin = deps.engine.is_admin(requester)
@@ -325,7 +326,7 @@ async def queue_command(update: Update, context: Context) -> None:
         else:
             line = text("tg_queue_waiting", locale, job=job.id, position=p.position or "?", eta="")
         lines.append(line + (f" ({job.requester})" if admin else ""))
-    await message.reply_text("\n".join(lines))
+    await message.reply_text("\n".join([*lines, *pool]))
 
 
 async def cancel_command(update: Update, context: Context) -> None:

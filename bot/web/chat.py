@@ -25,7 +25,7 @@ from bot import messages
 from bot.addons import OWN_VAE
 from bot.advice import size_warning
 from bot.classifier import Verdict
-from bot.messages import LOCALES, Locale, caption, locale_of, sampler_help, text
+from bot.messages import LOCALES, Locale, caption, locale_of, sampler_help, text, worker_lines
 from bot.parse import ParseError
 from bot.pictures import (
     check_extras,
@@ -413,6 +413,7 @@ class WebChat:
                 self.done_view(r.id, r.request, r.reply_to, r.images, locale) for r in records
             ],
             "jobs": [self.snapshot(job, locale) for job in self.engine.jobs(USER)],
+            "workers": worker_lines(self.engine.workers(), locale),
         }
 
     def job_view(

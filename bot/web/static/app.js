@@ -637,6 +637,11 @@ function applyState(state) {
   $("#admin").hidden = !state.admin;
   $("#model-select").replaceChildren(...state.models.map((name) => new Option(name, name)));
   showModel(state.model);
+  // A Redis pool's workers: the count here, each one's model, speed and health on hover.
+  const pool = $("#workers");
+  pool.hidden = !state.workers.length;
+  pool.textContent = state.workers[0] ?? "";
+  pool.title = state.workers.slice(1).join("\n");
   fillAddons(state);
   if (first) {
     // The example's size is the current model's own (the demo model draws 128x128).
