@@ -58,6 +58,7 @@ async def examine(
         findings.append(Finding("chat APIs", "skip", "--offline: Discord and Telegram not asked"))
     else:
         findings += await _chat_apis(timeout_s)
+    findings += await _redis(settings, timeout_s)
     findings += _disk(settings)
     findings += _journal(settings)
     return findings
@@ -389,6 +390,85 @@ _TOKEN_HOME = {
 
 
 # --- disk and the journal ---------------------------------------------------------------------
+
+
+# --- Redis (the worker pool) --------------------------------------------------------------------
+
+
+async def _redis(settings: Settings, timeout_s: float) -> list[Finding]:
+    """With `[queue] backend = "redis"`: Redis answers, keeps what it is told (the journal's
+    promises need its append-only file and no eviction), and how many workers are alive."""
+    if settings.queue.backend != "redis":
+        return [Finding("redis", "skip", '[queue] backend = "local": no Redis used')]
+    import redis.asyncio as aioredis  # only a pool needs it
+    from redis.exceptions import RedisError, ResponseError
+
+    from engine.pool import wire
+    from engine.pool.dispatcher import safe_url
+
+    url = safe_url(settings.queue.redis_url)
+    client: Any = aioredis.from_url(
+        settings.queue.redis_url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry_on_timeout=False,
+    )
+    try:
+        await client.ping()
+        try:
+            config = {
+                **await client.config_get("appendonly"),
+                **await client.config_get("maxmemory-policy"),
+            }
+        except ResponseError:  # CONFIG renamed or forbidden (managed Redis): cannot tell
+            config = {}
+        names = sorted(n.decode() for n in await client.smembers(wire.WORKERS))
+        beats = await client.mget([wire.heartbeat(n) for n in names]) if names else []
+    except (RedisError, OSError) as e:
+        return [
+            Finding(
+                "redis",
+                "fail",
+                f"{url} does not answer: {e}",
+                "start redis-server there, or set [queue] redis_url / AIDRAW_REDIS_URL to it "
+                "(with its password: redis://:PASSWORD@HOST:6379/0; TLS: rediss://)",
+            )
+        ]
+    finally:
+        await client.aclose()
+    findings = [Finding("redis", "ok", f"{url} answers")]
+    if config.get("appendonly", "yes") != "yes":
+        findings.append(
+            Finding(
+                "redis",
+                "warn",
+                "append-only file off: queued jobs and results are lost if Redis restarts",
+                "appendonly yes and appendfsync everysec in redis.conf (README: the worker pool)",
+            )
+        )
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        findings.append(
+            Finding(
+                "redis",
+                "fail",
+                f"maxmemory-policy {policy}: Redis may evict queued jobs and results",
+                "maxmemory-policy noeviction in redis.conf",
+            )
+        )
+    alive = [n for n, beat in zip(names, beats, strict=True) if beat is not None]
+    if alive:
+        findings.append(Finding("workers", "ok", f"{len(alive)} alive: {', '.join(alive)}"))
+    else:
+        findings.append(
+            Finding(
+                "workers",
+                "warn",
+                "no `aidraw worker` is alive: jobs wait until one starts",
+                "start `aidraw worker` (one per GPU), or `aidraw run --worker`",
+            )
+        )
+    return findings
 
 
 def _disk(settings: Settings) -> list[Finding]:
