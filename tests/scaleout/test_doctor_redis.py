@@ -25,16 +25,24 @@ async def pool_findings(tmp_path: Path, url: str) -> tuple[list[Finding], str]:
 
 
 @pytest.fixture
-def server_config(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """The session's Redis; the settings a test changes are put back."""
+def pool_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """The session's Redis (append-only file on), with no worker seen yet."""
     client = redis.Redis.from_url(redis_server.url)
     client.delete(wire.WORKERS)
-    kept = {**client.config_get("appendonly"), **client.config_get("maxmemory-policy")}
     yield client
-    client.config_set("appendonly", kept["appendonly"])
-    client.config_set("maxmemory-policy", kept["maxmemory-policy"])
     client.delete(wire.WORKERS, wire.heartbeat("gpu-box-0"))
     client.close()
+
+
+@pytest.fixture
+def careless_redis(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of its own as Redis ships it: no append-only file."""
+    server = RedisServer(port=free_port(), folder=tmp_path, options=("--appendonly", "no"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 async def test_a_redis_that_does_not_answer_is_a_problem_with_its_fix(tmp_path: Path) -> None:
@@ -51,24 +59,31 @@ async def test_a_redis_in_local_mode_is_not_asked(tmp_path: Path) -> None:
     assert [(f.area, f.level) for f in findings if f.area == "redis"] == [("redis", "skip")]
 
 
-async def test_the_pools_redis_keeps_what_it_is_told_and_has_workers(
-    tmp_path: Path, redis_server: RedisServer, server_config: redis.Redis
+async def test_the_pools_redis_answers_and_its_live_workers_are_named(
+    tmp_path: Path, redis_server: RedisServer, pool_redis: redis.Redis
 ) -> None:
     findings, _ = await pool_findings(tmp_path, redis_server.url)
     assert [(f.area, f.level) for f in findings] == [("redis", "ok"), ("workers", "warn")]
     assert "no `aidraw worker` is alive" in findings[1].text
 
-    server_config.sadd(wire.WORKERS, "gpu-box-0")
-    server_config.set(wire.heartbeat("gpu-box-0"), "{}", ex=30)
-    server_config.config_set("appendonly", "no")
-    server_config.config_set("maxmemory-policy", "allkeys-lru")
+    pool_redis.sadd(wire.WORKERS, "gpu-box-0")
+    pool_redis.set(wire.heartbeat("gpu-box-0"), "{}", ex=30)
     findings, _ = await pool_findings(tmp_path, redis_server.url)
+    assert [(f.area, f.level) for f in findings] == [("redis", "ok"), ("workers", "ok")]
+    assert findings[1].text == "1 alive: gpu-box-0"
+
+
+async def test_a_redis_that_may_lose_or_evict_jobs_is_named_with_its_fix(
+    tmp_path: Path, careless_redis: str
+) -> None:
+    with redis.Redis.from_url(careless_redis) as client:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+    findings, _ = await pool_findings(tmp_path, careless_redis)
     assert [(f.area, f.level) for f in findings] == [
         ("redis", "ok"),
         ("redis", "warn"),
         ("redis", "fail"),
-        ("workers", "ok"),
+        ("workers", "warn"),
     ]
     assert "append-only file off" in findings[1].text and "appendonly yes" in findings[1].fix
     assert "allkeys-lru" in findings[2].text and "noeviction" in findings[2].fix
-    assert findings[3].text == "1 alive: gpu-box-0"
