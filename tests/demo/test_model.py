@@ -235,6 +235,19 @@ def test_a_resumed_run_keeps_the_vae_and_trains_on(
     assert unet != (WEIGHTS_DIR / "unet.safetensors").read_bytes()
 
 
+def test_the_background_reader_reads_training_backgrounds() -> None:
+    """The binding tests' background reader is right on the girls trained on, in colour."""
+    rng = np.random.default_rng(6)
+    girls = [
+        c
+        for c in (demo_data.random_character(rng) for _ in range(200))
+        if c.subject == "1girl" and not c.monochrome and "hat" not in c.accessories
+    ]
+    read = [demo_data.background_colour(demo_data.draw(c).image) for c in girls]
+    assert read == [c.background for c in girls]
+    assert {c.background for c in girls} == set(demo_data.BACKGROUNDS)
+
+
 def test_the_mouth_reader_reads_every_training_expression() -> None:
     """The semantics tests' smile/frown/open-mouth detector is right on the pictures trained on."""
     rng = np.random.default_rng(5)
