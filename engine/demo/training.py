@@ -107,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # The log replaces the old one only with the weights it describes: a stopped run leaves both.
     partial = args.out / "training-log.txt.partial"
+    # A resumed run's log goes on from the log of the weights it resumed from: one file tells
+    # how the weights were made, from the first step.
+    earlier = args.resume / "training-log.txt" if args.resume else None
+    partial.write_text(
+        earlier.read_text(encoding="utf-8") if earlier and earlier.is_file() else "",
+        encoding="utf-8",
+    )
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stdout),
-        logging.FileHandler(partial, mode="w", encoding="utf-8"),
+        logging.FileHandler(partial, mode="a", encoding="utf-8"),
     ]
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -228,7 +228,11 @@ def test_a_resumed_run_keeps_the_vae_and_trains_on(
     monkeypatch.setattr("engine.demo.training.RESUME_PLAN", Plan(images=16, unet_batch=4))
     out = tmp_path / "resumed"
     assert main(["--resume", str(WEIGHTS_DIR), "--out", str(out), "--unet-steps", "2"]) == 0
-    assert "resumed from" in (out / "training-log.txt").read_text(encoding="utf-8")
+    log = (out / "training-log.txt").read_text(encoding="utf-8")
+    earlier = (WEIGHTS_DIR / "training-log.txt").read_text(encoding="utf-8")
+    assert log.startswith(earlier)  # the weights' whole story, from the first part's first step
+    assert f"command: python -m engine.demo.training --resume {WEIGHTS_DIR}" in log
+    assert f"resumed from {WEIGHTS_DIR}" in log and log.endswith("\n")
     vae = (out / "vae.safetensors").read_bytes()
     assert vae == (WEIGHTS_DIR / "vae.safetensors").read_bytes()
     unet = (out / "unet.safetensors").read_bytes()
