@@ -56,15 +56,16 @@ bench: install
 	$(PY) -m bench.demo_model
 
 # Retrain the demo model into engine/demo/weights/ (see docs/demo-model.md; CI never retrains:
-# the weights are committed). It was trained in two parts: the first, from seed 0 (about 50
-# minutes on 2 CPU cores; `make train-demo-first`), is the weights committed at
-# $(DEMO_FIRST_PART); `make train-demo` goes on from those (the second part, on one thread:
+# the weights are committed). It was trained in three parts: the first, from seed 0 (about 50
+# minutes on 2 CPU cores; `make train-demo-first`), is the weights committed at 87c9507; the
+# second went on from those (its command is in training-log.txt), committed at
+# $(DEMO_PREVIOUS_PART); `make train-demo` is the third, on from the second (on one thread:
 # the same thread count gives the same weights).
-DEMO_FIRST_PART := 87c9507
+DEMO_PREVIOUS_PART := 3d38041
 train-demo: install
 	rm -rf out/demo-base && mkdir -p out/demo-base
 	for file in unet.safetensors vae.safetensors text_encoder.safetensors training-log.txt; do \
-	  git show $(DEMO_FIRST_PART):engine/demo/weights/$$file > out/demo-base/$$file; \
+	  git show $(DEMO_PREVIOUS_PART):engine/demo/weights/$$file > out/demo-base/$$file; \
 	done
 	OMP_NUM_THREADS=1 $(PY) -m engine.demo.training --resume out/demo-base
 

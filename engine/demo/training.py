@@ -85,10 +85,12 @@ class Plan:
     log_every: int = 50
 
 
-# The shipped weights' second part (`make train-demo`): on from the first part's weights (the
-# plan above, seed 0), on new pictures, with the loss weighted where the named colours land.
+# The parts after the first go on from the previous part's weights on new pictures, with the
+# loss weighted where the named colours land. The second part (on 87c9507's weights) was
+# RESUME_PLAN with seed=1, unet_steps=1_000, background_weight=1.0; the third (on the second's,
+# 3d38041), the shipped one, is `make train-demo`:
 RESUME_PLAN = Plan(
-    seed=1, unet_steps=1_000, unet_lr=3e-4, warmup=50, hair_weight=3.0, background_weight=1.0
+    seed=2, unet_steps=2_000, unet_lr=3e-4, warmup=50, hair_weight=3.0, background_weight=3.0
 )
 
 
