@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 # on a CPU-only host whose pip would otherwise fetch the multi-GB CUDA build.
 TORCH_PIP_ARGS ?=
 
-.PHONY: install demo test lint bench train-demo screenshot clean
+.PHONY: install demo test lint bench train-demo train-demo-first screenshot clean
 
 install: $(STAMP)
 
@@ -55,10 +55,22 @@ bench: install
 	$(PY) -m bench.addons
 	$(PY) -m bench.demo_model
 
-# Retrain the demo model from seed 0 (about 50 minutes on 2 CPU cores) into engine/demo/weights/;
-# see docs/demo-model.md. CI never retrains: the weights are committed.
+# Retrain the demo model into engine/demo/weights/ (see docs/demo-model.md; CI never retrains:
+# the weights are committed). It was trained in three parts: the first, from seed 0 (about 50
+# minutes on 2 CPU cores; `make train-demo-first`), is the weights committed at 87c9507; the
+# second went on from those (its command is in training-log.txt), committed at
+# $(DEMO_PREVIOUS_PART); `make train-demo` is the third, on from the second (on one thread:
+# the same thread count gives the same weights).
+DEMO_PREVIOUS_PART := 3d38041
 train-demo: install
-	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo.training
+	rm -rf out/demo-base && mkdir -p out/demo-base
+	for file in unet.safetensors vae.safetensors text_encoder.safetensors training-log.txt; do \
+	  git show $(DEMO_PREVIOUS_PART):engine/demo/weights/$$file > out/demo-base/$$file; \
+	done
+	OMP_NUM_THREADS=1 $(PY) -m engine.demo.training --resume out/demo-base
+
+train-demo-first: install
+	OMP_NUM_THREADS=$$(nproc) $(PY) -m engine.demo.training --out out/demo-base
 
 # Refresh the README's docs/screenshot.png: the browser test, keeping its screenshot.
 screenshot: install

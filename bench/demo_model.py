@@ -67,6 +67,25 @@ def main() -> None:
         print(
             f"| {row.what} | `{row.prompt}` | {negative} | {row.guidance_scale:g} | {row.result} |"
         )
+    print_binding_table(model, seeds[: len(demo_semantics.BINDING_SEEDS)])
+
+
+def print_binding_table(model: LoadedModel, seeds: range) -> None:
+    """Per colour, how often it lands on the hair or the background it was named for."""
+    started = time.perf_counter()
+    rows = demo_semantics.binding_table(model, seeds)
+    pairs = ", ".join(f"{h}/{b}" for h, b in demo_semantics.CONFLICTING_PAIRS)
+    prompt = demo_semantics.pair_prompt("<hair>", "<background>")
+    print(f"\nColours bound to their noun with the chat defaults: `{prompt}`, the lqba negative")
+    print(f"preset, CFG scale {demo_semantics.CHAT_GUIDANCE:g}; pairs (hair/background) {pairs};")
+    print(f"{len(seeds)} seeds ({seeds.start}-{seeds.stop - 1}) per pair, Euler a, ", end="")
+    print(f"{demo_semantics.STEPS} steps ({time.perf_counter() - started:.0f} s)\n")
+    print("| colour | hair reads it | background reads it |")
+    print("|---|---|---|")
+    for row in rows:
+        hair = "" if row.hair is None else f"{row.hair:.0%}"
+        background = "" if row.background is None else f"{row.background:.0%}"
+        print(f"| {row.colour} | {hair} | {background} |")
 
 
 def draw_grid(model: LoadedModel) -> Image.Image:

@@ -431,6 +431,12 @@ def hair_redness(image: Image.Image) -> float:
     return redness(hair_mean(image))
 
 
+def background_colour(image: Image.Image) -> str:
+    """The palette background nearest to the mean of the pixels that are background behind a
+    girl wherever she is placed (`outdoors` for sky over grass)."""
+    return nearest(mean_colour(image, core_mask(Character(), "background")), BACKGROUNDS)
+
+
 def expression(image: Image.Image) -> Expression | None:
     """Smile, frown or open mouth, from the shape of the mouth-coloured pixels; None if none."""
     mouths = [reach_mask(Character(expression=e), "mouth") for e in EXPRESSIONS]

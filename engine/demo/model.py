@@ -152,12 +152,19 @@ TRAINED_SCHEDULER = SCHEDULER_CONFIG
 
 def build_demo_pipeline() -> StableDiffusionPipeline:
     """The trained demo pipeline from the weights in `engine/demo/weights/` (fp32 on the CPU)."""
+    return _pipeline(*load_weights(WEIGHTS_DIR))
+
+
+def load_weights(
+    folder: Path,
+) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """The UNet, VAE and text encoder written by `save_weights` to `folder`, in fp32."""
     unet = UNet2DConditionModel(**TRAINED_UNET_CONFIG)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TRAINED_TEXT_CONFIG))
-    vae_file = WEIGHTS_DIR / "vae.safetensors"
+    vae_file = folder / "vae.safetensors"
     vae = AutoencoderKL(**TRAINED_VAE_CONFIG, scaling_factor=_scaling_factor(vae_file))
     for module, name in ((unet, "unet"), (vae, "vae"), (text_encoder, "text_encoder")):
-        state = {k: v.float() for k, v in load_file(WEIGHTS_DIR / f"{name}.safetensors").items()}
+        state = {k: v.float() for k, v in load_file(folder / f"{name}.safetensors").items()}
         if name == "text_encoder":
             ids, rows = state.pop("token_ids").long(), state.pop("token_rows")
             table = torch.zeros(int(TRAINED_TEXT_CONFIG["vocab_size"]), rows.shape[1])
@@ -165,7 +172,7 @@ def build_demo_pipeline() -> StableDiffusionPipeline:
             state[_EMBEDDING_KEY] = table
         module.load_state_dict(state, strict=True)
         module.eval()
-    return _pipeline(unet, vae, text_encoder)
+    return unet, vae, text_encoder
 
 
 def save_weights(

@@ -17,6 +17,7 @@ from PIL import Image
 from engine.demo import data as demo_data
 from engine.generate import generate
 from engine.models import LoadedModel
+from engine.prompting.presets import UC_PRESETS, uc_preset_name
 from engine.request import GenerationRequest, Limits
 
 SEEDS = tuple(range(1000, 1032))
@@ -25,6 +26,27 @@ STEPS = 20
 BATCH = 16  # images per sampling loop
 EMPHASIS_GUIDANCE = 4.0  # low enough that red hair is not already as red as it gets
 GUIDANCE_COLOURS = ("red", "blue")  # the hair test's colours: their draws at 7 are shared
+
+# What the chat bots send by default: NAI's quality tags, its "Low Quality + Bad Anatomy"
+# undesired-content preset as the negative prompt, CFG scale 11.
+QUALITY_TAGS = "masterpiece, best quality"
+CHAT_NEGATIVE_PROMPT = UC_PRESETS[uc_preset_name("lqba")]
+CHAT_GUIDANCE = 11.0
+# Hair and background with different colours in one prompt: every hair colour once, every
+# background at least once (the issue's own example, red hair on blue, among them).
+CONFLICTING_PAIRS: tuple[tuple[str, str], ...] = (
+    ("black", "white"),
+    ("brown", "pink"),
+    ("blonde", "green"),
+    ("red", "blue"),
+    ("blue", "red"),
+    ("green", "yellow"),
+    ("pink", "black"),
+    ("purple", "white"),
+    ("silver", "red"),
+    ("orange", "blue"),
+)
+BINDING_SEEDS = SEEDS[:16]
 
 Predicate = Callable[[Image.Image], bool]
 
@@ -77,6 +99,10 @@ def has_hair(colour: str) -> Predicate:
     return lambda image: demo_data.hair_colour(image) == colour
 
 
+def has_background(colour: str) -> Predicate:
+    return lambda image: demo_data.background_colour(image) == colour
+
+
 def has_expression(expression: str) -> Predicate:
     return lambda image: demo_data.expression(image) == expression
 
@@ -121,3 +147,55 @@ def accuracy_table(model: LoadedModel, seeds: Sequence[int] = SEEDS) -> list[Row
         what = f"hair colour right, mean of {', '.join(GUIDANCE_COLOURS)}"
         rows.append(Row(what, "1girl, <colour> hair", "", scale, f"{np.mean(hits):.0%}"))
     return rows
+
+
+def pair_prompt(hair: str, background: str) -> str:
+    """A chat prompt naming both colours, as a user types it (the bots add nothing more)."""
+    return f"{QUALITY_TAGS}, 1girl, {hair} hair, {background} background"
+
+
+def draw_pair(
+    model: LoadedModel, hair: str, background: str, seeds: Sequence[int] = BINDING_SEEDS
+) -> Drawn:
+    """`pair_prompt(hair, background)` with the chat defaults, one image per seed."""
+    return draw_many(
+        model,
+        pair_prompt(hair, background),
+        negative_prompt=CHAT_NEGATIVE_PROMPT,
+        guidance_scale=CHAT_GUIDANCE,
+        seeds=seeds,
+    )
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How often one colour lands where the prompt put it, over the pairs that name it."""
+
+    colour: str
+    hair: float | None  # share of the pictures whose hair reads as `colour`; None: not asked
+    background: float | None
+
+
+def binding_table(
+    model: LoadedModel,
+    seeds: Sequence[int] = BINDING_SEEDS,
+    pairs: Sequence[tuple[str, str]] = CONFLICTING_PAIRS,
+) -> list[Binding]:
+    """Per colour: the share of hair and of background reads that land right in `pairs`."""
+    hair: dict[str, list[float]] = {}
+    background: dict[str, list[float]] = {}
+    for hair_colour, background_colour in pairs:
+        drawn = draw_pair(model, hair_colour, background_colour, seeds)
+        hair.setdefault(hair_colour, []).append(drawn.share(has_hair(hair_colour)))
+        background.setdefault(background_colour, []).append(
+            drawn.share(has_background(background_colour))
+        )
+    colours = [*demo_data.HAIR_COLOURS, *(c for c in background if c not in hair)]
+    return [
+        Binding(
+            colour,
+            float(np.mean(hair[colour])) if colour in hair else None,
+            float(np.mean(background[colour])) if colour in background else None,
+        )
+        for colour in colours
+    ]

@@ -10,6 +10,8 @@
    guidance scale and negative prompts work.
 5. Save the EMA weights in fp16 to `engine/demo/weights/` with the training log.
 
+`--resume DIR` continues from weights written earlier (`RESUME_PLAN`): the VAE is kept as it
+is (steps 2 and 3 keep its scaling factor), and the UNet and text encoder train on.
 The same seed and thread count give the same weights; other thread counts round differently.
 """
 
@@ -23,6 +25,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from numpy.typing import NDArray
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from engine.demo import data as demo_data
@@ -39,6 +43,7 @@ from engine.demo.model import (
     TRAINED_UNET_CONFIG,
     TRAINED_VAE_CONFIG,
     WEIGHTS_DIR,
+    load_weights,
     picture_tensor,
     save_weights,
     vae_input,
@@ -48,6 +53,7 @@ from engine.prompting.tokenizer import build_tokenizer
 
 log = logging.getLogger("train-demo")
 FINAL_NORM_BIAS = -0.5
+LATENT_SIZE = demo_data.SIZE // 8
 
 
 @dataclass(frozen=True)
@@ -70,25 +76,49 @@ class Plan:
     # level, so the mouth never crowds out the colours (a run that gave the mouth a fixed
     # minimum weight at high noise learned the mouths and lost the hair colours).
     mouth_weight: float = 4.0
+    # Extra loss weight on the pixels (share of each latent pixel) that show the hair and the
+    # background, where the colours that a prompt names must land.
+    hair_weight: float = 0.0
+    background_weight: float = 0.0
     ema: float = 0.998
     clip_skip: int = 2
     log_every: int = 50
 
 
+# The parts after the first go on from the previous part's weights on new pictures, with the
+# loss weighted where the named colours land. The second part (on 87c9507's weights) was
+# RESUME_PLAN with seed=1, unet_steps=1_000, background_weight=1.0; the third (on the second's,
+# 3d38041), the shipped one, is `make train-demo`:
+RESUME_PLAN = Plan(
+    seed=2, unet_steps=2_000, unet_lr=3e-4, warmup=50, hair_weight=3.0, background_weight=3.0
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train-demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights go")
+    parser.add_argument(
+        "--resume", type=Path, help="continue from the weights in this folder (RESUME_PLAN)"
+    )
     for field in dataclasses.fields(Plan):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default))
     args = parser.parse_args(argv)
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Plan)}
-    plan = Plan(**{k: v for k, v in changes.items() if v is not None})
+    base = RESUME_PLAN if args.resume else Plan()
+    plan = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
     args.out.mkdir(parents=True, exist_ok=True)
     # The log replaces the old one only with the weights it describes: a stopped run leaves both.
     partial = args.out / "training-log.txt.partial"
+    # A resumed run's log goes on from the log of the weights it resumed from: one file tells
+    # how the weights were made, from the first step.
+    earlier = args.resume / "training-log.txt" if args.resume else None
+    partial.write_text(
+        earlier.read_text(encoding="utf-8") if earlier and earlier.is_file() else "",
+        encoding="utf-8",
+    )
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stdout),
-        logging.FileHandler(partial, mode="w", encoding="utf-8"),
+        logging.FileHandler(partial, mode="a", encoding="utf-8"),
     ]
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -99,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("command: %s", command)
         log.info("plan: %s", json.dumps(dataclasses.asdict(plan)))
         log.info("torch %s, %d threads", torch.__version__, torch.get_num_threads())
-        train(plan, args.out)
+        train(plan, args.out, resume=args.resume)
     finally:
         for handler in handlers:
             log.removeHandler(handler)
@@ -108,20 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train(plan: Plan, out: Path) -> None:
+def train(plan: Plan, out: Path, *, resume: Path | None = None) -> None:
     started = time.perf_counter()
     torch.manual_seed(plan.seed)
     rng = np.random.default_rng(plan.seed)
     characters = [demo_data.random_character(rng) for _ in range(plan.images)]
-    pictures = picture_tensor([demo_data.draw(c).image for c in characters])  # uint8, compact
+    drawings = (demo_data.draw(c) for c in characters)
+    pictures, focus = _pictures_and_focus(plan, characters, drawings)
     log.info("drew %d pictures in %.0f s", len(characters), time.perf_counter() - started)
 
-    vae = train_vae(plan, pictures, rng)
-    latents, scaling = encode_all(vae, pictures)
-    vae.register_to_config(scaling_factor=scaling)
+    if resume is None:
+        vae = train_vae(plan, pictures, rng)
+        latents, scaling = encode_all(vae, pictures)
+        vae.register_to_config(scaling_factor=scaling)
+        models = None
+    else:
+        unet, vae, text_encoder = load_weights(resume)
+        log.info("resumed from %s", resume)
+        latents, _ = encode_all(vae, pictures)
+        scaling = float(vae.config.scaling_factor)  # the UNet learned latents at this scale
+        models = (unet, text_encoder)
     log.info("latent scaling factor %.4f (%.0f s)", scaling, time.perf_counter() - started)
 
-    unet, text_encoder = train_diffusion(plan, characters, latents * scaling, rng)
+    unet, text_encoder = train_diffusion(plan, characters, latents * scaling, focus, rng, models)
     save_weights(out, unet=unet, vae=vae, text_encoder=text_encoder)
     log.info("saved to %s; total %.1f min", out, (time.perf_counter() - started) / 60)
 
@@ -177,13 +216,20 @@ def train_diffusion(
     plan: Plan,
     characters: list[demo_data.Character],
     latents: torch.Tensor,
+    focus: torch.Tensor,
     rng: np.random.Generator,
+    models: tuple[UNet2DConditionModel, CLIPTextModel] | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """`latents`: (N, 4, 16, 16), each picture's scaled latent."""
-    regions = _latent_regions(characters, latents.shape[-1])
+    """`latents`: (N, 4, 16, 16), each picture's scaled latent; `focus`: (N, 1, 16, 16), each
+    latent pixel's loss weight; `models`: the UNet and text encoder to go on from, if any."""
     tokenizer = build_tokenizer()
-    unet = UNet2DConditionModel(**TRAINED_UNET_CONFIG)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TRAINED_TEXT_CONFIG))
+    if models is None:
+        unet = UNet2DConditionModel(**TRAINED_UNET_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TRAINED_TEXT_CONFIG))
+    else:
+        unet, text_encoder = models
+        unet.train()
+        text_encoder.train()
     vocabulary = training_vocabulary(tokenizer)
     with torch.no_grad():  # words never trained on stay at zero: they add nothing to a prompt
         table = text_encoder.get_input_embeddings().weight
@@ -202,7 +248,6 @@ def train_diffusion(
     alphas_cumprod = _alphas_cumprod()
     snr = alphas_cumprod / (1 - alphas_cumprod)
     weights = torch.clamp(snr, max=plan.min_snr_gamma) / snr
-    focus = 1.0 + plan.mouth_weight * regions
     window = _Average()
     started = time.perf_counter()
     for step in range(plan.unet_steps):
@@ -251,11 +296,31 @@ def train_diffusion(
     return unet.eval(), text_encoder.eval()
 
 
-def _latent_regions(characters: list[demo_data.Character], size: int) -> torch.Tensor:
-    """(N, 1, size, size): 1 on latent pixels that see any of a character's expression region."""
-    regions = np.stack([demo_data.expression_region(c) for c in characters])
-    pixels = torch.from_numpy(regions).float().unsqueeze(1)
-    return F.adaptive_max_pool2d(pixels, size)
+def _pictures_and_focus(
+    plan: Plan, characters: list[demo_data.Character], drawings: Iterable[demo_data.Drawing]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pictures (uint8, compact) and each latent pixel's loss weight (N, 1, 16, 16): 1, plus
+    `mouth_weight` where any expression's mouth can be, plus `hair_weight` and
+    `background_weight` times the share of the latent pixel that shows hair or background."""
+    images, parts = [], []
+    for drawing in drawings:
+        images.append(drawing.image)
+        hair = _latent_share(drawing.mask("front hair", "back hair"))
+        background = _latent_share(drawing.mask("background"))
+        parts.append(plan.hair_weight * hair + plan.background_weight * background)
+    mouths = torch.from_numpy(np.stack([demo_data.expression_region(c) for c in characters]))
+    mouth = F.adaptive_max_pool2d(mouths.float().unsqueeze(1), LATENT_SIZE)  # any pixel counts
+    focus = 1.0 + plan.mouth_weight * mouth
+    if plan.hair_weight or plan.background_weight:
+        focus = focus + torch.from_numpy(np.stack(parts)).float().unsqueeze(1)
+    return picture_tensor(images), focus
+
+
+def _latent_share(mask: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """(16, 16): the share of each latent pixel's 8x8 block that `mask` covers."""
+    blocks = mask.reshape(LATENT_SIZE, 8, LATENT_SIZE, 8)
+    share: NDArray[np.float32] = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return share
 
 
 def training_vocabulary(tokenizer: object) -> list[int]:

@@ -24,6 +24,7 @@ from engine.demo.model import (
     save_weights,
     vae_input,
 )
+from engine.demo.training import Plan, _pictures_and_focus
 from engine.device import DeviceOptions
 from engine.models import ModelRegistry
 from engine.preview import SD1_PREVIEW, PreviewMap, preview_png
@@ -183,7 +184,6 @@ def test_every_caption_tag_is_in_the_training_vocabulary() -> None:
 
 def test_training_weights_the_region_where_expressions_differ() -> None:
     """The mouth-weighted loss covers every expression's mouth wherever the jitter puts it."""
-    from engine.demo.training import _latent_regions
 
     rng = np.random.default_rng(4)
     people = [c for c in (demo_data.random_character(rng) for _ in range(40)) if c.subject != "cat"]
@@ -196,9 +196,60 @@ def test_training_weights_the_region_where_expressions_differ() -> None:
         assert region.sum() < 0.05 * region.size  # the mouth, not the whole face
     cat = demo_data.Character(subject="cat", hair="white")
     assert not demo_data.expression_region(cat).any()
-    latent = _latent_regions([people[0], cat], 16)
+    pair = [people[0], cat]
+    _, focus = _pictures_and_focus(Plan(mouth_weight=1.0), pair, map(demo_data.draw, pair))
+    latent = focus - 1
     assert latent.shape == (2, 1, 16, 16)
     assert 4 <= latent[0].sum() <= 24 and latent[1].sum() == 0
+
+
+def test_training_can_weight_the_hair_and_the_background() -> None:
+    """`hair_weight` / `background_weight` add weight in proportion to what each latent pixel
+    shows: all of it for a latent pixel inside the hair, none for one inside the face."""
+    girl = demo_data.Character(long_hair=True)
+    drawing = demo_data.draw(girl)
+    plan = Plan(mouth_weight=0.0, hair_weight=2.0, background_weight=1.0)
+    _, focus = _pictures_and_focus(plan, [girl], [drawing])
+    extra = (focus[0, 0] - 1).numpy()
+    hair = drawing.mask("front hair", "back hair").reshape(16, 8, 16, 8).all(axis=(1, 3))
+    background = drawing.mask("background").reshape(16, 8, 16, 8).all(axis=(1, 3))
+    face = drawing.mask("face").reshape(16, 8, 16, 8).all(axis=(1, 3))
+    assert hair.any() and background.any() and face.any()
+    assert np.allclose(extra[hair], 2.0) and np.allclose(extra[background], 1.0)
+    assert np.allclose(extra[face], 0.0)
+
+
+def test_a_resumed_run_keeps_the_vae_and_trains_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--resume` (the shipped weights' second part) goes on from the given weights."""
+    from engine.demo.training import main
+
+    monkeypatch.setattr("engine.demo.training.RESUME_PLAN", Plan(images=16, unet_batch=4))
+    out = tmp_path / "resumed"
+    assert main(["--resume", str(WEIGHTS_DIR), "--out", str(out), "--unet-steps", "2"]) == 0
+    log = (out / "training-log.txt").read_text(encoding="utf-8")
+    earlier = (WEIGHTS_DIR / "training-log.txt").read_text(encoding="utf-8")
+    assert log.startswith(earlier)  # the weights' whole story, from the first part's first step
+    assert f"command: python -m engine.demo.training --resume {WEIGHTS_DIR}" in log
+    assert f"resumed from {WEIGHTS_DIR}" in log and log.endswith("\n")
+    vae = (out / "vae.safetensors").read_bytes()
+    assert vae == (WEIGHTS_DIR / "vae.safetensors").read_bytes()
+    unet = (out / "unet.safetensors").read_bytes()
+    assert unet != (WEIGHTS_DIR / "unet.safetensors").read_bytes()
+
+
+def test_the_background_reader_reads_training_backgrounds() -> None:
+    """The binding tests' background reader is right on the girls trained on, in colour."""
+    rng = np.random.default_rng(6)
+    girls = [
+        c
+        for c in (demo_data.random_character(rng) for _ in range(200))
+        if c.subject == "1girl" and not c.monochrome and "hat" not in c.accessories
+    ]
+    read = [demo_data.background_colour(demo_data.draw(c).image) for c in girls]
+    assert read == [c.background for c in girls]
+    assert {c.background for c in girls} == set(demo_data.BACKGROUNDS)
 
 
 def test_the_mouth_reader_reads_every_training_expression() -> None:
