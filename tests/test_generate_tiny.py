@@ -246,7 +246,7 @@ def test_strong_variations_move_further_than_subtle_ones(demo_model) -> None:  #
 
     bot = BotSettings()
     subtle, strong = [], []
-    for seed in (1, 2, 3):
+    for seed in range(1, 9):  # a small change of noise can flip a detail: over several seeds
         source = png_pixels(draw(demo_model, seed=seed)[0].png)
         for strength, found in (
             (bot.variation_strength, subtle),

@@ -566,9 +566,12 @@ def test_infotext_round_trip_and_the_ignored_schedule_type(demo_model: Any) -> N
     request = dataclasses.replace(request, rng="CPU")
     text = infotext_for(request, noise_specs(request)[0], demo_model)
     assert "Sampler: PLMS, Schedule type: Automatic, CFG scale" in text and "ENSD" not in text
-    # The same request back: "Automatic" as written, and no ENSD (PLMS draws no noise).
+    # The same request back: "Automatic" as written, and no ENSD (PLMS draws no noise); an
+    # infotext's prompt holds the quality tags as text, not as the chat's presets.
     again = check_request(request_from_infotext(text), Limits())
-    assert again == dataclasses.replace(request, schedule_type="Automatic", ensd=0)
+    assert again == dataclasses.replace(
+        request, schedule_type="Automatic", ensd=0, preset_quality=False, preset_negative=None
+    )
     assert run_row(again.sampler or "", again.schedule_type) == SAMPLERS["PLMS"]
     first = generate(demo_model, [again], limits=Limits())[0]
     assert first.infotext == text
