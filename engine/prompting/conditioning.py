@@ -18,7 +18,7 @@ A1111 builds their schedule for `2 * steps` and counts denoiser calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -155,34 +155,64 @@ def encode_conditioning(
     `embeddings`: the textual-inversion embeddings prompts may name. `hires_steps`: encode for
     a hires pass of that many steps after `steps` (A1111's `calculate_hr_conds` schedule).
     """
+
+    def encode(texts: Sequence[str], mode: str, zero: bool) -> tuple[torch.Tensor, Names]:
+        return _encode_texts(
+            tokenizer,
+            text_encoder,
+            texts,
+            clip_skip=clip_skip,
+            device=device,
+            emphasis=mode,
+            comma_backtrack=comma_backtrack,
+            embeddings=embeddings,
+        )
+
+    empty = encode_prompts(tokenizer, text_encoder, [""], clip_skip=clip_skip, device=device)[0]
+    return schedule_conditioning(
+        prompts, negative_prompts, emphasis, steps, hires_steps, encode=encode, empty=empty
+    )
+
+
+Names = tuple[str, ...]
+EncodeTexts = Callable[[Sequence[str], str, bool], tuple[torch.Tensor, Names]]
+
+
+def schedule_conditioning(
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    emphasis: str | Sequence[str],
+    steps: int,
+    hires_steps: int | None,
+    *,
+    encode: EncodeTexts,
+    empty: torch.Tensor,
+) -> Conditioning:
+    """A batch's conditioning from a model's text encoding: each distinct (prompt, emphasis)
+    is scheduled (prompt editing, alternation) and its variants encoded together, once.
+
+    `encode(variants, emphasis, zero)` gives their embeddings and the embedding names used;
+    `zero` marks a negative prompt that is exactly "" (SDXL zeroes it; SD-1.x encodes it)."""
     emphases = [emphasis] * len(prompts) if isinstance(emphasis, str) else list(emphasis)
     if not len(prompts) == len(negative_prompts) == len(emphases):
         raise ValueError("prompts, negative_prompts and emphasis differ in length")
     for mode in set(emphases):
         check_emphasis(mode)
-    cache: dict[tuple[str, str], tuple[tuple[ScheduledCond, ...], tuple[str, ...]]] = {}
+    cache: dict[tuple[str, str, bool], tuple[tuple[ScheduledCond, ...], Names]] = {}
 
-    def schedule(text: str, mode: str) -> tuple[tuple[ScheduledCond, ...], tuple[str, ...]]:
-        key = (text, mode)
+    def schedule(text: str, mode: str, negative: bool) -> tuple[tuple[ScheduledCond, ...], Names]:
+        key = (text, mode, negative and text == "")
         if key not in cache:
             entries = prompt_schedule(text, steps, hires_steps)
-            z, names = _encode_texts(
-                tokenizer,
-                text_encoder,
-                [variant for _, variant in entries],
-                clip_skip=clip_skip,
-                device=device,
-                emphasis=mode,
-                comma_backtrack=comma_backtrack,
-                embeddings=embeddings,
-            )
+            z, names = encode([variant for _, variant in entries], mode, key[2])
             conds = tuple(ScheduledCond(end, z[i]) for i, (end, _) in enumerate(entries))
             cache[key] = (conds, names)
         return cache[key]
 
-    cond_parts = [schedule(p, mode) for p, mode in zip(prompts, emphases, strict=True)]
-    uncond_parts = [schedule(p, mode) for p, mode in zip(negative_prompts, emphases, strict=True)]
-    empty = encode_prompts(tokenizer, text_encoder, [""], clip_skip=clip_skip, device=device)[0]
+    cond_parts = [schedule(p, mode, False) for p, mode in zip(prompts, emphases, strict=True)]
+    uncond_parts = [
+        schedule(p, mode, True) for p, mode in zip(negative_prompts, emphases, strict=True)
+    ]
     return Conditioning(
         conds=tuple(conds for conds, _ in cond_parts),
         unconds=tuple(unconds for unconds, _ in uncond_parts),

@@ -31,12 +31,12 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from engine.prompting.chunks import COMMA_BACKTRACK, empty_chunk, prompt_chunks, special_ids
 from engine.prompting.conditioning import (
     Conditioning,
+    Names,
     Placements,
-    ScheduledCond,
     apply_emphasis,
     placed_embeddings,
+    schedule_conditioning,
 )
-from engine.prompting.syntax import check_emphasis, prompt_schedule
 
 if TYPE_CHECKING:
     from engine.models.embeddings import EmbeddingDB
@@ -105,44 +105,23 @@ def encode_sdxl_conditioning(
 ) -> Conditioning:
     """`encode_conditioning` for SDXL: a batch's prompts and negative prompts at `size`
     (height, width), scheduled over `steps` (prompt editing and alternation as on SD-1.x)."""
-    emphases = [emphasis] * len(prompts) if isinstance(emphasis, str) else list(emphasis)
-    if not len(prompts) == len(negative_prompts) == len(emphases):
-        raise ValueError("prompts, negative_prompts and emphasis differ in length")
-    for mode in set(emphases):
-        check_emphasis(mode)
     sizes = size_numbers(*size)
-    Entry = tuple[tuple[ScheduledCond, ...], tuple[str, ...]]
-    cache: dict[tuple[str, str, bool], Entry] = {}
 
-    def schedule(text: str, mode: str, negative: bool) -> Entry:
-        key = (text, mode, negative)
-        if key not in cache:
-            entries = prompt_schedule(text, steps, hires_steps)
-            z, names = _encode(
-                encoders,
-                [variant for _, variant in entries],
-                sizes=sizes,
-                device=device,
-                emphasis=mode,
-                comma_backtrack=comma_backtrack,
-                zero=negative and text == "",
-                embeddings=embeddings,
-            )
-            conds = tuple(ScheduledCond(end, z[i]) for i, (end, _) in enumerate(entries))
-            cache[key] = (conds, names)
-        return cache[key]
+    def encode(texts: Sequence[str], mode: str, zero: bool) -> tuple[torch.Tensor, Names]:
+        return _encode(
+            encoders,
+            texts,
+            sizes=sizes,
+            device=device,
+            emphasis=mode,
+            comma_backtrack=comma_backtrack,
+            zero=zero,
+            embeddings=embeddings,
+        )
 
-    cond_parts = [schedule(p, m, False) for p, m in zip(prompts, emphases, strict=True)]
-    uncond_parts = [schedule(p, m, True) for p, m in zip(negative_prompts, emphases, strict=True)]
     empty = encode_sdxl_prompts(encoders, [""], sizes=sizes, device=device)[0, 1:]
-    return Conditioning(
-        conds=tuple(conds for conds, _ in cond_parts),
-        unconds=tuple(unconds for unconds, _ in uncond_parts),
-        empty=empty,
-        embedding_names=tuple(
-            (c_names, u_names)
-            for (_, c_names), (_, u_names) in zip(cond_parts, uncond_parts, strict=True)
-        ),
+    return schedule_conditioning(
+        prompts, negative_prompts, emphasis, steps, hires_steps, encode=encode, empty=empty
     )
 
 
