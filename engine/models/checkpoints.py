@@ -377,13 +377,7 @@ class ModelRegistry:
                 checkpoint_architecture(entry.path)
             except NotAModel as e:  # a readable file, but not one we draw with
                 problem = Phrase(f"it is {e}" if str(e).startswith("an ") else str(e))
-                raise GenerationFailed(
-                    f"Cannot load model {name!r} ({entry.path.name}): {problem}",
-                    key="cannot_load_model",
-                    name=name,
-                    file=entry.path.name,
-                    problem=problem,
-                ) from e
+                raise _cannot_load(name, entry.path, problem) from e
             except UnknownArchitecture:  # unreadable: loading says what is wrong with it
                 pass
         try:
@@ -395,23 +389,10 @@ class ModelRegistry:
                 dtype=dtype,
             )
         except MissingConfig as e:
-            raise GenerationFailed(
-                f"Cannot load model {name!r} ({entry.path.name}): {e}",
-                key="cannot_load_model",
-                name=name,
-                file=entry.path.name,
-                problem=Phrase(str(e)),
-            ) from e
+            raise _cannot_load(name, entry.path, Phrase(str(e))) from e
         except Exception as e:  # any reason at all: the file is not a model we can load
             log.debug("cannot load model %s from %s", name, entry.path, exc_info=e)
-            problem = load_problem(e, entry.path)
-            raise GenerationFailed(
-                f"Cannot load model {name!r} ({entry.path.name}): {problem}",
-                key="cannot_load_model",
-                name=name,
-                file=entry.path.name,
-                problem=problem,
-            ) from e
+            raise _cannot_load(name, entry.path, load_problem(e, entry.path)) from e
         pipe.set_progress_bar_config(disable=True)
         sdxl = entry.architecture.is_sdxl
         vram = resolve_vram(options.vram, device, sdxl)
@@ -453,6 +434,17 @@ def _config_folder(entry: ModelEntry) -> Path:
     if entry.sidecar_config:
         return entry.config
     return SDXL_CONFIG if entry.architecture.is_sdxl else SD15_CONFIG
+
+
+def _cannot_load(name: str, path: Path, problem: Phrase) -> GenerationFailed:
+    """The error of a model that would not load: its name, its file and why."""
+    return GenerationFailed(
+        f"Cannot load model {name!r} ({path.name}): {problem}",
+        key="cannot_load_model",
+        name=name,
+        file=path.name,
+        problem=problem,
+    )
 
 
 def load_problem(error: BaseException, path: Path) -> Phrase:
